@@ -1,0 +1,3 @@
+from fermion.cli import main
+
+main()

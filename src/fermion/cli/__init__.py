@@ -1,0 +1,5 @@
+"""The ``fermion`` command."""
+
+from ._main import app, main
+
+__all__ = ["app", "main"]

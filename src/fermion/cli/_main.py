@@ -1,0 +1,46 @@
+"""Root of the ``fermion`` command; sub-commands live in their own modules."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from .. import __version__
+from ..errors import FermionError
+from ._output import print_error
+from ._photon import photon_app
+
+app = typer.Typer(
+    name="fermion",
+    help="Fermion: write AI services as Python classes (photons), serve them, and run them across clouds.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(photon_app, name="photon")
+
+
+@app.command()
+def version() -> None:
+    """Print Fermion's version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Entry point: runs the CLI, turning Fermion errors into a message and an exit code."""
+    try:
+        # with standalone_mode off, click returns typer.Exit's code instead of exiting
+        code = app(standalone_mode=False)
+    except FermionError as exc:
+        print_error(exc.message, exc.hint)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print_error("aborted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.BadParameter, typer.core.click.ClickException) as exc:  # type: ignore[attr-defined]
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

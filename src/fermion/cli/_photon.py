@@ -1,0 +1,96 @@
+"""``fermion photon``: run, build and inspect photons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._output import console, print_json, print_table
+
+photon_app = typer.Typer(help="Run, package and inspect photons.", no_args_is_help=True)
+
+RefArg = Annotated[str, typer.Argument(help="'path/to/file.py:Class', 'package.module:Class' or a .photon archive")]
+
+
+def resolve_photon(ref: str) -> type:
+    from ..config import photon_cache_dir
+    from ..photon._loader import load_photon_class
+    from ..photon._package import load_from_archive
+
+    if ref.endswith(".photon"):
+        cls, _ = load_from_archive(ref, photon_cache_dir())
+        return cls
+    return load_photon_class(ref)
+
+
+@photon_app.command("run")
+def run(
+    ref: RefArg,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind; 0 picks a free one.")] = 8080,
+    port_file: Annotated[Path | None, typer.Option(help="Write the bound port here once listening.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    graceful_timeout: Annotated[float, typer.Option(help="Seconds to finish in-flight requests on SIGTERM.")] = 30.0,
+) -> None:
+    """Serve a photon over HTTP until Ctrl-C / SIGTERM."""
+    from ..photon._serve import serve
+
+    code = serve(
+        resolve_photon(ref),
+        host=host,
+        port=port,
+        port_file=port_file,
+        log_level=log_level,
+        graceful_timeout_s=graceful_timeout,
+    )
+    raise typer.Exit(code)
+
+
+@photon_app.command("build")
+def build(
+    ref: Annotated[str, typer.Argument(help="'path/to/file.py:Class' or 'package.module:Class'")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Archive path (default: NAME.photon).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Package a photon and the folder around its file into a .photon archive."""
+    from ..photon._loader import load_photon_class
+    from ..photon._package import build_archive
+
+    out = output or Path(f"{load_photon_class(ref).photon_name()}.photon")
+    manifest = build_archive(ref, out)
+    if json_out:
+        print_json(manifest.model_dump())
+        return
+    console.print(f"[green]built[/] {out}  name={manifest.name}  entry={manifest.entry}  sha256={manifest.sha256[:16]}…")
+    print_table(
+        None,
+        ["handler", "method", "path", "batch", "stream"],
+        [(n, h.method, h.path, h.batch or "", "yes" if h.stream else "") for n, h in manifest.handlers.items()],
+    )
+
+
+@photon_app.command("inspect")
+def inspect_(
+    archive: Annotated[Path, typer.Argument(help="A .photon archive.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Show a .photon archive's manifest (after checking its entries are safe)."""
+    from ..photon._package import read_manifest
+
+    manifest = read_manifest(archive)
+    if json_out:
+        print_json(manifest.model_dump())
+        return
+    console.print(f"[bold]{manifest.name}[/]  entry={manifest.entry}  sha256={manifest.sha256}")
+    console.print(f"requirements: {', '.join(manifest.requirements) or '-'}   resources: {manifest.resources or '-'}")
+    print_table(
+        "handlers",
+        ["handler", "method", "path", "batch", "stream", "timeout"],
+        [
+            (n, h.method, h.path, h.batch or "", "yes" if h.stream else "", h.timeout_s or "")
+            for n, h in manifest.handlers.items()
+        ],
+    )
+    print_table("files", ["path", "sha256"], [(p, s[:16] + "…") for p, s in manifest.files.items()])

@@ -1,0 +1,88 @@
+"""One exception tree for Fermion. Each error knows its HTTP status and CLI exit code."""
+
+from __future__ import annotations
+
+
+class FermionError(Exception):
+    """Base of every error Fermion raises on purpose; its message is meant for the user."""
+
+    http_status: int = 500
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UserInputError(FermionError):
+    """The request, spec or command line is wrong; the user can fix it."""
+
+    http_status = 400
+    exit_code = 2
+
+
+class NotFoundError(FermionError):
+    http_status = 404
+    exit_code = 3
+
+
+class ConflictError(FermionError):
+    http_status = 409
+    exit_code = 4
+
+
+class AuthError(FermionError):
+    http_status = 401
+    exit_code = 5
+
+
+class PermissionDeniedError(FermionError):
+    http_status = 403
+    exit_code = 5
+
+
+class PhotonLoadError(UserInputError):
+    """A photon entry point or archive could not be loaded."""
+
+
+class UnsafeArchiveError(PhotonLoadError):
+    """A .photon archive holds an absolute path, a '..' component or a link."""
+
+
+class RemoteError(FermionError):
+    """A server answered with an error; carries its status and message."""
+
+    def __init__(self, status: int, message: str, *, detail: object = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.server_message = message
+        self.detail = detail
+        self.http_status = status
+
+
+class ValidationFailed(RemoteError):
+    """The server rejected the input (HTTP 422)."""
+
+
+class HandlerTimeout(RemoteError):
+    """The handler ran past its timeout (HTTP 504)."""
+
+
+class ServiceUnavailable(RemoteError):
+    """The server is not ready or is draining (HTTP 503)."""
+
+
+class TransportError(FermionError):
+    """The server could not be reached or did not answer in time."""
+
+    exit_code = 6
+
+
+def remote_error_for(status: int, message: str, detail: object = None) -> RemoteError:
+    """The most specific RemoteError subclass for an HTTP status."""
+    cls = {422: ValidationFailed, 504: HandlerTimeout, 503: ServiceUnavailable}.get(status, RemoteError)
+    return cls(status, message, detail=detail)

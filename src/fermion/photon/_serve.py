@@ -1,0 +1,95 @@
+"""Serve a photon with uvicorn on a socket we bind ourselves (so port 0 works and is reported)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from ._app import build_app
+from ._photon import Photon
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after draining, so the process dies by the signal; we exit 0
+    instead, so that a supervisor can tell a clean stop from a crash."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def write_port_file(path: str | Path, port: int) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(str(port))
+    os.replace(tmp, path)
+
+
+def serve(
+    photon_cls: type[Photon],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    port_file: str | Path | None = None,
+    log_level: str = "info",
+    graceful_timeout_s: float = 30.0,
+) -> int:
+    """Serve until SIGTERM/SIGINT (draining in-flight requests). Returns the exit code:
+    0 after a clean shutdown, 1 when ``init()`` failed."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    failed: list[str] = []
+    server: DrainingServer | None = None
+
+    def on_init_failure(message: str) -> None:
+        failed.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    app = build_app(photon_cls, on_init_failure=on_init_failure)
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=graceful_timeout_s,
+        lifespan="on",
+    )
+    server = DrainingServer(config)
+    sock = bind_socket(host, port)
+    actual = sock.getsockname()[1]
+    if port_file:
+        write_port_file(port_file, actual)
+    print(f"fermion: serving photon {photon_cls.photon_name()!r} on http://{host}:{actual}", file=sys.stderr, flush=True)
+    server.run(sockets=[sock])
+    if failed:
+        print(f"fermion: init() failed: {failed[0]}", file=sys.stderr, flush=True)
+        return 1
+    return 0

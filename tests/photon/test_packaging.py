@@ -1,0 +1,113 @@
+"""Build a .photon, run from it, and refuse unsafe archives."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from fermion import Client
+from fermion.errors import UnsafeArchiveError
+from fermion.photon._package import extract_archive
+from tests.support import EXAMPLES, TEXT_PHOTON, fermion_cmd, serve_photon
+
+
+def build(tmp_path: Path, ref: str = TEXT_PHOTON) -> Path:
+    out = tmp_path / "text.photon"
+    result = subprocess.run(fermion_cmd("photon", "build", ref, "-o", str(out)), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_build_writes_manifest_and_sources_only(tmp_path: Path) -> None:
+    archive = build(tmp_path)
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+        manifest = json.loads(zf.read("manifest.json"))
+    assert names == ["manifest.json", "src/photon.py"]
+    assert not any(n.endswith((".pkl", ".pickle", ".pyc")) for n in names)
+    assert manifest["name"] == "text-tools"
+    assert manifest["entry"] == "photon.py:TextTools"
+    assert manifest["resources"] == {"cpus": 0.25, "memory_gb": 0.25}
+    assert set(manifest["handlers"]) >= {"upper", "stats", "repeat", "count", "reverse_bytes"}
+    assert manifest["handlers"]["upper"]["batch"] == {"max_size": 16, "max_wait_ms": 20.0}
+    assert manifest["handlers"]["count"]["stream"] is True
+    assert manifest["handlers"]["stats"]["request_schema"]
+    assert len(manifest["sha256"]) == 64
+    # same sources, same bytes
+    again = tmp_path / "again.photon"
+    subprocess.run(fermion_cmd("photon", "build", TEXT_PHOTON, "-o", str(again)), check=True, capture_output=True)
+    assert json.loads(zipfile.ZipFile(again).read("manifest.json"))["sha256"] == manifest["sha256"]
+
+
+def test_run_from_archive(tmp_path: Path) -> None:
+    archive = build(tmp_path)
+    with serve_photon(str(archive), tmp_path) as served:
+        client = Client(served.url)
+        assert client.upper(["from archive"]) == ["FROM ARCHIVE"]
+    assert list((tmp_path / "home" / "photons").iterdir())  # extracted into the cache
+
+
+def _evil_archive(tmp_path: Path, name: str, *, link: bool = False) -> Path:
+    good = build(tmp_path)
+    evil = tmp_path / "evil.photon"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(evil, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        info = zipfile.ZipInfo(name)
+        if link:
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        dst.writestr(info, "/etc/passwd" if link else "pwned")
+    return evil
+
+
+@pytest.mark.parametrize(
+    ("entry", "link", "message"),
+    [
+        ("src/../../escaped.txt", False, "escapes the archive"),
+        ("/tmp/fermion-absolute.txt", False, "absolute path"),
+        ("src/link", True, "is a link"),
+    ],
+)
+def test_zip_slip_is_refused(tmp_path: Path, entry: str, link: bool, message: str) -> None:
+    evil = _evil_archive(tmp_path, entry, link=link)
+    with pytest.raises(UnsafeArchiveError, match=message):
+        extract_archive(evil, tmp_path / "cache")
+    result = subprocess.run(
+        fermion_cmd("photon", "run", str(evil), "--port", "0"),
+        capture_output=True,
+        text=True,
+        env={"FERMION_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path.parent / "escaped.txt").exists()
+    assert not Path("/tmp/fermion-absolute.txt").exists()
+
+
+def test_tampered_archive_is_refused(tmp_path: Path) -> None:
+    good = build(tmp_path)
+    bad = tmp_path / "bad.photon"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info, data + b"\nimport os\n" if info.filename.endswith(".py") else data)
+    with pytest.raises(Exception, match="does not match its manifest"):
+        extract_archive(bad, tmp_path / "cache")
+
+
+def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
+    missing = subprocess.run(fermion_cmd("photon", "run", "nowhere.py:X"), capture_output=True, text=True)
+    assert missing.returncode == 2 and "no photon file" in missing.stderr and "Traceback" not in missing.stderr
+    two = subprocess.run(
+        fermion_cmd("photon", "build", str(Path(__file__).with_name("fixture_photons.py"))),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert two.returncode == 2 and "name one" in two.stderr
+    assert (EXAMPLES / "text" / "photon.py").exists()
