@@ -1,13 +1,16 @@
 """`make demo`: what Fermion does, end to end, on this machine.
 
-Serves the MiniLM embedder photon (a real model, offline), calls it through fermion.Client,
-shows batching at work under concurrent load, and packages it as a .photon archive.
+Part 1 packages the MiniLM embedder photon (a real model, offline), serves it, calls it through
+fermion.Client and shows adaptive batching. Part 2 starts a Fermion server managing two named
+local clouds, deploys the embedder with a replica on each, sends traffic through the gateway,
+kills one cloud, and shows the traffic carrying on while the replica is re-placed.
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from fermion import Client  # noqa: E402
 from fermion.photon._package import build_archive  # noqa: E402
-from tests.support import serve_photon  # noqa: E402
+from tests.support import running_server, serve_photon  # noqa: E402
 
 console = Console()
 EMBEDDER = f"{ROOT / 'examples/embedder/photon.py'}:Embedder"
@@ -71,7 +74,84 @@ def main() -> None:
             total = float(next(ln for ln in sizes if "_sum" in ln).split()[-1])
             console.print(f"256 requests in {elapsed:.2f}s ({256 / elapsed:.0f} req/s); "
                           f"{count:.0f} model calls, {total / count:.1f} texts per call on average")
-        console.print("[green]done.[/] Try: fermion photon run examples/embedder/photon.py:Embedder --port 8080")
+        platform_demo(work)
+        console.print("[green]done.[/] Try: fermion server start, then fermion deploy examples/embedder/photon.py:Embedder --name emb")
+
+
+CLOUDS = """
+clouds:
+  - name: aws-us-east-1
+    capacity: {cpus: 4, memory_gb: 8}
+  - name: gcp-europe-west4
+    capacity: {cpus: 4, memory_gb: 8}
+    inject: {latency_ms: 3}
+"""
+
+
+class Traffic:
+    """Clients calling the deployment through the gateway until stopped."""
+
+    def __init__(self, client: Client, workers: int = 4) -> None:
+        self.client, self.ok, self.failed = client, 0, 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            try:
+                self.client.embed(texts=[f"traffic {i}"])
+                self.ok += 1
+            except Exception:  # noqa: BLE001 - counted and shown
+                self.failed += 1
+            i += 1
+
+    def __enter__(self) -> Traffic:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+
+def replicas_table(server, title: str) -> Table:  # noqa: ANN001
+    d = server.deployment("emb")
+    table = Table("replica", "cloud", "state", "reason", title=f"{title} — deployment emb: {d['status']}")
+    for r in d["replica_list"]:
+        colour = "green" if r["state"] == "READY" else "yellow"
+        table.add_row(r["id"], r["cloud"] or "-", f"[{colour}]{r['state']}[/]", r["reason"])
+    return table
+
+
+def platform_demo(work: Path) -> None:
+    step("5. a Fermion server managing two local clouds")
+    with running_server(work / "server", CLOUDS) as server:
+        out = server.cli("cloud", "list")
+        console.print(out.stdout)
+        step("6. fermion deploy examples/embedder/photon.py:Embedder --name emb --replicas 2")
+        start = time.perf_counter()
+        server.cli("deploy", EMBEDDER, "--name", "emb", "--replicas", "2", "--public")
+        console.print(f"2 replicas READY in {time.perf_counter() - start:.1f}s")
+        console.print(replicas_table(server, "placed"))
+        client = Client(f"{server.url}/d/emb", timeout=30)
+        step("7. traffic through the gateway, then cloud gcp-europe-west4 fails")
+        with Traffic(client) as traffic:
+            time.sleep(2)
+            console.print(f"before the failure: {traffic.ok} requests served, {traffic.failed} failed")
+            server.cli("cloud", "fail", "gcp-europe-west4")
+            console.print("[red]gcp-europe-west4 is down[/]: its replica was killed")
+            t0 = time.perf_counter()
+            server.wait_for(lambda api: api.get("/deployments/emb").json()["ready"] == 2, timeout=120)
+            console.print(f"replacement READY after {time.perf_counter() - t0:.1f}s")
+            time.sleep(1)
+        console.print(replicas_table(server, "after the failure"))
+        console.print(f"traffic: [bold]{traffic.ok}[/] requests served, [bold]{traffic.failed}[/] failed "
+                      "(the gateway retried around the dead replica)")
+        events = server.cli("events", "--limit", "12").stdout
+        console.print(events)
 
 
 if __name__ == "__main__":

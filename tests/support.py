@@ -81,3 +81,95 @@ def serve_photon(
         yield served
     finally:
         stop(proc)
+
+
+FIXTURE_PHOTONS = ROOT / "tests" / "photon" / "fixture_photons.py"
+
+
+@dataclass
+class ServerProc:
+    """A `fermion server start` subprocess and what the CLI needs to talk to it."""
+
+    home: Path
+    url: str
+    token: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "FERMION_HOME": str(self.home), "HF_HUB_OFFLINE": "1"}
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=f"{self.url}/api/v1", headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(fermion_cmd(*args), capture_output=True, text=True, env=self.env, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"fermion {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def wait_for(self, predicate, timeout: float = 60, interval: float = 0.2):  # noqa: ANN001, ANN201
+        """Poll ``predicate(api)`` until it returns something truthy."""
+        deadline = time.monotonic() + timeout
+        with self.api() as api:
+            while True:
+                value = predicate(api)
+                if value:
+                    return value
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"condition not met within {timeout}s; server log:\n{self.log.read_text()[-3000:]}")
+                time.sleep(interval)
+
+    def deployment(self, name: str) -> dict:
+        with self.api() as api:
+            return api.get(f"/deployments/{name}").json()
+
+
+def start_server(home: Path, clouds_yaml: str | None = None) -> ServerProc:
+    home.mkdir(parents=True, exist_ok=True)
+    args = ["server", "start", "--port", "0", "--port-file", str(home / "port")]
+    if clouds_yaml is not None:
+        (home / "clouds.yaml").write_text(clouds_yaml)
+        args += ["--clouds", str(home / "clouds.yaml")]
+    (home / "port").unlink(missing_ok=True)
+    log = home / f"server-{time.monotonic_ns()}.log"
+    env = {**os.environ, "FERMION_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(fermion_cmd(*args), stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 60
+    while not (home / "port").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"server did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    import json
+
+    creds = json.loads((home / "cli.json").read_text())
+    return ServerProc(home, f"http://127.0.0.1:{(home / 'port').read_text()}", creds["token"], proc, log)
+
+
+def kill_replicas(home: Path) -> None:
+    """Stop, by pid, every replica process a test server started (they outlive the server)."""
+    import sqlite3
+
+    db = home / "fermion.db"
+    if not db.exists():
+        return
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT pid, workdir FROM replicas WHERE pid IS NOT NULL").fetchall()
+    for pid, workdir in rows:
+        try:
+            if workdir and workdir.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+@contextmanager
+def running_server(home: Path, clouds_yaml: str | None = None) -> Iterator[ServerProc]:
+    server = start_server(home, clouds_yaml)
+    try:
+        yield server
+    finally:
+        stop(server.proc)
+        kill_replicas(home)

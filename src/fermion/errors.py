@@ -62,6 +62,17 @@ class RemoteError(FermionError):
         self.server_message = message
         self.detail = detail
         self.http_status = status
+        self.exit_code = _EXIT_BY_STATUS.get(status, 1)
+
+
+_EXIT_BY_STATUS = {
+    400: UserInputError.exit_code,
+    422: UserInputError.exit_code,
+    404: NotFoundError.exit_code,
+    409: ConflictError.exit_code,
+    401: AuthError.exit_code,
+    403: PermissionDeniedError.exit_code,
+}
 
 
 class ValidationFailed(RemoteError):

@@ -31,3 +31,25 @@ class Slow(Photon):
     def work(self, seconds: float) -> dict[str, float]:
         time.sleep(seconds)
         return {"slept": seconds}
+
+
+class Versioned(Photon):
+    """Answers with the VERSION its replica was deployed with."""
+
+    resources = {"cpus": 0.25, "memory_gb": 0.25}
+
+    @handler
+    def version(self) -> dict[str, str]:
+        time.sleep(0.005)
+        return {"version": os.environ.get("VERSION", "?"), "replica": os.environ.get("FERMION_REPLICA_ID", "?")}
+
+
+class CrashOnInit(Photon):
+    resources = {"cpus": 0.25, "memory_gb": 0.25}
+
+    def init(self) -> None:
+        raise RuntimeError("CUDA driver missing (on purpose)")
+
+    @handler
+    def ping(self) -> str:
+        return "pong"

@@ -9,7 +9,9 @@ import typer
 from .. import __version__
 from ..errors import FermionError
 from ._output import print_error
+from ._deploy import cloud_app, deploy, deployment_app, events, login
 from ._photon import photon_app
+from ._server import server_app
 
 app = typer.Typer(
     name="fermion",
@@ -19,6 +21,12 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(photon_app, name="photon")
+app.add_typer(server_app, name="server")
+app.add_typer(deployment_app, name="deployment")
+app.add_typer(cloud_app, name="cloud")
+app.command()(deploy)
+app.command()(events)
+app.command()(login)
 
 
 @app.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -93,6 +94,15 @@ def build_app(photon_cls: type[Photon], on_init_failure: Callable[[str], None] |
 
     for route in runtime.routes:
         route.register(app)
+
+    latency_ms = float(os.environ.get("FERMION_INJECT_LATENCY_MS") or 0)
+    if latency_ms > 0:  # a local cloud declares network latency; every handler call pays it
+
+        @app.middleware("http")
+        async def _injected_latency(request: Request, call_next):  # noqa: ANN001, ANN202
+            if request.url.path not in ("/healthz", "/metrics"):
+                await asyncio.sleep(latency_ms / 1000)
+            return await call_next(request)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

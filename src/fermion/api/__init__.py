@@ -1,0 +1,5 @@
+"""The API server (FastAPI) that fronts the store, the controllers and the gateway."""
+
+from ._server import Platform, create_app
+
+__all__ = ["Platform", "create_app"]

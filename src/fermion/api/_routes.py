@@ -1,0 +1,242 @@
+"""REST API v1: photons, clouds, deployments, replicas, events, logs."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Depends, Request, UploadFile
+from sqlalchemy import select
+
+from ..clouds import ReplicaHandle
+from ..errors import NotFoundError, UserInputError
+from ..photon._package import read_manifest
+from ..security import hash_token, new_token
+from ..store import TERMINAL_STATES, CloudRow, DeploymentRow, EventRow, PhotonRow, ReplicaRow
+from ._auth import require_token
+from ._schemas import NAME_PATTERN, CloudOut, DeploymentOut, DeploymentSpec, EventOut, ReplicaOut, ScaleSpec
+
+if TYPE_CHECKING:
+    from ._server import Platform
+
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
+
+
+def platform(request: Request) -> Platform:
+    return request.app.state.platform
+
+
+# -- photons -------------------------------------------------------------------------------
+@router.post("/photons", status_code=201)
+async def upload_photon(request: Request, file: UploadFile) -> dict[str, object]:
+    """Upload a .photon archive; its entries and manifest are checked before it is kept."""
+    p = platform(request)
+    with tempfile.NamedTemporaryFile(dir=p.photon_store, suffix=".upload", delete=False) as tmp:
+        shutil.copyfileobj(file.file, tmp)
+    try:
+        manifest = read_manifest(tmp.name)
+        final = p.photon_store / f"{manifest.sha256}.photon"
+        Path(tmp.name).replace(final)
+    finally:
+        Path(tmp.name).unlink(missing_ok=True)
+    with p.store.session() as s:
+        if s.get(PhotonRow, manifest.sha256) is None:
+            s.add(PhotonRow(sha256=manifest.sha256, name=manifest.name, archive_path=str(final),
+                            manifest=manifest.model_dump()))
+    return {"sha256": manifest.sha256, "name": manifest.name, "handlers": list(manifest.handlers)}
+
+
+@router.get("/photons")
+def list_photons(request: Request) -> list[dict[str, object]]:
+    with platform(request).store.session() as s:
+        rows = s.scalars(select(PhotonRow).order_by(PhotonRow.created_at)).all()
+        return [{"sha256": r.sha256, "name": r.name, "created_at": r.created_at} for r in rows]
+
+
+# -- clouds --------------------------------------------------------------------------------
+@router.get("/clouds")
+def list_clouds(request: Request) -> list[CloudOut]:
+    p = platform(request)
+    with p.store.session() as s:
+        free = p.controller.free_capacity(s)
+        counts: dict[str, int] = {}
+        for r in s.scalars(select(ReplicaRow).where(ReplicaRow.state.not_in(TERMINAL_STATES))).all():
+            counts[r.cloud or ""] = counts.get(r.cloud or "", 0) + 1
+        out = []
+        for row in s.scalars(select(CloudRow).order_by(CloudRow.name)).all():
+            cfg = p.clouds[row.name].config
+            out.append(CloudOut(
+                name=row.name, kind=row.kind, regions=cfg.regions, health=row.health,
+                health_reason=row.health_reason, capacity=cfg.capacity.model_dump(), free=free[row.name],
+                replicas=counts.get(row.name, 0), inject=cfg.inject.model_dump(),
+            ))
+        return out
+
+
+def _cloud(request: Request, name: str) -> str:
+    if name not in platform(request).clouds:
+        raise NotFoundError(f"no cloud named {name!r}", hint=f"known: {', '.join(sorted(platform(request).clouds))}")
+    return name
+
+
+@router.post("/clouds/{name}/fail")
+def fail_cloud(request: Request, name: str) -> dict[str, object]:
+    """Inject an outage: every replica on the cloud is killed and new ones are refused."""
+    killed = platform(request).controller.fail_cloud(_cloud(request, name), "injected outage")
+    return {"cloud": name, "killed": killed}
+
+
+@router.post("/clouds/{name}/recover")
+def recover_cloud(request: Request, name: str) -> dict[str, object]:
+    platform(request).controller.recover_cloud(_cloud(request, name))
+    return {"cloud": name, "health": "healthy"}
+
+
+# -- deployments ---------------------------------------------------------------------------
+def _deployment_out(p: Platform, s, d: DeploymentRow, token: str | None = None) -> DeploymentOut:  # noqa: ANN001
+    replicas = s.scalars(
+        select(ReplicaRow).where(ReplicaRow.deployment == d.name, ReplicaRow.state.not_in(TERMINAL_STATES))
+        .order_by(ReplicaRow.created_at)
+    ).all()
+    photon = s.get(PhotonRow, d.photon_sha256)
+    return DeploymentOut(
+        name=d.name, photon=d.photon_sha256, photon_name=photon.name if photon else "?", generation=d.generation,
+        replicas=d.replicas, ready=sum(r.state == "READY" and r.generation == d.generation for r in replicas),
+        resources=d.resources, clouds=d.clouds, public=d.public, status=d.status, status_reason=d.status_reason,
+        last_error=d.last_error, endpoint=f"{p.public_url}/d/{d.name}", token=token,
+        replica_list=[ReplicaOut.model_validate(r, from_attributes=True) for r in replicas],
+    )
+
+
+def _get_deployment(s, name: str) -> DeploymentRow:  # noqa: ANN001
+    d = s.get(DeploymentRow, name)
+    if d is None or d.status == "DELETING":
+        raise NotFoundError(f"no deployment named {name!r}", hint="see `fermion deployment list`")
+    return d
+
+
+@router.put("/deployments/{name}")
+def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> DeploymentOut:
+    """Create a deployment, or update it (a new photon or settings roll out a new generation)."""
+    p = platform(request)
+    if not re.match(NAME_PATTERN, name):
+        raise UserInputError(f"invalid deployment name {name!r}", hint="use lowercase letters, digits and '-'")
+    unknown = [c for c in spec.clouds if c not in p.clouds]
+    if unknown:
+        raise UserInputError(f"unknown cloud(s) {', '.join(unknown)}", hint=f"known: {', '.join(sorted(p.clouds))}")
+    with p.store.session() as s:
+        photon = s.get(PhotonRow, spec.photon)
+        if photon is None:
+            raise NotFoundError(f"no photon with sha256 {spec.photon}", hint="upload it first (`fermion deploy` does)")
+        resources = (spec.resources.model_dump() if spec.resources else None) or {
+            "cpus": float(photon.manifest.get("resources", {}).get("cpus", 1)),
+            "memory_gb": float(photon.manifest.get("resources", {}).get("memory_gb", 1)),
+        }
+        d = s.get(DeploymentRow, name)
+        token = None
+        if d is not None and d.status == "DELETING":
+            raise UserInputError(f"deployment {name!r} is being deleted", hint="wait for it to finish, then deploy")
+        if d is None:
+            token = None if spec.public else new_token("fmd")
+            d = DeploymentRow(
+                name=name, photon_sha256=spec.photon, replicas=spec.replicas, resources=resources,
+                clouds=spec.clouds, env=spec.env, public=spec.public, idempotent=spec.idempotent,
+                token_hash=hash_token(token) if token else None, status="DEPLOYING", generation=1,
+            )
+            s.add(d)
+            p.store.record(s, "deployment", name, "", "DEPLOYING", f"created with photon {photon.name}")
+        else:
+            rollout = (d.photon_sha256, d.resources, d.env) != (spec.photon, resources, spec.env)
+            d.replicas, d.clouds, d.public, d.idempotent = spec.replicas, spec.clouds, spec.public, spec.idempotent
+            if rollout:
+                d.photon_sha256, d.resources, d.env = spec.photon, resources, spec.env
+                d.generation += 1
+                p.store.record(s, "deployment", name, d.status, "DEPLOYING", f"rolling out generation {d.generation}")
+                d.status = "DEPLOYING"
+            if d.status == "FAILED" or rollout:
+                d.crash_count, d.next_start_at, d.last_error = 0, 0.0, ""
+                if d.status == "FAILED":
+                    d.status = "DEPLOYING"
+            if not d.public and d.token_hash is None:
+                token = new_token("fmd")
+                d.token_hash = hash_token(token)
+            d.updated_at = time.time()
+        s.flush()
+        return _deployment_out(p, s, d, token)
+
+
+@router.get("/deployments")
+def list_deployments(request: Request) -> list[DeploymentOut]:
+    p = platform(request)
+    with p.store.session() as s:
+        return [_deployment_out(p, s, d) for d in s.scalars(select(DeploymentRow).order_by(DeploymentRow.name)).all()
+                if d.status != "DELETING"]
+
+
+@router.get("/deployments/{name}")
+def get_deployment(request: Request, name: str) -> DeploymentOut:
+    p = platform(request)
+    with p.store.session() as s:
+        return _deployment_out(p, s, _get_deployment(s, name))
+
+
+@router.post("/deployments/{name}/scale")
+def scale_deployment(request: Request, name: str, spec: ScaleSpec) -> DeploymentOut:
+    p = platform(request)
+    with p.store.session() as s:
+        d = _get_deployment(s, name)
+        p.store.record(s, "deployment", name, str(d.replicas), str(spec.replicas), "scaled")
+        d.replicas = spec.replicas
+        if d.status == "FAILED":
+            d.status, d.crash_count, d.next_start_at = "DEPLOYING", 0, 0.0
+        return _deployment_out(p, s, d)
+
+
+@router.delete("/deployments/{name}", status_code=202)
+def delete_deployment(request: Request, name: str) -> dict[str, str]:
+    """Drain every replica, then remove the deployment."""
+    p = platform(request)
+    with p.store.session() as s:
+        d = _get_deployment(s, name)
+        p.store.record(s, "deployment", name, d.status, "DELETING", "deleted by user")
+        d.status = "DELETING"
+    return {"deployment": name, "status": "DELETING"}
+
+
+@router.get("/deployments/{name}/logs")
+def deployment_logs(request: Request, name: str, tail: int = 100) -> dict[str, str]:
+    """The last ``tail`` lines of each live replica's log, by replica id."""
+    p = platform(request)
+    with p.store.session() as s:
+        _get_deployment(s, name)
+        rows = s.scalars(select(ReplicaRow).where(ReplicaRow.deployment == name).order_by(ReplicaRow.created_at)).all()
+        out: dict[str, str] = {}
+        for r in rows[-20:]:
+            cloud = p.clouds.get(r.cloud or "")
+            if cloud is not None and r.workdir:
+                out[r.id] = cloud.logs(ReplicaHandle(pid=r.pid or 0, workdir=Path(r.workdir)), tail=tail)
+        return out
+
+
+@router.get("/replicas")
+def list_replicas(request: Request, deployment: str | None = None, all: bool = False) -> list[ReplicaOut]:  # noqa: A002
+    with platform(request).store.session() as s:
+        q = select(ReplicaRow).order_by(ReplicaRow.created_at)
+        if deployment:
+            q = q.where(ReplicaRow.deployment == deployment)
+        if not all:
+            q = q.where(ReplicaRow.state.not_in(TERMINAL_STATES))
+        return [ReplicaOut.model_validate(r, from_attributes=True) for r in s.scalars(q).all()]
+
+
+@router.get("/events")
+def list_events(request: Request, object_id: str | None = None, limit: int = 100) -> list[EventOut]:
+    with platform(request).store.session() as s:
+        q = select(EventRow).order_by(EventRow.id.desc()).limit(min(max(limit, 1), 1000))
+        if object_id:
+            q = q.where(EventRow.object_id == object_id)
+        return [EventOut.model_validate(e, from_attributes=True) for e in reversed(s.scalars(q).all())]

@@ -1,0 +1,85 @@
+"""Request and response bodies of the REST API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpus: float = Field(1, gt=0, le=1024)
+    memory_gb: float = Field(1, gt=0, le=16384)
+
+
+class DeploymentSpec(BaseModel):
+    """What `PUT /api/v1/deployments/{name}` takes: the desired state."""
+
+    model_config = ConfigDict(extra="forbid")
+    photon: str = Field(description="sha256 of an uploaded photon")
+    replicas: int = Field(1, ge=0, le=1000)
+    resources: Resources | None = Field(None, description="defaults to the photon's declared resources")
+    clouds: list[str] = Field(default_factory=list, description="allowed clouds; empty means any")
+    env: dict[str, str] = Field(default_factory=dict)
+    public: bool = False
+    idempotent: bool = Field(True, description="the gateway may retry a request whose replica died mid-flight")
+
+
+class ScaleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    replicas: int = Field(ge=0, le=1000)
+
+
+class ReplicaOut(BaseModel):
+    id: str
+    deployment: str
+    generation: int
+    cloud: str | None
+    state: str
+    reason: str
+    pid: int | None
+    port: int | None
+    state_since: float
+
+
+class DeploymentOut(BaseModel):
+    name: str
+    photon: str
+    photon_name: str
+    generation: int
+    replicas: int
+    ready: int
+    resources: dict[str, Any]
+    clouds: list[str]
+    public: bool
+    status: str
+    status_reason: str
+    last_error: str
+    endpoint: str
+    token: str | None = None  # only in the answer that created it
+    replica_list: list[ReplicaOut] = Field(default_factory=list)
+
+
+class CloudOut(BaseModel):
+    name: str
+    kind: str
+    regions: list[str]
+    health: str
+    health_reason: str
+    capacity: dict[str, float]
+    free: dict[str, float]
+    replicas: int
+    inject: dict[str, Any]
+
+
+class EventOut(BaseModel):
+    id: int
+    at: float
+    kind: str
+    object_id: str
+    old: str
+    new: str
+    reason: str

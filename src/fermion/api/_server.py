@@ -1,0 +1,101 @@
+"""The Fermion server: API, controllers and gateway in one process over one state store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from sqlalchemy import select
+
+from .. import __version__
+from ..clouds import CloudConfig, LocalCloud
+from ..controllers import DeploymentController
+from ..errors import FermionError
+from ..gateway import Gateway, RoutingTable
+from ..photon._routes import error_response
+from ..security import hash_token, new_token
+from ..store import CloudRow, Store, TokenRow
+from ._auth import require_token
+from ._routes import router
+
+
+class Platform:
+    """Everything the server holds: the store, the clouds, the controller, the gateway."""
+
+    def __init__(self, home: Path, db_url: str, clouds: list[CloudConfig], public_url: str = "") -> None:
+        self.home = home
+        self.public_url = public_url
+        self.photon_store = home / "photon-store"
+        self.photon_store.mkdir(parents=True, exist_ok=True)
+        self.store = Store(db_url)
+        self.clouds = {c.name: LocalCloud(c, home) for c in clouds}
+        self.registry = CollectorRegistry()
+        self.table = RoutingTable()
+        with self.store.session() as s:
+            self.token_hashes = {t.token_hash for t in s.scalars(select(TokenRow)).all()}
+            for c in clouds:
+                row = s.get(CloudRow, c.name)
+                if row is None:
+                    s.add(CloudRow(name=c.name, kind=c.kind, config=c.model_dump(), health="healthy"))
+                    self.store.record(s, "cloud", c.name, "", "healthy", "configured")
+                else:
+                    row.config, row.health, row.health_reason = c.model_dump(), "healthy", ""
+        self.gateway = Gateway(self.table, self.registry, self.token_hashes)
+        self.controller = DeploymentController(self.store, self.clouds, self.table)
+
+    def bootstrap_admin_token(self) -> str | None:
+        """On the first start, create the admin token and return it (the only time it is seen)."""
+        with self.store.session() as s:
+            if s.scalars(select(TokenRow).limit(1)).first() is not None:
+                return None
+            token = new_token("fma")
+            s.add(TokenRow(name="admin", token_hash=hash_token(token), role="admin"))
+            self.store.record(s, "token", "admin", "", "created", "first start")
+        self.token_hashes.add(hash_token(token))
+        return token
+
+
+def create_app(platform: Platform) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        platform.controller.start()
+        yield
+        platform.controller.stop()
+        await platform.gateway.close()
+        platform.store.close()
+
+    app = FastAPI(title="Fermion", version=__version__, lifespan=lifespan)
+    app.state.platform = platform
+
+    @app.exception_handler(FermionError)
+    async def _fermion_error(request: Request, exc: FermionError) -> Response:
+        return error_response(exc.http_status, str(exc), type(exc).__name__)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}" for e in exc.errors()
+        )
+        return error_response(422, message, "ValidationFailed", detail=exc.errors())
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_token)])
+    def metrics() -> Response:
+        return Response(generate_latest(platform.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(router)
+
+    @app.api_route("/d/{deployment}/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+                   include_in_schema=False)
+    async def gateway(request: Request, deployment: str, path: str) -> Response:
+        return await platform.gateway.handle(request, deployment, path)
+
+    return app

@@ -1,0 +1,202 @@
+"""``fermion deploy``, ``fermion deployment …``, ``fermion cloud …``, ``fermion events``."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._output import console, print_json, print_table
+from ._platform import Api, save_credentials
+
+deployment_app = typer.Typer(help="Inspect and manage deployments.", no_args_is_help=True)
+cloud_app = typer.Typer(help="Inspect the clouds this server manages.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def deploy(
+    ref: Annotated[str, typer.Argument(help="'path/to/file.py:Class' or a .photon archive")],
+    name: Annotated[str, typer.Option(help="Deployment name (lowercase, digits, '-').")],
+    replicas: Annotated[int, typer.Option(help="How many replicas.")] = 1,
+    cloud: Annotated[list[str] | None, typer.Option(help="Allowed cloud (repeat); default any.")] = None,
+    cpus: Annotated[float | None, typer.Option(help="CPUs per replica (default: the photon's).")] = None,
+    memory_gb: Annotated[float | None, typer.Option(help="Memory per replica in GB.")] = None,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the replicas (repeat).")] = None,
+    public: Annotated[bool, typer.Option(help="Serve without a token.")] = False,
+    wait: Annotated[bool, typer.Option(help="Wait until the deployment is READY.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build (if needed), upload and deploy a photon; a new version rolls out without downtime."""
+    from ..errors import UserInputError
+    from ..photon._package import build_archive
+
+    api = Api()
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(ref) if ref.endswith(".photon") else Path(tmp) / "upload.photon"
+        if not ref.endswith(".photon"):
+            build_archive(ref, archive)
+        with archive.open("rb") as f:
+            photon = api.request("POST", "/photons", files={"file": (archive.name, f, "application/zip")})
+    env_map: dict[str, str] = {}
+    for item in env or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserInputError(f"--env {item!r} is not KEY=VALUE")
+        env_map[key] = value
+    spec: dict[str, Any] = {"photon": photon["sha256"], "replicas": replicas, "clouds": cloud or [],
+                            "env": env_map, "public": public}
+    if cpus is not None or memory_gb is not None:
+        spec["resources"] = {"cpus": cpus or 1, "memory_gb": memory_gb or 1}
+    out = api.request("PUT", f"/deployments/{name}", json=spec)
+    token = out.get("token")
+    if wait:
+        deadline = time.monotonic() + timeout
+        with console.status(f"waiting for {name} to be ready…"):
+            while out["status"] not in ("READY", "FAILED") and time.monotonic() < deadline:
+                time.sleep(0.5)
+                out = api.get(f"/deployments/{name}")
+    out["token"] = token
+    if json_out:
+        print_json(out)
+        return
+    _show_deployment(out)
+    if token:
+        console.print(f"deployment token (shown once): [bold]{token}[/]")
+    if out["status"] == "FAILED":
+        raise typer.Exit(1)
+
+
+def _show_deployment(d: dict[str, Any]) -> None:
+    colour = {"READY": "green", "FAILED": "red", "DEGRADED": "yellow"}.get(d["status"], "cyan")
+    console.print(f"[bold]{d['name']}[/] photon={d['photon_name']} gen={d['generation']} "
+                  f"[{colour}]{d['status']}[/] {d['ready']}/{d['replicas']} ready — {d['status_reason']}")
+    console.print(f"endpoint: {d['endpoint']}  ({'public' if d['public'] else 'token required'})")
+    if d.get("last_error"):
+        console.print(f"[red]last error:[/] {d['last_error']}")
+    print_table(None, ["replica", "cloud", "gen", "state", "reason", "pid", "port"],
+                [(r["id"], r["cloud"], r["generation"], r["state"], r["reason"], r["pid"], r["port"])
+                 for r in d["replica_list"]])
+
+
+@deployment_app.command("list")
+def deployment_list(json_out: JsonOpt = False) -> None:
+    """All deployments."""
+    rows = Api().get("/deployments")
+    if json_out:
+        print_json(rows)
+        return
+    print_table("deployments", ["name", "photon", "gen", "status", "ready", "clouds", "endpoint"],
+                [(d["name"], d["photon_name"], d["generation"], d["status"], f"{d['ready']}/{d['replicas']}",
+                  ",".join(sorted({r["cloud"] for r in d["replica_list"] if r["cloud"]})), d["endpoint"]) for d in rows])
+
+
+@deployment_app.command("status")
+def deployment_status(name: str, json_out: JsonOpt = False) -> None:
+    """A deployment with its replicas and recent events."""
+    api = Api()
+    d = api.get(f"/deployments/{name}")
+    if json_out:
+        print_json(d)
+        return
+    _show_deployment(d)
+    events = api.get("/events", object_id=name, limit=10)
+    print_table("recent events", ["time", "change", "reason"],
+                [(time.strftime("%H:%M:%S", time.localtime(e["at"])), f"{e['old']} → {e['new']}", e["reason"])
+                 for e in events])
+
+
+@deployment_app.command("logs")
+def deployment_logs(name: str, tail: Annotated[int, typer.Option(help="Lines per replica.")] = 50) -> None:
+    """The last lines of each replica's log."""
+    for replica, text in Api().get(f"/deployments/{name}/logs", tail=tail).items():
+        console.rule(replica)
+        console.print(text, markup=False, highlight=False)
+
+
+@deployment_app.command("scale")
+def deployment_scale(name: str, replicas: Annotated[int, typer.Argument(help="New replica count.")],
+                     json_out: JsonOpt = False) -> None:
+    """Change the number of replicas."""
+    d = Api().request("POST", f"/deployments/{name}/scale", json={"replicas": replicas})
+    if json_out:
+        print_json(d)
+    else:
+        console.print(f"{name}: scaling to {replicas} replicas")
+
+
+@deployment_app.command("delete")
+def deployment_delete(name: str) -> None:
+    """Drain every replica and remove the deployment."""
+    Api().request("DELETE", f"/deployments/{name}")
+    console.print(f"{name}: deleting (replicas drain first)")
+
+
+@cloud_app.command("list")
+def cloud_list(json_out: JsonOpt = False) -> None:
+    """Clouds with health, capacity and replica counts."""
+    rows = Api().get("/clouds")
+    if json_out:
+        print_json(rows)
+        return
+    print_table("clouds", ["name", "kind", "health", "replicas", "cpus free/total", "memory GB free/total", "injected"],
+                [(c["name"], c["kind"], c["health"] + (f" ({c['health_reason']})" if c["health_reason"] else ""),
+                  c["replicas"], f"{c['free']['cpus']:g}/{c['capacity']['cpus']:g}",
+                  f"{c['free']['memory_gb']:g}/{c['capacity']['memory_gb']:g}",
+                  ", ".join(f"{k}={v}" for k, v in c["inject"].items() if v) or "-") for c in rows])
+
+
+@cloud_app.command("status")
+def cloud_status(name: str, json_out: JsonOpt = False) -> None:
+    """One cloud and the replicas on it."""
+    api = Api()
+    cloud = next((c for c in api.get("/clouds") if c["name"] == name), None)
+    if cloud is None:
+        from ..errors import NotFoundError
+
+        raise NotFoundError(f"no cloud named {name!r}", hint="see `fermion cloud list`")
+    replicas = [r for r in api.get("/replicas") if r["cloud"] == name]
+    if json_out:
+        print_json({**cloud, "replica_list": replicas})
+        return
+    console.print(f"[bold]{name}[/] {cloud['kind']} {cloud['health']} — {cloud['free']['cpus']:g} cpus free")
+    print_table(None, ["replica", "deployment", "state", "port"],
+                [(r["id"], r["deployment"], r["state"], r["port"]) for r in replicas])
+
+
+@cloud_app.command("fail")
+def cloud_fail(name: str) -> None:
+    """Inject an outage: kill every replica on the cloud and refuse new ones."""
+    out = Api().request("POST", f"/clouds/{name}/fail")
+    console.print(f"cloud {name}: down, {out['killed']} replicas killed")
+
+
+@cloud_app.command("recover")
+def cloud_recover(name: str) -> None:
+    """End an injected outage."""
+    Api().request("POST", f"/clouds/{name}/recover")
+    console.print(f"cloud {name}: healthy")
+
+
+def login(url: Annotated[str, typer.Argument(help="Server URL")],
+          token: Annotated[str, typer.Option(help="API token", prompt=True, hide_input=True)]) -> None:
+    """Save a server URL and token for the CLI."""
+    path = save_credentials(url.rstrip("/"), token)
+    Api().get("/clouds")  # proves the token works
+    console.print(f"saved to {path}")
+
+
+def events(object_id: Annotated[str | None, typer.Option("--object", help="Only this object.")] = None,
+           limit: Annotated[int, typer.Option(help="How many.")] = 50, json_out: JsonOpt = False) -> None:
+    """Recent state changes."""
+    rows = Api().get("/events", object_id=object_id, limit=limit) if object_id else Api().get("/events", limit=limit)
+    if json_out:
+        print_json(rows)
+        return
+    print_table("events", ["time", "kind", "object", "change", "reason"],
+                [(time.strftime("%H:%M:%S", time.localtime(e["at"])), e["kind"], e["object_id"],
+                  f"{e['old']} → {e['new']}", e["reason"]) for e in rows])

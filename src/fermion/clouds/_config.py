@@ -1,0 +1,59 @@
+"""clouds.yaml: the named clouds this server manages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import UserInputError
+
+
+class Capacity(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpus: float = Field(8, gt=0)
+    memory_gb: float = Field(16, gt=0)
+
+
+class Injected(BaseModel):
+    """Behaviour a local cloud fakes on purpose, to exercise failover."""
+
+    model_config = ConfigDict(extra="forbid")
+    latency_ms: float = Field(0, ge=0)  # added to every request its replicas serve
+    fail_start: bool = False  # every provisioning attempt fails
+
+
+class CloudConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    kind: Literal["local"] = "local"
+    regions: list[str] = Field(default_factory=lambda: ["local"])
+    capacity: Capacity = Field(default_factory=Capacity)
+    inject: Injected = Field(default_factory=Injected)
+
+
+class CloudsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    clouds: list[CloudConfig]
+
+
+DEFAULT_CLOUDS = [CloudConfig(name="local")]
+
+
+def load_clouds(path: str | Path | None) -> list[CloudConfig]:
+    """Clouds from a YAML file, or the default single local cloud."""
+    if path is None:
+        return list(DEFAULT_CLOUDS)
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+        clouds = CloudsFile.model_validate(data).clouds
+    except FileNotFoundError:
+        raise UserInputError(f"clouds file {path} does not exist") from None
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise UserInputError(f"invalid clouds file {path}: {exc}") from exc
+    names = [c.name for c in clouds]
+    if len(set(names)) != len(names):
+        raise UserInputError(f"clouds file {path} names a cloud twice: {names}")
+    return clouds

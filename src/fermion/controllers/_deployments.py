@@ -1,0 +1,331 @@
+"""The deployment reconciler: drives actual replicas toward each deployment's desired state.
+
+Each tick: read replicas, observe them (process alive? port? /healthz?) outside any
+transaction, then write the consequences in one transaction, start what is missing, drain
+what is extra or outdated, and publish the READY replicas to the gateway's routing table.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..clouds import LocalCloud, ProvisionError, ReplicaHandle, ReplicaSpec
+from ..gateway import Endpoint, Route, RoutingTable
+from ..store import TERMINAL_STATES, CloudRow, DeploymentRow, PhotonRow, ReplicaRow, Store
+
+log = logging.getLogger("fermion.controller")
+
+MAX_CRASHES = 5  # consecutive crashes before a deployment is FAILED
+STARTUP_TIMEOUT_S = 300.0
+DRAIN_TIMEOUT_S = 30.0
+UNHEALTHY_AFTER = 2  # failed probes of a READY replica
+REPLACE_AFTER = 10  # failed probes of an UNHEALTHY replica
+
+
+@dataclass
+class Observation:
+    alive: bool
+    port: int | None
+    health: str | None  # "ready", another /healthz status, or None if it did not answer
+
+
+def backoff_s(crashes: int) -> float:
+    return min(30.0, 0.5 * 2 ** max(0, crashes - 1))
+
+
+def handle_of(r: ReplicaRow) -> ReplicaHandle:
+    return ReplicaHandle(pid=r.pid or 0, workdir=Path(r.workdir or "."), port=r.port)
+
+
+class DeploymentController:
+    def __init__(self, store: Store, clouds: dict[str, LocalCloud], table: RoutingTable, interval_s: float = 0.25):
+        self.store = store
+        self.clouds = clouds
+        self.table = table
+        self.interval_s = interval_s
+        self._http = httpx.Client(timeout=1.0)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one tick at a time (the loop, or an API-triggered action)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self.tick()  # re-adopt and publish before the first request arrives
+        self._thread = threading.Thread(target=self._loop, name="fermion-controller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._http.close()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.tick()
+            except Exception:  # a bad tick must not kill the control loop
+                log.exception("controller tick failed")
+
+    # -- one pass -------------------------------------------------------------------------
+    def tick(self) -> None:
+        with self._lock:
+            with self.store.session() as s:
+                live = [(r.id, r.cloud, handle_of(r)) for r in self._live_replicas(s) if r.pid]
+            observations = {rid: self._observe(cloud, h) for rid, cloud, h in live}
+            with self.store.session() as s:
+                for d in s.scalars(select(DeploymentRow)).all():
+                    self._reconcile(s, d, observations)
+                self._publish(s)
+
+    def _live_replicas(self, s: Session, deployment: str | None = None) -> list[ReplicaRow]:
+        q = select(ReplicaRow).where(ReplicaRow.state.not_in(TERMINAL_STATES))
+        if deployment is not None:
+            q = q.where(ReplicaRow.deployment == deployment)
+        return list(s.scalars(q.order_by(ReplicaRow.created_at)).all())
+
+    def _observe(self, cloud_name: str | None, handle: ReplicaHandle) -> Observation:
+        cloud = self.clouds.get(cloud_name or "")
+        if cloud is None:
+            return Observation(False, None, None)
+        alive, port = cloud.poll(handle)
+        health = None
+        if alive and port:
+            try:
+                health = self._http.get(f"http://127.0.0.1:{port}/healthz").json().get("status")
+            except (httpx.HTTPError, ValueError):
+                health = None
+        return Observation(alive, port, health)
+
+    # -- state changes --------------------------------------------------------------------
+    def _set_state(self, s: Session, r: ReplicaRow, state: str, reason: str = "") -> None:
+        if r.state == state and r.reason == reason:
+            return
+        self.store.record(s, "replica", r.id, r.state, state, reason)
+        r.state, r.reason, r.state_since = state, reason, time.time()
+
+    def _set_status(self, s: Session, d: DeploymentRow, status: str, reason: str = "") -> None:
+        if d.status == status and d.status_reason == reason:
+            return
+        self.store.record(s, "deployment", d.name, d.status, status, reason)
+        d.status, d.status_reason, d.updated_at = status, reason, time.time()
+
+    def _apply(self, s: Session, d: DeploymentRow, r: ReplicaRow, obs: Observation | None) -> None:
+        now = time.time()
+        if r.state == "PENDING" or obs is None:
+            return
+        cloud = self.clouds.get(r.cloud or "")
+        if obs.port and r.port != obs.port:
+            r.port = obs.port
+        if r.state == "DRAINING":
+            if not obs.alive:
+                self._set_state(s, r, "TERMINATED", r.reason)
+            elif now - r.state_since > DRAIN_TIMEOUT_S and cloud is not None:
+                cloud.stop(handle_of(r), force=True)
+            return
+        if not obs.alive:
+            self._on_exit(s, d, r, cloud)
+            return
+        if obs.health == "ready":
+            r.failed_probes = 0
+            if r.state != "READY":
+                self._set_state(s, r, "READY", "passed health check")
+                d.crash_count = 0
+            return
+        if r.state == "PROVISIONING" and obs.port:
+            self._set_state(s, r, "STARTING", "listening; waiting for init()")
+        elif r.state in ("PROVISIONING", "STARTING") and now - r.state_since > STARTUP_TIMEOUT_S:
+            if cloud is not None:
+                cloud.stop(handle_of(r), force=True)
+            self._crashed(s, d, r, f"not ready within {STARTUP_TIMEOUT_S:.0f}s")
+        elif r.state in ("READY", "UNHEALTHY"):
+            r.failed_probes += 1
+            if r.state == "READY" and r.failed_probes >= UNHEALTHY_AFTER:
+                self._set_state(s, r, "UNHEALTHY", f"{r.failed_probes} health checks failed")
+            elif r.state == "UNHEALTHY" and r.failed_probes >= REPLACE_AFTER and cloud is not None:
+                cloud.stop(handle_of(r), force=True)
+                self._crashed(s, d, r, f"replaced after {r.failed_probes} failed health checks")
+
+    def _on_exit(self, s: Session, d: DeploymentRow, r: ReplicaRow, cloud: LocalCloud | None) -> None:
+        if cloud is not None and cloud.failed:
+            # not the photon's fault: do not count it toward a crash loop
+            self._set_state(s, r, "FAILED", f"cloud {cloud.name} failed")
+            return
+        code = cloud.exit_code(handle_of(r)) if cloud is not None else None
+        last = ""
+        if cloud is not None:
+            lines = [ln for ln in cloud.logs(handle_of(r), tail=40).splitlines() if ln.strip()]
+            errors = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()]
+            last = (errors or lines or [""])[-1].strip()
+        exit_text = f"exited with code {code}" if code is not None else "process exited"
+        self._crashed(s, d, r, f"{exit_text}: {last}" if last else exit_text)
+
+    def _crashed(self, s: Session, d: DeploymentRow, r: ReplicaRow, reason: str) -> None:
+        self._set_state(s, r, "FAILED", reason)
+        d.crash_count += 1
+        d.last_error = reason
+        d.next_start_at = time.time() + backoff_s(d.crash_count)
+        if d.crash_count >= MAX_CRASHES and d.status != "FAILED":
+            self._set_status(s, d, "FAILED", f"crash loop ({d.crash_count} crashes in a row); last error: {reason}")
+
+    # -- reconcile one deployment ---------------------------------------------------------
+    def _reconcile(self, s: Session, d: DeploymentRow, observations: dict[str, Observation]) -> None:
+        replicas = self._live_replicas(s, d.name)
+        for r in replicas:
+            self._apply(s, d, r, observations.get(r.id))
+        replicas = [r for r in replicas if r.state not in TERMINAL_STATES]
+        active = [r for r in replicas if r.state != "DRAINING"]
+        current = [r for r in active if r.generation == d.generation]
+        outdated = [r for r in active if r.generation != d.generation]
+        deleting = d.status == "DELETING"
+        desired = 0 if deleting else d.replicas
+
+        if len(current) < desired and d.status != "FAILED" and time.time() >= d.next_start_at:
+            for _ in range(desired - len(current)):
+                r = ReplicaRow(
+                    deployment=d.name, generation=d.generation, photon_sha256=d.photon_sha256,
+                    resources=dict(d.resources), state="PENDING", reason="waiting for placement",
+                )
+                s.add(r)
+                s.flush()
+                self.store.record(s, "replica", r.id, "", "PENDING", f"deployment {d.name} needs a replica")
+                current.append(r)
+        extra = len(current) - desired
+        if extra > 0:
+            # drop the least useful first: not ready, then newest
+            for r in sorted(current, key=lambda r: (r.state == "READY", -r.created_at))[:extra]:
+                self._drain(s, r, "scaled down" if not deleting else "deployment deleted")
+        for r in [r for r in current if r.state == "PENDING"]:
+            self._place(s, d, r)
+        ready_now = sum(r.state == "READY" for r in current)
+        if outdated and (ready_now >= desired or deleting):
+            for r in outdated:  # rolling update: the new version is serving, retire the old
+                self._drain(s, r, f"replaced by generation {d.generation}")
+
+        if deleting:
+            if not self._live_replicas(s, d.name):
+                self.store.record(s, "deployment", d.name, d.status, "DELETED", "all replicas stopped")
+                for r in s.scalars(select(ReplicaRow).where(ReplicaRow.deployment == d.name)).all():
+                    s.delete(r)
+                s.delete(d)
+            return
+        if d.status == "FAILED":
+            return
+        ready_all = ready_now + sum(r.state == "READY" for r in outdated)
+        if ready_now >= desired:
+            self._set_status(s, d, "READY", f"{ready_now}/{desired} replicas ready")
+        elif ready_all > 0:
+            self._set_status(s, d, "DEGRADED", f"{ready_all}/{desired} replicas ready")
+        else:
+            pending = [r.reason for r in current if r.state == "PENDING"]
+            self._set_status(s, d, "DEPLOYING", pending[0] if pending else f"0/{desired} replicas ready")
+
+    def _drain(self, s: Session, r: ReplicaRow, reason: str) -> None:
+        cloud = self.clouds.get(r.cloud or "")
+        if r.pid and cloud is not None:
+            cloud.stop(handle_of(r))  # SIGTERM: the photon finishes in-flight requests, then exits
+            self._set_state(s, r, "DRAINING", reason)
+        else:
+            self._set_state(s, r, "TERMINATED", reason)
+
+    # -- placement ------------------------------------------------------------------------
+    def free_capacity(self, s: Session) -> dict[str, dict[str, float]]:
+        used: dict[str, dict[str, float]] = {name: {"cpus": 0.0, "memory_gb": 0.0} for name in self.clouds}
+        for r in self._live_replicas(s):
+            if r.cloud in used:
+                used[r.cloud]["cpus"] += float(r.resources.get("cpus", 1))
+                used[r.cloud]["memory_gb"] += float(r.resources.get("memory_gb", 1))
+        return {
+            name: {
+                "cpus": cloud.config.capacity.cpus - used[name]["cpus"],
+                "memory_gb": cloud.config.capacity.memory_gb - used[name]["memory_gb"],
+            }
+            for name, cloud in self.clouds.items()
+        }
+
+    def _candidates(self, s: Session, d: DeploymentRow, need: dict[str, Any]) -> tuple[list[str], list[str]]:
+        free = self.free_capacity(s)
+        spread: dict[str, int] = {}
+        for r in self._live_replicas(s, d.name):
+            if r.cloud and r.state != "DRAINING":
+                spread[r.cloud] = spread.get(r.cloud, 0) + 1
+        ok, why_not = [], []
+        for name in sorted(self.clouds):
+            cloud = self.clouds[name]
+            if d.clouds and name not in d.clouds:
+                continue
+            if cloud.failed:
+                why_not.append(f"{name}: unhealthy")
+                continue
+            f = free[name]
+            if f["cpus"] + 1e-9 < float(need.get("cpus", 1)) or f["memory_gb"] + 1e-9 < float(need.get("memory_gb", 1)):
+                why_not.append(f"{name}: {max(f['cpus'], 0):g} cpus / {max(f['memory_gb'], 0):g} GB free")
+                continue
+            ok.append(name)
+        ok.sort(key=lambda n: (spread.get(n, 0), -free[n]["cpus"], n))
+        return ok, why_not
+
+    def _place(self, s: Session, d: DeploymentRow, r: ReplicaRow) -> None:
+        need = r.resources or {"cpus": 1, "memory_gb": 1}
+        candidates, why_not = self._candidates(s, d, need)
+        photon = s.get(PhotonRow, r.photon_sha256)
+        assert photon is not None
+        for name in candidates:
+            try:
+                handle = self.clouds[name].provision(
+                    ReplicaSpec(replica_id=r.id, archive=Path(photon.archive_path), env=dict(d.env))
+                )
+            except ProvisionError as exc:
+                why_not.append(f"{name}: {exc.message}")
+                continue
+            r.cloud, r.pid, r.workdir = name, handle.pid, str(handle.workdir)
+            self._set_state(s, r, "PROVISIONING", f"process {handle.pid} on cloud {name}")
+            return
+        wanted = ", ".join(f"{k}={v}" for k, v in need.items())
+        self._set_state(s, r, "PENDING", f"no cloud can run it ({wanted}): " + "; ".join(why_not or ["no cloud allowed"]))
+
+    # -- the routing table ----------------------------------------------------------------
+    def _publish(self, s: Session) -> None:
+        routes: dict[str, Route] = {}
+        for d in s.scalars(select(DeploymentRow)).all():
+            if d.status == "DELETING":
+                continue
+            ready = [r for r in self._live_replicas(s, d.name) if r.state == "READY" and r.port]
+            routes[d.name] = Route(
+                deployment=d.name, public=d.public, idempotent=d.idempotent, token_hash=d.token_hash,
+                endpoints=[Endpoint(r.id, r.cloud or "", f"http://127.0.0.1:{r.port}") for r in ready],
+            )
+        self.table.publish(routes)
+
+    # -- cloud outages (injected) ---------------------------------------------------------
+    def fail_cloud(self, name: str, reason: str) -> int:
+        with self._lock, self.store.session() as s:
+            cloud = self.clouds[name]
+            cloud.fail()
+            row = s.get(CloudRow, name)
+            if row is not None and row.health != "unhealthy":
+                self.store.record(s, "cloud", name, row.health, "unhealthy", reason)
+                row.health, row.health_reason = "unhealthy", reason
+            killed = 0
+            for r in self._live_replicas(s):
+                if r.cloud == name and r.pid:
+                    cloud.stop(handle_of(r), force=True)
+                    killed += 1
+            return killed
+
+    def recover_cloud(self, name: str) -> None:
+        with self._lock, self.store.session() as s:
+            self.clouds[name].recover()
+            row = s.get(CloudRow, name)
+            if row is not None and row.health != "healthy":
+                self.store.record(s, "cloud", name, row.health, "healthy", "recovered")
+                row.health, row.health_reason = "healthy", ""

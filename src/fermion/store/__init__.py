@@ -1,0 +1,26 @@
+"""The state store: SQLAlchemy models and sessions."""
+
+from ._models import (
+    TERMINAL_STATES,
+    CloudRow,
+    DeploymentRow,
+    EventRow,
+    PhotonRow,
+    ReplicaRow,
+    TokenRow,
+    new_id,
+)
+from ._store import Store, default_db_url
+
+__all__ = [
+    "TERMINAL_STATES",
+    "CloudRow",
+    "DeploymentRow",
+    "EventRow",
+    "PhotonRow",
+    "ReplicaRow",
+    "Store",
+    "TokenRow",
+    "default_db_url",
+    "new_id",
+]

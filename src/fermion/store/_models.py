@@ -1,0 +1,98 @@
+"""The tables: every long-lived object is a row; every change of state is an Event row."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class PhotonRow(Base):
+    __tablename__ = "photons"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    archive_path: Mapped[str] = mapped_column(Text)
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class CloudRow(Base):
+    __tablename__ = "clouds"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    health: Mapped[str] = mapped_column(String(20), default="healthy")  # healthy | unhealthy
+    health_reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class DeploymentRow(Base):
+    __tablename__ = "deployments"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    photon_sha256: Mapped[str] = mapped_column(ForeignKey("photons.sha256"))
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    replicas: Mapped[int] = mapped_column(Integer, default=1)
+    resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    clouds: Mapped[list[str]] = mapped_column(JSON, default=list)  # allowed; empty = any
+    env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    public: Mapped[bool] = mapped_column(default=False)
+    idempotent: Mapped[bool] = mapped_column(default=True)
+    token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(20), default="DEPLOYING")  # DEPLOYING|READY|DEGRADED|FAILED
+    status_reason: Mapped[str] = mapped_column(Text, default="")
+    crash_count: Mapped[int] = mapped_column(Integer, default=0)  # consecutive, reset on READY
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    next_start_at: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    updated_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class ReplicaRow(Base):
+    __tablename__ = "replicas"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("r"))
+    deployment: Mapped[str] = mapped_column(ForeignKey("deployments.name"), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    photon_sha256: Mapped[str] = mapped_column(String(64))
+    cloud: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    state: Mapped[str] = mapped_column(String(20), default="PENDING", index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    workdir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    failed_probes: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    state_since: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, default=time.time, index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # deployment | replica | cloud | token
+    object_id: Mapped[str] = mapped_column(String(100), index=True)
+    old: Mapped[str] = mapped_column(String(40), default="")
+    new: Mapped[str] = mapped_column(String(40), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class TokenRow(Base):
+    __tablename__ = "tokens"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("t"))
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(20), default="admin")
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+TERMINAL_STATES = frozenset({"TERMINATED", "FAILED"})

@@ -1,0 +1,53 @@
+"""The state store: one SQLAlchemy engine (SQLite by default, PostgreSQL by URL)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from ._models import Base, EventRow
+
+
+def default_db_url(home: Path) -> str:
+    return f"sqlite:///{home / 'fermion.db'}"
+
+
+class Store:
+    """Sessions over the state store, and the one way to record an event."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict[str, object] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)  # creates missing tables; the schema is additive so far
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on error."""
+        with self._sessions() as s, s.begin():
+            yield s
+
+    @staticmethod
+    def record(s: Session, kind: str, object_id: str, old: str, new: str, reason: str = "") -> None:
+        s.add(EventRow(at=time.time(), kind=kind, object_id=object_id, old=old, new=new, reason=reason))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API types
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
