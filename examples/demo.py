@@ -144,13 +144,15 @@ def platform_demo(work: Path) -> None:
             server.cli("cloud", "fail", "gcp-europe-west4")
             console.print("[red]gcp-europe-west4 is down[/]: its replica was killed")
             t0 = time.perf_counter()
-            server.wait_for(lambda api: api.get("/deployments/emb").json()["ready"] == 2, timeout=120)
+            server.wait_for(lambda api: sum(r["state"] == "READY" and r["cloud"] != "gcp-europe-west4"
+                                            for r in api.get("/deployments/emb").json()["replica_list"]) == 2,
+                            timeout=120)
             console.print(f"replacement READY after {time.perf_counter() - t0:.1f}s")
             time.sleep(1)
         console.print(replicas_table(server, "after the failure"))
         console.print(f"traffic: [bold]{traffic.ok}[/] requests served, [bold]{traffic.failed}[/] failed "
                       "(the gateway retried around the dead replica)")
-        events = server.cli("events", "--limit", "12").stdout
+        events = server.cli("events", "--limit", "8").stdout
         console.print(events)
 
 

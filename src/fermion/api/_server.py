@@ -92,10 +92,9 @@ def create_app(platform: Platform) -> FastAPI:
         return Response(generate_latest(platform.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(router)
-
-    @app.api_route("/d/{deployment}/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
-                   include_in_schema=False)
-    async def gateway(request: Request, deployment: str, path: str) -> Response:
-        return await platform.gateway.handle(request, deployment, path)
-
     return app
+
+
+def create_asgi(platform: Platform):  # noqa: ANN201 - an ASGI callable
+    """The API app with the gateway in front of it (gateway paths never reach FastAPI)."""
+    return platform.gateway.wrap(create_app(platform))

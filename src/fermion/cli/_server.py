@@ -27,7 +27,7 @@ def start(
 
     import uvicorn
 
-    from ..api import Platform, create_app
+    from ..api import Platform, create_asgi
     from ..clouds import load_clouds
     from ..config import fermion_home
     from ..photon._serve import DrainingServer, bind_socket, write_port_file
@@ -59,6 +59,6 @@ def start(
         write_port_file(port_file, sock.getsockname()[1])
     print(f"fermion: server on {url} (clouds: {', '.join(platform.clouds)}; db: {platform.store.url})",
           file=sys.stderr, flush=True)
-    config = uvicorn.Config(create_app(platform), loop="uvloop", http="httptools", log_level=log_level,
+    config = uvicorn.Config(create_asgi(platform), loop="uvloop", http="httptools", log_level=log_level,
                             access_log=False, timeout_graceful_shutdown=10)
     DrainingServer(config).run(sockets=[sock])

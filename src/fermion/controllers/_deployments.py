@@ -116,7 +116,8 @@ class DeploymentController:
     def _set_status(self, s: Session, d: DeploymentRow, status: str, reason: str = "") -> None:
         if d.status == status and d.status_reason == reason:
             return
-        self.store.record(s, "deployment", d.name, d.status, status, reason)
+        if d.status != status:  # a new reason alone (e.g. "1/2 ready") is not an event
+            self.store.record(s, "deployment", d.name, d.status, status, reason)
         d.status, d.status_reason, d.updated_at = status, reason, time.time()
 
     def _apply(self, s: Session, d: DeploymentRow, r: ReplicaRow, obs: Observation | None) -> None:

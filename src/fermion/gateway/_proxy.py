@@ -1,28 +1,38 @@
-"""The gateway: /d/<deployment>/<path> reverse-proxied to a READY replica, with retries."""
+"""The gateway: /d/<deployment>/<path> reverse-proxied to a READY replica, with retries.
+
+It is a raw ASGI front placed before the API app, so gateway traffic skips FastAPI's routing
+and parameter machinery entirely.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
-from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.background import BackgroundTask
 
-from ..photon._routes import error_response
 from ..security import hash_token
 from ._routing import Endpoint, LeastOutstandingP2C, RoutingTable
+from ._upstream import UpstreamBrokenError, UpstreamConnectError, UpstreamPool, UpstreamResponse
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-     "transfer-encoding", "upgrade", "host", "content-length"}
+    {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailers",
+     b"transfer-encoding", b"upgrade", b"host", b"content-length"}
 )
 EJECT_SECONDS = 2.0
 MAX_ATTEMPTS = 4
 RETRY_PAUSE_S = 0.05
+UPSTREAM_TIMEOUT_S = 300.0
+BUFFER_LIMIT = 1 << 20  # answers up to this size are read whole before replying, so they can be retried
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class GatewayMetrics:
@@ -45,133 +55,153 @@ class GatewayMetrics:
         )
 
 
+async def _reply(send: Send, status: int, message: str, kind: str) -> None:
+    body = json.dumps({"error": {"type": kind, "message": message}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class Gateway:
+    """Routing, auth, retries and metrics for /d/<deployment>/…; everything else goes to ``app``."""
+
+    PREFIX = "/d/"
+
     def __init__(self, table: RoutingTable, registry: CollectorRegistry, admin_token_hashes: set[str]) -> None:
         self.table = table
         self.policy = LeastOutstandingP2C()
         self.metrics = GatewayMetrics(registry)
         self.admin_token_hashes = admin_token_hashes
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(300, connect=2),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-        )
+        self.pool = UpstreamPool()
 
     async def close(self) -> None:
-        await self.client.aclose()
+        self.pool.close()
 
-    def _authorized(self, request: Request, token_hash: str | None) -> bool:
-        auth = request.headers.get("authorization", "")
+    def wrap(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+        async def front(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and scope["path"].startswith(self.PREFIX):
+                await self.handle(scope, receive, send)
+            else:
+                await app(scope, receive, send)
+
+        return front
+
+    def _authorized(self, headers: list[tuple[bytes, bytes]], token_hash: str | None) -> bool:
+        auth = next((v for k, v in headers if k == b"authorization"), b"").decode("latin-1")
         if not auth.lower().startswith("bearer "):
             return False
         digest = hash_token(auth[7:].strip())
         return digest == token_hash or digest in self.admin_token_hashes
 
-    async def handle(self, request: Request, deployment: str, path: str) -> Response:
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        deployment, _, rest = scope["path"][len(self.PREFIX):].partition("/")
         route = self.table.get(deployment)
         if route is None:
-            return error_response(404, f"no deployment named {deployment!r}", "NotFound")
-        if not route.public and not self._authorized(request, route.token_hash):
-            return error_response(
-                401, f"deployment {deployment!r} needs 'Authorization: Bearer <token>'", "AuthError"
-            )
+            return await _reply(send, 404, f"no deployment named {deployment!r}", "NotFound")
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        if not route.public and not self._authorized(headers, route.token_hash):
+            return await _reply(send, 401, f"deployment {deployment!r} needs 'Authorization: Bearer <token>'",
+                                "AuthError")
         if not route.endpoints:
-            return error_response(503, f"deployment {deployment!r} has no ready replica", "ServiceUnavailable")
-        body = await request.body()
-        url_path = "/" + path + (f"?{request.url.query}" if request.url.query else "")
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
-        retry_midflight = route.idempotent or request.method in ("GET", "HEAD", "OPTIONS")
-        tried: set[str] = set()
+            return await _reply(send, 503, f"deployment {deployment!r} has no ready replica", "ServiceUnavailable")
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        query = scope.get("query_string", b"")
+        target = "/" + rest + (f"?{query.decode('latin-1')}" if query else "")
+        forward_headers = [(k, v) for k, v in headers if k not in HOP_BY_HOP]
+        method: str = scope["method"]
+        may_resend = route.idempotent or method in IDEMPOTENT_METHODS
         start = time.perf_counter()
+        tried: set[str] = set()
         last_error = "no replica answered"
         for attempt in range(MAX_ATTEMPTS):
             # re-read the route: the controller may have published replacements since the last try
             current = self.table.get(deployment) or route
             endpoint = self.policy.choose(current.endpoints, tried)
             if endpoint is None and tried:
-                tried.clear()  # every replica failed once: the failures were all safe to retry, go round again
+                tried.clear()  # every replica failed once, each safely: go round again
                 await asyncio.sleep(RETRY_PAUSE_S)
                 endpoint = self.policy.choose(current.endpoints, tried)
             if endpoint is None:
                 break
             tried.add(endpoint.replica_id)
-            outcome = await self._forward(request.method, endpoint, deployment, url_path, headers, body)
-            if isinstance(outcome, Response):
+            kind, last_error = await self._attempt(send, method, endpoint, deployment, target, forward_headers, body)
+            if kind == "done":
                 self.metrics.latency.labels(deployment).observe(time.perf_counter() - start)
-                return outcome
-            kind, last_error = outcome
-            retryable = kind == "connect" or kind == "unavailable" or (kind == "midflight" and retry_midflight)
-            if not retryable:
-                break
+                return None
             if kind == "midflight":
-                retry_midflight = False  # a request that may have run is re-sent at most once
+                if not may_resend:
+                    break
+                may_resend = False  # a request that may have run is re-sent at most once
+            elif kind != "connect":
+                break
             if attempt + 1 < MAX_ATTEMPTS:
                 self.metrics.retries.labels(deployment, kind).inc()
         self.metrics.requests.labels(deployment, "-", "502").inc()
-        return error_response(502, f"deployment {deployment!r}: {last_error}", "BadGateway")
+        return await _reply(send, 502, f"deployment {deployment!r}: {last_error}", "BadGateway")
 
-    async def _forward(
-        self, method: str, endpoint: Endpoint, deployment: str, url_path: str,
-        headers: list[tuple[str, str]], body: bytes,
-    ) -> Response | tuple[str, str]:
-        """A response to pass on, or (failure kind, message) to maybe retry elsewhere."""
+    async def _attempt(
+        self, send: Send, method: str, endpoint: Endpoint, deployment: str, target: str,
+        headers: list[tuple[bytes, bytes]], body: bytes,
+    ) -> tuple[str, str]:
+        """Forward once. ("done", "") once the client has its answer, else (failure kind, message)."""
+        url = urlsplit(endpoint.url)
+        host, port = url.hostname or "127.0.0.1", url.port or 80
         endpoint.in_flight += 1
         gauge = self.metrics.in_flight.labels(deployment, endpoint.replica_id)
         gauge.inc()
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                endpoint.in_flight -= 1
-                gauge.dec()
-
         try:
-            request = self.client.build_request(method, endpoint.url + url_path, headers=headers, content=body)
-            upstream = await self.client.send(request, stream=True)
-        except httpx.ConnectError as exc:
-            release()
-            self._eject(endpoint)
-            return "connect", f"replica {endpoint.replica_id} refused the connection: {exc}"
-        except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError) as exc:
-            release()
-            self._eject(endpoint)
-            return "midflight", f"replica {endpoint.replica_id} dropped the request: {type(exc).__name__}"
-        except httpx.TimeoutException:
-            release()
-            return "timeout", f"replica {endpoint.replica_id} did not answer in time"
-        if upstream.status_code == 503 and upstream.headers.get("content-type", "").startswith("application/json"):
-            # an initializing or draining replica did not run the handler: safe to send elsewhere
-            await upstream.aread()
-            await upstream.aclose()
-            release()
-            return "unavailable", f"replica {endpoint.replica_id} is not ready"
-        endpoint.consecutive_failures = 0
-        self.metrics.requests.labels(deployment, endpoint.replica_id, str(upstream.status_code)).inc()
-        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
-
-        async def close() -> None:
-            await upstream.aclose()
-            release()
-
-        if "content-length" in upstream.headers:
             try:
-                content = await upstream.aread()
-            except httpx.HTTPError as exc:
-                await close()
+                response, conn = await self.pool.request(host, port, method, target, headers, body, UPSTREAM_TIMEOUT_S)
+            except UpstreamConnectError as exc:
                 self._eject(endpoint)
-                return "midflight", f"replica {endpoint.replica_id} broke off its answer: {type(exc).__name__}"
-            await close()
-            return Response(content, status_code=upstream.status_code, headers=out_headers)
-        return StreamingResponse(
-            _relay(upstream), status_code=upstream.status_code, headers=out_headers, background=BackgroundTask(close)
-        )
+                return "connect", f"replica {endpoint.replica_id} refused the connection ({exc})"
+            except UpstreamBrokenError:
+                self._eject(endpoint)
+                return "midflight", f"replica {endpoint.replica_id} dropped the request"
+            except TimeoutError:
+                return "timeout", f"replica {endpoint.replica_id} did not answer within {UPSTREAM_TIMEOUT_S:g}s"
+            try:
+                if response.status == 503 and (response.header(b"content-type") or b"").startswith(b"application/json"):
+                    await response.body()  # initializing or draining: the handler did not run
+                    return "connect", f"replica {endpoint.replica_id} is not ready"
+                await self._relay(send, response)
+            except UpstreamBrokenError:
+                self._eject(endpoint)
+                return "midflight", f"replica {endpoint.replica_id} broke off its answer"
+            finally:
+                self.pool.release(host, port, conn)
+            endpoint.consecutive_failures = 0
+            self.metrics.requests.labels(deployment, endpoint.replica_id, str(response.status)).inc()
+            return "done", ""
+        finally:
+            endpoint.in_flight -= 1
+            gauge.dec()
+
+    @staticmethod
+    async def _relay(send: Send, response: UpstreamResponse) -> None:
+        out_headers = [(k.lower(), v) for k, v in response.headers if k.lower() not in HOP_BY_HOP]
+        length = response.header(b"content-length")
+        if length is not None and int(length) <= BUFFER_LIMIT:
+            content = await response.body()  # whole, before anything is sent: still retryable
+            out_headers.append((b"content-length", str(len(content)).encode()))
+            await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
+            await send({"type": "http.response.body", "body": content})
+            return
+        if length is not None:
+            out_headers.append((b"content-length", length))
+        await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
+        while (chunk := await response.chunks.get()) is not None:
+            if isinstance(chunk, Exception):
+                raise RuntimeError("the replica broke off a streamed answer") from chunk  # cannot retry now
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
     def _eject(self, endpoint: Endpoint) -> None:
         endpoint.consecutive_failures += 1
         endpoint.ejected_until = time.monotonic() + EJECT_SECONDS * min(8, endpoint.consecutive_failures)
-
-
-async def _relay(upstream: httpx.Response) -> AsyncIterator[bytes]:
-    async for chunk in upstream.aiter_raw():
-        yield chunk
