@@ -8,6 +8,7 @@ kills one cloud, and shows the traffic carrying on while the replica is re-place
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import threading
@@ -25,6 +26,7 @@ from fermion import Client  # noqa: E402
 from fermion.photon._package import build_archive  # noqa: E402
 from tests.support import running_server, serve_photon  # noqa: E402
 
+os.environ.setdefault("COLUMNS", "120")  # the CLI tables printed below are captured, not a TTY
 console = Console()
 EMBEDDER = f"{ROOT / 'examples/embedder/photon.py'}:Embedder"
 
