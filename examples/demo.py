@@ -9,6 +9,7 @@ kills one cloud, and shows the traffic carrying on while the replica is re-place
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -84,10 +85,16 @@ CLOUDS = """
 clouds:
   - name: aws-us-east-1
     capacity: {cpus: 4, memory_gb: 8}
-  - name: gcp-europe-west4
+    pricing: {catalog: aws, instance_type: c3.xlarge}
+  - name: gcp-us-central1
     capacity: {cpus: 4, memory_gb: 8}
+    pricing: {catalog: gcp, instance_type: n2-standard-4}
     inject: {latency_ms: 3}
+  - name: azure-eastus
+    capacity: {cpus: 4, memory_gb: 8}
+    pricing: {catalog: azure, instance_type: Standard_D4s_v5}
 """
+
 
 
 class Traffic:
@@ -129,24 +136,29 @@ def replicas_table(server, title: str) -> Table:  # noqa: ANN001
 
 
 def platform_demo(work: Path) -> None:
-    step("5. a Fermion server managing two local clouds")
+    step("5. the optimizer over the shipped catalogs: fermion optimize examples/placement/inference.yaml")
+    console.print(subprocess.run([sys.executable, "-m", "fermion", "optimize",
+                                  str(ROOT / "examples/placement/inference.yaml")],
+                                 capture_output=True, text=True).stdout)
+    step("6. a Fermion server managing three priced local clouds")
     with running_server(work / "server", CLOUDS) as server:
         out = server.cli("cloud", "list")
         console.print(out.stdout)
-        step("6. fermion deploy examples/embedder/photon.py:Embedder --name emb --replicas 2")
+        step("7. fermion deploy examples/embedder/photon.py:Embedder --name emb --replicas 2")
         start = time.perf_counter()
         server.cli("deploy", EMBEDDER, "--name", "emb", "--replicas", "2", "--public")
         console.print(f"2 replicas READY in {time.perf_counter() - start:.1f}s")
-        console.print(replicas_table(server, "placed"))
+        console.print(replicas_table(server, "placed by the optimizer (cheapest clouds, at most half per cloud)"))
         client = Client(f"{server.url}/d/emb", timeout=30)
-        step("7. traffic through the gateway, then cloud gcp-europe-west4 fails")
+        failing = server.deployment("emb")["replica_list"][-1]["cloud"]
+        step(f"8. traffic through the gateway, then cloud {failing} fails")
         with Traffic(client) as traffic:
             time.sleep(2)
             console.print(f"before the failure: {traffic.ok} requests served, {traffic.failed} failed")
-            server.cli("cloud", "fail", "gcp-europe-west4")
-            console.print("[red]gcp-europe-west4 is down[/]: its replica was killed")
+            server.cli("cloud", "fail", failing)
+            console.print(f"[red]{failing} is down[/]: its replica was killed")
             t0 = time.perf_counter()
-            server.wait_for(lambda api: sum(r["state"] == "READY" and r["cloud"] != "gcp-europe-west4"
+            server.wait_for(lambda api: sum(r["state"] == "READY" and r["cloud"] != failing
                                             for r in api.get("/deployments/emb").json()["replica_list"]) == 2,
                             timeout=120)
             console.print(f"replacement READY after {time.perf_counter() - t0:.1f}s")

@@ -11,6 +11,7 @@ from ..errors import FermionError
 from ._output import print_error
 from ._deploy import cloud_app, deploy, deployment_app, events, login
 from ._photon import photon_app
+from ._placement import catalog_app, optimize_cmd
 from ._server import server_app
 
 app = typer.Typer(
@@ -24,6 +25,8 @@ app.add_typer(photon_app, name="photon")
 app.add_typer(server_app, name="server")
 app.add_typer(deployment_app, name="deployment")
 app.add_typer(cloud_app, name="cloud")
+app.add_typer(catalog_app, name="catalog")
+app.command("optimize")(optimize_cmd)
 app.command()(deploy)
 app.command()(events)
 app.command()(login)
@@ -48,7 +51,11 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.BadParameter, typer.core.click.ClickException) as exc:  # type: ignore[attr-defined]
-        exc.show()
-        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: click's message, no traceback
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            print_error(str(exc))
+        sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)

@@ -25,13 +25,35 @@ class Injected(BaseModel):
     fail_start: bool = False  # every provisioning attempt fails
 
 
+class Pricing(BaseModel):
+    """What a replica-hour on this cloud costs: a catalog entry, or prices declared inline."""
+
+    model_config = ConfigDict(extra="forbid")
+    catalog: str | None = None  # e.g. "aws": take the prices of `instance_type` from that catalog
+    instance_type: str | None = None
+    price_per_hour: float | None = Field(None, ge=0)
+    spot_price_per_hour: float | None = Field(None, ge=0)
+
+
 class CloudConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     kind: Literal["local"] = "local"
     regions: list[str] = Field(default_factory=lambda: ["local"])
     capacity: Capacity = Field(default_factory=Capacity)
+    pricing: Pricing = Field(default_factory=Pricing)
     inject: Injected = Field(default_factory=Injected)
+
+    def prices(self) -> tuple[float, float | None, str]:
+        """(on-demand $/h, spot $/h or None, instance type) per replica on this cloud."""
+        p = self.pricing
+        if p.catalog and p.instance_type:
+            from ..placement import find_offering
+
+            o = find_offering(p.catalog, p.instance_type)
+            return (p.price_per_hour if p.price_per_hour is not None else o.price,
+                    p.spot_price_per_hour if p.spot_price_per_hour is not None else o.spot_price, o.instance_type)
+        return p.price_per_hour or 0.0, p.spot_price_per_hour, p.instance_type or "local"
 
 
 class CloudsFile(BaseModel):
@@ -53,6 +75,11 @@ def load_clouds(path: str | Path | None) -> list[CloudConfig]:
         raise UserInputError(f"clouds file {path} does not exist") from None
     except (yaml.YAMLError, ValidationError) as exc:
         raise UserInputError(f"invalid clouds file {path}: {exc}") from exc
+    for c in clouds:
+        try:
+            c.prices()
+        except UserInputError as exc:
+            raise UserInputError(f"invalid clouds file {path}: cloud {c.name}: {exc}") from exc
     names = [c.name for c in clouds]
     if len(set(names)) != len(names):
         raise UserInputError(f"clouds file {path} names a cloud twice: {names}")

@@ -22,6 +22,7 @@ class LocalCloud:
         self.root = root / "clouds" / config.name
         self.root.mkdir(parents=True, exist_ok=True)
         self.failed = False  # set by `fail()`: injected outage
+        self.unhealthy_until = 0.0  # set by the controller after a failed provisioning
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def provision(self, spec: ReplicaSpec) -> ReplicaHandle:

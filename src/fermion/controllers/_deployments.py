@@ -8,6 +8,7 @@ what is extra or outdated, and publish the READY replicas to the gateway's routi
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ STARTUP_TIMEOUT_S = 300.0
 DRAIN_TIMEOUT_S = 30.0
 UNHEALTHY_AFTER = 2  # failed probes of a READY replica
 REPLACE_AFTER = 10  # failed probes of an UNHEALTHY replica
+CLOUD_RETRY_S = 30.0  # a cloud that failed to provision is tried again after this
 
 
 @dataclass
@@ -255,16 +257,12 @@ class DeploymentController:
 
     def _candidates(self, s: Session, d: DeploymentRow, need: dict[str, Any]) -> tuple[list[str], list[str]]:
         free = self.free_capacity(s)
-        spread: dict[str, int] = {}
-        for r in self._live_replicas(s, d.name):
-            if r.cloud and r.state != "DRAINING":
-                spread[r.cloud] = spread.get(r.cloud, 0) + 1
         ok, why_not = [], []
         for name in sorted(self.clouds):
             cloud = self.clouds[name]
             if d.clouds and name not in d.clouds:
                 continue
-            if cloud.failed:
+            if cloud.failed or cloud.unhealthy_until > time.time():
                 why_not.append(f"{name}: unhealthy")
                 continue
             f = free[name]
@@ -272,27 +270,92 @@ class DeploymentController:
                 why_not.append(f"{name}: {max(f['cpus'], 0):g} cpus / {max(f['memory_gb'], 0):g} GB free")
                 continue
             ok.append(name)
-        ok.sort(key=lambda n: (spread.get(n, 0), -free[n]["cpus"], n))
         return ok, why_not
+
+    def _observed_latency(self) -> dict[str, float]:
+        """Mean gateway-measured latency per cloud, over the replicas serving now."""
+        samples: dict[str, list[float]] = {}
+        for name in list(self.table._routes):
+            route = self.table.get(name)
+            for e in route.endpoints if route else []:
+                if e.latency_ewma_ms is not None:
+                    samples.setdefault(e.cloud, []).append(e.latency_ewma_ms)
+        return {cloud: sum(v) / len(v) for cloud, v in samples.items()}
+
+    def _rank(self, s: Session, d: DeploymentRow, candidates: list[str], need: dict[str, Any]) -> tuple[list[str], str]:
+        """Order the feasible clouds by the optimizer's score; also return its explanation."""
+        from ..placement import CloudState, Constraints, Objective, Offering, PlacementRequest, optimize
+
+        per_cloud: dict[str, int] = {}
+        for r in self._live_replicas(s, d.name):
+            if r.cloud and r.state != "DRAINING" and r.generation == d.generation:
+                per_cloud[r.cloud] = per_cloud.get(r.cloud, 0) + 1
+        allowed = [n for n in self.clouds if not d.clouds or n in d.clouds]
+        spread = min(2, len(allowed)) or 1  # by default, at most half the replicas on one cloud
+        max_per_cloud = max(1, math.ceil(d.replicas / spread))
+        observed = self._observed_latency()
+        offerings, states = [], {}
+        for name in candidates:
+            cfg = self.clouds[name].config
+            price, spot, itype = cfg.prices()
+            offerings.append(Offering(
+                cloud=name, region=cfg.regions[0], instance_type=itype, vcpus=cfg.capacity.cpus,
+                memory_gb=cfg.capacity.memory_gb, price=price, spot_price=spot, latency_ms=cfg.inject.latency_ms,
+            ))
+            states[name] = CloudState(max_replicas=max(0, max_per_cloud - per_cloud.get(name, 0)),
+                                      observed_latency_ms=observed.get(name))
+        request = PlacementRequest(
+            cpus=float(need.get("cpus", 1)), memory_gb=float(need.get("memory_gb", 1)), replicas=1,
+            constraints=Constraints(), objective=Objective(),
+        )
+        plan = optimize(request, offerings, states)
+        if not plan.feasible:  # the spread cap is full everywhere (e.g. after a failure): any free cloud
+            plan = optimize(request, offerings, {k: v.model_copy(update={"max_replicas": None}) for k, v in states.items()})
+        chosen = [p.cloud for p in plan.placements]
+        scored = sorted(offerings, key=lambda o: (o.price + o.latency_ms / 100, o.cloud))
+        order = chosen + [o.cloud for o in scored if o.cloud not in chosen]
+        why = ""
+        if plan.placements:
+            p = plan.placements[0]
+            why = f"${p.price_per_hour:.4f}/h, score {p.score:.4f}"
+            alt = next((x for x in plan.rejected if x.cloud in candidates), None)
+            if alt is not None:
+                why += f"; next best {alt.cloud}: {alt.reason}"
+        return order, why
 
     def _place(self, s: Session, d: DeploymentRow, r: ReplicaRow) -> None:
         need = r.resources or {"cpus": 1, "memory_gb": 1}
         candidates, why_not = self._candidates(s, d, need)
         photon = s.get(PhotonRow, r.photon_sha256)
         assert photon is not None
-        for name in candidates:
+        order, why = self._rank(s, d, candidates, need) if candidates else ([], "")
+        for name in order:
+            cloud = self.clouds[name]
             try:
-                handle = self.clouds[name].provision(
+                handle = cloud.provision(
                     ReplicaSpec(replica_id=r.id, archive=Path(photon.archive_path), env=dict(d.env))
                 )
             except ProvisionError as exc:
                 why_not.append(f"{name}: {exc.message}")
+                self._mark_cloud(s, name, healthy=False, reason=exc.message)
                 continue
+            self._mark_cloud(s, name, healthy=True, reason="provisioned a replica")
             r.cloud, r.pid, r.workdir = name, handle.pid, str(handle.workdir)
-            self._set_state(s, r, "PROVISIONING", f"process {handle.pid} on cloud {name}")
+            self._set_state(s, r, "PROVISIONING", f"process {handle.pid} on cloud {name} ({why})" if why
+                            else f"process {handle.pid} on cloud {name}")
             return
         wanted = ", ".join(f"{k}={v}" for k, v in need.items())
         self._set_state(s, r, "PENDING", f"no cloud can run it ({wanted}): " + "; ".join(why_not or ["no cloud allowed"]))
+
+    def _mark_cloud(self, s: Session, name: str, *, healthy: bool, reason: str) -> None:
+        """A cloud that fails to provision is unhealthy for a while, then probed again by the next placement."""
+        cloud = self.clouds[name]
+        cloud.unhealthy_until = 0.0 if healthy else time.time() + CLOUD_RETRY_S
+        row = s.get(CloudRow, name)
+        state = "healthy" if healthy else "unhealthy"
+        if row is not None and row.health != state and not cloud.failed:
+            self.store.record(s, "cloud", name, row.health, state, reason)
+            row.health, row.health_reason = state, "" if healthy else reason
 
     # -- the routing table ----------------------------------------------------------------
     def _publish(self, s: Session) -> None:

@@ -153,6 +153,7 @@ class Gateway:
         url = urlsplit(endpoint.url)
         host, port = url.hostname or "127.0.0.1", url.port or 80
         endpoint.in_flight += 1
+        started = time.perf_counter()
         gauge = self.metrics.in_flight.labels(deployment, endpoint.replica_id)
         gauge.inc()
         try:
@@ -177,6 +178,9 @@ class Gateway:
             finally:
                 self.pool.release(host, port, conn)
             endpoint.consecutive_failures = 0
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            prev = endpoint.latency_ewma_ms
+            endpoint.latency_ewma_ms = elapsed_ms if prev is None else 0.9 * prev + 0.1 * elapsed_ms
             self.metrics.requests.labels(deployment, endpoint.replica_id, str(response.status)).inc()
             return "done", ""
         finally:

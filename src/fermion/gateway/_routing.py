@@ -16,6 +16,7 @@ class Endpoint:
     in_flight: int = 0
     ejected_until: float = 0.0
     consecutive_failures: int = 0
+    latency_ewma_ms: float | None = None  # of successful answers, seen from the gateway
 
     def available(self, now: float) -> bool:
         return self.ejected_until <= now

@@ -1,0 +1,95 @@
+"""``fermion catalog`` and ``fermion optimize``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import UserInputError
+from ._output import console, print_json, print_table
+
+catalog_app = typer.Typer(help="Browse the offerings of the shipped cloud catalogs.", no_args_is_help=True)
+
+
+@catalog_app.command("list")
+def catalog_list(
+    gpu: Annotated[str | None, typer.Option(help="Accelerator name, e.g. A100.")] = None,
+    cloud: Annotated[str | None, typer.Option(help="Only this cloud.")] = None,
+    max_price: Annotated[float | None, typer.Option(help="Highest $/hour.")] = None,
+    min_cpus: Annotated[float, typer.Option(help="At least this many vCPUs.")] = 0,
+    spot: Annotated[bool, typer.Option(help="Spot prices (only offerings that have one).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Offerings, cheapest first."""
+    from ..placement import builtin_catalogs, list_offerings
+
+    rows = list_offerings(gpu=gpu, cloud=cloud, max_price=max_price, min_cpus=min_cpus, spot=spot)
+    if json_out:
+        print_json([o.model_dump() for o in rows])
+        return
+    print_table(
+        f"offerings ({len(rows)}), cheapest first",
+        ["cloud", "region", "instance", "vCPUs", "memory GB", "accelerator", "$/h", "spot $/h"],
+        [(o.cloud, o.region, o.instance_type, f"{o.vcpus:g}", f"{o.memory_gb:g}",
+          f"{o.accelerator_count}x {o.accelerator}" if o.accelerator else "-", f"{o.price:.4f}",
+          f"{o.spot_price:.4f}" if o.spot_price is not None else "-") for o in rows],
+    )
+    for info in builtin_catalogs().values():
+        if not cloud or info.cloud == cloud:
+            console.print(f"[dim]{info.cloud}: prices taken {info.taken}. {info.source}[/]")
+
+
+def optimize_cmd(
+    spec: Annotated[Path, typer.Argument(help="YAML: a placement request, plus optional `clouds:` state.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Place replicas over the catalogs at the best alpha * performance + beta * cost, and say why."""
+    import yaml
+    from pydantic import ValidationError
+
+    from ..placement import CloudState, PlacementRequest, builtin_catalogs, optimize
+
+    try:
+        data: dict[str, Any] = yaml.safe_load(spec.read_text()) or {}
+        states = {k: CloudState.model_validate(v or {}) for k, v in (data.pop("clouds", None) or {}).items()}
+        request = PlacementRequest.model_validate(data)
+    except FileNotFoundError:
+        raise UserInputError(f"spec file {spec} does not exist") from None
+    except (yaml.YAMLError, ValidationError, AttributeError) as exc:
+        raise UserInputError(f"invalid placement spec {spec}: {exc}") from exc
+    offerings = [o for info in builtin_catalogs().values() for o in info.offerings]
+    plan = optimize(request, offerings, states)
+    if json_out:
+        print_json(plan.model_dump())
+    else:
+        show_plan(plan, request)
+    if not plan.feasible:
+        raise typer.Exit(1)
+
+
+def show_plan(plan: Any, request: Any) -> None:
+    if not plan.feasible:
+        console.print(f"[bold red]infeasible:[/] {plan.infeasible_reason}")
+    else:
+        print_table(
+            f"plan: {request.replicas} replicas, alpha={request.objective.alpha:g} beta={request.objective.beta:g}",
+            ["cloud", "region", "instance", "spot", "replicas", "$/h each", "perf penalty", "score each"],
+            [(p.cloud, p.region, p.instance_type, "yes" if p.spot else "", p.count, f"{p.price_per_hour:.4f}",
+              f"{p.performance_penalty:.3f}", f"{p.score:.4f}") for p in plan.placements],
+        )
+        per_cloud: dict[str, list[Any]] = {}
+        for p in plan.placements:
+            per_cloud.setdefault(p.cloud, []).append(p)
+        print_table(
+            "per cloud", ["cloud", "replicas", "share", "cost $/h", "mean perf penalty"],
+            [(cl, sum(p.count for p in ps), f"{sum(p.count for p in ps) / request.replicas:.0%}",
+              f"{sum(p.price_per_hour * p.count for p in ps):.4f}",
+              f"{sum(p.performance_penalty * p.count for p in ps) / sum(p.count for p in ps):.3f}")
+             for cl, ps in per_cloud.items()],
+        )
+        console.print(f"total: [bold]${plan.cost_per_hour:.4f}/h[/], score {plan.score:.4f} "
+                      f"({plan.method}, {plan.solve_ms:.1f} ms)")
+    if plan.rejected:
+        print_table("not chosen", ["cloud", "why"], [(r.cloud, r.reason) for r in plan.rejected])

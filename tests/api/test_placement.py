@@ -1,0 +1,63 @@
+"""The controller places replicas by the optimizer: cheapest healthy clouds, spread, and clouds
+that fail to provision are marked unhealthy and avoided."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import FIXTURE_PHOTONS, ServerProc, running_server
+
+CLOUDS = """
+clouds:
+  - name: broken
+    pricing: {price_per_hour: 0.01}
+    inject: {fail_start: true}
+  - name: aws-c3
+    pricing: {catalog: aws, instance_type: c3.xlarge}
+  - name: mid
+    pricing: {price_per_hour: 0.30}
+  - name: pricey
+    pricing: {price_per_hour: 0.90}
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    with running_server(tmp_path_factory.mktemp("placement"), CLOUDS) as srv:
+        yield srv
+
+
+def test_replicas_go_to_the_cheapest_healthy_clouds_with_spread(server: ServerProc) -> None:
+    server.cli("deploy", f"{FIXTURE_PHOTONS}:Versioned", "--name", "priced", "--replicas", "4", "--public")
+    d = server.deployment("priced")
+    clouds = sorted(r["cloud"] for r in d["replica_list"] if r["state"] == "READY")
+    # broken is cheapest but refuses to start; at most half the replicas on one cloud
+    assert clouds == ["aws-c3", "aws-c3", "mid", "mid"]
+    with server.api() as api:
+        events = api.get("/events", params={"object_id": "broken"}).json()
+        clouds_now = {c["name"]: c for c in api.get("/clouds").json()}
+        placed = [e["reason"] for e in api.get("/events", params={"limit": 200}).json()
+                  if e["new"] == "PROVISIONING"]
+    assert any(e["new"] == "unhealthy" and "fail_start" in e["reason"] for e in events)
+    assert clouds_now["broken"]["health"] == "unhealthy"
+    assert any("$0.2100/h" in p for p in placed)  # the aws catalog price of c3.xlarge
+    assert any("next best" in p for p in placed)
+
+
+def test_optimize_cli_explains_its_plan(server: ServerProc, tmp_path) -> None:  # noqa: ANN001
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("replicas: 4\ncpus: 2\nmemory_gb: 4\nconstraints: {min_clouds: 2}\n")
+    out = server.cli("optimize", str(spec)).stdout
+    assert "per cloud" in out and "not chosen" in out and "total:" in out
+    import json
+
+    plan = json.loads(server.cli("optimize", str(spec), "--json").stdout)
+    assert plan["feasible"] and len({p["cloud"] for p in plan["placements"]}) >= 2
+    spec.write_text("replicas: 2\naccelerator: B200\n")
+    bad = server.cli("optimize", str(spec), check=False)
+    assert bad.returncode == 1 and "no healthy, allowed offering fits" in bad.stdout
+    spec.write_text("replicas: -3\n")
+    invalid = server.cli("optimize", str(spec), check=False)
+    assert invalid.returncode == 2 and "invalid placement spec" in invalid.stderr

@@ -1,0 +1,156 @@
+"""The optimizer: exact on small cases (checked against exhaustive search), constraints, reasons."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from fermion.placement import (
+    CloudState,
+    Constraints,
+    Objective,
+    Offering,
+    PlacementRequest,
+    builtin_catalogs,
+    list_offerings,
+    optimize,
+)
+
+
+def offering(cloud: str, price: float, spot: float | None = None, itype: str = "std", cpus: float = 4,
+             latency: float = 0.0, gpu: str | None = None) -> Offering:
+    return Offering(cloud=cloud, region="r1", instance_type=itype, vcpus=cpus, memory_gb=16, price=price,
+                    spot_price=spot, latency_ms=latency, accelerator=gpu, accelerator_count=1 if gpu else 0)
+
+
+def brute_force(req: PlacementRequest, offers: list[Offering], states: dict[str, CloudState]) -> float | None:
+    """The best total score over every assignment of replicas to (offering, spot) variants."""
+    c, obj = req.constraints, req.objective
+    spot_cap = int(c.spot_share * req.replicas + 1e-9)
+    variants = []
+    for o in offers:
+        st = states.get(o.cloud, CloudState())
+        if not st.healthy or (c.allowed_clouds and o.cloud not in c.allowed_clouds) or o.cloud in c.denied_clouds:
+            continue
+        if o.vcpus < req.cpus or o.memory_gb < req.memory_gb:
+            continue
+        lat = st.observed_latency_ms if st.observed_latency_ms is not None else o.latency_ms
+        for spot, price in ((False, o.price), (True, o.spot_price)):
+            if price is None or (spot and spot_cap == 0):
+                continue
+            pen = lat / 100 + 10 * st.failure_rate + (obj.spot_penalty if spot else 0)
+            variants.append((o.cloud, spot, obj.alpha * pen + obj.beta * price))
+    best = None
+    for combo in itertools.combinations_with_replacement(range(len(variants)), req.replicas):
+        per_cloud: dict[str, int] = {}
+        spots = 0
+        for i in combo:
+            per_cloud[variants[i][0]] = per_cloud.get(variants[i][0], 0) + 1
+            spots += variants[i][1]
+        if spots > spot_cap or len(per_cloud) < c.min_clouds:
+            continue
+        if any(c.max_per_cloud is not None and k > c.max_per_cloud for k in per_cloud.values()):
+            continue
+        if any((m := states.get(cl, CloudState()).max_replicas) is not None and k > m for cl, k in per_cloud.items()):
+            continue
+        total = sum(variants[i][2] for i in combo)
+        best = total if best is None else min(best, total)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_exact_against_exhaustive_search(seed: int) -> None:
+    rng = random.Random(seed)
+    clouds = ["a", "b", "c", "d"][: rng.randint(2, 4)]
+    offers = [
+        offering(cl, round(rng.uniform(0.1, 2), 3), round(rng.uniform(0.05, 1), 3) if rng.random() < 0.6 else None,
+                 itype=f"t{i}", cpus=rng.choice([2, 4, 8]), latency=rng.choice([0, 5, 40]))
+        for cl in clouds for i in range(rng.randint(1, 3))
+    ]
+    states = {cl: CloudState(max_replicas=rng.choice([None, 1, 2, 3]), healthy=rng.random() > 0.1,
+                             observed_latency_ms=rng.choice([None, None, 80.0])) for cl in clouds}
+    req = PlacementRequest(
+        cpus=rng.choice([1, 4]), replicas=rng.randint(1, 4),
+        constraints=Constraints(min_clouds=rng.randint(1, 3), max_per_cloud=rng.choice([None, 1, 2]),
+                                spot_share=rng.choice([0, 0.5, 1])),
+        objective=Objective(alpha=rng.choice([0, 1, 5]), beta=rng.choice([0.5, 1])),
+    )
+    plan = optimize(req, offers, states)
+    expected = brute_force(req, offers, states)
+    if expected is None:
+        assert not plan.feasible and plan.infeasible_reason
+    else:
+        assert plan.feasible, plan.infeasible_reason
+        assert sum(p.count for p in plan.placements) == req.replicas
+        assert plan.score == pytest.approx(expected, abs=1e-6)
+
+
+def test_cheapest_cloud_wins_and_rejections_are_explained() -> None:
+    offers = [offering("cheap", 0.10), offering("pricey", 0.50), offering("down", 0.01)]
+    plan = optimize(PlacementRequest(replicas=2), offers, {"down": CloudState(healthy=False)})
+    assert plan.clouds() == {"cheap": 2}
+    assert plan.cost_per_hour == pytest.approx(0.20)
+    reasons = {r.cloud: r.reason for r in plan.rejected}
+    assert reasons["down"] == "unhealthy"
+    assert "worse than the worst chosen" in reasons["pricey"] and "$0.5000/h" in reasons["pricey"]
+
+
+def test_spread_quota_and_deny_lists() -> None:
+    offers = [offering("a", 0.1), offering("b", 0.2), offering("c", 0.3)]
+    spread = optimize(PlacementRequest(replicas=4, constraints=Constraints(min_clouds=3)), offers)
+    assert set(spread.clouds()) == {"a", "b", "c"} and spread.clouds()["a"] == 2
+    capped = optimize(PlacementRequest(replicas=4, constraints=Constraints(max_per_cloud=2)), offers)
+    assert capped.clouds() == {"a": 2, "b": 2}
+    quota = optimize(PlacementRequest(replicas=3), offers, {"a": CloudState(max_replicas=1)})
+    assert quota.clouds() == {"a": 1, "b": 2}
+    denied = optimize(PlacementRequest(replicas=1, constraints=Constraints(denied_clouds=["a"])), offers)
+    assert denied.clouds() == {"b": 1}
+    assert {r.cloud: r.reason for r in denied.rejected}["a"] == "denied by the constraints"
+
+
+def test_spot_share_is_respected() -> None:
+    offers = [offering("a", 1.0, spot=0.2), offering("b", 1.1, spot=0.25)]
+    plan = optimize(PlacementRequest(replicas=4, constraints=Constraints(spot_share=0.5)), offers)
+    assert sum(p.count for p in plan.placements if p.spot) == 2
+    assert sum(p.count for p in plan.placements) == 4
+    none = optimize(PlacementRequest(replicas=2), offers)
+    assert not any(p.spot for p in none.placements)  # spot_share defaults to 0
+
+
+@pytest.mark.parametrize(
+    ("request_", "states", "reason"),
+    [
+        (PlacementRequest(accelerator="B200"), {}, "no healthy, allowed offering fits"),
+        (PlacementRequest(replicas=5), {"a": CloudState(max_replicas=1), "b": CloudState(max_replicas=2)},
+         "capacity: only 3 of 5 replicas fit"),
+        (PlacementRequest(replicas=2, constraints=Constraints(min_clouds=3)), {}, "spread: needs at least 3 clouds"),
+        (PlacementRequest(replicas=3, constraints=Constraints(max_per_cloud=1)), {}, "capacity: only 2 of 3"),
+    ],
+)
+def test_infeasible_names_the_constraint(request_: PlacementRequest, states: dict, reason: str) -> None:
+    plan = optimize(request_, [offering("a", 0.1), offering("b", 0.2)], states)
+    assert not plan.feasible
+    assert reason in (plan.infeasible_reason or "")
+
+
+def test_measured_performance_changes_the_choice() -> None:
+    offers = [offering("a", 0.10), offering("b", 0.12)]
+    req = PlacementRequest(replicas=1, objective=Objective(alpha=1, beta=1))
+    assert optimize(req, offers).clouds() == {"a": 1}
+    slow_a = {"a": CloudState(observed_latency_ms=50.0), "b": CloudState(observed_latency_ms=5.0)}
+    assert optimize(req, offers, slow_a).clouds() == {"b": 1}  # 0.5 + 0.10 > 0.05 + 0.12
+    cost_only = PlacementRequest(replicas=1, objective=Objective(alpha=0, beta=1))
+    assert optimize(cost_only, offers, slow_a).clouds() == {"a": 1}
+
+
+def test_shipped_catalogs_have_dates_sources_and_gpus() -> None:
+    catalogs = builtin_catalogs()
+    assert {"aws", "gcp", "azure", "lambda"} <= set(catalogs)
+    for info in catalogs.values():
+        assert info.taken and info.source and info.offerings
+    a100 = list_offerings(gpu="A100")
+    assert {o.cloud for o in a100} == {"aws", "gcp", "azure", "lambda"}
+    assert [o.price for o in a100] == sorted(o.price for o in a100)
+    assert all(o.spot_price is not None for o in list_offerings(spot=True))
