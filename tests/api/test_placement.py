@@ -3,10 +3,14 @@ that fail to provision are marked unhealthy and avoided."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.api.test_platform import Load
 from tests.support import FIXTURE_PHOTONS, ServerProc, running_server
 
 CLOUDS = """
@@ -46,13 +50,11 @@ def test_replicas_go_to_the_cheapest_healthy_clouds_with_spread(server: ServerPr
     assert any("next best" in p for p in placed)
 
 
-def test_optimize_cli_explains_its_plan(server: ServerProc, tmp_path) -> None:  # noqa: ANN001
+def test_optimize_cli_explains_its_plan(server: ServerProc, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text("replicas: 4\ncpus: 2\nmemory_gb: 4\nconstraints: {min_clouds: 2}\n")
     out = server.cli("optimize", str(spec)).stdout
     assert "per cloud" in out and "not chosen" in out and "total:" in out
-    import json
-
     plan = json.loads(server.cli("optimize", str(spec), "--json").stdout)
     assert plan["feasible"] and len({p["cloud"] for p in plan["placements"]}) >= 2
     spec.write_text("replicas: 2\naccelerator: B200\n")
@@ -61,3 +63,27 @@ def test_optimize_cli_explains_its_plan(server: ServerProc, tmp_path) -> None:  
     spec.write_text("replicas: -3\n")
     invalid = server.cli("optimize", str(spec), check=False)
     assert invalid.returncode == 2 and "invalid placement spec" in invalid.stderr
+
+
+def test_optimize_apply_moves_replicas_under_load_without_errors(server: ServerProc) -> None:
+    server.cli("cloud", "fail", "aws-c3")  # the cheap cloud is down while we deploy
+    server.cli("deploy", f"{FIXTURE_PHOTONS}:Versioned", "--name", "movable", "--replicas", "2", "--public",
+               "--cloud", "aws-c3", "--cloud", "mid", "--cloud", "pricey")
+    assert sorted(r["cloud"] for r in server.deployment("movable")["replica_list"]) == ["mid", "pricey"]
+    server.cli("cloud", "recover", "aws-c3")
+    dry = server.cli("optimize", "--deployment", "movable").stdout
+    assert "saving" in dry and "aws-c3" in dry
+    with Load(f"{server.url}/d/movable/version", {}) as load:
+        out = server.cli("optimize", "--deployment", "movable", "--apply").stdout
+        assert "moving replicas" in out
+        moved = server.wait_for(lambda api: (d := api.get("/deployments/movable").json())
+                                and sorted(r["cloud"] for r in d["replica_list"]) == ["aws-c3", "mid"] and d,
+                                timeout=60)
+        with server.api() as api:
+            events = api.get("/events", params={"object_id": "movable"}).json()
+        time.sleep(0.5)
+    assert load.failures == [] and load.ok > 20
+    assert all(r["state"] == "READY" for r in moved["replica_list"])
+    assert any(e["new"] == "REBALANCING" for e in events)
+    again = server.cli("optimize", "--deployment", "movable", "--apply").stdout
+    assert "not moved" in again  # already the best placement

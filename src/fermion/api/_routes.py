@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends, Request, UploadFile
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from ..clouds import ReplicaHandle
-from ..errors import NotFoundError, UserInputError
+from ..errors import ConflictError, NotFoundError, UserInputError
 from ..photon._package import read_manifest
 from ..security import hash_token, new_token
 from ..store import TERMINAL_STATES, CloudRow, DeploymentRow, EventRow, PhotonRow, ReplicaRow
@@ -205,6 +206,29 @@ def delete_deployment(request: Request, name: str) -> dict[str, str]:
         p.store.record(s, "deployment", name, d.status, "DELETING", "deleted by user")
         d.status = "DELETING"
     return {"deployment": name, "status": "DELETING"}
+
+
+class RebalanceSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    apply: bool = False
+    min_saving: float = Field(0.1, ge=0, le=1, description="move only if the cost falls by this share")
+
+
+@router.post("/deployments/{name}/rebalance")
+def rebalance_deployment(request: Request, name: str, spec: RebalanceSpec) -> dict[str, object]:
+    """The optimizer's placement for this deployment now; with apply, move replicas there one at a
+    time (a new replica is READY before an old one drains) when the saving beats min_saving."""
+    p = platform(request)
+    with p.store.session() as s:
+        d = _get_deployment(s, name)
+        if d.status != "READY":
+            raise ConflictError(f"deployment {name!r} is {d.status}", hint="rebalance a READY deployment")
+    out = p.controller.plan_rebalance(name)
+    out["applied"] = False
+    if spec.apply and out["target"] and out["saving"] >= spec.min_saving and out["target"] != out["current"]:
+        p.controller.start_rebalance(name, out["target"], f"saving {out['saving']:.0%} of the cost per hour")
+        out["applied"] = True
+    return out
 
 
 @router.get("/deployments/{name}/logs")

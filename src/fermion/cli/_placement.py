@@ -42,10 +42,19 @@ def catalog_list(
 
 
 def optimize_cmd(
-    spec: Annotated[Path, typer.Argument(help="YAML: a placement request, plus optional `clouds:` state.")],
+    spec: Annotated[Path | None, typer.Argument(help="YAML: a placement request, plus optional `clouds:` state.")] = None,
+    deployment: Annotated[str | None, typer.Option(help="Optimize this running deployment over the server's clouds.")] = None,
+    apply: Annotated[bool, typer.Option(help="With --deployment: move replicas to the plan, one at a time.")] = False,
+    min_saving: Annotated[float, typer.Option(help="With --apply: move only if cost falls by this share.")] = 0.1,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Place replicas over the catalogs at the best alpha * performance + beta * cost, and say why."""
+    if deployment is not None:
+        _optimize_deployment(deployment, apply, min_saving, json_out)
+        return
+    if spec is None:
+        raise UserInputError("give a placement spec file, or --deployment NAME",
+                             hint="see examples/placement/inference.yaml")
     import yaml
     from pydantic import ValidationError
 
@@ -67,6 +76,24 @@ def optimize_cmd(
         show_plan(plan, request)
     if not plan.feasible:
         raise typer.Exit(1)
+
+
+def _optimize_deployment(name: str, apply: bool, min_saving: float, json_out: bool) -> None:
+    from ..placement import Plan, PlacementRequest
+    from ._platform import Api
+
+    out = Api().request("POST", f"/deployments/{name}/rebalance", json={"apply": apply, "min_saving": min_saving})
+    if json_out:
+        print_json(out)
+        return
+    plan = Plan.model_validate(out["plan"])
+    show_plan(plan, PlacementRequest(replicas=max(1, sum(out["current"].values()))))
+    console.print(f"now: {out['current']} at ${out['current_cost_per_hour']:.4f}/h; "
+                  f"best: {out['target']} at ${out['target_cost_per_hour'] or 0:.4f}/h (saving {out['saving']:.0%})")
+    if out["applied"]:
+        console.print("[green]moving replicas[/], one at a time (watch `fermion deployment status`)")
+    elif apply:
+        console.print(f"not moved: the saving is below {min_saving:.0%} or the placement is already best")
 
 
 def show_plan(plan: Any, request: Any) -> None:

@@ -58,6 +58,7 @@ class DeploymentController:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one tick at a time (the loop, or an API-triggered action)
+        self._targets: dict[str, dict[str, int]] = {}  # deployment -> replicas per cloud it is moving to
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -202,13 +203,18 @@ class DeploymentController:
                 s.flush()
                 self.store.record(s, "replica", r.id, "", "PENDING", f"deployment {d.name} needs a replica")
                 current.append(r)
+        target = None if deleting or d.status == "FAILED" else self._targets.get(d.name)
+        if target is not None:
+            self._rebalance_step(s, d, current, target)
         extra = len(current) - desired
+        if target is not None and extra == 1:
+            extra = 0  # the surge replica of a move; _rebalance_step retires one when it is READY
         if extra > 0:
             # drop the least useful first: not ready, then newest
             for r in sorted(current, key=lambda r: (r.state == "READY", -r.created_at))[:extra]:
                 self._drain(s, r, "scaled down" if not deleting else "deployment deleted")
         for r in [r for r in current if r.state == "PENDING"]:
-            self._place(s, d, r)
+            self._place(s, d, r, only=self._surge_cloud(d, current) if target is not None else None)
         ready_now = sum(r.state == "READY" for r in current)
         if outdated and (ready_now >= desired or deleting):
             for r in outdated:  # rolling update: the new version is serving, retire the old
@@ -231,6 +237,89 @@ class DeploymentController:
         else:
             pending = [r.reason for r in current if r.state == "PENDING"]
             self._set_status(s, d, "DEPLOYING", pending[0] if pending else f"0/{desired} replicas ready")
+
+    # -- moving replicas to a better placement ---------------------------------------------
+    def _surge_cloud(self, d: DeploymentRow, current: list[ReplicaRow]) -> str | None:
+        target = self._targets.get(d.name, {})
+        counts = _per_cloud(current)
+        return next((c for c in sorted(target) if counts.get(c, 0) < target[c]), None)
+
+    def _rebalance_step(self, s: Session, d: DeploymentRow, current: list[ReplicaRow], target: dict[str, int]) -> None:
+        """One move at a time: surge a replica where the target wants more, and once it is READY,
+        retire one where there are too many. READY replicas never drop below the desired count."""
+        counts = _per_cloud(current)
+        down = [c for c in target if c not in self.clouds or self.clouds[c].failed
+                or self.clouds[c].unhealthy_until > time.time()]
+        if down:
+            del self._targets[d.name]
+            self.store.record(s, "deployment", d.name, "REBALANCING", d.status, f"abandoned: {', '.join(down)} unhealthy")
+            return
+        if {c: n for c, n in counts.items() if n} == {c: n for c, n in target.items() if n} and len(current) == d.replicas:
+            del self._targets[d.name]
+            self.store.record(s, "deployment", d.name, "REBALANCING", d.status, f"now placed as {target}")
+            return
+        if any(r.state != "READY" for r in current):
+            return  # a move is under way (or the deployment is not settled): wait
+        if len(current) == d.replicas and self._surge_cloud(d, current) is not None:
+            r = ReplicaRow(deployment=d.name, generation=d.generation, photon_sha256=d.photon_sha256,
+                           resources=dict(d.resources), state="PENDING", reason="rebalancing")
+            s.add(r)
+            s.flush()
+            self.store.record(s, "replica", r.id, "", "PENDING", f"moving a replica to {self._surge_cloud(d, current)}")
+            current.append(r)
+        elif len(current) > d.replicas:
+            over = next((c for c in sorted(counts) if counts[c] > target.get(c, 0)), None)
+            victim = next((r for r in current if r.cloud == over), None)
+            if victim is not None:
+                self._drain(s, victim, f"moved to a better placement ({target})")
+                current.remove(victim)
+
+    def plan_rebalance(self, name: str) -> dict[str, Any]:
+        """The optimal placement of a deployment's replicas over the healthy clouds, vs. now."""
+        from ..placement import CloudState, Constraints, Offering, PlacementRequest, optimize
+
+        with self._lock, self.store.session() as s:
+            d = s.get(DeploymentRow, name)
+            assert d is not None
+            current = [r for r in self._live_replicas(s, name) if r.state != "DRAINING" and r.generation == d.generation]
+            counts = _per_cloud(current)
+            need = d.resources or {"cpus": 1, "memory_gb": 1}
+            free = self.free_capacity(s)
+            allowed = [n for n in self.clouds if not d.clouds or n in d.clouds]
+            offerings, states, prices = [], {}, {}
+            for n in allowed:
+                cloud = self.clouds[n]
+                price, spot, itype = cloud.config.prices()
+                prices[n] = price
+                offerings.append(Offering(cloud=n, region=cloud.config.regions[0], instance_type=itype,
+                                          vcpus=cloud.config.capacity.cpus, memory_gb=cloud.config.capacity.memory_gb,
+                                          price=price, latency_ms=cloud.config.inject.latency_ms))
+                # this deployment's own replicas would move, so their room counts as free
+                room_cpus = free[n]["cpus"] + counts.get(n, 0) * float(need.get("cpus", 1))
+                room_mem = free[n]["memory_gb"] + counts.get(n, 0) * float(need.get("memory_gb", 1))
+                states[n] = CloudState(
+                    healthy=not cloud.failed and cloud.unhealthy_until <= time.time(),
+                    max_replicas=int(min(room_cpus / float(need.get("cpus", 1)), room_mem / float(need.get("memory_gb", 1)))),
+                )
+            spread = min(2, len(allowed)) or 1
+            request = PlacementRequest(cpus=float(need.get("cpus", 1)), memory_gb=float(need.get("memory_gb", 1)),
+                                       replicas=max(1, d.replicas),
+                                       constraints=Constraints(max_per_cloud=max(1, math.ceil(d.replicas / spread))))
+            plan = optimize(request, offerings, states)
+            current_cost = sum(prices.get(c, 0.0) * k for c, k in counts.items())
+            return {
+                "deployment": name, "current": counts, "current_cost_per_hour": round(current_cost, 6),
+                "plan": plan.model_dump(), "target": plan.clouds() if plan.feasible else None,
+                "target_cost_per_hour": plan.cost_per_hour if plan.feasible else None,
+                "saving": round(1 - plan.cost_per_hour / current_cost, 6) if plan.feasible and current_cost > 0 else 0.0,
+                "moving": name in self._targets,
+            }
+
+    def start_rebalance(self, name: str, target: dict[str, int], reason: str) -> None:
+        with self._lock, self.store.session() as s:
+            self._targets[name] = dict(target)
+            d = s.get(DeploymentRow, name)
+            self.store.record(s, "deployment", name, d.status if d else "", "REBALANCING", reason)
 
     def _drain(self, s: Session, r: ReplicaRow, reason: str) -> None:
         cloud = self.clouds.get(r.cloud or "")
@@ -323,9 +412,11 @@ class DeploymentController:
                 why += f"; next best {alt.cloud}: {alt.reason}"
         return order, why
 
-    def _place(self, s: Session, d: DeploymentRow, r: ReplicaRow) -> None:
+    def _place(self, s: Session, d: DeploymentRow, r: ReplicaRow, only: str | None = None) -> None:
         need = r.resources or {"cpus": 1, "memory_gb": 1}
         candidates, why_not = self._candidates(s, d, need)
+        if only is not None and only in candidates:
+            candidates = [only]
         photon = s.get(PhotonRow, r.photon_sha256)
         assert photon is not None
         order, why = self._rank(s, d, candidates, need) if candidates else ([], "")
@@ -393,3 +484,11 @@ class DeploymentController:
             if row is not None and row.health != "healthy":
                 self.store.record(s, "cloud", name, row.health, "healthy", "recovered")
                 row.health, row.health_reason = "healthy", ""
+
+
+def _per_cloud(replicas: list[ReplicaRow]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in replicas:
+        if r.cloud:
+            counts[r.cloud] = counts.get(r.cloud, 0) + 1
+    return counts
