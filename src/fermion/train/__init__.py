@@ -1,0 +1,17 @@
+"""Fine-tuning (transfer learning) of transformers encoders for classification."""
+
+from ._checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ._data import LabelledText, load_labelled
+from ._finetune import EvalMetrics, FinetuneConfig, FinetuneResult, finetune
+
+__all__ = [
+    "EvalMetrics",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "LabelledText",
+    "finetune",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_labelled",
+    "save_checkpoint",
+]
