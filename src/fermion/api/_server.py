@@ -14,13 +14,15 @@ from sqlalchemy import select
 
 from .. import __version__
 from ..clouds import CloudConfig, LocalCloud
-from ..controllers import DeploymentController
+from ..controllers import DeploymentController, JobController
 from ..errors import FermionError
 from ..gateway import Gateway, RoutingTable
 from ..photon._routes import error_response
 from ..security import hash_token, new_token
 from ..store import CloudRow, Store, TokenRow
 from ._auth import require_token
+from ._jobs import on_job_success
+from ._jobs import router as jobs_router
 from ._routes import router
 
 
@@ -47,6 +49,8 @@ class Platform:
                     row.config, row.health, row.health_reason = c.model_dump(), "healthy", ""
         self.gateway = Gateway(self.table, self.registry, self.token_hashes)
         self.controller = DeploymentController(self.store, self.clouds, self.table)
+        self.jobs = JobController(self.store, self.clouds, self.controller, home,
+                                  on_success=lambda s, job: on_job_success(self, s, job))
 
     def bootstrap_admin_token(self) -> str | None:
         """On the first start, create the admin token and return it (the only time it is seen)."""
@@ -64,7 +68,9 @@ def create_app(platform: Platform) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         platform.controller.start()
+        platform.jobs.start()
         yield
+        platform.jobs.stop()
         platform.controller.stop()
         await platform.gateway.close()
         platform.store.close()
@@ -92,6 +98,7 @@ def create_app(platform: Platform) -> FastAPI:
         return Response(generate_latest(platform.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(router)
+    app.include_router(jobs_router)
     return app
 
 

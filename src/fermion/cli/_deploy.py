@@ -19,8 +19,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 
 
 def deploy(
-    ref: Annotated[str, typer.Argument(help="'path/to/file.py:Class' or a .photon archive")],
-    name: Annotated[str, typer.Option(help="Deployment name (lowercase, digits, '-').")],
+    ref: Annotated[str | None, typer.Argument(help="'path/to/file.py:Class' or a .photon archive")] = None,
+    name: Annotated[str, typer.Option(help="Deployment name (lowercase, digits, '-').")] = "",
+    model: Annotated[str | None, typer.Option(help="Serve a registry model NAME:VERSION (classifier photon).")] = None,
     replicas: Annotated[int, typer.Option(help="How many replicas.")] = 1,
     cloud: Annotated[list[str] | None, typer.Option(help="Allowed cloud (repeat); default any.")] = None,
     cpus: Annotated[float | None, typer.Option(help="CPUs per replica (default: the photon's).")] = None,
@@ -35,7 +36,16 @@ def deploy(
     from ..errors import UserInputError
     from ..photon._package import build_archive
 
+    if not name:
+        raise UserInputError("--name is required", hint="fermion deploy REF --name my-service")
     api = Api()
+    env = list(env or [])
+    if model is not None:
+        version = api.get(f"/models/{model}")
+        env.append(f"FERMION_MODEL_DIR={version['artifact_uri']}")
+        ref = ref or f"{Path(__file__).resolve().parents[1] / 'photons' / 'classifier' / 'photon.py'}:Classifier"
+    if ref is None:
+        raise UserInputError("give a photon to deploy, or --model NAME:VERSION")
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(ref) if ref.endswith(".photon") else Path(tmp) / "upload.photon"
         if not ref.endswith(".photon"):
@@ -43,7 +53,7 @@ def deploy(
         with archive.open("rb") as f:
             photon = api.request("POST", "/photons", files={"file": (archive.name, f, "application/zip")})
     env_map: dict[str, str] = {}
-    for item in env or []:
+    for item in env:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserInputError(f"--env {item!r} is not KEY=VALUE")

@@ -10,6 +10,7 @@ from .. import __version__
 from ..errors import FermionError
 from ._output import print_error
 from ._deploy import cloud_app, deploy, deployment_app, events, login
+from ._jobs import finetune, job_app, model_app
 from ._photon import photon_app
 from ._placement import catalog_app, optimize_cmd
 from ._server import server_app
@@ -26,6 +27,9 @@ app.add_typer(server_app, name="server")
 app.add_typer(deployment_app, name="deployment")
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(job_app, name="job")
+app.add_typer(model_app, name="model")
+app.command()(finetune)
 app.command("optimize")(optimize_cmd)
 app.command()(deploy)
 app.command()(events)

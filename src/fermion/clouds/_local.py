@@ -51,6 +51,25 @@ class LocalCloud:
         self._children[proc.pid] = proc
         return ReplicaHandle(pid=proc.pid, workdir=workdir)
 
+    def run(self, run_id: str, command: list[str], env: dict[str, str]) -> ReplicaHandle:
+        """Start a job attempt: ``command`` in its own working directory and process session."""
+        if self.failed:
+            raise ProvisionError(f"cloud {self.name} is down (injected outage)")
+        if self.config.inject.fail_start:
+            raise ProvisionError(f"cloud {self.name} refused to start the attempt (injected fail_start)")
+        workdir = self.root / run_id
+        workdir.mkdir(parents=True, exist_ok=True)
+        full_env = {**os.environ, **env, "FERMION_CLOUD": self.name, "PYTHONUNBUFFERED": "1"}
+        with (workdir / "job.log").open("ab") as log:
+            try:
+                proc = subprocess.Popen(command, cwd=workdir, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            except OSError as exc:
+                raise ProvisionError(f"cannot start {command[0]!r}: {exc}") from exc
+        self._children[proc.pid] = proc
+        (workdir / "pid").write_text(str(proc.pid))
+        return ReplicaHandle(pid=proc.pid, workdir=workdir)
+
     def _alive(self, handle: ReplicaHandle) -> bool:
         child = self._children.get(handle.pid)
         if child is not None:
@@ -64,7 +83,14 @@ class LocalCloud:
             status = Path(f"/proc/{handle.pid}/status").read_text()
         except OSError:
             return False
-        return str(handle.workdir).encode() in cmdline and "\nState:\tZ" not in status
+        if "\nState:\tZ" in status:
+            return False
+        if str(handle.workdir).encode() in cmdline:
+            return True
+        try:  # a job attempt: its command line is the user's, so match the pid file it left
+            return int((handle.workdir / "pid").read_text()) == handle.pid and Path(f"/proc/{handle.pid}/cwd").resolve() == handle.workdir.resolve()
+        except (OSError, ValueError):
+            return False
 
     def poll(self, handle: ReplicaHandle) -> tuple[bool, int | None]:
         alive = self._alive(handle)
@@ -83,14 +109,18 @@ class LocalCloud:
     def stop(self, handle: ReplicaHandle, *, force: bool = False) -> None:
         if not self._alive(handle):
             return
-        try:
-            os.kill(handle.pid, signal.SIGKILL if force else signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        try:  # the whole process group: torchrun and its workers, a shell and its children
+            os.killpg(handle.pid, signal.SIGKILL if force else signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(handle.pid, signal.SIGKILL if force else signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def logs(self, handle: ReplicaHandle, tail: int = 200) -> str:
+        name = "job.log" if (handle.workdir / "job.log").exists() else "replica.log"
         try:
-            lines = (handle.workdir / "replica.log").read_text(errors="replace").splitlines()
+            lines = (handle.workdir / name).read_text(errors="replace").splitlines()
         except OSError:
             return ""
         return "\n".join(lines[-tail:])

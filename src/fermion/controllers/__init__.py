@@ -1,5 +1,6 @@
 """Reconcile loops: the only writers of actual state."""
 
 from ._deployments import DeploymentController
+from ._jobs import JobController
 
-__all__ = ["DeploymentController"]
+__all__ = ["DeploymentController", "JobController"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from ..clouds import LocalCloud, ProvisionError, ReplicaHandle, ReplicaSpec
 from ..gateway import Endpoint, Route, RoutingTable
+from ._loop import ReconcileLoop
 from ..store import TERMINAL_STATES, CloudRow, DeploymentRow, PhotonRow, ReplicaRow, Store
 
 log = logging.getLogger("fermion.controller")
@@ -48,36 +48,20 @@ def handle_of(r: ReplicaRow) -> ReplicaHandle:
     return ReplicaHandle(pid=r.pid or 0, workdir=Path(r.workdir or "."), port=r.port)
 
 
-class DeploymentController:
+class DeploymentController(ReconcileLoop):
     def __init__(self, store: Store, clouds: dict[str, LocalCloud], table: RoutingTable, interval_s: float = 0.25):
+        super().__init__()
         self.store = store
         self.clouds = clouds
         self.table = table
         self.interval_s = interval_s
         self._http = httpx.Client(timeout=1.0)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()  # one tick at a time (the loop, or an API-triggered action)
+        self.job_usage: dict[str, dict[str, float]] = {}  # cloud -> resources held by running job attempts
         self._targets: dict[str, dict[str, int]] = {}  # deployment -> replicas per cloud it is moving to
 
-    # -- lifecycle ------------------------------------------------------------------------
-    def start(self) -> None:
-        self.tick()  # re-adopt and publish before the first request arrives
-        self._thread = threading.Thread(target=self._loop, name="fermion-controller", daemon=True)
-        self._thread.start()
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        super().stop()
         self._http.close()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.tick()
-            except Exception:  # a bad tick must not kill the control loop
-                log.exception("controller tick failed")
 
     # -- one pass -------------------------------------------------------------------------
     def tick(self) -> None:
@@ -276,7 +260,7 @@ class DeploymentController:
 
     def plan_rebalance(self, name: str) -> dict[str, Any]:
         """The optimal placement of a deployment's replicas over the healthy clouds, vs. now."""
-        from ..placement import CloudState, Constraints, Offering, PlacementRequest, optimize
+        from ..placement import CloudState, Constraints, PlacementRequest, optimize
 
         with self._lock, self.store.session() as s:
             d = s.get(DeploymentRow, name)
@@ -289,11 +273,9 @@ class DeploymentController:
             offerings, states, prices = [], {}, {}
             for n in allowed:
                 cloud = self.clouds[n]
-                price, spot, itype = cloud.config.prices()
-                prices[n] = price
-                offerings.append(Offering(cloud=n, region=cloud.config.regions[0], instance_type=itype,
-                                          vcpus=cloud.config.capacity.cpus, memory_gb=cloud.config.capacity.memory_gb,
-                                          price=price, latency_ms=cloud.config.inject.latency_ms))
+                offering = local_offering(cloud)
+                prices[n] = offering.price
+                offerings.append(offering)
                 # this deployment's own replicas would move, so their room counts as free
                 room_cpus = free[n]["cpus"] + counts.get(n, 0) * float(need.get("cpus", 1))
                 room_mem = free[n]["memory_gb"] + counts.get(n, 0) * float(need.get("memory_gb", 1))
@@ -336,6 +318,10 @@ class DeploymentController:
             if r.cloud in used:
                 used[r.cloud]["cpus"] += float(r.resources.get("cpus", 1))
                 used[r.cloud]["memory_gb"] += float(r.resources.get("memory_gb", 1))
+        for cloud, held in self.job_usage.items():
+            if cloud in used:
+                used[cloud]["cpus"] += held["cpus"]
+                used[cloud]["memory_gb"] += held["memory_gb"]
         return {
             name: {
                 "cpus": cloud.config.capacity.cpus - used[name]["cpus"],
@@ -373,7 +359,7 @@ class DeploymentController:
 
     def _rank(self, s: Session, d: DeploymentRow, candidates: list[str], need: dict[str, Any]) -> tuple[list[str], str]:
         """Order the feasible clouds by the optimizer's score; also return its explanation."""
-        from ..placement import CloudState, Constraints, Objective, Offering, PlacementRequest, optimize
+        from ..placement import CloudState, Constraints, Objective, PlacementRequest, optimize
 
         per_cloud: dict[str, int] = {}
         for r in self._live_replicas(s, d.name):
@@ -385,12 +371,7 @@ class DeploymentController:
         observed = self._observed_latency()
         offerings, states = [], {}
         for name in candidates:
-            cfg = self.clouds[name].config
-            price, spot, itype = cfg.prices()
-            offerings.append(Offering(
-                cloud=name, region=cfg.regions[0], instance_type=itype, vcpus=cfg.capacity.cpus,
-                memory_gb=cfg.capacity.memory_gb, price=price, spot_price=spot, latency_ms=cfg.inject.latency_ms,
-            ))
+            offerings.append(local_offering(self.clouds[name]))
             states[name] = CloudState(max_replicas=max(0, max_per_cloud - per_cloud.get(name, 0)),
                                       observed_latency_ms=observed.get(name))
         request = PlacementRequest(
@@ -412,6 +393,22 @@ class DeploymentController:
                 why += f"; next best {alt.cloud}: {alt.reason}"
         return order, why
 
+    def ranked_clouds(self, names: list[str], need: dict[str, Any]) -> list[str]:
+        """Healthy clouds among ``names``, best first by the optimizer (price, latency)."""
+        from ..placement import CloudState, PlacementRequest, optimize
+
+        healthy = [n for n in names if n in self.clouds and not self.clouds[n].failed
+                   and self.clouds[n].unhealthy_until <= time.time()]
+        if not healthy:
+            return []
+        observed = self._observed_latency()
+        request = PlacementRequest(cpus=float(need.get("cpus", 1)), memory_gb=float(need.get("memory_gb", 1)),
+                                   replicas=len(healthy))
+        plan = optimize(request, [local_offering(self.clouds[n]) for n in healthy],
+                        {n: CloudState(max_replicas=1, observed_latency_ms=observed.get(n)) for n in healthy})
+        ranked = [p.cloud for p in sorted(plan.placements, key=lambda p: (p.score, p.cloud))]
+        return ranked + [n for n in healthy if n not in ranked]
+
     def _place(self, s: Session, d: DeploymentRow, r: ReplicaRow, only: str | None = None) -> None:
         need = r.resources or {"cpus": 1, "memory_gb": 1}
         candidates, why_not = self._candidates(s, d, need)
@@ -428,9 +425,9 @@ class DeploymentController:
                 )
             except ProvisionError as exc:
                 why_not.append(f"{name}: {exc.message}")
-                self._mark_cloud(s, name, healthy=False, reason=exc.message)
+                self.mark_cloud(s, name, healthy=False, reason=exc.message)
                 continue
-            self._mark_cloud(s, name, healthy=True, reason="provisioned a replica")
+            self.mark_cloud(s, name, healthy=True, reason="provisioned a replica")
             r.cloud, r.pid, r.workdir = name, handle.pid, str(handle.workdir)
             self._set_state(s, r, "PROVISIONING", f"process {handle.pid} on cloud {name} ({why})" if why
                             else f"process {handle.pid} on cloud {name}")
@@ -438,7 +435,7 @@ class DeploymentController:
         wanted = ", ".join(f"{k}={v}" for k, v in need.items())
         self._set_state(s, r, "PENDING", f"no cloud can run it ({wanted}): " + "; ".join(why_not or ["no cloud allowed"]))
 
-    def _mark_cloud(self, s: Session, name: str, *, healthy: bool, reason: str) -> None:
+    def mark_cloud(self, s: Session, name: str, *, healthy: bool, reason: str) -> None:
         """A cloud that fails to provision is unhealthy for a while, then probed again by the next placement."""
         cloud = self.clouds[name]
         cloud.unhealthy_until = 0.0 if healthy else time.time() + CLOUD_RETRY_S
@@ -492,3 +489,13 @@ def _per_cloud(replicas: list[ReplicaRow]) -> dict[str, int]:
         if r.cloud:
             counts[r.cloud] = counts.get(r.cloud, 0) + 1
     return counts
+
+
+def local_offering(cloud: LocalCloud) -> Any:
+    """A local cloud as an optimizer offering: its capacity, declared prices and latency."""
+    from ..placement import Offering
+
+    cfg = cloud.config
+    price, spot, itype = cfg.prices()
+    return Offering(cloud=cloud.name, region=cfg.regions[0], instance_type=itype, vcpus=cfg.capacity.cpus,
+                    memory_gb=cfg.capacity.memory_gb, price=price, spot_price=spot, latency_ms=cfg.inject.latency_ms)

@@ -2,6 +2,9 @@
 
 from ._models import (
     TERMINAL_STATES,
+    AttemptRow,
+    JobRow,
+    ModelVersionRow,
     CloudRow,
     DeploymentRow,
     EventRow,
@@ -14,6 +17,9 @@ from ._store import Store, default_db_url
 
 __all__ = [
     "TERMINAL_STATES",
+    "AttemptRow",
+    "JobRow",
+    "ModelVersionRow",
     "CloudRow",
     "DeploymentRow",
     "EventRow",

@@ -95,4 +95,53 @@ class TokenRow(Base):
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
 
 
+class JobRow(Base):
+    __tablename__ = "jobs"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), default="command")  # command | finetune
+    command: Mapped[list[str]] = mapped_column(JSON)
+    resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    clouds: Mapped[list[str]] = mapped_column(JSON, default=list)
+    env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    workers: Mapped[int] = mapped_column(Integer, default=1)
+    max_restarts: Mapped[int] = mapped_column(Integer, default=2)
+    status: Mapped[str] = mapped_column(String(20), default="PENDING")  # PENDING|RUNNING|SUCCEEDED|FAILED|CANCELLED
+    reason: Mapped[str] = mapped_column(Text, default="")
+    restarts: Mapped[int] = mapped_column(Integer, default=0)  # attempts that failed by the job's own error
+    next_start_at: Mapped[float] = mapped_column(Float, default=0.0)
+    checkpoint_dir: Mapped[str] = mapped_column(Text, default="")
+    output_dir: Mapped[str] = mapped_column(Text, default="")
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # e.g. the fine-tune config
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    updated_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class AttemptRow(Base):
+    __tablename__ = "attempts"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("a"))
+    job: Mapped[str] = mapped_column(ForeignKey("jobs.name"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    cloud: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(20), default="RUNNING")  # RUNNING|SUCCEEDED|FAILED|PREEMPTED|CANCELLED
+    reason: Mapped[str] = mapped_column(Text, default="")
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    workdir: Mapped[str] = mapped_column(Text, default="")
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    started_at: Mapped[float] = mapped_column(Float, default=time.time)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ModelVersionRow(Base):
+    __tablename__ = "model_versions"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    artifact_uri: Mapped[str] = mapped_column(Text)
+    stage: Mapped[str] = mapped_column(String(20), default="none")  # none | staging | production | archived
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
 TERMINAL_STATES = frozenset({"TERMINATED", "FAILED"})

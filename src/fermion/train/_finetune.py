@@ -202,6 +202,8 @@ def finetune(cfg: FinetuneConfig, on_progress: Callable[[dict[str, Any]], None] 
         torch.set_rng_state(saved["torch_rng"])
         st = saved["loop"]
         resumed_from = st["step"]
+        if on_progress is not None:
+            on_progress({"resumed_from_step": resumed_from, "skipped_checkpoints": [p.name for p in skipped]})
 
     def checkpoint() -> None:
         save_checkpoint(ckpt_dir, st["step"], {

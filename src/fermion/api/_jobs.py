@@ -1,0 +1,193 @@
+"""REST API v1: jobs (commands and fine-tunes) and the model registry."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from .. import registry
+from ..clouds import ReplicaHandle
+from ..errors import ConflictError, NotFoundError, UserInputError
+from ..store import AttemptRow, JobRow, ModelVersionRow
+from ..train import FinetuneConfig
+from ._auth import require_token
+from ._schemas import NAME_PATTERN, Resources
+
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
+
+
+class JobSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    command: list[str] = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources)
+    clouds: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    workers: int = Field(1, ge=1, le=64)
+    max_restarts: int = Field(2, ge=0, le=100)
+    finetune: dict[str, Any] | None = Field(None, description="FinetuneConfig fields; makes this a fine-tune job")
+    model_name: str | None = Field(None, description="fine-tunes: the registry name of the result")
+
+
+def _platform(request: Request):  # noqa: ANN202
+    return request.app.state.platform
+
+
+@router.post("/jobs", status_code=201)
+def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
+    p = _platform(request)
+    if not re.match(NAME_PATTERN, spec.name):
+        raise UserInputError(f"invalid job name {spec.name!r}", hint="use lowercase letters, digits and '-'")
+    unknown = [c for c in spec.clouds if c not in p.clouds]
+    if unknown:
+        raise UserInputError(f"unknown cloud(s) {', '.join(unknown)}", hint=f"known: {', '.join(sorted(p.clouds))}")
+    out_dir = p.home / "jobs" / spec.name / "output"
+    ckpt_dir = p.home / "checkpoints" / spec.name
+    kind, command, stored = "command", list(spec.command), {}
+    if spec.finetune is not None:
+        try:
+            cfg = FinetuneConfig.model_validate({**spec.finetune, "output_dir": str(out_dir), "checkpoint_dir": None})
+        except ValueError as exc:
+            raise UserInputError(f"invalid fine-tune settings: {exc}") from exc
+        for key in ("train_data", "eval_data"):
+            value = getattr(cfg, key)
+            if value is not None and not Path(value).is_file():
+                raise UserInputError(f"{key} {value!r} is not a file on the server")
+        kind, stored = "finetune", {**cfg.model_dump(), "model_name": spec.model_name or spec.name}
+        command = ["python", "-m", "fermion.train", "--config", str(out_dir / "finetune.json")]
+    elif not command:
+        raise UserInputError("a job needs a command (after --) or fine-tune settings")
+    if spec.workers > 1 and Path(command[0]).name not in ("python", "python3"):
+        raise UserInputError("--workers needs a Python command", hint="e.g. -- python train.py")
+    with p.store.session() as s:
+        if s.get(JobRow, spec.name) is not None:
+            raise ConflictError(f"job {spec.name!r} exists", hint="pick another name or delete the old job")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if kind == "finetune":
+            (out_dir / "finetune.json").write_text(json.dumps({k: v for k, v in stored.items() if k != "model_name"}))
+        s.add(JobRow(name=spec.name, kind=kind, command=command, resources=spec.resources.model_dump(),
+                     clouds=spec.clouds, env=spec.env, workers=spec.workers, max_restarts=spec.max_restarts,
+                     checkpoint_dir=str(ckpt_dir), output_dir=str(out_dir), spec=stored, status="PENDING"))
+        p.store.record(s, "job", spec.name, "", "PENDING", f"{kind} job created")
+    return job_out(p, spec.name)
+
+
+def job_out(p, name: str) -> dict[str, Any]:  # noqa: ANN001
+    with p.store.session() as s:
+        job = s.get(JobRow, name)
+        if job is None:
+            raise NotFoundError(f"no job named {name!r}", hint="see `fermion job list`")
+        attempts = s.scalars(select(AttemptRow).where(AttemptRow.job == name).order_by(AttemptRow.number)).all()
+        metrics = []
+        path = Path(job.output_dir) / "metrics.jsonl"
+        if path.exists():
+            metrics = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        return {
+            "name": job.name, "kind": job.kind, "status": job.status, "reason": job.reason, "command": job.command,
+            "resources": job.resources, "workers": job.workers, "restarts": job.restarts,
+            "max_restarts": job.max_restarts, "checkpoint_dir": job.checkpoint_dir, "result": job.result,
+            "created_at": job.created_at, "updated_at": job.updated_at,
+            "attempts": [{"number": a.number, "id": a.id, "cloud": a.cloud, "state": a.state, "reason": a.reason,
+                          "exit_code": a.exit_code, "started_at": a.started_at, "ended_at": a.ended_at}
+                         for a in attempts],
+            "metrics": metrics,
+        }
+
+
+@router.get("/jobs")
+def list_jobs(request: Request) -> list[dict[str, Any]]:
+    p = _platform(request)
+    with p.store.session() as s:
+        names = [j.name for j in s.scalars(select(JobRow).order_by(JobRow.created_at)).all()]
+    return [job_out(p, n) for n in names]
+
+
+@router.get("/jobs/{name}")
+def get_job(request: Request, name: str) -> dict[str, Any]:
+    return job_out(_platform(request), name)
+
+
+@router.get("/jobs/{name}/logs")
+def job_logs(request: Request, name: str, tail: int = 200) -> dict[str, str]:
+    """Each attempt's log (its last ``tail`` lines), by attempt."""
+    p = _platform(request)
+    job_out(p, name)
+    with p.store.session() as s:
+        attempts = s.scalars(select(AttemptRow).where(AttemptRow.job == name).order_by(AttemptRow.number)).all()
+        return {f"attempt {a.number} ({a.cloud}, {a.state})":
+                p.clouds[a.cloud].logs(ReplicaHandle(pid=0, workdir=Path(a.workdir)), tail=tail)
+                for a in attempts if a.cloud in p.clouds}
+
+
+@router.post("/jobs/{name}/cancel")
+def cancel_job(request: Request, name: str) -> dict[str, Any]:
+    p = _platform(request)
+    job_out(p, name)
+    p.jobs.cancel(name)
+    return job_out(p, name)
+
+
+def on_job_success(p, s, job: JobRow) -> None:  # noqa: ANN001
+    """A finished fine-tune becomes a new model version with its metrics and lineage."""
+    if job.kind != "finetune":
+        return
+    result = json.loads((Path(job.output_dir) / "result.json").read_text())
+    attempts = s.scalars(select(AttemptRow).where(AttemptRow.job == job.name)).all()
+    from .. import __version__
+
+    lineage = {**result["lineage"], "job": job.name, "attempts": len(attempts),
+               "clouds": [a.cloud for a in sorted(attempts, key=lambda a: a.number)],
+               "code_version": f"fermion {__version__}", "python": sys.version.split()[0]}
+    metrics = {"baseline": result["baseline"], "final": result["final"], "best": result["best"],
+               "steps": result["steps"], "epochs": result["epochs_done"], "precision": result["precision"],
+               "samples_per_second": result["samples_per_second"]}
+    row = registry.register(s, p.store, p.home, job.spec["model_name"], Path(result["artifact"]), metrics, lineage)
+    job.result = {"model": f"{row.name}:{row.version}", "accuracy": result["final"]["accuracy"],
+                  "baseline_accuracy": result["baseline"]["accuracy"]}
+
+
+def _model_out(r: ModelVersionRow) -> dict[str, Any]:
+    return {"name": r.name, "version": r.version, "stage": r.stage, "artifact_uri": r.artifact_uri,
+            "metrics": r.metrics, "lineage": r.lineage, "created_at": r.created_at}
+
+
+@router.get("/models")
+def list_models(request: Request) -> list[dict[str, Any]]:
+    with _platform(request).store.session() as s:
+        rows = s.scalars(select(ModelVersionRow).order_by(ModelVersionRow.name, ModelVersionRow.version)).all()
+        return [_model_out(r) for r in rows]
+
+
+@router.get("/models/{ref}")
+def show_model(request: Request, ref: str) -> dict[str, Any]:
+    with _platform(request).store.session() as s:
+        return _model_out(registry.get_version(s, ref))
+
+
+class PromoteSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stage: str
+
+
+@router.post("/models/{ref}/promote")
+def promote_model(request: Request, ref: str, spec: PromoteSpec) -> dict[str, Any]:
+    p = _platform(request)
+    with p.store.session() as s:
+        return _model_out(registry.promote(s, p.store, ref, spec.stage))
+
+
+@router.delete("/models/{ref}")
+def delete_model(request: Request, ref: str) -> dict[str, str]:
+    p = _platform(request)
+    with p.store.session() as s:
+        registry.delete(s, p.store, ref)
+    return {"deleted": ref, "at": str(time.time())}

@@ -1,0 +1,203 @@
+"""``fermion job …``, ``fermion finetune`` and ``fermion model …``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._output import console, print_json, print_table
+from ._platform import Api
+
+job_app = typer.Typer(help="Run and inspect jobs (commands and fine-tunes) on the clouds.", no_args_is_help=True)
+model_app = typer.Typer(help="The model registry: versions, metrics, lineage, stages.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def _follow(api: Api, name: str, timeout: float) -> dict[str, Any]:
+    """Wait for the job to end, with a progress bar of its training steps when it reports them."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    deadline = time.monotonic() + timeout
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task(name, total=None, info="")
+        while True:
+            job = api.get(f"/jobs/{name}")
+            steps = [m for m in job["metrics"] if "train_loss" in m]
+            evals = [m for m in job["metrics"] if "eval_accuracy" in m]
+            info = f"{job['status']} attempt {len(job['attempts'])}"
+            if steps:
+                info += f" · step {steps[-1]['step']} loss {steps[-1]['train_loss']:.3f}"
+            if evals:
+                info += f" · eval acc {evals[-1]['eval_accuracy']:.3f}"
+            progress.update(task, info=info)
+            if job["status"] in TERMINAL or time.monotonic() > deadline:
+                return job
+            time.sleep(0.5)
+
+
+def _submit(spec: dict[str, Any], follow: bool, timeout: float, json_out: bool) -> None:
+    api = Api()
+    job = api.request("POST", "/jobs", json=spec)
+    if follow:
+        job = _follow(api, spec["name"], timeout)
+    if json_out:
+        print_json(job)
+    else:
+        _show_job(job)
+    if job["status"] == "FAILED":
+        raise typer.Exit(1)
+
+
+@job_app.command("run")
+def job_run(
+    command: Annotated[list[str], typer.Argument(help="The command, after --")],
+    name: Annotated[str, typer.Option(help="Job name.")],
+    cpus: Annotated[float, typer.Option(help="CPUs per attempt.")] = 1,
+    memory_gb: Annotated[float, typer.Option(help="Memory per attempt in GB.")] = 1,
+    cloud: Annotated[list[str] | None, typer.Option(help="Allowed cloud (repeat).")] = None,
+    workers: Annotated[int, typer.Option(help="torch distributed workers (torchrun, gloo on CPU).")] = 1,
+    max_restarts: Annotated[int, typer.Option(help="Retries after the job's own failures.")] = 2,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeat).")] = None,
+    follow: Annotated[bool, typer.Option(help="Wait for the job to end, showing progress.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to follow.")] = 3600,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run a command as a job: `fermion job run --name train -- python train.py`."""
+    env_map = dict(item.split("=", 1) for item in env or [] if "=" in item)
+    _submit({"name": name, "command": command, "resources": {"cpus": cpus, "memory_gb": memory_gb},
+             "clouds": cloud or [], "env": env_map, "workers": workers, "max_restarts": max_restarts},
+            follow, timeout, json_out)
+
+
+def finetune(
+    name: Annotated[str, typer.Option(help="Job name (and, by default, the registered model's name).")],
+    data: Annotated[Path, typer.Option(help="Training data: .csv (text,label) or .jsonl.")],
+    eval_data: Annotated[Path | None, typer.Option(help="Evaluation data; default: 20% held out.")] = None,
+    base: Annotated[str | None, typer.Option(help="Model directory or registry ref NAME:VER; default MiniLM.")] = None,
+    task: Annotated[str, typer.Option(help="Only 'classification' for now.")] = "classification",
+    method: Annotated[str, typer.Option(help="lora or full.")] = "lora",
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 16,
+    grad_accum: Annotated[int, typer.Option(help="Batches per optimizer step.")] = 1,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-3,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
+    checkpoint_every: Annotated[int, typer.Option(help="Optimizer steps between checkpoints.")] = 10,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    model_name: Annotated[str | None, typer.Option(help="Registry name of the result.")] = None,
+    cloud: Annotated[list[str] | None, typer.Option(help="Allowed cloud (repeat).")] = None,
+    cpus: Annotated[float, typer.Option(help="CPUs per attempt.")] = 1,
+    max_restarts: Annotated[int, typer.Option(help="Retries after the job's own failures.")] = 1,
+    follow: Annotated[bool, typer.Option(help="Wait, showing the training curve.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to follow.")] = 3600,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fine-tune a transformers encoder for classification as a job; the result is registered."""
+    from ..errors import UserInputError
+
+    if task != "classification":
+        raise UserInputError(f"task {task!r} is not supported", hint="use --task classification")
+    base_dir = base
+    if base and ":" in base and not Path(base).exists():  # a registry reference
+        base_dir = str(Path(Api().get(f"/models/{base}")["artifact_uri"]) / "encoder")
+    ft: dict[str, Any] = {"train_data": str(data.resolve()), "eval_data": str(eval_data.resolve()) if eval_data else None,
+                          "base": base_dir, "method": method, "epochs": epochs, "batch_size": batch_size,
+                          "grad_accum": grad_accum, "lr": lr, "precision": precision,
+                          "checkpoint_every": checkpoint_every, "seed": seed}
+    _submit({"name": name, "finetune": ft, "model_name": model_name, "clouds": cloud or [],
+             "resources": {"cpus": cpus, "memory_gb": 2}, "max_restarts": max_restarts}, follow, timeout, json_out)
+
+
+def _show_job(job: dict[str, Any]) -> None:
+    colour = {"SUCCEEDED": "green", "FAILED": "red", "RUNNING": "cyan"}.get(job["status"], "yellow")
+    console.print(f"[bold]{job['name']}[/] ({job['kind']}) [{colour}]{job['status']}[/] — {job['reason']}")
+    if job.get("result"):
+        console.print(f"result: {job['result']}")
+    print_table("attempts", ["#", "cloud", "state", "exit", "reason"],
+                [(a["number"], a["cloud"], a["state"], a["exit_code"], a["reason"]) for a in job["attempts"]])
+    evals = [m for m in job["metrics"] if "eval_accuracy" in m]
+    if evals:
+        print_table("training curve (per epoch)", ["epoch", "step", "eval loss", "accuracy", "macro F1"],
+                    [(m["epoch"], m["step"], f"{m['eval_loss']:.4f}", f"{m['eval_accuracy']:.3f}",
+                      f"{m['eval_macro_f1']:.3f}") for m in evals])
+
+
+@job_app.command("list")
+def job_list(json_out: JsonOpt = False) -> None:
+    """All jobs."""
+    jobs = Api().get("/jobs")
+    if json_out:
+        print_json(jobs)
+        return
+    print_table("jobs", ["name", "kind", "status", "attempts", "restarts", "reason"],
+                [(j["name"], j["kind"], j["status"], len(j["attempts"]), f"{j['restarts']}/{j['max_restarts']}",
+                  j["reason"]) for j in jobs])
+
+
+@job_app.command("status")
+def job_status(name: str, json_out: JsonOpt = False) -> None:
+    """A job's attempts, its training curve and result."""
+    job = Api().get(f"/jobs/{name}")
+    if json_out:
+        print_json(job)
+    else:
+        _show_job(job)
+
+
+@job_app.command("logs")
+def job_logs(name: str, tail: Annotated[int, typer.Option(help="Lines per attempt.")] = 100) -> None:
+    """Each attempt's log."""
+    for attempt, text in Api().get(f"/jobs/{name}/logs", tail=tail).items():
+        console.rule(attempt)
+        console.print(text, markup=False, highlight=False)
+
+
+@job_app.command("cancel")
+def job_cancel(name: str) -> None:
+    """Stop a job's running attempt and mark it cancelled."""
+    job = Api().request("POST", f"/jobs/{name}/cancel")
+    console.print(f"{name}: {job['status']}")
+
+
+@model_app.command("list")
+def model_list(json_out: JsonOpt = False) -> None:
+    """Every model version."""
+    rows = Api().get("/models")
+    if json_out:
+        print_json(rows)
+        return
+    print_table("models", ["name", "version", "stage", "accuracy", "baseline", "job", "base model"],
+                [(m["name"], m["version"], m["stage"], f"{m['metrics'].get('final', {}).get('accuracy', 0):.3f}",
+                  f"{m['metrics'].get('baseline', {}).get('accuracy', 0):.3f}", m["lineage"].get("job"),
+                  Path(str(m["lineage"].get("base_model", ""))).name) for m in rows])
+
+
+@model_app.command("show")
+def model_show(ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION")], json_out: JsonOpt = False) -> None:
+    """One version with its metrics and lineage."""
+    m = Api().get(f"/models/{ref}")
+    if json_out:
+        print_json(m)
+        return
+    console.print(f"[bold]{m['name']}:{m['version']}[/] stage={m['stage']} artifact={m['artifact_uri']}")
+    print_table("lineage", ["key", "value"], sorted(m["lineage"].items()))
+    print_table("metrics", ["key", "value"], sorted((k, v) for k, v in m["metrics"].items()))
+
+
+@model_app.command("promote")
+def model_promote(ref: str, stage: Annotated[str, typer.Option(help="staging, production or archived")] = "production") -> None:
+    """Move a version to a stage (one production version per model)."""
+    m = Api().request("POST", f"/models/{ref}/promote", json={"stage": stage})
+    console.print(f"{m['name']}:{m['version']} is now {m['stage']}")
+
+
+@model_app.command("delete")
+def model_delete(ref: str) -> None:
+    """Delete a version and its artifact (refused while a deployment serves it)."""
+    Api().request("DELETE", f"/models/{ref}")
+    console.print(f"deleted {ref}")

@@ -1,0 +1,37 @@
+"""A reconcile loop: ``tick()`` every interval on a thread of its own."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+log = logging.getLogger("fermion.controller")
+
+
+class ReconcileLoop:
+    interval_s: float = 0.25
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one tick at a time (the loop, or an API-triggered action)
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.tick()  # settle (re-adopt, publish) before the first request arrives
+        self._thread = threading.Thread(target=self._loop, name=f"fermion-{type(self).__name__}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.tick()
+            except Exception:  # a bad tick must not kill the control loop
+                log.exception("%s tick failed", type(self).__name__)

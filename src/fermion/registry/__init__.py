@@ -1,0 +1,82 @@
+"""The model registry: named, numbered versions with their artifact, metrics and lineage."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..errors import ConflictError, NotFoundError, UserInputError
+from ..store import DeploymentRow, ModelVersionRow, Store
+
+STAGES = ("none", "staging", "production", "archived")
+
+
+def register(s: Session, store: Store, home: Path, name: str, artifact: Path, metrics: dict[str, Any],
+             lineage: dict[str, Any]) -> ModelVersionRow:
+    """Copy ``artifact`` into the artifact store as the next version of ``name``."""
+    version = (s.scalar(select(func.max(ModelVersionRow.version)).where(ModelVersionRow.name == name)) or 0) + 1
+    dest = home / "artifacts" / name / f"v{version}"
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(artifact, dest)
+    row = ModelVersionRow(name=name, version=version, artifact_uri=str(dest), metrics=metrics, lineage=lineage,
+                          created_at=time.time())
+    s.add(row)
+    store.record(s, "model", f"{name}:{version}", "", "none", f"registered from {lineage.get('job', 'a job')}")
+    return row
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    name, _, ver = ref.partition(":")
+    if not name:
+        raise UserInputError(f"invalid model reference {ref!r}", hint="use NAME or NAME:VERSION")
+    try:
+        return name, int(ver.lstrip("v")) if ver else None
+    except ValueError:
+        raise UserInputError(f"invalid model version in {ref!r}", hint="versions are numbers: NAME:3") from None
+
+
+def get_version(s: Session, ref: str) -> ModelVersionRow:
+    """NAME:VERSION, or NAME for its production version, else its latest."""
+    name, version = parse_ref(ref)
+    q = select(ModelVersionRow).where(ModelVersionRow.name == name)
+    if version is not None:
+        row = s.get(ModelVersionRow, (name, version))
+    else:
+        rows = s.scalars(q.order_by(ModelVersionRow.version.desc())).all()
+        row = next((r for r in rows if r.stage == "production"), rows[0] if rows else None)
+    if row is None:
+        raise NotFoundError(f"no model version {ref!r}", hint="see `fermion model list`")
+    return row
+
+
+def promote(s: Session, store: Store, ref: str, stage: str) -> ModelVersionRow:
+    if stage not in STAGES:
+        raise UserInputError(f"unknown stage {stage!r}", hint=f"one of: {', '.join(STAGES)}")
+    row = get_version(s, ref)
+    if stage == "production":  # one production version per model: the previous one is archived
+        for other in s.scalars(select(ModelVersionRow).where(ModelVersionRow.name == row.name,
+                                                              ModelVersionRow.stage == "production")).all():
+            if other.version != row.version:
+                store.record(s, "model", f"{other.name}:{other.version}", other.stage, "archived", "superseded")
+                other.stage = "archived"
+    store.record(s, "model", f"{row.name}:{row.version}", row.stage, stage, "promoted")
+    row.stage = stage
+    return row
+
+
+def delete(s: Session, store: Store, ref: str) -> None:
+    row = get_version(s, ref)
+    users = [d.name for d in s.scalars(select(DeploymentRow)).all()
+             if d.env.get("FERMION_MODEL_DIR") == row.artifact_uri and d.status != "DELETING"]
+    if users:
+        raise ConflictError(f"model {row.name}:{row.version} is served by {', '.join(users)}",
+                            hint="delete or redeploy those deployments first")
+    shutil.rmtree(row.artifact_uri, ignore_errors=True)
+    store.record(s, "model", f"{row.name}:{row.version}", row.stage, "deleted", "deleted by user")
+    s.delete(row)

@@ -1,0 +1,124 @@
+"""Jobs on the clouds: resume on another cloud after a cloud failure, bounded retries of the
+job's own errors, torch distributed workers, and fine-tunes that land in the registry."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import EXAMPLES, ServerProc, running_server
+
+CLOUDS = """
+clouds:
+  - name: east
+    pricing: {price_per_hour: 0.10}
+  - name: west
+    pricing: {price_per_hour: 0.20}
+"""
+JOBS = EXAMPLES / "jobs"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    with running_server(tmp_path_factory.mktemp("jobs"), CLOUDS) as srv:
+        yield srv
+
+
+def job(server: ServerProc, name: str) -> dict:
+    with server.api() as api:
+        return api.get(f"/jobs/{name}").json()
+
+
+def logs(server: ServerProc, name: str) -> dict[str, str]:
+    with server.api() as api:
+        return api.get(f"/jobs/{name}/logs").json()
+
+
+def test_a_job_resumes_on_another_cloud_when_its_cloud_dies(server: ServerProc) -> None:
+    server.cli("job", "run", "--name", "steps", "--", "python", str(JOBS / "steps.py"), "40", "0.1")
+    first = server.wait_for(lambda api: (j := api.get("/jobs/steps").json())["status"] == "RUNNING" and j)
+    cloud = first["attempts"][0]["cloud"]
+    assert cloud == "east"  # the cheaper cloud
+    server.wait_for(lambda _: "step 8 on" in next(iter(logs(server, "steps").values()), ""))
+    server.cli("cloud", "fail", cloud)
+    seen = max(int(n) for n in re.findall(r"step (\d+) on", next(iter(logs(server, "steps").values()))))
+    done = server.wait_for(lambda api: (j := api.get("/jobs/steps").json())["status"] in ("SUCCEEDED", "FAILED")
+                           and j, timeout=90)
+    server.cli("cloud", "recover", cloud)
+    assert done["status"] == "SUCCEEDED", done
+    states = [(a["cloud"], a["state"]) for a in done["attempts"]]
+    assert states == [("east", "PREEMPTED"), ("west", "SUCCEEDED")]
+    assert done["restarts"] == 0  # a cloud failure is not the job's fault
+    second = list(logs(server, "steps").values())[1]
+    resumed = int(re.search(r"resumed from step (\d+) on west", second).group(1))
+    assert resumed >= seen - 1  # at most one checkpoint interval lost
+    assert "done: sum of steps 820" in second  # 1 + 2 + ... + 40: no step lost or repeated
+    with server.api() as api:
+        events = api.get("/events", params={"object_id": "steps"}).json()
+    assert any("lost with cloud east" in e["reason"] for e in events)
+
+
+def test_own_errors_are_retried_at_most_max_restarts(server: ServerProc) -> None:
+    out = server.cli("job", "run", "--name", "buggy", "--max-restarts", "1", "--follow", "--timeout", "60",
+                     "--", "python", str(JOBS / "fail.py"), check=False)
+    assert out.returncode == 1
+    j = job(server, "buggy")
+    assert j["status"] == "FAILED" and len(j["attempts"]) == 2 and j["restarts"] == 2
+    assert "column 'label' missing" in j["reason"] and "1 restarts used" in j["reason"]
+    with server.api() as api:
+        events = api.get("/events", params={"limit": 200}).json()
+    assert any("own error" in e["reason"] for e in events if e["kind"] == "attempt")
+
+
+def test_two_worker_gloo_job(server: ServerProc) -> None:
+    server.cli("job", "run", "--name", "ddp", "--workers", "2", "--follow", "--timeout", "120",
+               "--", "python", str(JOBS / "ddp.py"))
+    assert job(server, "ddp")["status"] == "SUCCEEDED"
+    text = next(iter(logs(server, "ddp").values()))
+    assert "rank 0 of world_size=2: all-reduced sum=3" in text and "rank 1 of world_size=2" in text
+
+
+def test_bad_job_specs_are_4xx(server: ServerProc) -> None:
+    with server.api() as api:
+        assert api.post("/jobs", json={"name": "Bad Name", "command": ["true"]}).status_code == 400
+        r = api.post("/jobs", json={"name": "x", "command": []})
+        assert r.status_code == 400 and "needs a command" in r.json()["error"]["message"]
+        r = api.post("/jobs", json={"name": "x", "command": ["true"], "workers": 2})
+        assert r.status_code == 400 and "Python command" in r.json()["error"]["message"]
+        r = api.post("/jobs", json={"name": "x", "finetune": {"train_data": "/nope.csv"}})
+        assert r.status_code == 400 and "not a file" in r.json()["error"]["message"]
+        assert api.get("/jobs/nope").status_code == 404
+
+
+def test_finetune_job_registers_a_model_that_serves(server: ServerProc, tmp_path: Path) -> None:
+    rows = list(csv.reader((EXAMPLES / "data/tickets/train.csv").open()))
+    train = tmp_path / "train.csv"
+    csv.writer(train.open("w", newline="")).writerows(rows[:97])
+    server.cli("finetune", "--name", "tickets", "--data", str(train), "--eval-data",
+               str(EXAMPLES / "data/tickets/eval.csv"), "--epochs", "2", "--batch-size", "8", "--lr", "3e-3",
+               "--timeout", "300")
+    j = job(server, "tickets")
+    assert j["status"] == "SUCCEEDED", j
+    assert j["result"]["model"] == "tickets:1"
+    assert j["result"]["accuracy"] > j["result"]["baseline_accuracy"] + 0.3
+    assert len([m for m in j["metrics"] if "eval_accuracy" in m]) == 2
+    model = json.loads(server.cli("model", "show", "tickets:1", "--json").stdout)
+    lineage = model["lineage"]
+    assert Path(lineage["base_model"]).name == "model" and len(lineage["train_sha256"]) == 64
+    assert lineage["job"] == "tickets" and lineage["attempts"] == 1 and lineage["code_version"].startswith("fermion")
+    assert model["metrics"]["final"]["accuracy"] == j["result"]["accuracy"]
+    server.cli("model", "promote", "tickets:1", "--stage", "production")
+    assert "production" in server.cli("model", "list").stdout
+    server.cli("deploy", "--model", "tickets:1", "--name", "tickets", "--public")
+    answer = httpx.post(f"{server.url}/d/tickets/classify", json={"texts": [
+        "Dear support, my parcel arrived damaged. Please fix this."]}, timeout=30).json()
+    assert answer[0]["label"] in {"account", "billing", "shipping", "technical"}
+    assert abs(sum(answer[0]["probabilities"].values()) - 1) < 1e-3
+    refused = server.cli("model", "delete", "tickets:1", check=False)
+    assert refused.returncode == 4 and "served by tickets" in refused.stderr
