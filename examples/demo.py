@@ -168,6 +168,40 @@ def platform_demo(work: Path) -> None:
                       "(the gateway retried around the dead replica)")
         events = server.cli("events", "--limit", "8").stdout
         console.print(events)
+        server.cli("cloud", "recover", failing)
+        server.cli("deployment", "delete", "emb")
+        finetune_demo(server)
+
+
+def finetune_demo(server) -> None:  # noqa: ANN001
+    tickets = ROOT / "examples" / "data" / "tickets"
+    step("9. fermion finetune: MiniLM + LoRA on support tickets, as a job; its cloud dies mid-run")
+    server.cli("finetune", "--name", "tickets", "--data", str(tickets / "train.csv"), "--eval-data",
+               str(tickets / "eval.csv"), "--epochs", "3", "--checkpoint-every", "5", "--no-follow")
+    first = server.wait_for(lambda api: (j := api.get("/jobs/tickets").json())["status"] == "RUNNING" and j)
+    cloud = first["attempts"][0]["cloud"]
+    server.wait_for(lambda api: any(m.get("step", 0) >= 12 for m in api.get("/jobs/tickets").json()["metrics"]),
+                    timeout=300)
+    server.cli("cloud", "fail", cloud)
+    console.print(f"[red]{cloud} failed at step 12[/]; the job resumes elsewhere from its latest checkpoint (step 10)")
+    server.wait_for(lambda api: api.get("/jobs/tickets").json()["status"] in ("SUCCEEDED", "FAILED"), timeout=600)
+    server.cli("cloud", "recover", cloud)
+    console.print(server.cli("job", "status", "tickets").stdout)
+    step("10. the registered model, its lineage, and serving it: fermion deploy --model tickets:1")
+    console.print(server.cli("model", "list").stdout)
+    deployed = server.cli("deploy", "--model", "tickets:1", "--name", "support-router", "--public",
+                          "--timeout", "180", check=False)
+    if deployed.returncode != 0 or "READY" not in deployed.stdout:
+        console.print(deployed.stdout, deployed.stderr, server.cli("events", "--limit", "30").stdout,
+                      server.log.read_text()[-3000:])
+        raise SystemExit("the model deployment did not become ready")
+    client = Client(f"{server.url}/d/support-router", timeout=60)
+    samples = ["My card was charged twice for the same order.", "The app shows a blank screen after the update.",
+               "Where is my package? Tracking has not moved in a week.", "I cannot log in, my password reset fails."]
+    table = Table("ticket", "label", "probability", title="support-router (through the gateway)")
+    for text, answer in zip(samples, client.classify(texts=samples), strict=True):
+        table.add_row(text, answer["label"], f"{answer['probabilities'][answer['label']]:.2f}")
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -214,6 +214,10 @@ def test_gateway_and_replica_metrics(server: ServerProc) -> None:
 
 def test_delete_drains_and_removes(server: ServerProc) -> None:
     server.cli("deploy", TEXT_PHOTON, "--name", "gone", "--public")
+    crashed = ready_replicas(server.deployment("gone"))[0]["pid"]
+    os.kill(crashed, signal.SIGKILL)  # leaves a FAILED replica row behind, as real deployments have
+    server.wait_for(lambda api: (d := api.get("/deployments/gone").json())["ready"] == 1
+                    and ready_replicas(d)[0]["pid"] != crashed)
     pid = ready_replicas(server.deployment("gone"))[0]["pid"]
     server.cli("deployment", "delete", "gone")
     server.wait_for(lambda api: api.get("/deployments/gone").status_code == 404)
@@ -223,3 +227,4 @@ def test_delete_drains_and_removes(server: ServerProc) -> None:
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert "tick failed" not in server.log.read_text()

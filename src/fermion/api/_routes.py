@@ -87,8 +87,10 @@ def _cloud(request: Request, name: str) -> str:
 @router.post("/clouds/{name}/fail")
 def fail_cloud(request: Request, name: str) -> dict[str, object]:
     """Inject an outage: every replica on the cloud is killed and new ones are refused."""
-    killed = platform(request).controller.fail_cloud(_cloud(request, name), "injected outage")
-    return {"cloud": name, "killed": killed}
+    p = platform(request)
+    killed = p.controller.fail_cloud(_cloud(request, name), "injected outage")
+    attempts = p.jobs.kill_on_cloud(name)
+    return {"cloud": name, "killed": killed, "attempts_killed": attempts}
 
 
 @router.post("/clouds/{name}/recover")

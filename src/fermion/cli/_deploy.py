@@ -182,7 +182,7 @@ def cloud_status(name: str, json_out: JsonOpt = False) -> None:
 def cloud_fail(name: str) -> None:
     """Inject an outage: kill every replica on the cloud and refuse new ones."""
     out = Api().request("POST", f"/clouds/{name}/fail")
-    console.print(f"cloud {name}: down, {out['killed']} replicas killed")
+    console.print(f"cloud {name}: down, {out['killed']} replicas and {out['attempts_killed']} job attempts killed")
 
 
 @cloud_app.command("recover")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from ..clouds import LocalCloud, ProvisionError, ReplicaHandle, ReplicaSpec
@@ -207,8 +207,9 @@ class DeploymentController(ReconcileLoop):
         if deleting:
             if not self._live_replicas(s, d.name):
                 self.store.record(s, "deployment", d.name, d.status, "DELETED", "all replicas stopped")
-                for r in s.scalars(select(ReplicaRow).where(ReplicaRow.deployment == d.name)).all():
-                    s.delete(r)
+                # explicit order: the replica rows reference the deployment row
+                s.execute(delete(ReplicaRow).where(ReplicaRow.deployment == d.name))
+                s.flush()
                 s.delete(d)
             return
         if d.status == "FAILED":

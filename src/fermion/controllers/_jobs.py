@@ -146,6 +146,14 @@ class JobController(ReconcileLoop):
             return
         job.reason = "waiting for a cloud: " + ("; ".join(why_not) or "none allowed")
 
+    def kill_on_cloud(self, cloud: str) -> int:
+        """An outage of ``cloud``: its running attempts die at once (their jobs resume elsewhere)."""
+        with self._lock, self.store.session() as s:
+            running = s.scalars(select(AttemptRow).where(AttemptRow.state == "RUNNING", AttemptRow.cloud == cloud)).all()
+            for a in running:
+                self.clouds[cloud].stop(ReplicaHandle(pid=a.pid or 0, workdir=Path(a.workdir)), force=True)
+            return len(running)
+
     def cancel(self, name: str) -> None:
         with self._lock, self.store.session() as s:
             job = s.get(JobRow, name)

@@ -220,7 +220,7 @@ def finetune(cfg: FinetuneConfig, on_progress: Callable[[dict[str, Any]], None] 
             on_progress(row)
 
     status = "finished"
-    seen, started = 0, time.perf_counter()
+    seen, started, eval_seconds = 0, time.perf_counter(), 0.0
     try:
         while st["epoch"] < cfg.epochs:
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + st["epoch"]))
@@ -252,7 +252,9 @@ def finetune(cfg: FinetuneConfig, on_progress: Callable[[dict[str, Any]], None] 
                         checkpoint()
                         status = "stopped"
                         raise StopIteration
+            eval_started = time.perf_counter()
             metrics = evaluate(model, tokenizer, evald, label_ids, cfg.max_length)
+            eval_seconds += time.perf_counter() - eval_started
             row = {"step": st["step"], "epoch": st["epoch"], **{f"eval_{k}": v for k, v in metrics.model_dump().items()}}
             st["history"].append(row)
             log(row)
@@ -270,7 +272,7 @@ def finetune(cfg: FinetuneConfig, on_progress: Callable[[dict[str, Any]], None] 
         pass
     finally:
         metrics_file.close()
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - started - eval_seconds  # training time, checkpoints included
     final = evaluate(model, tokenizer, evald, label_ids, cfg.max_length)
     artifact = None
     if status != "stopped":
