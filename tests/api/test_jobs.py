@@ -20,6 +20,9 @@ clouds:
     pricing: {price_per_hour: 0.10}
   - name: west
     pricing: {price_per_hour: 0.20}
+  - name: spotty
+    pricing: {price_per_hour: 0.50, spot_price_per_hour: 0.02}
+    inject: {spot_preempt_after_s: 1.5}
 """
 JOBS = EXAMPLES / "jobs"
 
@@ -61,7 +64,22 @@ def test_a_job_resumes_on_another_cloud_when_its_cloud_dies(server: ServerProc) 
     assert "done: sum of steps 820" in second  # 1 + 2 + ... + 40: no step lost or repeated
     with server.api() as api:
         events = api.get("/events", params={"object_id": "steps"}).json()
-    assert any("lost with cloud east" in e["reason"] for e in events)
+    assert any("lost (cloud east failed)" in e["reason"] for e in events)
+
+
+def test_a_spot_job_is_preempted_and_resumes_on_the_next_best_cloud(server: ServerProc, tmp_path: Path) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"name: spot-steps\ncommand: [python, {JOBS / 'steps.py'}, '25', '0.1']\nspot: true\n"
+                    "resources: {cpus: 0.5, memory_gb: 0.5}\nmax_restarts: 0\n")
+    server.cli("job", "run", "--spec", str(spec), "--follow", "--timeout", "90")
+    done = job(server, "spot-steps")
+    assert done["status"] == "SUCCEEDED" and done["spot"] is True
+    first, second = done["attempts"][0], done["attempts"][1]
+    assert (first["cloud"], first["spot"], first["state"]) == ("spotty", True, "PREEMPTED")
+    assert first["reason"] == "spot capacity reclaimed on spotty"
+    assert (second["cloud"], second["spot"], second["state"]) == ("east", False, "SUCCEEDED")
+    assert done["restarts"] == 0  # preemption is not the job's error, even with max_restarts 0
+    assert "done: sum of steps 325" in list(logs(server, "spot-steps").values())[-1]
 
 
 def test_own_errors_are_retried_at_most_max_restarts(server: ServerProc) -> None:

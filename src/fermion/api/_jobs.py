@@ -32,6 +32,7 @@ class JobSpec(BaseModel):
     clouds: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     workers: int = Field(1, ge=1, le=64)
+    spot: bool = Field(False, description="run on spot capacity where a cloud sells it; preemptions resume")
     max_restarts: int = Field(2, ge=0, le=100)
     finetune: dict[str, Any] | None = Field(None, description="FinetuneConfig fields; makes this a fine-tune job")
     model_name: str | None = Field(None, description="fine-tunes: the registry name of the result")
@@ -75,7 +76,7 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
         if kind == "finetune":
             (out_dir / "finetune.json").write_text(json.dumps({k: v for k, v in stored.items() if k != "model_name"}))
         s.add(JobRow(name=spec.name, kind=kind, command=command, resources=spec.resources.model_dump(),
-                     clouds=spec.clouds, env=spec.env, workers=spec.workers, max_restarts=spec.max_restarts,
+                     clouds=spec.clouds, env=spec.env, workers=spec.workers, spot=spec.spot, max_restarts=spec.max_restarts,
                      checkpoint_dir=str(ckpt_dir), output_dir=str(out_dir), spec=stored, status="PENDING"))
         p.store.record(s, "job", spec.name, "", "PENDING", f"{kind} job created")
     return job_out(p, spec.name)
@@ -96,7 +97,9 @@ def job_out(p, name: str) -> dict[str, Any]:  # noqa: ANN001
             "resources": job.resources, "workers": job.workers, "restarts": job.restarts,
             "max_restarts": job.max_restarts, "checkpoint_dir": job.checkpoint_dir, "result": job.result,
             "created_at": job.created_at, "updated_at": job.updated_at,
-            "attempts": [{"number": a.number, "id": a.id, "cloud": a.cloud, "state": a.state, "reason": a.reason,
+            "spot": job.spot,
+            "attempts": [{"number": a.number, "id": a.id, "cloud": a.cloud, "spot": a.spot, "state": a.state,
+                          "reason": a.reason,
                           "exit_code": a.exit_code, "started_at": a.started_at, "ended_at": a.ended_at}
                          for a in attempts],
             "metrics": metrics,

@@ -56,8 +56,10 @@ def _submit(spec: dict[str, Any], follow: bool, timeout: float, json_out: bool) 
 
 @job_app.command("run")
 def job_run(
-    command: Annotated[list[str], typer.Argument(help="The command, after --")],
-    name: Annotated[str, typer.Option(help="Job name.")],
+    command: Annotated[list[str] | None, typer.Argument(help="The command, after --")] = None,
+    name: Annotated[str | None, typer.Option(help="Job name.")] = None,
+    spec: Annotated[Path | None, typer.Option(help="A job spec YAML (name, command, resources, ...).")] = None,
+    spot: Annotated[bool, typer.Option(help="Run on spot capacity; preempted attempts resume elsewhere.")] = False,
     cpus: Annotated[float, typer.Option(help="CPUs per attempt.")] = 1,
     memory_gb: Annotated[float, typer.Option(help="Memory per attempt in GB.")] = 1,
     cloud: Annotated[list[str] | None, typer.Option(help="Allowed cloud (repeat).")] = None,
@@ -68,11 +70,29 @@ def job_run(
     timeout: Annotated[float, typer.Option(help="Seconds to follow.")] = 3600,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run a command as a job: `fermion job run --name train -- python train.py`."""
+    """Run a command as a job: `fermion job run --name train -- python train.py`, or `--spec job.yaml`."""
+    from ..errors import UserInputError
+
+    body: dict[str, Any] = {}
+    if spec is not None:
+        import yaml
+
+        try:
+            body = yaml.safe_load(spec.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserInputError(f"cannot read job spec {spec}: {exc}") from exc
+        if not isinstance(body, dict):
+            raise UserInputError(f"job spec {spec} must be a mapping of job fields")
     env_map = dict(item.split("=", 1) for item in env or [] if "=" in item)
-    _submit({"name": name, "command": command, "resources": {"cpus": cpus, "memory_gb": memory_gb},
-             "clouds": cloud or [], "env": env_map, "workers": workers, "max_restarts": max_restarts},
-            follow, timeout, json_out)
+    flags = {"name": name, "command": command or None, "clouds": cloud or None, "env": env_map or None}
+    body.update({k: v for k, v in flags.items() if v is not None})
+    body.setdefault("resources", {"cpus": cpus, "memory_gb": memory_gb})
+    for key, value, default in (("workers", workers, 1), ("max_restarts", max_restarts, 2), ("spot", spot, False)):
+        if value != default or key not in body:
+            body[key] = value
+    if not body.get("name"):
+        raise UserInputError("a job needs a name", hint="--name NAME, or name: in the spec")
+    _submit(body, follow, timeout, json_out)
 
 
 def finetune(

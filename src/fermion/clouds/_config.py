@@ -23,6 +23,7 @@ class Injected(BaseModel):
     model_config = ConfigDict(extra="forbid")
     latency_ms: float = Field(0, ge=0)  # added to every request its replicas serve
     fail_start: bool = False  # every provisioning attempt fails
+    spot_preempt_after_s: float | None = Field(None, gt=0)  # spot job attempts are reclaimed after this long
 
 
 class Pricing(BaseModel):

@@ -394,9 +394,10 @@ class DeploymentController(ReconcileLoop):
                 why += f"; next best {alt.cloud}: {alt.reason}"
         return order, why
 
-    def ranked_clouds(self, names: list[str], need: dict[str, Any]) -> list[str]:
-        """Healthy clouds among ``names``, best first by the optimizer (price, latency)."""
-        from ..placement import CloudState, PlacementRequest, optimize
+    def ranked_clouds(self, names: list[str], need: dict[str, Any], *, spot: bool = False) -> list[str]:
+        """Healthy clouds among ``names``, best first by the optimizer (price, latency); with
+        ``spot``, clouds that sell spot capacity are priced at it."""
+        from ..placement import CloudState, Constraints, PlacementRequest, optimize
 
         healthy = [n for n in names if n in self.clouds and not self.clouds[n].failed
                    and self.clouds[n].unhealthy_until <= time.time()]
@@ -404,7 +405,7 @@ class DeploymentController(ReconcileLoop):
             return []
         observed = self._observed_latency()
         request = PlacementRequest(cpus=float(need.get("cpus", 1)), memory_gb=float(need.get("memory_gb", 1)),
-                                   replicas=len(healthy))
+                                   replicas=len(healthy), constraints=Constraints(spot_share=1.0 if spot else 0.0))
         plan = optimize(request, [local_offering(self.clouds[n]) for n in healthy],
                         {n: CloudState(max_replicas=1, observed_latency_ms=observed.get(n)) for n in healthy})
         ranked = [p.cloud for p in sorted(plan.placements, key=lambda p: (p.score, p.cloud))]

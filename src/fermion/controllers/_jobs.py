@@ -46,12 +46,14 @@ class JobController(ReconcileLoop):
         super().__init__()
         self.store, self.clouds, self.deployments, self.home = store, clouds, deployments, home
         self.on_success = on_success  # called with (session, job) when a job succeeds
+        self._reclaimed: set[str] = set()  # attempts killed by an (injected) spot preemption
 
     def tick(self) -> None:
         with self._lock:
             with self.store.session() as s:
-                running = [(a.id, a.cloud, ReplicaHandle(pid=a.pid or 0, workdir=Path(a.workdir)))
-                           for a in s.scalars(select(AttemptRow).where(AttemptRow.state == "RUNNING")).all()]
+                attempts = s.scalars(select(AttemptRow).where(AttemptRow.state == "RUNNING")).all()
+                running = [(a.id, a.cloud, ReplicaHandle(pid=a.pid or 0, workdir=Path(a.workdir))) for a in attempts]
+                self._preempt_spot(attempts)
             alive = {aid: self.clouds[c].poll(h)[0] if c in self.clouds else False for aid, c, h in running}
             with self.store.session() as s:
                 usage: dict[str, dict[str, float]] = {}
@@ -62,6 +64,16 @@ class JobController(ReconcileLoop):
                     held["cpus"] += float(a.resources.get("cpus", 1))
                     held["memory_gb"] += float(a.resources.get("memory_gb", 1))
                 self.deployments.job_usage = usage
+
+    def _preempt_spot(self, attempts: list[AttemptRow]) -> None:
+        """A local cloud may declare that it reclaims spot capacity after a while: do so."""
+        now = time.time()
+        for a in attempts:
+            cloud = self.clouds.get(a.cloud)
+            after = cloud.config.inject.spot_preempt_after_s if cloud is not None else None
+            if a.spot and after is not None and now - a.started_at > after and a.id not in self._reclaimed:
+                self._reclaimed.add(a.id)
+                cloud.stop(ReplicaHandle(pid=a.pid or 0, workdir=Path(a.workdir)), force=True)
 
     def _set(self, s: Session, job: JobRow, status: str, reason: str) -> None:
         if job.status != status:
@@ -88,12 +100,14 @@ class JobController(ReconcileLoop):
             a.exit_code = int((Path(a.workdir) / "exit_code").read_text())
         except (OSError, ValueError):
             a.exit_code = None  # killed with its cloud before it could say
-        if cloud is None or cloud.failed or a.exit_code is None:
-            # lost with its cloud (or its node): not the job's fault; resume elsewhere
-            a.state, a.reason = "PREEMPTED", f"cloud {a.cloud} failed"
-            self.store.record(s, "attempt", a.id, "RUNNING", "PREEMPTED", a.reason)
-            self._set(s, job, "PENDING", f"attempt {a.number} lost with cloud {a.cloud}: resuming from the "
-                                         "latest checkpoint on another cloud")
+        if cloud is None or cloud.failed or a.exit_code is None or a.id in self._reclaimed:
+            # lost with its cloud, or its spot capacity reclaimed: not the job's fault; resume elsewhere
+            cause = f"spot capacity reclaimed on {a.cloud}" if a.id in self._reclaimed else f"cloud {a.cloud} failed"
+            self._reclaimed.discard(a.id)
+            a.state, a.reason = "PREEMPTED", cause
+            self.store.record(s, "attempt", a.id, "RUNNING", "PREEMPTED", cause)
+            self._set(s, job, "PENDING", f"attempt {a.number} lost ({cause}): resuming from the latest "
+                                         "checkpoint on another cloud")
             return
         if a.exit_code == 0:
             a.state, a.reason = "SUCCEEDED", "exit 0"
@@ -120,7 +134,11 @@ class JobController(ReconcileLoop):
         need = job.resources or {"cpus": 1, "memory_gb": 1}
         free = self.deployments.free_capacity(s)
         order, why_not = [], []
-        for name in self.deployments.ranked_clouds(job.clouds or list(self.clouds), need):
+        ranked = self.deployments.ranked_clouds(job.clouds or list(self.clouds), need, spot=job.spot)
+        if last is not None and last.state == "PREEMPTED" and len(ranked) > 1 and last.cloud in ranked:
+            ranked.remove(last.cloud)  # the next best cloud, not the one that just lost the attempt
+            ranked.append(last.cloud)
+        for name in ranked:
             f = free[name]
             if f["cpus"] + 1e-9 < float(need.get("cpus", 1)) or f["memory_gb"] + 1e-9 < float(need.get("memory_gb", 1)):
                 why_not.append(f"{name}: {max(f['cpus'], 0):g} cpus free")
@@ -128,7 +146,8 @@ class JobController(ReconcileLoop):
                 order.append(name)
         number = (last.number if last else 0) + 1
         for name in order:
-            attempt = AttemptRow(job=job.name, number=number, cloud=name, resources=dict(need))
+            spot = job.spot and self.clouds[name].config.prices()[1] is not None
+            attempt = AttemptRow(job=job.name, number=number, cloud=name, resources=dict(need), spot=spot)
             s.add(attempt)
             s.flush()
             env = {**job.env, "FERMION_CHECKPOINT_DIR": job.checkpoint_dir, "FERMION_JOB": job.name,
@@ -141,8 +160,9 @@ class JobController(ReconcileLoop):
                 self.deployments.mark_cloud(s, name, healthy=False, reason=exc.message)
                 continue
             attempt.pid, attempt.workdir = handle.pid, str(handle.workdir)
-            self.store.record(s, "attempt", attempt.id, "", "RUNNING", f"attempt {number} of {job.name} on {name}")
-            self._set(s, job, "RUNNING", f"attempt {number} on {name}")
+            market = "spot" if spot else "on-demand"
+            self.store.record(s, "attempt", attempt.id, "", "RUNNING", f"attempt {number} of {job.name} on {name} ({market})")
+            self._set(s, job, "RUNNING", f"attempt {number} on {name} ({market})")
             return
         job.reason = "waiting for a cloud: " + ("; ".join(why_not) or "none allowed")
 

@@ -104,6 +104,7 @@ class JobRow(Base):
     clouds: Mapped[list[str]] = mapped_column(JSON, default=list)
     env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     workers: Mapped[int] = mapped_column(Integer, default=1)
+    spot: Mapped[bool] = mapped_column(default=False)
     max_restarts: Mapped[int] = mapped_column(Integer, default=2)
     status: Mapped[str] = mapped_column(String(20), default="PENDING")  # PENDING|RUNNING|SUCCEEDED|FAILED|CANCELLED
     reason: Mapped[str] = mapped_column(Text, default="")
@@ -129,6 +130,7 @@ class AttemptRow(Base):
     workdir: Mapped[str] = mapped_column(Text, default="")
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    spot: Mapped[bool] = mapped_column(default=False)
     started_at: Mapped[float] = mapped_column(Float, default=time.time)
     ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 

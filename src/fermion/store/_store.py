@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,7 +29,8 @@ class Store:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)  # creates missing tables; the schema is additive so far
+        Base.metadata.create_all(self.engine)
+        self.added_columns = migrate_additive(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -44,6 +45,28 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def migrate_additive(engine: Engine) -> list[str]:
+    """Bring an older database up to the models: add the columns it lacks, with their defaults.
+    (Fermion's schema changes only by adding tables and columns; create_all adds the tables.)"""
+    added = []
+    existing = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                default = column.default.arg if column.default is not None and not callable(column.default.arg) else None
+                ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
+                if default is not None:
+                    literal = {True: "1", False: "0"}.get(default, repr(default)) if isinstance(default, bool | int | float | str) else None
+                    if literal is not None:
+                        ddl += f" DEFAULT {literal}"
+                conn.execute(text(ddl))
+                added.append(f"{table.name}.{column.name}")
+    return added
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API types
