@@ -17,7 +17,7 @@ from ..clouds import CloudConfig, LocalCloud
 from ..controllers import DeploymentController, JobController
 from ..errors import FermionError
 from ..gateway import Gateway, RoutingTable
-from ..photon._routes import error_response
+from ..photon._routes import error_response, validation_error_response
 from ..security import hash_token, new_token
 from ..store import CloudRow, Store, TokenRow
 from ._auth import require_token
@@ -82,12 +82,7 @@ def create_app(platform: Platform) -> FastAPI:
     async def _fermion_error(request: Request, exc: FermionError) -> Response:
         return error_response(exc.http_status, str(exc), type(exc).__name__)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        message = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}" for e in exc.errors()
-        )
-        return error_response(422, message, "ValidationFailed", detail=exc.errors())
+    app.add_exception_handler(RequestValidationError, validation_error_response)  # type: ignore[arg-type]
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from .. import __version__
 from ._metrics import PhotonMetrics
 from ._photon import Photon
-from ._routes import HandlerRoute, error_response
+from ._routes import HandlerRoute, validation_error_response
 
 log = logging.getLogger("fermion.photon")
 
@@ -83,14 +83,7 @@ def build_app(photon_cls: type[Photon], on_init_failure: Callable[[str], None] |
     )
     app.state.runtime = runtime
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = exc.errors()
-        message = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
-            for e in errors
-        )
-        return error_response(422, message, "ValidationFailed", detail=errors)
+    app.add_exception_handler(RequestValidationError, validation_error_response)  # type: ignore[arg-type]
 
     for route in runtime.routes:
         route.register(app)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from pydantic import TypeAdapter
 from pydantic_core import PydanticSerializationError
@@ -39,6 +40,15 @@ def error_response(status: int, message: str, kind: str = "Error", detail: Any =
     if detail is not None:
         body["detail"] = detail
     return Response(json.dumps(body, default=str), status_code=status, media_type="application/json")
+
+
+def validation_error_response(request: Request, exc: RequestValidationError) -> Response:
+    """422 with a one-line message naming each invalid field, and FastAPI's details."""
+    errors = exc.errors()
+    message = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}" for e in errors
+    )
+    return error_response(422, message, "ValidationFailed", detail=errors)
 
 
 class HandlerRoute:
