@@ -182,8 +182,9 @@ def test_tokens_guard_the_api_and_private_deployments(server: ServerProc) -> Non
 
 
 def test_bad_specs_get_4xx_with_a_message(server: ServerProc) -> None:
+    server.cli("deploy", TEXT_PHOTON, "--name", "spec-check", "--public", "--no-wait")  # uploads a photon
     with server.api() as api:
-        sha = api.get("/photons").json()[0]["sha256"]
+        sha = api.get("/deployments/spec-check").json()["photon"]
         r = api.put("/deployments/Bad_Name", json={"photon": sha})
         assert r.status_code == 400 and "invalid deployment name" in r.json()["error"]["message"]
         r = api.put("/deployments/x", json={"photon": sha, "clouds": ["mars"]})
