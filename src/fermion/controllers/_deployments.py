@@ -351,9 +351,8 @@ class DeploymentController(ReconcileLoop):
     def _observed_latency(self) -> dict[str, float]:
         """Mean gateway-measured latency per cloud, over the replicas serving now."""
         samples: dict[str, list[float]] = {}
-        for name in list(self.table._routes):
-            route = self.table.get(name)
-            for e in route.endpoints if route else []:
+        for route in self.table.routes():
+            for e in route.endpoints:
                 if e.latency_ewma_ms is not None:
                     samples.setdefault(e.cloud, []).append(e.latency_ewma_ms)
         return {cloud: sum(v) / len(v) for cloud, v in samples.items()}
@@ -382,9 +381,8 @@ class DeploymentController(ReconcileLoop):
         plan = optimize(request, offerings, states)
         if not plan.feasible:  # the spread cap is full everywhere (e.g. after a failure): any free cloud
             plan = optimize(request, offerings, {k: v.model_copy(update={"max_replicas": None}) for k, v in states.items()})
-        chosen = [p.cloud for p in plan.placements]
-        scored = sorted(offerings, key=lambda o: (o.price + o.latency_ms / 100, o.cloud))
-        order = chosen + [o.cloud for o in scored if o.cloud not in chosen]
+        chosen = [p.cloud for p in plan.placements]  # then the rest, should provisioning there fail
+        order = chosen + [n for n in self.ranked_clouds(candidates, need) if n not in chosen]
         why = ""
         if plan.placements:
             p = plan.placements[0]

@@ -41,6 +41,10 @@ class RoutingTable:
     def get(self, deployment: str) -> Route | None:
         return self._routes.get(deployment)
 
+    def routes(self) -> list[Route]:
+        """A snapshot of every published route."""
+        return list(self._routes.values())
+
     def publish(self, routes: dict[str, Route]) -> None:
         with self._lock:
             for name, route in routes.items():
