@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from fermion import Client  # noqa: E402
 from fermion.photon._package import build_archive  # noqa: E402
-from tests.support import running_server, serve_photon  # noqa: E402
+from tests.support import Load, running_server, serve_photon  # noqa: E402
 
 os.environ.setdefault("COLUMNS", "120")  # the CLI tables printed below are captured, not a TTY
 console = Console()
@@ -97,35 +96,6 @@ clouds:
 
 
 
-class Traffic:
-    """Clients calling the deployment through the gateway until stopped."""
-
-    def __init__(self, client: Client, workers: int = 4) -> None:
-        self.client, self.ok, self.failed = client, 0, 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
-
-    def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            try:
-                self.client.embed(texts=[f"traffic {i}"])
-                self.ok += 1
-            except Exception:  # noqa: BLE001 - counted and shown
-                self.failed += 1
-            i += 1
-
-    def __enter__(self) -> Traffic:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
-
-
 def replicas_table(server, title: str) -> Table:  # noqa: ANN001
     d = server.deployment("emb")
     table = Table("replica", "cloud", "state", "reason", title=f"{title} — deployment emb: {d['status']}")
@@ -149,12 +119,11 @@ def platform_demo(work: Path) -> None:
         server.cli("deploy", EMBEDDER, "--name", "emb", "--replicas", "2", "--public")
         console.print(f"2 replicas READY in {time.perf_counter() - start:.1f}s")
         console.print(replicas_table(server, "placed by the optimizer (cheapest clouds, at most half per cloud)"))
-        client = Client(f"{server.url}/d/emb", timeout=30)
         failing = server.deployment("emb")["replica_list"][-1]["cloud"]
         step(f"8. traffic through the gateway, then cloud {failing} fails")
-        with Traffic(client) as traffic:
+        with Load(f"{server.url}/d/emb/embed", {"texts": ["traffic through the gateway"]}, workers=4) as traffic:
             time.sleep(2)
-            console.print(f"before the failure: {traffic.ok} requests served, {traffic.failed} failed")
+            console.print(f"before the failure: {traffic.ok} requests served, {len(traffic.failures)} failed")
             server.cli("cloud", "fail", failing)
             console.print(f"[red]{failing} is down[/]: its replica was killed")
             t0 = time.perf_counter()
@@ -164,7 +133,7 @@ def platform_demo(work: Path) -> None:
             console.print(f"replacement READY after {time.perf_counter() - t0:.1f}s")
             time.sleep(1)
         console.print(replicas_table(server, "after the failure"))
-        console.print(f"traffic: [bold]{traffic.ok}[/] requests served, [bold]{traffic.failed}[/] failed "
+        console.print(f"traffic: [bold]{traffic.ok}[/] requests served, [bold]{len(traffic.failures)}[/] failed "
                       "(the gateway retried around the dead replica)")
         events = server.cli("events", "--limit", "8").stdout
         console.print(events)

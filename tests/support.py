@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -173,3 +174,38 @@ def running_server(home: Path, clouds_yaml: str | None = None) -> Iterator[Serve
     finally:
         stop(server.proc)
         kill_replicas(home)
+
+
+class Load:
+    """Background clients calling a gateway route until stopped; records every failure."""
+
+    def __init__(self, url: str, body: dict, workers: int = 6, headers: dict | None = None) -> None:
+        self.url, self.body, self.headers = url, body, headers or {}
+        self.ok = 0
+        self.failures: list[str] = []
+        self.answers: list[dict] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30, headers=self.headers) as http:
+            while not self._stop.is_set():
+                try:
+                    r = http.post(self.url, json=self.body)
+                    if r.status_code == 200:
+                        self.ok += 1
+                        self.answers.append(r.json())
+                    else:
+                        self.failures.append(f"{time.strftime('%X')} {r.status_code}: {r.text}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"{time.strftime('%X')} {exc!r}")
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)

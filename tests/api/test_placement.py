@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.test_platform import Load
-from tests.support import FIXTURE_PHOTONS, ServerProc, running_server
+from tests.support import FIXTURE_PHOTONS, Load, ServerProc, running_server
 
 CLOUDS = """
 clouds:

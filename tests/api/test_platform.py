@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from fermion import Client
-from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON, ServerProc, running_server
+from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON, Load, ServerProc, running_server
 
 CLOUDS = """
 clouds:
@@ -31,41 +30,6 @@ clouds:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     with running_server(tmp_path_factory.mktemp("server"), CLOUDS) as srv:
         yield srv
-
-
-class Load:
-    """Background clients calling a gateway route until stopped; records every failure."""
-
-    def __init__(self, url: str, body: dict, workers: int = 6, headers: dict | None = None) -> None:
-        self.url, self.body, self.headers = url, body, headers or {}
-        self.ok = 0
-        self.failures: list[str] = []
-        self.answers: list[dict] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=30, headers=self.headers) as http:
-            while not self._stop.is_set():
-                try:
-                    r = http.post(self.url, json=self.body)
-                    if r.status_code == 200:
-                        self.ok += 1
-                        self.answers.append(r.json())
-                    else:
-                        self.failures.append(f"{time.strftime('%X')} {r.status_code}: {r.text}")
-                except httpx.HTTPError as exc:
-                    self.failures.append(f"{time.strftime('%X')} {exc!r}")
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
 
 
 def ready_replicas(d: dict) -> list[dict]:

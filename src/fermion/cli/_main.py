@@ -8,9 +8,9 @@ import typer
 
 from .. import __version__
 from ..errors import FermionError
-from ._output import print_error
 from ._deploy import cloud_app, deploy, deployment_app, events, login
 from ._jobs import finetune, job_app, model_app
+from ._output import print_error
 from ._photon import photon_app
 from ._placement import catalog_app, optimize_cmd
 from ._server import server_app

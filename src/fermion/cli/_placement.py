@@ -79,7 +79,7 @@ def optimize_cmd(
 
 
 def _optimize_deployment(name: str, apply: bool, min_saving: float, json_out: bool) -> None:
-    from ..placement import Plan, PlacementRequest
+    from ..placement import PlacementRequest, Plan
     from ._platform import Api
 
     out = Api().request("POST", f"/deployments/{name}/rebalance", json={"apply": apply, "min_saving": min_saving})

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 
 from ..clouds import LocalCloud, ProvisionError, ReplicaHandle, ReplicaSpec
 from ..gateway import Endpoint, Route, RoutingTable
-from ._loop import ReconcileLoop
 from ..store import TERMINAL_STATES, CloudRow, DeploymentRow, PhotonRow, ReplicaRow, Store
+from ._loop import ReconcileLoop
 
 log = logging.getLogger("fermion.controller")
 

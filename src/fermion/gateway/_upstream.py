@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import httptools
 
-
 IDLE_REUSE_S = 4.0
 
 

@@ -3,11 +3,11 @@
 from ._models import (
     TERMINAL_STATES,
     AttemptRow,
-    JobRow,
-    ModelVersionRow,
     CloudRow,
     DeploymentRow,
     EventRow,
+    JobRow,
+    ModelVersionRow,
     PhotonRow,
     ReplicaRow,
     TokenRow,
