@@ -82,6 +82,12 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
     return job_out(p, spec.name)
 
 
+def _require_job(p, name: str) -> None:  # noqa: ANN001
+    with p.store.session() as s:
+        if s.get(JobRow, name) is None:
+            raise NotFoundError(f"no job named {name!r}", hint="see `fermion job list`")
+
+
 def job_out(p, name: str) -> dict[str, Any]:  # noqa: ANN001
     with p.store.session() as s:
         job = s.get(JobRow, name)
@@ -123,7 +129,7 @@ def get_job(request: Request, name: str) -> dict[str, Any]:
 def job_logs(request: Request, name: str, tail: int = 200) -> dict[str, str]:
     """Each attempt's log (its last ``tail`` lines), by attempt."""
     p = _platform(request)
-    job_out(p, name)
+    _require_job(p, name)
     with p.store.session() as s:
         attempts = s.scalars(select(AttemptRow).where(AttemptRow.job == name).order_by(AttemptRow.number)).all()
         return {f"attempt {a.number} ({a.cloud}, {a.state})":
@@ -134,7 +140,7 @@ def job_logs(request: Request, name: str, tail: int = 200) -> dict[str, str]:
 @router.post("/jobs/{name}/cancel")
 def cancel_job(request: Request, name: str) -> dict[str, Any]:
     p = _platform(request)
-    job_out(p, name)
+    _require_job(p, name)
     p.jobs.cancel(name)
     return job_out(p, name)
 

@@ -49,7 +49,7 @@ class Platform:
                     row.config, row.health, row.health_reason = c.model_dump(), "healthy", ""
         self.gateway = Gateway(self.table, self.registry, self.token_hashes)
         self.controller = DeploymentController(self.store, self.clouds, self.table)
-        self.jobs = JobController(self.store, self.clouds, self.controller, home,
+        self.jobs = JobController(self.store, self.clouds, self.controller,
                                   on_success=lambda s, job: on_job_success(self, s, job))
 
     def bootstrap_admin_token(self) -> str | None:

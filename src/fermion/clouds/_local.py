@@ -131,8 +131,3 @@ class LocalCloud:
 
     def recover(self) -> None:
         self.failed = False
-
-    def reap(self) -> None:
-        for pid, child in list(self._children.items()):
-            if child.poll() is not None:
-                del self._children[pid]

@@ -341,9 +341,9 @@ class DeploymentController(ReconcileLoop):
             if cloud.failed or cloud.unhealthy_until > time.time():
                 why_not.append(f"{name}: unhealthy")
                 continue
-            f = free[name]
-            if f["cpus"] + 1e-9 < float(need.get("cpus", 1)) or f["memory_gb"] + 1e-9 < float(need.get("memory_gb", 1)):
-                why_not.append(f"{name}: {max(f['cpus'], 0):g} cpus / {max(f['memory_gb'], 0):g} GB free")
+            short = shortfall(name, free[name], need)
+            if short:
+                why_not.append(short)
                 continue
             ok.append(name)
         return ok, why_not
@@ -489,6 +489,13 @@ def _per_cloud(replicas: list[ReplicaRow]) -> dict[str, int]:
         if r.cloud:
             counts[r.cloud] = counts.get(r.cloud, 0) + 1
     return counts
+
+
+def shortfall(cloud: str, free: dict[str, float], need: dict[str, Any]) -> str | None:
+    """Why ``need`` does not fit in ``free`` on ``cloud``, or None if it fits."""
+    if free["cpus"] + 1e-9 < float(need.get("cpus", 1)) or free["memory_gb"] + 1e-9 < float(need.get("memory_gb", 1)):
+        return f"{cloud}: {max(free['cpus'], 0):g} cpus / {max(free['memory_gb'], 0):g} GB free"
+    return None
 
 
 def local_offering(cloud: LocalCloud) -> Any:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from ..clouds import LocalCloud, ProvisionError, ReplicaHandle
 from ..store import AttemptRow, JobRow, Store
-from ._deployments import DeploymentController, backoff_s
+from ._deployments import DeploymentController, backoff_s, shortfall
 from ._loop import ReconcileLoop
 
 JOB_TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
@@ -42,9 +42,9 @@ class JobController(ReconcileLoop):
     interval_s = 0.3
 
     def __init__(self, store: Store, clouds: dict[str, LocalCloud], deployments: DeploymentController,
-                 home: Path, on_success: Any = None) -> None:
+                 on_success: Any = None) -> None:
         super().__init__()
-        self.store, self.clouds, self.deployments, self.home = store, clouds, deployments, home
+        self.store, self.clouds, self.deployments = store, clouds, deployments
         self.on_success = on_success  # called with (session, job) when a job succeeds
         self._reclaimed: set[str] = set()  # attempts killed by an (injected) spot preemption
 
@@ -139,9 +139,9 @@ class JobController(ReconcileLoop):
             ranked.remove(last.cloud)  # the next best cloud, not the one that just lost the attempt
             ranked.append(last.cloud)
         for name in ranked:
-            f = free[name]
-            if f["cpus"] + 1e-9 < float(need.get("cpus", 1)) or f["memory_gb"] + 1e-9 < float(need.get("memory_gb", 1)):
-                why_not.append(f"{name}: {max(f['cpus'], 0):g} cpus free")
+            short = shortfall(name, free[name], need)
+            if short:
+                why_not.append(short)
             else:
                 order.append(name)
         number = (last.number if last else 0) + 1
