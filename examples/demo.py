@@ -39,7 +39,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         step("1. package the embedder photon")
-        manifest = build_archive(EMBEDDER, work / "embedder.photon")
+        manifest, _ = build_archive(EMBEDDER, work / "embedder.photon")
         console.print(f"embedder.photon: entry {manifest.entry}, sha256 {manifest.sha256[:16]}…, "
                       f"handlers {', '.join(manifest.handlers)}")
 

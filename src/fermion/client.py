@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,14 +42,21 @@ class Client:
         timeout: float = 60.0,
         retries: int = 2,
         headers: dict[str, str] | None = None,
+        verify: bool | str | ssl.SSLContext = True,
     ) -> None:
+        """``verify``: False, True (the default trust store), a CA certificate file (e.g. a Fermion
+        server's self-signed one) or an ``ssl.SSLContext``."""
         self.url = url.rstrip("/")
         all_headers = dict(headers or {})
         if token:
             all_headers["Authorization"] = f"Bearer {token}"
         self._timeout = timeout
         self._retries = retries
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=all_headers)
+        if isinstance(verify, str):  # httpx 0.28 deprecates a path here
+            from .security._tls import ssl_context_from
+
+            verify = ssl_context_from(verify)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=all_headers, verify=verify)
         self._ops: dict[str, Operation] | None = None
 
     # -- plumbing ----------------------------------------------------------------------------

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def shorten(value: str, limit: int = 80) -> str:
+    """``value`` cut to ``limit`` characters (plus "…"), so that user input echoed in a message stays short."""
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
 class FermionError(Exception):
     """Base of every error Fermion raises on purpose; its message is meant for the user."""
 

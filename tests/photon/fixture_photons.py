@@ -53,3 +53,29 @@ class CrashOnInit(Photon):
     @handler
     def ping(self) -> str:
         return "pong"
+
+
+class Snoop(Photon):
+    """Tries what a workload must not be able to do: read the server's files, see its environment,
+    use more memory than it declared."""
+
+    resources = {"cpus": 0.25, "memory_gb": 0.25}
+
+    @handler
+    def read(self, path: str) -> dict[str, str]:
+        try:
+            with open(path, "rb") as f:
+                return {"content": f.read(4096).decode(errors="replace")}
+        except OSError as exc:
+            return {"error": type(exc).__name__}
+
+    @handler
+    def environ(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    @handler
+    def hog(self, mb: int) -> int:
+        block = bytearray(mb << 20)
+        for i in range(0, len(block), 4096):  # touch every page so it is really resident
+            block[i] = 1
+        return len(block)

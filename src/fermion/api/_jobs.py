@@ -15,7 +15,8 @@ from sqlalchemy import select
 
 from .. import registry
 from ..clouds import ReplicaHandle
-from ..errors import ConflictError, NotFoundError, UserInputError
+from ..errors import ConflictError, NotFoundError, UserInputError, shorten
+from ..security import env_purpose
 from ..store import AttemptRow, JobRow, ModelVersionRow
 from ..train import FinetuneConfig
 from ._auth import require_token
@@ -46,7 +47,7 @@ def _platform(request: Request):  # noqa: ANN202
 def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
     p = _platform(request)
     if not re.match(NAME_PATTERN, spec.name):
-        raise UserInputError(f"invalid job name {spec.name!r}", hint="use lowercase letters, digits and '-'")
+        raise UserInputError(f"invalid job name {shorten(spec.name)!r}", hint="use lowercase letters, digits and '-'")
     unknown = [c for c in spec.clouds if c not in p.clouds]
     if unknown:
         raise UserInputError(f"unknown cloud(s) {', '.join(unknown)}", hint=f"known: {', '.join(sorted(p.clouds))}")
@@ -71,12 +72,14 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
     with p.store.session() as s:
         if s.get(JobRow, spec.name) is not None:
             raise ConflictError(f"job {spec.name!r} exists", hint="pick another name or delete the old job")
+        p.secrets.check_references(s, spec.env)
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if kind == "finetune":
             (out_dir / "finetune.json").write_text(json.dumps({k: v for k, v in stored.items() if k != "model_name"}))
         s.add(JobRow(name=spec.name, kind=kind, command=command, resources=spec.resources.model_dump(),
-                     clouds=spec.clouds, env=spec.env, workers=spec.workers, spot=spec.spot, max_restarts=spec.max_restarts,
+                     clouds=spec.clouds, env=p.secrets.seal_env(spec.env, env_purpose("job", spec.name)),
+                     workers=spec.workers, spot=spec.spot, max_restarts=spec.max_restarts,
                      checkpoint_dir=str(ckpt_dir), output_dir=str(out_dir), spec=stored, status="PENDING"))
         p.store.record(s, "job", spec.name, "", "PENDING", f"{kind} job created")
     return job_out(p, spec.name)
@@ -85,14 +88,14 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
 def _require_job(p, name: str) -> None:  # noqa: ANN001
     with p.store.session() as s:
         if s.get(JobRow, name) is None:
-            raise NotFoundError(f"no job named {name!r}", hint="see `fermion job list`")
+            raise NotFoundError(f"no job named {shorten(name)!r}", hint="see `fermion job list`")
 
 
 def job_out(p, name: str) -> dict[str, Any]:  # noqa: ANN001
     with p.store.session() as s:
         job = s.get(JobRow, name)
         if job is None:
-            raise NotFoundError(f"no job named {name!r}", hint="see `fermion job list`")
+            raise NotFoundError(f"no job named {shorten(name)!r}", hint="see `fermion job list`")
         attempts = s.scalars(select(AttemptRow).where(AttemptRow.job == name).order_by(AttemptRow.number)).all()
         metrics = []
         path = Path(job.output_dir) / "metrics.jsonl"
@@ -131,9 +134,11 @@ def job_logs(request: Request, name: str, tail: int = 200) -> dict[str, str]:
     p = _platform(request)
     _require_job(p, name)
     with p.store.session() as s:
+        job = s.get(JobRow, name)
+        hide = p.secrets.open_env(s, job.env, env_purpose("job", name), missing_ok=True).values() if job else ()
         attempts = s.scalars(select(AttemptRow).where(AttemptRow.job == name).order_by(AttemptRow.number)).all()
         return {f"attempt {a.number} ({a.cloud}, {a.state})":
-                p.clouds[a.cloud].logs(ReplicaHandle(pid=0, workdir=Path(a.workdir)), tail=tail)
+                p.secrets.redact(p.clouds[a.cloud].logs(ReplicaHandle(pid=0, workdir=Path(a.workdir)), tail=tail), hide)
                 for a in attempts if a.cloud in p.clouds}
 
 
@@ -198,5 +203,6 @@ def promote_model(request: Request, ref: str, spec: PromoteSpec) -> dict[str, An
 def delete_model(request: Request, ref: str) -> dict[str, str]:
     p = _platform(request)
     with p.store.session() as s:
-        registry.delete(s, p.store, ref)
+        registry.delete(s, p.store, ref, lambda d: p.secrets.open_env(
+            s, d.env, env_purpose("deployment", d.name), missing_ok=True))
     return {"deleted": ref, "at": str(time.time())}

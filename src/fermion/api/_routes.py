@@ -14,12 +14,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from ..clouds import ReplicaHandle
-from ..errors import ConflictError, NotFoundError, UserInputError
-from ..photon._package import read_manifest
-from ..security import hash_token, new_token
+from ..errors import ConflictError, NotFoundError, UserInputError, shorten
+from ..photon._package import verify_archive
+from ..security import env_purpose, hash_token, new_token
 from ..store import TERMINAL_STATES, CloudRow, DeploymentRow, EventRow, PhotonRow, ReplicaRow
 from ._auth import require_token
-from ._schemas import NAME_PATTERN, CloudOut, DeploymentOut, DeploymentSpec, EventOut, ReplicaOut, ScaleSpec
+from ._schemas import (
+    NAME_PATTERN,
+    CloudOut,
+    DeploymentOut,
+    DeploymentSpec,
+    EventOut,
+    ReplicaOut,
+    Resources,
+    ScaleSpec,
+)
 
 if TYPE_CHECKING:
     from ._server import Platform
@@ -33,15 +42,18 @@ def platform(request: Request) -> Platform:
 
 # -- photons -------------------------------------------------------------------------------
 @router.post("/photons", status_code=201)
-async def upload_photon(request: Request, file: UploadFile) -> dict[str, object]:
-    """Upload a .photon archive; its entries and manifest are checked before it is kept."""
+def upload_photon(request: Request, file: UploadFile) -> dict[str, object]:
+    """Upload a .photon archive. Every file is checked against the manifest, and the archive is
+    kept under the digest computed here, never under a name the client chose. A sync route: the
+    copy and the check run in the thread pool, not on the loop that carries the gateway."""
     p = platform(request)
     with tempfile.NamedTemporaryFile(dir=p.photon_store, suffix=".upload", delete=False) as tmp:
         shutil.copyfileobj(file.file, tmp)
     try:
-        manifest = read_manifest(tmp.name)
-        final = p.photon_store / f"{manifest.sha256}.photon"
-        Path(tmp.name).replace(final)
+        manifest = verify_archive(tmp.name)
+        final = p.photon_store / f"{manifest.sha256}.photon"  # sha256 is 64 hex digits (validated)
+        if not final.exists():  # content-addressed: an existing archive is never replaced
+            Path(tmp.name).replace(final)
     finally:
         Path(tmp.name).unlink(missing_ok=True)
     with p.store.session() as s:
@@ -80,7 +92,8 @@ def list_clouds(request: Request) -> list[CloudOut]:
 
 def _cloud(request: Request, name: str) -> str:
     if name not in platform(request).clouds:
-        raise NotFoundError(f"no cloud named {name!r}", hint=f"known: {', '.join(sorted(platform(request).clouds))}")
+        raise NotFoundError(f"no cloud named {shorten(name)!r}",
+                            hint=f"known: {', '.join(sorted(platform(request).clouds))}")
     return name
 
 
@@ -118,7 +131,7 @@ def _deployment_out(p: Platform, s, d: DeploymentRow, token: str | None = None) 
 def _get_deployment(s, name: str) -> DeploymentRow:  # noqa: ANN001
     d = s.get(DeploymentRow, name)
     if d is None or d.status == "DELETING":
-        raise NotFoundError(f"no deployment named {name!r}", hint="see `fermion deployment list`")
+        raise NotFoundError(f"no deployment named {shorten(name)!r}", hint="see `fermion deployment list`")
     return d
 
 
@@ -127,7 +140,7 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
     """Create a deployment, or update it (a new photon or settings roll out a new generation)."""
     p = platform(request)
     if not re.match(NAME_PATTERN, name):
-        raise UserInputError(f"invalid deployment name {name!r}", hint="use lowercase letters, digits and '-'")
+        raise UserInputError(f"invalid deployment name {shorten(name)!r}", hint="use lowercase letters, digits and '-'")
     unknown = [c for c in spec.clouds if c not in p.clouds]
     if unknown:
         raise UserInputError(f"unknown cloud(s) {', '.join(unknown)}", hint=f"known: {', '.join(sorted(p.clouds))}")
@@ -135,10 +148,9 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
         photon = s.get(PhotonRow, spec.photon)
         if photon is None:
             raise NotFoundError(f"no photon with sha256 {spec.photon}", hint="upload it first (`fermion deploy` does)")
-        resources = (spec.resources.model_dump() if spec.resources else None) or {
-            "cpus": float(photon.manifest.get("resources", {}).get("cpus", 1)),
-            "memory_gb": float(photon.manifest.get("resources", {}).get("memory_gb", 1)),
-        }
+        p.secrets.check_references(s, spec.env)
+        purpose = env_purpose("deployment", name)
+        resources = (spec.resources or _declared_resources(photon)).model_dump()
         d = s.get(DeploymentRow, name)
         token = None
         if d is not None and d.status == "DELETING":
@@ -146,20 +158,25 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
         if d is None:
             token = None if spec.public else new_token("fmd")
             d = DeploymentRow(
-                name=name, photon_sha256=spec.photon, replicas=spec.replicas, resources=resources,
-                clouds=spec.clouds, env=spec.env, public=spec.public, idempotent=spec.idempotent,
+                name=name, photon_sha256=spec.photon, replicas=spec.replicas, resources=resources, clouds=spec.clouds,
+                env=p.secrets.seal_env(spec.env, purpose), public=spec.public, idempotent=spec.idempotent,
+                rate_limit=spec.rate_limit.model_dump() if spec.rate_limit else None,
                 token_hash=hash_token(token) if token else None, status="DEPLOYING", generation=1,
             )
             s.add(d)
             p.store.record(s, "deployment", name, "", "DEPLOYING", f"created with photon {photon.name}")
         else:
-            rollout = (d.photon_sha256, d.resources, d.env) != (spec.photon, resources, spec.env)
+            old_env = p.secrets.plain_env(d.env, purpose)  # compare values, not fresh-nonce ciphertexts
+            rollout = (d.photon_sha256, d.resources, old_env) != (spec.photon, resources, spec.env)
             d.replicas, d.clouds, d.public, d.idempotent = spec.replicas, spec.clouds, spec.public, spec.idempotent
+            d.rate_limit = spec.rate_limit.model_dump() if spec.rate_limit else None
             if rollout:
-                d.photon_sha256, d.resources, d.env = spec.photon, resources, spec.env
+                d.photon_sha256, d.resources, d.env = spec.photon, resources, p.secrets.seal_env(spec.env, purpose)
                 d.generation += 1
                 p.store.record(s, "deployment", name, d.status, "DEPLOYING", f"rolling out generation {d.generation}")
                 d.status = "DEPLOYING"
+            elif not p.secrets.is_sealed_env(d.env):  # a row from before encryption: sealed on this write
+                d.env = p.secrets.seal_env(spec.env, purpose)
             if d.status == "FAILED" or rollout:
                 d.crash_count, d.next_start_at, d.last_error = 0, 0.0, ""
                 if d.status == "FAILED":
@@ -170,6 +187,15 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
             d.updated_at = time.time()
         s.flush()
         return _deployment_out(p, s, d, token)
+
+
+def _declared_resources(photon: PhotonRow) -> Resources:
+    declared = photon.manifest.get("resources") or {}
+    try:
+        return Resources(cpus=declared.get("cpus", 1), memory_gb=declared.get("memory_gb", 1))
+    except ValueError as exc:
+        raise UserInputError(f"photon {photon.name!r} declares invalid resources: {exc}",
+                             hint="fix `resources` in the photon class, or pass --cpus/--memory-gb") from None
 
 
 @router.get("/deployments")
@@ -238,13 +264,15 @@ def deployment_logs(request: Request, name: str, tail: int = 100) -> dict[str, s
     """The last ``tail`` lines of each live replica's log, by replica id."""
     p = platform(request)
     with p.store.session() as s:
-        _get_deployment(s, name)
+        d = _get_deployment(s, name)
+        hide = p.secrets.open_env(s, d.env, env_purpose("deployment", name), missing_ok=True).values()
         rows = s.scalars(select(ReplicaRow).where(ReplicaRow.deployment == name).order_by(ReplicaRow.created_at)).all()
         out: dict[str, str] = {}
         for r in rows[-20:]:
             cloud = p.clouds.get(r.cloud or "")
             if cloud is not None and r.workdir:
-                out[r.id] = cloud.logs(ReplicaHandle(pid=r.pid or 0, workdir=Path(r.workdir)), tail=tail)
+                text = cloud.logs(ReplicaHandle(pid=r.pid or 0, workdir=Path(r.workdir)), tail=tail)
+                out[r.id] = p.secrets.redact(text, hide)
         return out
 
 

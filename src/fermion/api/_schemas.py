@@ -9,10 +9,22 @@ from pydantic import BaseModel, ConfigDict, Field
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 
+MIN_CPUS = 0.25  # below these, capacity would never bind: a cloud could be asked for any number of processes
+MIN_MEMORY_GB = 0.25
+
+
 class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    cpus: float = Field(1, gt=0, le=1024)
-    memory_gb: float = Field(1, gt=0, le=16384)
+    cpus: float = Field(1, ge=MIN_CPUS, le=1024)
+    memory_gb: float = Field(1, ge=MIN_MEMORY_GB, le=16384, description="enforced as a hard memory limit where the OS allows it")
+
+
+class RateLimit(BaseModel):
+    """Per caller (each token; the client address on public deployments): a token bucket."""
+
+    model_config = ConfigDict(extra="forbid")
+    requests_per_second: float = Field(gt=0, le=1_000_000)
+    burst: int = Field(0, ge=0, le=1_000_000, description="bucket size; 0 means one second's worth")
 
 
 class DeploymentSpec(BaseModel):
@@ -26,6 +38,7 @@ class DeploymentSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     public: bool = False
     idempotent: bool = Field(True, description="the gateway may retry a request whose replica died mid-flight")
+    rate_limit: RateLimit | None = Field(None, description="requests per caller; past it the gateway answers 429")
 
 
 class ScaleSpec(BaseModel):

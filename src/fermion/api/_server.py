@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,29 +14,46 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sqlalchemy import select
 
 from .. import __version__
-from ..clouds import CloudConfig, LocalCloud
+from .._limits import limit_bodies
+from ..clouds import CloudConfig, Isolation, LocalCloud
 from ..controllers import DeploymentController, JobController
 from ..errors import FermionError
 from ..gateway import Gateway, RoutingTable
 from ..photon._routes import error_response, validation_error_response
-from ..security import hash_token, new_token
+from ..security import SecretBox, hash_token, new_token
 from ..store import CloudRow, Store, TokenRow
+from ._audit import audit_requests
+from ._audit import router as audit_router
 from ._auth import require_token
 from ._jobs import on_job_success
 from ._jobs import router as jobs_router
 from ._routes import router
+from ._secrets import router as secrets_router
+
+
+def default_workloads_root(home: Path) -> Path:
+    """``$FERMION_WORKLOADS`` or a folder beside the home, e.g. ~/.fermion-workloads."""
+    return Path(os.environ.get("FERMION_WORKLOADS") or home.parent / f"{home.name}-workloads")
 
 
 class Platform:
     """Everything the server holds: the store, the clouds, the controller, the gateway."""
 
-    def __init__(self, home: Path, db_url: str, clouds: list[CloudConfig], public_url: str = "") -> None:
+    def __init__(self, home: Path, db_url: str, clouds: list[CloudConfig], public_url: str = "",
+                 workloads_root: Path | None = None, isolation: Isolation | None = None) -> None:
         self.home = home
+        home.chmod(0o700)  # its database, keys and tokens are the server's alone
+        self.secrets = SecretBox(self.home)  # before the store: a bad master key stops the start
         self.public_url = public_url
         self.photon_store = home / "photon-store"
         self.photon_store.mkdir(parents=True, exist_ok=True)
         self.store = Store(db_url)
-        self.clouds = {c.name: LocalCloud(c, home) for c in clouds}
+        # workloads live outside the home; a sandboxed one sees neither the home nor its neighbours
+        self.workloads_root = workloads_root or default_workloads_root(home)
+        self.workloads_root.mkdir(parents=True, exist_ok=True)
+        self.isolation = isolation or Isolation()
+        self.clouds = {c.name: LocalCloud(c, self.workloads_root, server_home=home, isolation=self.isolation)
+                       for c in clouds}
         self.registry = CollectorRegistry()
         self.table = RoutingTable()
         with self.store.session() as s:
@@ -48,9 +66,14 @@ class Platform:
                 else:
                     row.config, row.health, row.health_reason = c.model_dump(), "healthy", ""
         self.gateway = Gateway(self.table, self.registry, self.token_hashes)
-        self.controller = DeploymentController(self.store, self.clouds, self.table)
+        self.controller = DeploymentController(self.store, self.clouds, self.table, open_env=self.secrets.open_env,
+                                               artifacts_root=self.artifacts_root())
         self.jobs = JobController(self.store, self.clouds, self.controller,
                                   on_success=lambda s, job: on_job_success(self, s, job))
+
+    def artifacts_root(self) -> Path:
+        """Where registered model artifacts live (a replica may mount one of them, read-only)."""
+        return self.home / "artifacts"
 
     def bootstrap_admin_token(self) -> str | None:
         """On the first start, create the admin token and return it (the only time it is seen)."""
@@ -75,7 +98,10 @@ def create_app(platform: Platform) -> FastAPI:
         await platform.gateway.close()
         platform.store.close()
 
-    app = FastAPI(title="Fermion", version=__version__, lifespan=lifespan)
+    # no public schema and no /docs or /redoc (they load Swagger/ReDoc from a CDN): the schema is served below,
+    # behind a token like every other route but /healthz
+    app = FastAPI(title="Fermion", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
+                  redoc_url=None)
     app.state.platform = platform
 
     @app.exception_handler(FermionError)
@@ -92,11 +118,17 @@ def create_app(platform: Platform) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(platform.registry), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/openapi.json", include_in_schema=False, response_model=None, dependencies=[Depends(require_token)])
+    def openapi() -> dict:
+        return app.openapi()
+
     app.include_router(router)
     app.include_router(jobs_router)
+    app.include_router(secrets_router)
+    app.include_router(audit_router)
     return app
 
 
 def create_asgi(platform: Platform):  # noqa: ANN201 - an ASGI callable
-    """The API app with the gateway in front of it (gateway paths never reach FastAPI)."""
-    return platform.gateway.wrap(create_app(platform))
+    """The API app, audited, with the gateway in front of it (gateway paths never reach FastAPI)."""
+    return platform.gateway.wrap(limit_bodies(audit_requests(create_app(platform), platform.store)))

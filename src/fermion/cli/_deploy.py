@@ -28,6 +28,9 @@ def deploy(
     memory_gb: Annotated[float | None, typer.Option(help="Memory per replica in GB.")] = None,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the replicas (repeat).")] = None,
     public: Annotated[bool, typer.Option(help="Serve without a token.")] = False,
+    rate_limit: Annotated[float | None, typer.Option(
+        help="Requests per second per caller (token, or address if public); past it: 429.")] = None,
+    burst: Annotated[int, typer.Option(help="With --rate-limit: requests a caller may send at once.")] = 0,
     wait: Annotated[bool, typer.Option(help="Wait until the deployment is READY.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300,
     json_out: JsonOpt = False,
@@ -60,6 +63,8 @@ def deploy(
         env_map[key] = value
     spec: dict[str, Any] = {"photon": photon["sha256"], "replicas": replicas, "clouds": cloud or [],
                             "env": env_map, "public": public}
+    if rate_limit is not None:
+        spec["rate_limit"] = {"requests_per_second": rate_limit, "burst": burst}
     if cpus is not None or memory_gb is not None:
         spec["resources"] = {"cpus": cpus or 1, "memory_gb": memory_gb or 1}
     out = api.request("PUT", f"/deployments/{name}", json=spec)
@@ -193,9 +198,15 @@ def cloud_recover(name: str) -> None:
 
 
 def login(url: Annotated[str, typer.Argument(help="Server URL")],
-          token: Annotated[str, typer.Option(help="API token", prompt=True, hide_input=True)]) -> None:
-    """Save a server URL and token for the CLI."""
-    path = save_credentials(url.rstrip("/"), token)
+          token: Annotated[str, typer.Option(help="API token", prompt=True, hide_input=True)],
+          ca: Annotated[Path | None, typer.Option(
+              help="CA (or the server's own) certificate to verify an https server with.")] = None) -> None:
+    """Save a server URL, token and CA certificate for the CLI."""
+    if ca is not None:
+        from ..security._tls import ssl_context_from
+
+        ssl_context_from(ca)  # refuse a missing or unreadable file before saving it
+    path = save_credentials(url.rstrip("/"), token, ca=str(ca.resolve()) if ca else None)
     Api().get("/clouds")  # proves the token works
     console.print(f"saved to {path}")
 

@@ -8,11 +8,13 @@ import typer
 
 from .. import __version__
 from ..errors import FermionError
+from ._audit import audit
 from ._deploy import cloud_app, deploy, deployment_app, events, login
 from ._jobs import finetune, job_app, model_app
 from ._output import print_error
 from ._photon import photon_app
 from ._placement import catalog_app, optimize_cmd
+from ._secrets import secret_app
 from ._server import server_app
 
 app = typer.Typer(
@@ -29,11 +31,13 @@ app.add_typer(cloud_app, name="cloud")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(job_app, name="job")
 app.add_typer(model_app, name="model")
+app.add_typer(secret_app, name="secret")
 app.command()(finetune)
 app.command("optimize")(optimize_cmd)
 app.command()(deploy)
 app.command()(events)
 app.command()(login)
+app.command()(audit)
 
 
 @app.command()

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 console = Console()
@@ -14,9 +16,10 @@ err_console = Console(stderr=True)
 
 
 def print_error(message: str, hint: str | None = None) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # messages carry names and server text: shown as they are, never read as markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     if hint:
-        err_console.print(f"[yellow]hint:[/] {hint}", highlight=False)
+        err_console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False)
 
 
 def print_json(data: Any) -> None:
@@ -28,5 +31,5 @@ def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
     for col in columns:
         table.add_column(col)
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_row(*("" if v is None else v if isinstance(v, Text) else Text(str(v)) for v in row))
     console.print(table)

@@ -33,12 +33,17 @@ def run(
     port_file: Annotated[Path | None, typer.Option(help="Write the bound port here once listening.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     graceful_timeout: Annotated[float, typer.Option(help="Seconds to finish in-flight requests on SIGTERM.")] = 30.0,
+    auth_secret_file: Annotated[Path | None, typer.Option(
+        help="Require the secret in this file (read, then deleted) on every call but /healthz.")] = None,
 ) -> None:
     """Serve a photon over HTTP until Ctrl-C / SIGTERM."""
+    from ..photon._replica_auth import read_secret_file
     from ..photon._serve import serve
 
+    secret = read_secret_file(auth_secret_file) if auth_secret_file is not None else None
     code = serve(
         resolve_photon(ref),
+        auth_secret=secret,
         host=host,
         port=port,
         port_file=port_file,
@@ -52,18 +57,47 @@ def run(
 def build(
     ref: Annotated[str, typer.Argument(help="'path/to/file.py:Class' or 'package.module:Class'")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Archive path (default: NAME.photon).")] = None,
+    include: Annotated[list[str] | None, typer.Option(
+        "--include", help="Pack this file even if ignored or secret-looking; relative to the photon's folder (repeat)."
+    )] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
-    """Package a photon and the folder around its file into a .photon archive."""
+    """Package a photon and the folder around its file into a .photon archive.
+
+    Honours .gitignore and .fermionignore; leaves secrets (Fermion homes, keys, .env) out unless --include names them.
+    """
+    import warnings
+
+    from rich.markup import escape
+
     from ..photon._loader import load_photon_class
     from ..photon._package import build_archive
+    from ._output import err_console
+
+    def size(n: int) -> str:
+        if n < 1024:
+            return f"{n} B"
+        return f"{n / 1024:.1f} KiB" if n < 1024**2 else f"{n / 1024**2:.1f} MiB"
 
     out = output or Path(f"{load_photon_class(ref).photon_name()}.photon")
-    manifest = build_archive(ref, out)
-    if json_out:
-        print_json(manifest.model_dump())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the same warnings are printed below, readably
+        manifest, selection = build_archive(ref, out, include=include or [])
+    for message in selection.warnings():
+        err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+    if json_out:  # the manifest's keys as before, with what was packed and skipped beside them
+        print_json({**manifest.model_dump(), "packed": selection.sizes, "skipped": selection.skipped})
         return
     console.print(f"[green]built[/] {out}  name={manifest.name}  entry={manifest.entry}  sha256={manifest.sha256[:16]}…")
+    largest = sorted(selection.sizes.items(), key=lambda item: (-item[1], item[0]))
+    rows = [(escape(rel), size(n)) for rel, n in largest[:20]]  # file names are not markup
+    if len(largest) > 20:
+        rows.append((f"… and {len(largest) - 20} more", size(sum(n for _, n in largest[20:]))))
+    print_table("packed", ["file", "size"], rows)
+    console.print(f"total: {len(largest)} files, {size(selection.total_bytes)}", highlight=False)
+    if selection.skipped:
+        skipped = escape(", ".join(selection.skipped))
+        console.print(f"[yellow]skipped as secrets[/] (name one with --include to pack it): {skipped}", highlight=False)
     print_table(
         None,
         ["handler", "method", "path", "batch", "stream"],

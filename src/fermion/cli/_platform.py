@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -16,42 +17,62 @@ from ..errors import AuthError, TransportError
 CREDENTIALS = "cli.json"
 
 
-def save_credentials(url: str, token: str, home: Path | None = None) -> Path:
+def save_credentials(url: str, token: str, home: Path | None = None, ca: str | None = None) -> Path:
+    """Write cli.json (mode 0600); ``ca`` is a certificate file the CLI verifies an https server with."""
     path = (home or fermion_home()) / CREDENTIALS
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already exists
     with os.fdopen(fd, "w") as f:
-        json.dump({"url": url, "token": token}, f)
+        json.dump({"url": url, "token": token, **({"ca": ca} if ca else {})}, f)
     return path
 
 
-def load_credentials() -> tuple[str, str]:
+class Credentials(NamedTuple):
+    url: str
+    token: str
+    ca: str | None  # certificate file to verify the server with; None: the default trust store
+
+
+def load_credentials() -> Credentials:
+    """The server URL, token and CA: FERMION_URL, FERMION_TOKEN and FERMION_CA, else cli.json."""
     url, token = os.environ.get("FERMION_URL"), os.environ.get("FERMION_TOKEN")
+    ca = os.environ.get("FERMION_CA") or None
     path = fermion_home() / CREDENTIALS
     if path.exists():
         saved = json.loads(path.read_text())
+        # the saved CA belongs to the saved server, not to one FERMION_URL names
+        if ca is None and (not url or url.rstrip("/") == str(saved.get("url", "")).rstrip("/")):
+            ca = saved.get("ca")
         url, token = url or saved.get("url"), token or saved.get("token")
     if not url or not token:
         raise AuthError(
             "no Fermion server configured",
             hint="start one with `fermion server start`, or run `fermion login URL --token TOKEN`",
         )
-    return url.rstrip("/"), token
+    return Credentials(url.rstrip("/"), token, ca)
 
 
 class Api:
     """JSON calls to /api/v1 with the saved token; errors become Fermion errors."""
 
     def __init__(self) -> None:
-        self.url, self.token = load_credentials()
-        self._http = httpx.Client(base_url=f"{self.url}/api/v1", timeout=60,
+        self.url, self.token, ca = load_credentials()
+        verify: ssl.SSLContext | bool = True
+        if ca:
+            from ..security._tls import ssl_context_from
+
+            verify = ssl_context_from(ca)
+        self._http = httpx.Client(base_url=f"{self.url}/api/v1", timeout=60, verify=verify,
                                   headers={"Authorization": f"Bearer {self.token}"})
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise TransportError(f"cannot reach the Fermion server at {self.url}: {exc}",
-                                 hint="is `fermion server start` running?") from exc
+            hint = "is `fermion server start` running?"
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                hint = "trust its certificate: `fermion login URL --ca CERT`, or set FERMION_CA"
+            raise TransportError(f"cannot reach the Fermion server at {self.url}: {exc}", hint=hint) from exc
         Client._raise_for(response)
         return response.json()
 

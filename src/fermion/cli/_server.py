@@ -12,38 +12,141 @@ from ..errors import UserInputError
 
 server_app = typer.Typer(help="Run the Fermion server (API + controllers + gateway).", no_args_is_help=True)
 
+DB_URL_ENV = "FERMION_DB_URL"
+DB_URL_HINT = "use sqlite:///path or postgresql://user@host/db"
+
+
+def db_url_has_password(db: str) -> bool:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(db)
+    except (ArgumentError, ValueError):
+        return "@" in db
+    return parsed.password is not None or "password" in parsed.query
+
+
+def check_db_url(db: str) -> None:
+    """Refuse a database URL the server cannot use (unparseable, another database, a driver missing)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from ..store._store import display_url
+
+    shown = display_url(db)
+    try:
+        parsed = make_url(db)
+    except (ArgumentError, ValueError):
+        raise UserInputError(f"invalid database URL {shown!r}", hint=DB_URL_HINT) from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise UserInputError(f"unsupported database URL {shown!r}", hint=DB_URL_HINT)
+    try:
+        parsed.get_dialect().import_dbapi()
+    except ArgumentError:  # no such dialect or driver in SQLAlchemy
+        raise UserInputError(f"unknown database driver in {shown!r}", hint=DB_URL_HINT) from None
+    except ImportError as exc:  # SQLAlchemy knows the driver but it is not installed
+        if parsed.get_backend_name() == "postgresql":
+            raise UserInputError(f"PostgreSQL support needs the {parsed.get_driver_name()} driver, which is not "
+                                 "installed", hint="pip install psycopg psycopg-binary") from None
+        raise UserInputError(f"the database driver {exc.name!r} is not installed") from None
+
+
+def tls_files(cert: Path | None, key: Path | None, self_signed: bool, home: Path,
+              host: str) -> tuple[Path, Path | None] | None:
+    """The certificate and key to serve HTTPS with (None: plain HTTP); refuses unusable options or files."""
+    import ssl
+
+    if self_signed and (cert or key):
+        raise UserInputError("--tls-self-signed cannot be combined with --tls-cert or --tls-key",
+                             hint="give either your own certificate and key, or --tls-self-signed")
+    if self_signed:
+        from ..security._tls import self_signed_certificate
+
+        try:
+            return self_signed_certificate(home / "tls", [host])
+        except OSError as exc:
+            raise UserInputError(f"cannot write a self-signed certificate in {home / 'tls'}: "
+                                 f"{exc.strerror or exc}") from None
+    if key and not cert:
+        raise UserInputError("--tls-key needs --tls-cert")
+    if cert is None:
+        return None
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if path is not None:
+            try:
+                path.read_bytes()
+            except OSError as exc:
+                raise UserInputError(f"cannot read {option} {path}: {exc.strerror or exc}") from None
+    try:
+        # an empty password: an encrypted key fails here instead of prompting on the terminal later
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password="")
+    except ssl.SSLError as exc:
+        raise UserInputError(f"--tls-cert {cert}{f' with --tls-key {key}' if key else ''} is not a usable "
+                             f"PEM certificate and unencrypted key ({exc.reason.lower().replace('_', ' ') if exc.reason else 'unreadable PEM'})") from None
+    return cert.resolve(), key.resolve() if key else None
+
 
 @server_app.command("start")
 def start(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind; 0 picks a free one.")] = 8400,
-    db: Annotated[str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in $FERMION_HOME).")] = None,
+    db: Annotated[str | None, typer.Option(
+        envvar=DB_URL_ENV,
+        help="SQLAlchemy URL (default: SQLite in $FERMION_HOME). Give one with a password in the environment: "
+             "`ps` shows the command line to every user.")] = None,
     clouds: Annotated[Path | None, typer.Option(help="clouds.yaml naming the clouds to manage.")] = None,
     port_file: Annotated[Path | None, typer.Option(help="Write the bound port here once listening.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
+    tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this PEM certificate (chain).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The certificate's PEM private key.")] = None,
+    tls_self_signed: Annotated[bool, typer.Option(
+        help="Serve HTTPS with a self-signed certificate kept in $FERMION_HOME/tls (for local use).")] = False,
 ) -> None:
     """Start the server in the foreground. The first start prints the admin token once."""
     import logging
 
     import uvicorn
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
 
+    from .._limits import BoundedHttpToolsProtocol
     from ..api import Platform, create_asgi
     from ..clouds import load_clouds
     from ..config import fermion_home
     from ..photon._serve import DrainingServer, bind_socket, write_port_file
     from ..store import default_db_url
+    from ..store._store import display_url
     from ._platform import save_credentials
 
-    if db is not None and not db.startswith(("sqlite", "postgresql")):
-        raise UserInputError(f"unsupported database URL {db!r}", hint="use sqlite:///path or postgresql://…")
+    if db is not None:
+        # by name: typer bundles its own click, whose ParameterSource is not click's
+        from_env = getattr(ctx.get_parameter_source("db"), "name", "") == "ENVIRONMENT"
+        if db_url_has_password(db) and not from_env:
+            print(f"fermion: warning: the database password in --db is visible to every user in `ps`; "
+                  f"set {DB_URL_ENV} instead", file=sys.stderr, flush=True)
+        check_db_url(db)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     home = fermion_home()
+    tls = tls_files(tls_cert, tls_key, tls_self_signed, home, host)
+    ca = str(tls[0]) if tls else None  # the CLI verifies this server against its own certificate
     sock = bind_socket(host, port)
-    url = f"http://{host}:{sock.getsockname()[1]}"
-    platform = Platform(home, db or default_db_url(home), load_clouds(clouds), public_url=url)
-    token = platform.bootstrap_admin_token()
+    url = f"{'https' if tls else 'http'}://{host}:{sock.getsockname()[1]}"
+    db_url = db or default_db_url(home)
+    cloud_configs = load_clouds(clouds)
+    try:
+        platform = Platform(home, db_url, cloud_configs, public_url=url)
+        token = platform.bootstrap_admin_token()
+    except DBAPIError as exc:  # cannot connect, or the database refused: one line, never the password
+        reason = (str(exc.orig or exc).strip().splitlines() or ["no reason given"])[0]
+        password = make_url(db_url).password
+        if password:
+            reason = reason.replace(str(password), "***")
+        raise UserInputError(f"cannot use the database {display_url(db_url)}: {reason}",
+                             hint="check that it is running and the URL is right") from None
     if token:
-        save_credentials(url, token, home)
+        save_credentials(url, token, home, ca=ca)
         print(f"fermion: admin token (shown once, saved for the CLI in {home / 'cli.json'}):\n  {token}",
               file=sys.stderr, flush=True)
     else:
@@ -54,11 +157,15 @@ def start(
             import json
 
             saved = json.loads(creds.read_text())
-            save_credentials(url, saved["token"], home)
+            save_credentials(url, saved["token"], home, ca=ca)
     if port_file:
         write_port_file(port_file, sock.getsockname()[1])
-    print(f"fermion: server on {url} (clouds: {', '.join(platform.clouds)}; db: {platform.store.url})",
-          file=sys.stderr, flush=True)
-    config = uvicorn.Config(create_asgi(platform), loop="uvloop", http="httptools", log_level=log_level,
-                            access_log=False, timeout_graceful_shutdown=10)
+    tls_note = ""
+    if tls:
+        tls_note = f"https, {'self-signed certificate' if tls_self_signed else 'certificate'} at {tls[0]}; "
+    print(f"fermion: server on {url} ({tls_note}clouds: {', '.join(platform.clouds)}; "
+          f"db: {display_url(platform.store.url)})", file=sys.stderr, flush=True)
+    config = uvicorn.Config(create_asgi(platform), loop="uvloop", http=BoundedHttpToolsProtocol, log_level=log_level,
+                            access_log=False, timeout_graceful_shutdown=10,
+                            ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None)
     DrainingServer(config).run(sockets=[sock])

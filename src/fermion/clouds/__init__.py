@@ -3,10 +3,12 @@
 from ._base import CloudBackend, ProvisionError, ReplicaHandle, ReplicaSpec
 from ._config import CloudConfig, load_clouds
 from ._local import LocalCloud
+from ._sandbox import Isolation
 
 __all__ = [
     "CloudBackend",
     "CloudConfig",
+    "Isolation",
     "LocalCloud",
     "ProvisionError",
     "ReplicaHandle",

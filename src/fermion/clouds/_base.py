@@ -18,6 +18,9 @@ class ReplicaSpec:
     replica_id: str
     archive: Path
     env: dict[str, str] = field(default_factory=dict)
+    secret: str | None = None  # the replica refuses calls without it (the gateway sends it)
+    memory_gb: float | None = None  # a hard limit where the OS allows one
+    mounts: list[Path] = field(default_factory=list)  # read-only folders it may read (e.g. a model)
 
 
 @dataclass

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from ..clouds import LocalCloud, ProvisionError, ReplicaHandle, ReplicaSpec
+from ..errors import FermionError
+from ..security import SecretBox, env_purpose
 from ..gateway import Endpoint, Route, RoutingTable
 from ..store import TERMINAL_STATES, CloudRow, DeploymentRow, PhotonRow, ReplicaRow, Store
 from ._loop import ReconcileLoop
@@ -48,13 +52,23 @@ def handle_of(r: ReplicaRow) -> ReplicaHandle:
     return ReplicaHandle(pid=r.pid or 0, workdir=Path(r.workdir or "."), port=r.port)
 
 
+EnvOpener = Callable[[Session, dict[str, str], str], dict[str, str]]
+
+
+def plain_env(s: Session, env: dict[str, str], purpose: str) -> dict[str, str]:
+    return dict(env)
+
+
 class DeploymentController(ReconcileLoop):
-    def __init__(self, store: Store, clouds: dict[str, LocalCloud], table: RoutingTable, interval_s: float = 0.25):
+    def __init__(self, store: Store, clouds: dict[str, LocalCloud], table: RoutingTable, interval_s: float = 0.25,
+                 *, open_env: EnvOpener = plain_env, artifacts_root: Path | None = None):
         super().__init__()
         self.store = store
         self.clouds = clouds
         self.table = table
         self.interval_s = interval_s
+        self.open_env = open_env  # the stored (sealed) env -> what the workload gets, secrets resolved
+        self.artifacts_root = artifacts_root
         self._http = httpx.Client(timeout=1.0)
         self.job_usage: dict[str, dict[str, float]] = {}  # cloud -> resources held by running job attempts
         self._targets: dict[str, dict[str, int]] = {}  # deployment -> replicas per cloud it is moving to
@@ -153,8 +167,11 @@ class DeploymentController(ReconcileLoop):
         if cloud is not None:
             lines = [ln for ln in cloud.logs(handle_of(r), tail=40).splitlines() if ln.strip()]
             errors = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()]
-            last = (errors or lines or [""])[-1].strip()
+            last = self.redact_env(s, d.env, env_purpose("deployment", d.name), (errors or lines or [""])[-1].strip())
         exit_text = f"exited with code {code}" if code is not None else "process exited"
+        note = cloud.exit_note(handle_of(r), float((r.resources or {}).get("memory_gb", 0)) or None) if cloud else ""
+        if note:
+            exit_text += f" ({note})"
         self._crashed(s, d, r, f"{exit_text}: {last}" if last else exit_text)
 
     def _crashed(self, s: Session, d: DeploymentRow, r: ReplicaRow, reason: str) -> None:
@@ -417,23 +434,52 @@ class DeploymentController(ReconcileLoop):
         photon = s.get(PhotonRow, r.photon_sha256)
         assert photon is not None
         order, why = self._rank(s, d, candidates, need) if candidates else ([], "")
+        if not order:
+            wanted = ", ".join(f"{k}={v}" for k, v in need.items())
+            self._set_state(s, r, "PENDING", f"no cloud can run it ({wanted}): " + "; ".join(why_not or ["no cloud allowed"]))
+            return
+        try:
+            env = self.open_env(s, d.env, env_purpose("deployment", d.name))
+        except FermionError as exc:
+            self._set_state(s, r, "PENDING", f"cannot start: {exc}")
+            return
+        secret = r.auth_secret or secrets.token_urlsafe(32)
         for name in order:
             cloud = self.clouds[name]
             try:
-                handle = cloud.provision(
-                    ReplicaSpec(replica_id=r.id, archive=Path(photon.archive_path), env=dict(d.env))
-                )
+                handle = cloud.provision(ReplicaSpec(
+                    replica_id=r.id, archive=Path(photon.archive_path), env=env, secret=secret,
+                    memory_gb=float(need.get("memory_gb", 1)), mounts=self._model_mounts(env),
+                ))
             except ProvisionError as exc:
                 why_not.append(f"{name}: {exc.message}")
                 self.mark_cloud(s, name, healthy=False, reason=exc.message)
                 continue
             self.mark_cloud(s, name, healthy=True, reason="provisioned a replica")
-            r.cloud, r.pid, r.workdir = name, handle.pid, str(handle.workdir)
+            r.cloud, r.pid, r.workdir, r.auth_secret = name, handle.pid, str(handle.workdir), secret
             self._set_state(s, r, "PROVISIONING", f"process {handle.pid} on cloud {name} ({why})" if why
                             else f"process {handle.pid} on cloud {name}")
             return
         wanted = ", ".join(f"{k}={v}" for k, v in need.items())
         self._set_state(s, r, "PENDING", f"no cloud can run it ({wanted}): " + "; ".join(why_not or ["no cloud allowed"]))
+
+    def redact_env(self, s: Session, stored_env: dict[str, str], purpose: str, text: str) -> str:
+        """``text`` (a workload's log line) with its env values masked, before it becomes a reason
+        or an event."""
+        try:
+            values = list(self.open_env(s, stored_env, purpose).values())
+        except FermionError:  # a secret deleted since: nothing to show, so nothing from the log either
+            return "(log line withheld: its secrets cannot be read to redact it)"
+        return SecretBox.redact(text, values)
+
+    def _model_mounts(self, env: dict[str, str]) -> list[Path]:
+        """A served model's folder, shown read-only to the replica, if it is a registry artifact
+        (any other path would let a deployment mount what it likes)."""
+        model_dir = env.get("FERMION_MODEL_DIR")
+        if not model_dir or self.artifacts_root is None:
+            return []
+        path = Path(model_dir).resolve()
+        return [path] if path.is_dir() and path.is_relative_to(self.artifacts_root.resolve()) else []
 
     def mark_cloud(self, s: Session, name: str, *, healthy: bool, reason: str) -> None:
         """A cloud that fails to provision is unhealthy for a while, then probed again by the next placement."""
@@ -454,7 +500,8 @@ class DeploymentController(ReconcileLoop):
             ready = [r for r in self._live_replicas(s, d.name) if r.state == "READY" and r.port]
             routes[d.name] = Route(
                 deployment=d.name, public=d.public, idempotent=d.idempotent, token_hash=d.token_hash,
-                endpoints=[Endpoint(r.id, r.cloud or "", f"http://127.0.0.1:{r.port}") for r in ready],
+                rate_limit=_bucket_size(d.rate_limit),
+                endpoints=[Endpoint(r.id, r.cloud or "", f"http://127.0.0.1:{r.port}", r.auth_secret) for r in ready],
             )
         self.table.publish(routes)
 
@@ -481,6 +528,14 @@ class DeploymentController(ReconcileLoop):
             if row is not None and row.health != "healthy":
                 self.store.record(s, "cloud", name, row.health, "healthy", "recovered")
                 row.health, row.health_reason = "healthy", ""
+
+
+def _bucket_size(rate_limit: dict[str, Any] | None) -> tuple[float, float] | None:
+    """(requests per second, burst) for the gateway's token buckets."""
+    if not rate_limit:
+        return None
+    rps = float(rate_limit["requests_per_second"])
+    return rps, float(rate_limit.get("burst") or max(1.0, rps))
 
 
 def _per_cloud(replicas: list[ReplicaRow]) -> dict[str, int]:

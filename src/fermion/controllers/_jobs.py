@@ -14,6 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..clouds import LocalCloud, ProvisionError, ReplicaHandle
+from ..errors import FermionError
+from ..security import env_purpose
 from ..store import AttemptRow, JobRow, Store
 from ._deployments import DeploymentController, backoff_s, shortfall
 from ._loop import ReconcileLoop
@@ -120,8 +122,11 @@ class JobController(ReconcileLoop):
                     return
             self._set(s, job, "SUCCEEDED", f"attempt {a.number} on {a.cloud} finished")
             return
-        tail = [ln for ln in cloud.logs(ReplicaHandle(pid=0, workdir=Path(a.workdir)), tail=20).splitlines() if ln.strip()]
-        a.state, a.reason = "FAILED", f"exit {a.exit_code}: {tail[-1] if tail else ''}".strip()
+        handle = ReplicaHandle(pid=a.pid or 0, workdir=Path(a.workdir))
+        tail = [ln for ln in cloud.logs(handle, tail=20).splitlines() if ln.strip()]
+        note = cloud.exit_note(handle, float((a.resources or {}).get("memory_gb", 0)) or None)
+        last = self.deployments.redact_env(s, job.env, env_purpose("job", job.name), tail[-1] if tail else "")
+        a.state, a.reason = "FAILED", f"exit {a.exit_code}{f' ({note})' if note else ''}: {last}".strip()
         self.store.record(s, "attempt", a.id, "RUNNING", "FAILED", f"own error: {a.reason}")
         job.restarts += 1
         if job.restarts > job.max_restarts:
@@ -145,15 +150,23 @@ class JobController(ReconcileLoop):
             else:
                 order.append(name)
         number = (last.number if last else 0) + 1
+        try:
+            declared = self.deployments.open_env(s, job.env, env_purpose("job", job.name))
+        except FermionError as exc:
+            job.reason = f"cannot start: {exc}"
+            return
         for name in order:
             spot = job.spot and self.clouds[name].config.prices()[1] is not None
             attempt = AttemptRow(job=job.name, number=number, cloud=name, resources=dict(need), spot=spot)
             s.add(attempt)
             s.flush()
-            env = {**job.env, "FERMION_CHECKPOINT_DIR": job.checkpoint_dir, "FERMION_JOB": job.name,
+            env = {**declared, "FERMION_CHECKPOINT_DIR": job.checkpoint_dir, "FERMION_JOB": job.name,
                    "FERMION_ATTEMPT": str(number), "FERMION_JOB_OUTPUT": job.output_dir}
             try:
-                handle = self.clouds[name].run(attempt.id, launch_command(job.command, job.workers), env)
+                handle = self.clouds[name].run(
+                    attempt.id, launch_command(job.command, job.workers), env,
+                    mounts=[Path(job.checkpoint_dir), Path(job.output_dir)], memory_gb=float(need.get("memory_gb", 1)),
+                )
             except ProvisionError as exc:
                 s.delete(attempt)
                 why_not.append(f"{name}: {exc.message}")

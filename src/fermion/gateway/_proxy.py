@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -15,9 +16,19 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .._limits import BODY_IDLE_TIMEOUT_S, GATEWAY_MAX_BODY, BodyTooLarge, BodyTimeout, read_body
+from ..errors import shorten
 from ..security import hash_token
-from ._routing import Endpoint, LeastOutstandingP2C, RoutingTable
-from ._upstream import UpstreamBrokenError, UpstreamConnectError, UpstreamPool, UpstreamResponse
+from ..photon import REPLICA_AUTH_HEADER
+from ._ratelimit import TokenBuckets
+from ._routing import Endpoint, LeastOutstandingP2C, Route, RoutingTable
+from ._upstream import (
+    UnsafeRequestError,
+    UpstreamBrokenError,
+    UpstreamConnectError,
+    UpstreamPool,
+    UpstreamResponse,
+)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -27,6 +38,13 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailers",
      b"transfer-encoding", b"upgrade", b"host", b"content-length"}
 )
+# never forwarded to a replica: the caller's Fermion token is not the photon's business, and the
+# gateway has read the whole body already, so a replica's interim 100 Continue has no use
+NOT_FORWARDED = HOP_BY_HOP | {b"authorization", b"expect", b"cookie2"}
+# the front server (uvicorn) sets its own; relaying the replica's would send each twice
+NOT_RELAYED = HOP_BY_HOP | {b"date", b"server"}
+# what a request target may hold, still percent-encoded: RFC 3986 pchar, '/', '?' and '%'
+_TARGET_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/?%")
 EJECT_SECONDS = 2.0
 MAX_ATTEMPTS = 4
 RETRY_PAUSE_S = 0.05
@@ -49,16 +67,24 @@ class GatewayMetrics:
             "fermion_gateway_in_flight", "Requests in flight per replica.", ["deployment", "replica"],
             registry=registry,
         )
+        self.rate_limited = Counter(
+            "fermion_gateway_rate_limited", "Requests refused with 429 (over the caller's rate).", ["deployment"],
+            registry=registry,
+        )
         self.retries = Counter(
             "fermion_gateway_retries", "Requests retried on another replica.", ["deployment", "reason"],
             registry=registry,
         )
 
 
-async def _reply(send: Send, status: int, message: str, kind: str) -> None:
+async def _reply(send: Send, status: int, message: str, kind: str, retry_after: int | None = None) -> None:
     body = json.dumps({"error": {"type": kind, "message": message}}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    if status in (408, 413):  # the rest of the body is still on the connection: never read it as a request
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -67,12 +93,16 @@ class Gateway:
 
     PREFIX = "/d/"
 
-    def __init__(self, table: RoutingTable, registry: CollectorRegistry, admin_token_hashes: set[str]) -> None:
+    def __init__(self, table: RoutingTable, registry: CollectorRegistry, admin_token_hashes: set[str],
+                 max_body: int = GATEWAY_MAX_BODY, body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S) -> None:
         self.table = table
         self.policy = LeastOutstandingP2C()
         self.metrics = GatewayMetrics(registry)
         self.admin_token_hashes = admin_token_hashes
         self.pool = UpstreamPool()
+        self.max_body = max_body
+        self.buckets = TokenBuckets()
+        self.body_idle_timeout_s = body_idle_timeout_s
 
     async def close(self) -> None:
         self.pool.close()
@@ -86,34 +116,52 @@ class Gateway:
 
         return front
 
-    def _authorized(self, headers: list[tuple[bytes, bytes]], token_hash: str | None) -> bool:
+    @staticmethod
+    def _token_digest(headers: list[tuple[bytes, bytes]]) -> str | None:
         auth = next((v for k, v in headers if k == b"authorization"), b"").decode("latin-1")
-        if not auth.lower().startswith("bearer "):
-            return False
-        digest = hash_token(auth[7:].strip())
-        return digest == token_hash or digest in self.admin_token_hashes
+        return hash_token(auth[7:].strip()) if auth.lower().startswith("bearer ") else None
+
+    def _over_rate(self, route: Route, scope: Scope, digest: str | None) -> float:
+        """Seconds the caller must wait (0: go). A caller is its token, or its address on a public deployment."""
+        if route.rate_limit is None:
+            return 0.0
+        caller = digest or (scope.get("client") or ("?",))[0]
+        return self.buckets.take((route.deployment, caller), *route.rate_limit)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        deployment, _, rest = scope["path"][len(self.PREFIX):].partition("/")
+        # route on the raw, still percent-encoded path and forward it as it came: a decoded path
+        # would turn %0d%0a into a line break in the upstream request line
+        raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        name_bytes, _, rest = raw[len(self.PREFIX):].partition(b"/")
+        deployment = name_bytes.decode("latin-1")
+        query: bytes = scope.get("query_string", b"")
+        if not _TARGET_OK.issuperset(rest) or not _TARGET_OK.issuperset(query):
+            return await _reply(send, 400, "the request path or query holds a character that must be "
+                                "percent-encoded", "BadRequest")
         route = self.table.get(deployment)
         if route is None:
-            return await _reply(send, 404, f"no deployment named {deployment!r}", "NotFound")
+            return await _reply(send, 404, f"no deployment named {shorten(deployment)!r}", "NotFound")
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        if not route.public and not self._authorized(headers, route.token_hash):
+        digest = self._token_digest(headers)
+        if not route.public and (digest is None or (digest != route.token_hash and digest not in self.admin_token_hashes)):
             return await _reply(send, 401, f"deployment {deployment!r} needs 'Authorization: Bearer <token>'",
                                 "AuthError")
+        wait_s = self._over_rate(route, scope, digest)
+        if wait_s:
+            self.metrics.rate_limited.labels(deployment).inc()
+            return await _reply(send, 429, f"deployment {deployment!r}: over {route.rate_limit[0]:g} requests per "  # type: ignore[index]
+                                f"second for this caller; retry in {wait_s:.2f}s", "RateLimited",
+                                retry_after=math.ceil(wait_s))
         if not route.endpoints:
             return await _reply(send, 503, f"deployment {deployment!r} has no ready replica", "ServiceUnavailable")
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
-        query = scope.get("query_string", b"")
-        target = "/" + rest + (f"?{query.decode('latin-1')}" if query else "")
-        forward_headers = [(k, v) for k, v in headers if k not in HOP_BY_HOP]
+        try:
+            body = await read_body(headers, receive, self.max_body, self.body_idle_timeout_s)
+        except BodyTooLarge as exc:
+            return await _reply(send, 413, str(exc), "PayloadTooLarge")
+        except BodyTimeout as exc:
+            return await _reply(send, 408, str(exc), "RequestTimeout")
+        target = (b"/" + rest + (b"?" + query if query else b"")).decode("latin-1")
+        forward_headers = [(k, v) for k, v in headers if k not in NOT_FORWARDED and not k.startswith(b"x-fermion-")]
         method: str = scope["method"]
         may_resend = route.idempotent or method in IDEMPOTENT_METHODS
         start = time.perf_counter()
@@ -138,6 +186,8 @@ class Gateway:
                 if not may_resend:
                     break
                 may_resend = False  # a request that may have run is re-sent at most once
+            elif kind == "unsafe":
+                return await _reply(send, 400, last_error, "BadRequest")
             elif kind != "connect":
                 break
             if attempt + 1 < MAX_ATTEMPTS:
@@ -157,8 +207,12 @@ class Gateway:
         gauge = self.metrics.in_flight.labels(deployment, endpoint.replica_id)
         gauge.inc()
         try:
+            if endpoint.secret:
+                headers = [*headers, (REPLICA_AUTH_HEADER, endpoint.secret.encode())]
             try:
                 response, conn = await self.pool.request(host, port, method, target, headers, body, UPSTREAM_TIMEOUT_S)
+            except UnsafeRequestError as exc:
+                return "unsafe", str(exc)
             except UpstreamConnectError as exc:
                 self._eject(endpoint)
                 return "connect", f"replica {endpoint.replica_id} refused the connection ({exc})"
@@ -189,8 +243,10 @@ class Gateway:
 
     @staticmethod
     async def _relay(send: Send, response: UpstreamResponse) -> None:
-        out_headers = [(k.lower(), v) for k, v in response.headers if k.lower() not in HOP_BY_HOP]
+        out_headers = [(k.lower(), v) for k, v in response.headers if k.lower() not in NOT_RELAYED]
         length = response.header(b"content-length")
+        if length is not None and not length.isdigit():
+            raise UpstreamBrokenError("the replica sent an invalid content-length")
         if length is not None and int(length) <= BUFFER_LIMIT:
             content = await response.body()  # whole, before anything is sent: still retryable
             out_headers.append((b"content-length", str(len(content)).encode()))

@@ -13,6 +13,7 @@ class Endpoint:
     replica_id: str
     cloud: str
     url: str
+    secret: str | None = None  # sent as fermion.photon.REPLICA_AUTH_HEADER; replicas refuse calls without it
     in_flight: int = 0
     ejected_until: float = 0.0
     consecutive_failures: int = 0
@@ -29,6 +30,7 @@ class Route:
     idempotent: bool
     token_hash: str | None
     endpoints: list[Endpoint] = field(default_factory=list)
+    rate_limit: tuple[float, float] | None = None  # (requests per second, burst) per caller
 
 
 class RoutingTable:

@@ -5,12 +5,16 @@ hot path that CPU is the added latency."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import httptools
 
 IDLE_REUSE_S = 4.0
+# CR, LF or NUL anywhere in a request head would let one caller write a second request onto a
+# pooled connection, whose answer the next caller would then read as its own
+_UNSAFE_HEAD = re.compile(rb"[\x00\r\n]")
 
 
 class UpstreamConnectError(ConnectionError):
@@ -19,6 +23,10 @@ class UpstreamConnectError(ConnectionError):
 
 class UpstreamBrokenError(ConnectionError):
     """The connection broke after the request was sent: the replica may have run it."""
+
+
+class UnsafeRequestError(ValueError):
+    """A request target or header holds a control character; it is never sent."""
 
 
 @dataclass
@@ -52,18 +60,27 @@ class _Connection(asyncio.Protocol):
         self.response: UpstreamResponse | None = None
         self.lost = False
         self.idle_since = 0.0
+        self.head_only = False  # the pending request is a HEAD: its answer has no body
+        self._interim = False  # the message being parsed is a 1xx, not the answer
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.response is None or self.response.complete:
+            self._poison()  # bytes nobody asked for: they must never become someone's answer
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamBrokenError(f"bad response from replica: {exc}"))
-            if self.transport is not None:
-                self.transport.close()
+            self._poison()
+
+    def _poison(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -80,6 +97,12 @@ class _Connection(asyncio.Protocol):
         r.complete = True
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        r = self.response
+        if r is None or r.complete:  # a second answer in the same read: not ours to give out
+            self._poison()
+            raise httptools.HttpParserError("unsolicited response")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
         self.response.headers.append((name, value))
@@ -87,18 +110,36 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         r = self.response
         assert r is not None
-        r.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            if status == 101:  # the gateway never asks to switch protocols
+                self._fail(UpstreamBrokenError("the replica switched protocols"))
+                self._poison()
+                return
+            self._interim = True  # e.g. 100 Continue: the real answer follows on this connection
+            r.headers.clear()
+            return
+        r.status = status
         r.keep_alive = self.parser.should_keep_alive()
         if not r.head.done():
             r.head.set_result(None)
+        if self.head_only:  # the parser cannot know a HEAD answer has no body; never reuse
+            r.keep_alive = False
+            self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
         assert self.response is not None
-        self.response.chunks.put_nowait(body)
+        if not self._interim and not self.response.complete:
+            self.response.chunks.put_nowait(body)
 
     def on_message_complete(self) -> None:
         r = self.response
         assert r is not None
+        if self._interim:
+            self._interim = False
+            return
+        if r.complete:
+            return
         r.complete = True
         r.chunks.put_nowait(None)
 
@@ -106,9 +147,10 @@ class _Connection(asyncio.Protocol):
     def usable(self) -> bool:
         return not self.lost and self.transport is not None and not self.transport.is_closing()
 
-    def send(self, data: bytes) -> UpstreamResponse:
+    def send(self, data: bytes, *, head_only: bool = False) -> UpstreamResponse:
         assert self.transport is not None
         self.response = UpstreamResponse()
+        self.head_only = head_only
         self.transport.write(data)
         return self.response
 
@@ -143,13 +185,15 @@ class UpstreamPool:
         self, host: str, port: int, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes,
         timeout_s: float,
     ) -> tuple[UpstreamResponse, _Connection]:
-        """Send one request; return once the response head has arrived."""
-        head = [f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-length: {len(body)}\r\n".encode()]
-        head.extend(k + b": " + v + b"\r\n" for k, v in headers)
-        head.append(b"\r\n")
-        data = b"".join(head) + body
+        """Send one request; return once the final response head has arrived."""
+        lines = [f"{method} {target} HTTP/1.1".encode("latin-1")]
+        lines.extend(k + b": " + v for k, v in headers)
+        if _UNSAFE_HEAD.search(b"\x01".join(lines)) is not None:
+            raise UnsafeRequestError("control character in the request target or a header")
+        lines[0] += f"\r\nhost: {host}:{port}\r\ncontent-length: {len(body)}".encode()
+        data = b"\r\n".join(lines) + b"\r\n\r\n" + body
         conn, _reused = await self._acquire(host, port)
-        response = conn.send(data)
+        response = conn.send(data, head_only=method == "HEAD")
         try:
             await asyncio.wait_for(asyncio.shield(response.head), timeout_s)
         except UpstreamBrokenError:

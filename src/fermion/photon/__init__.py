@@ -2,5 +2,6 @@
 
 from ._handler import BatchOptions, HandlerOptions, handler
 from ._photon import Photon
+from ._replica_auth import REPLICA_AUTH_HEADER
 
-__all__ = ["BatchOptions", "HandlerOptions", "Photon", "handler"]
+__all__ = ["REPLICA_AUTH_HEADER", "BatchOptions", "HandlerOptions", "Photon", "handler"]

@@ -5,24 +5,42 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
 import time
+import warnings
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .. import __version__
 from ..errors import PhotonLoadError, UnsafeArchiveError
+from ._ignore import (
+    IgnoreRules,
+    Selection,
+    explicit_path,
+    is_fermion_home,
+    is_secret,
+    is_secret_dir,
+    is_secret_file,
+    secret_paths_in,
+)
 from ._loader import load_module, load_photon_class, split_ref
 from ._photon import Photon
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-MAX_ARCHIVE_BYTES = 200 * 1024 * 1024
+MAX_ARCHIVE_BYTES = 200 * 1024 * 1024  # sources, unpacked
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_FILES = 10_000
+MAX_RATIO = 100  # unpacked/packed for members over 1 MiB: beyond it, a zip bomb
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_ENTRY = re.compile(r"^(?P<path>[^:]+\.py):(?P<cls>[A-Za-z_][A-Za-z0-9_]*)$")
 _SKIP_DIRS = {"__pycache__", ".git", ".venv", "venv", "node_modules", ".pytest_cache", ".mypy_cache"}
 _SKIP_SUFFIXES = {".pyc", ".pyo", ".photon"}
 _ZIP_DATE = (2020, 1, 1, 0, 0, 0)  # fixed, so the same sources give the same archive bytes
@@ -52,13 +70,53 @@ class PhotonManifest(BaseModel):
     fermion_version: str = __version__
     created_at: float = Field(default_factory=time.time)
 
+    @field_validator("name")
+    @classmethod
+    def _short_name(cls, value: str) -> str:
+        if not 0 < len(value) <= 200:
+            raise ValueError("name must be 1 to 200 characters")
+        return value
 
-def content_sha256(files: dict[str, str]) -> str:
-    """One digest over every (path, file digest), independent of order and timestamps."""
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if not _SHA256.match(value):  # it names files and folders: never let it hold a path
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        return value
+
+    @model_validator(mode="after")
+    def _entry_inside(self) -> PhotonManifest:
+        for path, digest in self.files.items():
+            if _unsafe_path(path) or not _SHA256.match(digest):
+                raise ValueError(f"files: invalid entry {path[:200]!r}")
+        match = _ENTRY.match(self.entry)
+        if match is None or match["path"] not in self.files:
+            raise ValueError(f"entry {self.entry[:200]!r} must be 'file.py:Class' naming a .py file of the archive")
+        return self
+
+
+def _unsafe_path(path: str) -> bool:
+    parts = PurePosixPath(path).parts
+    return (not path or path.startswith(("/", "\\")) or "\\" in path or (len(path) > 1 and path[1] == ":")
+            or ".." in parts or any(ord(c) < 32 for c in path))
+
+
+IDENTITY_FIELDS = ("name", "entry", "requirements", "resources")
+
+
+def content_sha256(files: dict[str, str], identity: dict[str, Any]) -> str:
+    """The photon's identity: one digest over every (path, file digest) and the manifest fields
+    that change what runs (``IDENTITY_FIELDS``), independent of order and timestamps. Two classes
+    of one file are two photons."""
     h = hashlib.sha256()
     for path in sorted(files):
         h.update(f"{path}\0{files[path]}\n".encode())
+    h.update(json.dumps({k: identity.get(k) for k in IDENTITY_FIELDS}, sort_keys=True, default=str).encode())
     return h.hexdigest()
+
+
+def manifest_sha256(manifest: PhotonManifest, files: dict[str, str]) -> str:
+    return content_sha256(files, manifest.model_dump(include=set(IDENTITY_FIELDS)))
 
 
 def _file_sha256(path: Path) -> str:
@@ -69,23 +127,61 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _source_files(root: Path) -> dict[str, Path]:
-    files: dict[str, Path] = {}
+def _source_files(root: Path, include: Sequence[str | Path] = ()) -> Selection:
+    """Pick the files to pack under ``root``: not junk, not ignored, not secret, plus whatever ``include`` names."""
+    if is_fermion_home(root):  # its token and database sit beside the photon: nothing here is safe to pack
+        raise PhotonLoadError(
+            f"{root} looks like a Fermion home (it holds cli.json or fermion.db); refusing to pack it",
+            hint="move the photon into a folder of its own",
+        )
+    sel = Selection()
+    rules = IgnoreRules()
     total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
-        for name in sorted(filenames):
-            full = Path(dirpath, name)
-            if full.suffix in _SKIP_SUFFIXES or name.startswith(".") or full.is_symlink():
+
+    def add(rel: str, full: Path) -> None:
+        nonlocal total
+        sel.files[rel] = full
+        sel.sizes[rel] = full.stat().st_size
+        total += sel.sizes[rel]
+        if total > MAX_ARCHIVE_BYTES:  # checked as we go, so a huge tree fails fast
+            raise PhotonLoadError(
+                f"the photon directory {root} holds more than {MAX_ARCHIVE_BYTES >> 20} MiB",
+                hint="keep weights out of the photon (load them in init()) or move the photon to its own folder",
+            )
+
+    for dirpath, dirnames, filenames in os.walk(root):  # top-down, so a folder's ignore files load before its files
+        here = Path(dirpath)
+        prefix = "" if here == root else here.relative_to(root).as_posix() + "/"
+        rules.load(here, prefix)
+        kept = []
+        for d in sorted(dirnames):
+            if (here / d).is_symlink():  # os.walk does not follow it, and links are never packed
                 continue
-            total += full.stat().st_size
-            if total > MAX_ARCHIVE_BYTES:
-                raise PhotonLoadError(
-                    f"the photon directory {root} holds more than {MAX_ARCHIVE_BYTES >> 20} MiB",
-                    hint="keep weights out of the photon (load them in init()) or move the photon to its own folder",
-                )
-            files[full.relative_to(root).as_posix()] = full
-    return files
+            if is_secret_dir(here / d):  # checked before the dot rule so that .ssh/ or .fermion/ is reported
+                sel.skipped.append(prefix + d + "/")
+            elif d in _SKIP_DIRS or d.startswith("."):
+                sel.skipped += secret_paths_in(here / d, prefix + d)  # never entered, but .docker/config.json is told
+            elif not rules.ignored(prefix + d, is_dir=True):
+                kept.append(d)
+        dirnames[:] = kept  # an ignored folder is not entered, so (as in git) no "!" can re-include its files
+        for name in sorted(filenames):
+            full, rel = here / name, prefix + name
+            if full.is_symlink():
+                continue
+            if is_secret_file(rel):
+                sel.skipped.append(rel)
+            elif not (full.suffix in _SKIP_SUFFIXES or name.startswith(".") or rules.ignored(rel, is_dir=False)):
+                add(rel, full)
+    for item in include:
+        rel = explicit_path(root, item)
+        if rel in sel.skipped:
+            sel.skipped.remove(rel)
+        if rel not in sel.files:
+            add(rel, root / rel)
+        if is_secret(root, rel) and rel not in sel.included_secrets:
+            sel.included_secrets.append(rel)
+    sel.files = dict(sorted(sel.files.items()))  # same sources, same archive, whatever the order of include
+    return sel
 
 
 def handler_manifests(photon_cls: type[Photon]) -> dict[str, HandlerManifest]:
@@ -109,8 +205,15 @@ def handler_manifests(photon_cls: type[Photon]) -> dict[str, HandlerManifest]:
     return out
 
 
-def build_archive(ref: str, output: str | Path) -> PhotonManifest:
-    """Package the photon ``ref`` and the folder around its file into ``output``."""
+def build_archive(
+    ref: str, output: str | Path, include: Sequence[str | Path] = ()
+) -> tuple[PhotonManifest, Selection]:
+    """Package the photon ``ref`` and the folder around its file into ``output``.
+
+    Honours .gitignore and .fermionignore files and leaves secrets out; ``include`` names files (relative to the
+    photon's folder) to pack anyway. Returns the manifest and what was packed and skipped; warns (UserWarning)
+    about included secrets and sources over 10 MiB.
+    """
     photon_cls = load_photon_class(ref)
     target, _ = split_ref(ref)
     module_file = load_module(target).__file__
@@ -118,17 +221,17 @@ def build_archive(ref: str, output: str | Path) -> PhotonManifest:
         raise PhotonLoadError(f"{target} has no source file to package")
     source = Path(module_file).resolve()
     root = source.parent
-    paths = _source_files(root)
+    selection = _source_files(root, [*include, source.name])  # the entry file is packed even if ignored
+    paths = selection.files
     digests = {rel: _file_sha256(p) for rel, p in paths.items()}
-    manifest = PhotonManifest(
-        name=photon_cls.photon_name(),
-        entry=f"{source.relative_to(root).as_posix()}:{photon_cls.__name__}",
-        requirements=list(photon_cls.requirements),
-        resources=dict(photon_cls.resources),
-        handlers=handler_manifests(photon_cls),
-        files=digests,
-        sha256=content_sha256(digests),
-    )
+    identity = {
+        "name": photon_cls.photon_name(),
+        "entry": f"{source.relative_to(root).as_posix()}:{photon_cls.__name__}",
+        "requirements": list(photon_cls.requirements),
+        "resources": dict(photon_cls.resources),
+    }
+    manifest = PhotonManifest(**identity, handlers=handler_manifests(photon_cls), files=digests,
+                              sha256=content_sha256(digests, identity))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
@@ -140,36 +243,89 @@ def build_archive(ref: str, output: str | Path) -> PhotonManifest:
             info.external_attr = 0o644 << 16
             zf.writestr(info, p.read_bytes())
     tmp.replace(output)
-    return manifest
+    for message in selection.warnings():
+        warnings.warn(message, UserWarning, stacklevel=2)
+    return manifest, selection
 
 
 def _check_member(info: zipfile.ZipInfo) -> None:
     name = info.filename
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
-        raise UnsafeArchiveError(f"archive entry {name!r} is a link; links are refused")
+        raise UnsafeArchiveError(f"archive entry {name[:200]!r} is a link; links are refused")
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or "\\" in name:
-        raise UnsafeArchiveError(f"archive entry {name!r} has an absolute path; refused")
+        raise UnsafeArchiveError(f"archive entry {name[:200]!r} has an absolute path; refused")
     if ".." in PurePosixPath(name).parts:
-        raise UnsafeArchiveError(f"archive entry {name!r} escapes the archive with '..'; refused")
+        raise UnsafeArchiveError(f"archive entry {name[:200]!r} escapes the archive with '..'; refused")
+    if info.file_size > (1 << 20) and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+        raise UnsafeArchiveError(f"archive entry {name[:200]!r} unpacks {info.file_size // max(info.compress_size, 1)}"
+                                 f" times its packed size; refused as a zip bomb")
+
+
+def _check_members(archive: str | Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Bound what unpacking could cost before any member is read."""
+    if len(infos) > MAX_FILES + 1:
+        raise UnsafeArchiveError(f"{archive} holds {len(infos)} entries; at most {MAX_FILES} files are allowed")
+    total = 0
+    for info in infos:
+        _check_member(info)
+        total += info.file_size
+    if total > MAX_ARCHIVE_BYTES + MAX_MANIFEST_BYTES:
+        raise UnsafeArchiveError(f"{archive} unpacks to {total >> 20} MiB; at most {MAX_ARCHIVE_BYTES >> 20} MiB allowed")
 
 
 def read_manifest(archive: str | Path) -> PhotonManifest:
-    """Validate the archive's entries and return its manifest."""
+    """Validate the archive's entries and sizes and return its manifest."""
     try:
         with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                _check_member(info)
+            _check_members(archive, zf.infolist())
             try:
-                raw = zf.read(MANIFEST)
+                info = zf.getinfo(MANIFEST)
             except KeyError:
                 raise PhotonLoadError(f"{archive} has no {MANIFEST}; is it a .photon archive?") from None
-    except (zipfile.BadZipFile, OSError) as exc:
+            if info.file_size > MAX_MANIFEST_BYTES:
+                raise UnsafeArchiveError(f"{archive}: {MANIFEST} is {info.file_size} bytes; at most "
+                                         f"{MAX_MANIFEST_BYTES} allowed")
+            raw = zf.read(info)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise PhotonLoadError(f"cannot read photon archive {archive}: {exc}") from exc
     try:
         return PhotonManifest.model_validate(json.loads(raw))
     except ValueError as exc:
-        raise PhotonLoadError(f"{archive} has an invalid {MANIFEST}: {exc}") from exc
+        raise PhotonLoadError(f"{archive} has an invalid {MANIFEST}: {str(exc)[:1000]}") from exc
+
+
+def _source_members(archive: str | Path, zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in zf.infolist():
+        if info.is_dir() or info.filename == MANIFEST:
+            continue
+        if not info.filename.startswith("src/"):
+            raise UnsafeArchiveError(f"archive entry {info.filename[:200]!r} is outside src/")
+        members[info.filename[len("src/"):]] = info
+    return members
+
+
+def verify_archive(archive: str | Path) -> PhotonManifest:
+    """Read every file of the archive and check it against the manifest; the manifest's sha256
+    is trusted only once it equals the digest computed here from the bytes."""
+    manifest = read_manifest(archive)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            seen = {rel: _member_sha256(zf, info) for rel, info in _source_members(archive, zf).items()}
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise PhotonLoadError(f"cannot read photon archive {archive}: {exc}") from exc
+    if seen != manifest.files or manifest_sha256(manifest, seen) != manifest.sha256:
+        raise PhotonLoadError("the archive does not match its manifest's sha256; it is corrupt or was altered")
+    return manifest
+
+
+def _member_sha256(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
+    h = hashlib.sha256()
+    with zf.open(info) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def extract_archive(archive: str | Path, cache_dir: str | Path) -> tuple[Path, PhotonManifest]:
@@ -183,18 +339,13 @@ def extract_archive(archive: str | Path, cache_dir: str | Path) -> tuple[Path, P
     try:
         with zipfile.ZipFile(archive) as zf:
             seen: dict[str, str] = {}
-            for info in zf.infolist():
-                if info.is_dir() or info.filename == MANIFEST:
-                    continue
-                if not info.filename.startswith("src/"):
-                    raise UnsafeArchiveError(f"archive entry {info.filename!r} is outside src/")
-                rel = info.filename[len("src/") :]
+            for rel, info in _source_members(archive, zf).items():
                 data = zf.read(info)
                 seen[rel] = hashlib.sha256(data).hexdigest()
                 target = staging / "src" / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
-        if seen != manifest.files or content_sha256(seen) != manifest.sha256:
+        if seen != manifest.files or manifest_sha256(manifest, seen) != manifest.sha256:
             raise PhotonLoadError(f"{archive} does not match its manifest's sha256; it is corrupt or was altered")
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         try:
@@ -210,4 +361,7 @@ def extract_archive(archive: str | Path, cache_dir: str | Path) -> tuple[Path, P
 def load_from_archive(archive: str | Path, cache_dir: str | Path) -> tuple[type[Photon], PhotonManifest]:
     src, manifest = extract_archive(archive, cache_dir)
     rel, _, cls_name = manifest.entry.rpartition(":")
-    return load_photon_class(f"{src / rel}:{cls_name}"), manifest
+    entry = (src / rel).resolve()
+    if not entry.is_relative_to(src.resolve()) or not entry.is_file():  # the validator checked; be sure
+        raise UnsafeArchiveError(f"the entry {manifest.entry[:200]!r} is not a file inside the archive")
+    return load_photon_class(f"{entry}:{cls_name}"), manifest

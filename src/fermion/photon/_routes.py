@@ -20,7 +20,7 @@ from pydantic_core import PydanticSerializationError
 from starlette.concurrency import iterate_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ..errors import FermionError
+from ..errors import FermionError, shorten
 from ._batching import Batcher
 from ._handler import HandlerOptions
 from ._signature import HandlerSignature, analyse
@@ -36,19 +36,34 @@ PARAMS_EXTENSION = "x-fermion-params"
 
 
 def error_response(status: int, message: str, kind: str = "Error", detail: Any = None) -> Response:
-    body: dict[str, Any] = {"error": {"type": kind, "message": message}}
+    """A JSON error body; the message is capped, as it may quote the client's input back."""
+    body: dict[str, Any] = {"error": {"type": kind, "message": shorten(message, 500)}}
     if detail is not None:
         body["detail"] = detail
     return Response(json.dumps(body, default=str), status_code=status, media_type="application/json")
 
 
 def validation_error_response(request: Request, exc: RequestValidationError) -> Response:
-    """422 with a one-line message naming each invalid field, and FastAPI's details."""
+    """422 with a one-line message naming each invalid field, and FastAPI's details
+    (each error's echoed ``input`` cut to 200 characters, or dropped when it is not a short value)."""
     errors = exc.errors()
     message = "; ".join(
         f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}" for e in errors
     )
-    return error_response(422, message, "ValidationFailed", detail=errors)
+    detail = []
+    for e in errors[:50]:  # a long list of bad items must not turn into a far longer answer
+        e = {**e, "loc": [shorten(p) if isinstance(p, str) else p for p in e.get("loc", ())]}
+        if isinstance(e.get("msg"), str):
+            e["msg"] = shorten(e["msg"], 200)
+        if "input" in e:
+            value = e.pop("input")
+            if isinstance(value, str):
+                e["input"] = shorten(value, 200)
+            elif value is None or isinstance(value, bool | float) or (isinstance(value, int) and abs(value) < 10**18):
+                e["input"] = value
+            # any other input (a list, an object: possibly the whole request body) is dropped
+        detail.append(e)
+    return error_response(422, message, "ValidationFailed", detail=detail)
 
 
 class HandlerRoute:

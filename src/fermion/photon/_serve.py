@@ -14,8 +14,10 @@ from pathlib import Path
 
 import uvicorn
 
+from .._limits import GATEWAY_MAX_BODY, BoundedHttpToolsProtocol, limit_bodies
 from ._app import build_app
 from ._photon import Photon
+from ._replica_auth import require_replica_secret
 
 
 class DrainingServer(uvicorn.Server):
@@ -60,9 +62,11 @@ def serve(
     port_file: str | Path | None = None,
     log_level: str = "info",
     graceful_timeout_s: float = 30.0,
+    auth_secret: str | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (draining in-flight requests). Returns the exit code:
-    0 after a clean shutdown, 1 when ``init()`` failed."""
+    0 after a clean shutdown, 1 when ``init()`` failed. With ``auth_secret``, every call but
+    /healthz must carry it (the platform's gateway does)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     failed: list[str] = []
     server: DrainingServer | None = None
@@ -72,11 +76,14 @@ def serve(
         if server is not None:
             server.should_exit = True
 
-    app = build_app(photon_cls, on_init_failure=on_init_failure)
+    app = limit_bodies(build_app(photon_cls, on_init_failure=on_init_failure), limit=GATEWAY_MAX_BODY,
+                       upload_limit=GATEWAY_MAX_BODY)
+    if auth_secret:
+        app = require_replica_secret(app, auth_secret)
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHttpToolsProtocol,
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=graceful_timeout_s,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+from collections.abc import Callable
 import time
 from pathlib import Path
 from typing import Any
@@ -10,10 +12,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..errors import ConflictError, NotFoundError, UserInputError
+from ..errors import ConflictError, NotFoundError, UserInputError, shorten
 from ..store import DeploymentRow, ModelVersionRow, Store
 
 STAGES = ("none", "staging", "production", "archived")
+MAX_VERSION = 2**31 - 1  # versions are stored as 32-bit integers (SQLite/PostgreSQL INTEGER)
 
 
 def register(s: Session, store: Store, home: Path, name: str, artifact: Path, metrics: dict[str, Any],
@@ -32,13 +35,18 @@ def register(s: Session, store: Store, home: Path, name: str, artifact: Path, me
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
+    """NAME or NAME:VERSION (also NAME:vVERSION), VERSION in 1..2**31-1."""
     name, _, ver = ref.partition(":")
     if not name:
-        raise UserInputError(f"invalid model reference {ref!r}", hint="use NAME or NAME:VERSION")
-    try:
-        return name, int(ver.lstrip("v")) if ver else None
-    except ValueError:
-        raise UserInputError(f"invalid model version in {ref!r}", hint="versions are numbers: NAME:3") from None
+        raise UserInputError(f"invalid model reference {shorten(ref)!r}", hint="use NAME or NAME:VERSION")
+    if not ver:
+        return name, None
+    digits = re.fullmatch(r"v?([0-9]{1,10})", ver)
+    version = int(digits.group(1)) if digits else 0
+    if not 1 <= version <= MAX_VERSION:
+        raise UserInputError(f"invalid model version in {shorten(ref)!r}",
+                             hint=f"versions are whole numbers from 1 to {MAX_VERSION}: NAME:3")
+    return name, version
 
 
 def get_version(s: Session, ref: str) -> ModelVersionRow:
@@ -51,13 +59,13 @@ def get_version(s: Session, ref: str) -> ModelVersionRow:
         rows = s.scalars(q.order_by(ModelVersionRow.version.desc())).all()
         row = next((r for r in rows if r.stage == "production"), rows[0] if rows else None)
     if row is None:
-        raise NotFoundError(f"no model version {ref!r}", hint="see `fermion model list`")
+        raise NotFoundError(f"no model version {shorten(ref)!r}", hint="see `fermion model list`")
     return row
 
 
 def promote(s: Session, store: Store, ref: str, stage: str) -> ModelVersionRow:
     if stage not in STAGES:
-        raise UserInputError(f"unknown stage {stage!r}", hint=f"one of: {', '.join(STAGES)}")
+        raise UserInputError(f"unknown stage {shorten(stage)!r}", hint=f"one of: {', '.join(STAGES)}")
     row = get_version(s, ref)
     if stage == "production":  # one production version per model: the previous one is archived
         for other in s.scalars(select(ModelVersionRow).where(ModelVersionRow.name == row.name,
@@ -70,10 +78,11 @@ def promote(s: Session, store: Store, ref: str, stage: str) -> ModelVersionRow:
     return row
 
 
-def delete(s: Session, store: Store, ref: str) -> None:
+def delete(s: Session, store: Store, ref: str, env_of: Callable[[DeploymentRow], dict[str, str]]) -> None:
+    """Delete a version, unless a deployment serves it (``env_of`` gives a deployment's opened env)."""
     row = get_version(s, ref)
     users = [d.name for d in s.scalars(select(DeploymentRow)).all()
-             if d.env.get("FERMION_MODEL_DIR") == row.artifact_uri and d.status != "DELETING"]
+             if d.status != "DELETING" and env_of(d).get("FERMION_MODEL_DIR") == row.artifact_uri]
     if users:
         raise ConflictError(f"model {row.name}:{row.version} is served by {', '.join(users)}",
                             hint="delete or redeploy those deployments first")

@@ -19,4 +19,31 @@ def token_matches(token: str, token_hash: str | None) -> bool:
     return token_hash is not None and hmac.compare_digest(hash_token(token), token_hash)
 
 
-__all__ = ["hash_token", "new_token", "token_matches"]
+from ._secrets import (  # noqa: E402 - after the token helpers, which nothing here depends on
+    MASTER_KEY_ENV,
+    MAX_SECRET_BYTES,
+    SECRET_NAME_PATTERN,
+    SECRET_REF,
+    MissingSecretError,
+    SecretBox,
+    SecretError,
+    env_purpose,
+    secret_ref,
+    valid_secret_name,
+)
+
+__all__ = [
+    "MASTER_KEY_ENV",
+    "MAX_SECRET_BYTES",
+    "SECRET_NAME_PATTERN",
+    "SECRET_REF",
+    "MissingSecretError",
+    "SecretBox",
+    "SecretError",
+    "env_purpose",
+    "hash_token",
+    "new_token",
+    "secret_ref",
+    "token_matches",
+    "valid_secret_name",
+]

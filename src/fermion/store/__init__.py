@@ -3,6 +3,7 @@
 from ._models import (
     TERMINAL_STATES,
     AttemptRow,
+    AuditRow,
     CloudRow,
     DeploymentRow,
     EventRow,
@@ -10,6 +11,7 @@ from ._models import (
     ModelVersionRow,
     PhotonRow,
     ReplicaRow,
+    SecretRow,
     TokenRow,
     new_id,
 )
@@ -18,6 +20,7 @@ from ._store import Store, default_db_url
 __all__ = [
     "TERMINAL_STATES",
     "AttemptRow",
+    "AuditRow",
     "JobRow",
     "ModelVersionRow",
     "CloudRow",
@@ -25,6 +28,7 @@ __all__ = [
     "EventRow",
     "PhotonRow",
     "ReplicaRow",
+    "SecretRow",
     "Store",
     "TokenRow",
     "default_db_url",

@@ -47,6 +47,7 @@ class DeploymentRow(Base):
     env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     public: Mapped[bool] = mapped_column(default=False)
     idempotent: Mapped[bool] = mapped_column(default=True)
+    rate_limit: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str] = mapped_column(String(20), default="DEPLOYING")  # DEPLOYING|READY|DEGRADED|FAILED
     status_reason: Mapped[str] = mapped_column(Text, default="")
@@ -71,6 +72,7 @@ class ReplicaRow(Base):
     workdir: Mapped[str | None] = mapped_column(Text, nullable=True)
     resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     failed_probes: Mapped[int] = mapped_column(Integer, default=0)
+    auth_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)  # the gateway's key to this replica
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
     state_since: Mapped[float] = mapped_column(Float, default=time.time)
 
@@ -147,3 +149,29 @@ class ModelVersionRow(Base):
 
 
 TERMINAL_STATES = frozenset({"TERMINATED", "FAILED"})
+
+
+class SecretRow(Base):
+    """A named secret; only its AES-GCM ciphertext is stored (the key lives outside the database)."""
+
+    __tablename__ = "secrets"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    updated_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class AuditRow(Base):
+    """One mutating API call; ``hash`` chains it to the record before it (see fermion.api._audit)."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    actor: Mapped[str] = mapped_column(String(100), index=True)  # a token's name, "anonymous" or "unknown"
+    method: Mapped[str] = mapped_column(String(10))
+    path: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(Text, index=True)  # e.g. "deployment/web"
+    client: Mapped[str] = mapped_column(String(100), default="")
+    status: Mapped[int] = mapped_column(Integer)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ._models import Base, EventRow
@@ -16,6 +18,17 @@ from ._models import Base, EventRow
 
 def default_db_url(home: Path) -> str:
     return f"sqlite:///{home / 'fermion.db'}"
+
+
+def display_url(url: str) -> str:
+    """``url`` fit to print or log: its password (in the user part or the query) masked as ``***``."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # not a URL SQLAlchemy reads: mask "scheme://user:…@" by hand
+        return re.sub(r"(://[^/@:]*:).*@", r"\1***@", url)
+    if "password" in parsed.query:
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True)
 
 
 class Store:

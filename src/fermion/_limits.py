@@ -1,0 +1,151 @@
+"""Limits every Fermion HTTP server enforces: request heads and bodies arrive in bounded time
+and bounded size, so one slow or greedy client cannot hold a connection or fill memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+HEADER_TIMEOUT_S = 10.0  # from the first byte of a request to the end of its head
+BODY_IDLE_TIMEOUT_S = 30.0  # longest pause between two pieces of a body
+GATEWAY_MAX_BODY = 32 * 1024 * 1024
+API_MAX_BODY = 1024 * 1024
+API_MAX_UPLOAD = 256 * 1024 * 1024  # a photon archive (200 MiB of sources at most) in multipart
+UPLOAD_PATHS = frozenset({"/api/v1/photons"})
+
+
+class BodyTooLarge(Exception):
+    """The request body is over the limit (HTTP 413)."""
+
+
+class BodyTimeout(Exception):
+    """The client paused too long while sending the body (HTTP 408)."""
+
+
+def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for k, v in headers:
+        if k == b"content-length":
+            return int(v) if v.isdigit() else None
+    return None
+
+
+async def read_body(headers: list[tuple[bytes, bytes]], receive: Receive, limit: int, idle_timeout_s: float) -> bytes:
+    """The whole request body, refused past ``limit`` bytes or a pause of ``idle_timeout_s``."""
+    length = declared_length(headers)
+    if length is not None and length > limit:
+        raise BodyTooLarge(f"request body of {length} bytes is over the limit of {limit} bytes")
+    chunks, size = [], 0
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout_s):
+                message = await receive()
+        except TimeoutError:
+            raise BodyTimeout(f"no part of the request body arrived for {idle_timeout_s:g}s") from None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _error(send: Send, status: int, kind: str, message: str) -> None:
+    body = json.dumps({"error": {"type": kind, "message": message}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def limit_bodies(app: ASGIApp, *, limit: int = API_MAX_BODY, upload_limit: int = API_MAX_UPLOAD,
+                 upload_paths: frozenset[str] = UPLOAD_PATHS, idle_timeout_s: float = BODY_IDLE_TIMEOUT_S) -> ASGIApp:
+    """Wrap ``app`` so a body over its limit gets a 413 and a stalled body a 408, before or while
+    the app reads it; the app then sees a disconnect and whatever it answers is dropped."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        cap = upload_limit if scope["path"] in upload_paths else limit
+        length = declared_length(scope["headers"])
+        if length is not None and length > cap:
+            return await _error(send, 413, "PayloadTooLarge", f"request body of {length} bytes is over the limit of {cap} bytes")
+        state = {"size": 0, "refused": False, "started": False}
+
+        async def refuse(status: int, kind: str, message: str) -> MutableMapping[str, Any]:
+            if not state["started"]:
+                await _error(send, status, kind, message)
+            state["refused"] = True
+            return {"type": "http.disconnect"}
+
+        async def limited_receive() -> MutableMapping[str, Any]:
+            if state["refused"]:
+                return {"type": "http.disconnect"}
+            try:
+                async with asyncio.timeout(idle_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                return await refuse(408, "RequestTimeout", f"no part of the request body arrived for {idle_timeout_s:g}s")
+            state["size"] += len(message.get("body", b""))
+            if state["size"] > cap:
+                return await refuse(413, "PayloadTooLarge", f"request body is over the limit of {cap} bytes")
+            return message
+
+        async def guarded_send(message: MutableMapping[str, Any]) -> None:
+            if state["refused"]:
+                return  # our error answer went out instead
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            await send(message)
+
+        await app(scope, limited_receive, guarded_send)
+
+    return guarded
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline on request heads. uvicorn cancels its
+    keep-alive timer on any byte, so without this a client that sends a header line every few
+    seconds holds a connection open for ever."""
+
+    header_timeout_s = HEADER_TIMEOUT_S
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_deadline: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_deadline is None and (self.cycle is None or self.cycle.response_complete):
+            self._head_deadline = self.loop.call_later(self.header_timeout_s, self._head_too_slow)
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_deadline()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_deadline()
+        super().connection_lost(exc)
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        if self.transport.is_closing():
+            return
+        message = b"request head not received in time"
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\nconnection: close\r\n"
+                             b"content-length: " + str(len(message)).encode() + b"\r\n\r\n" + message)
+        self.transport.close()

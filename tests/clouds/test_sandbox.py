@@ -1,0 +1,103 @@
+"""Workloads cannot reach the server's secrets or each other (issue 8, must-fix 5, 6, 7): real
+replicas and job attempts started by a real server, probed from the inside and from outside."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fermion.clouds import Isolation
+from tests.support import FIXTURE_PHOTONS, ServerProc, running_server
+
+CLOUDS = "clouds:\n  - name: alpha\n  - name: beta\n"
+ISOLATION = Isolation()
+sandboxed = pytest.mark.skipif(ISOLATION.bwrap is None, reason="bubblewrap cannot run on this machine")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    with running_server(tmp_path_factory.mktemp("sandbox") / "home", CLOUDS) as s:
+        s.cli("deploy", f"{FIXTURE_PHOTONS}:Snoop", "--name", "snoop", "--replicas", "2", "--public",
+              "--env", "DECLARED=yes")
+        yield s
+
+
+def call(server: ServerProc, handler: str, **body: object) -> httpx.Response:
+    return httpx.post(f"{server.url}/d/snoop/{handler}", json=body, timeout=30)
+
+
+def test_a_replica_sees_only_its_own_environment(server: ServerProc) -> None:
+    env = call(server, "environ").json()
+    assert env["DECLARED"] == "yes" and env["FERMION_CLOUD"] in ("alpha", "beta")
+    assert not Path(env["FERMION_HOME"]).is_relative_to(server.home) and not Path(env["HOME"]).is_relative_to(server.home)
+    assert server.token not in json.dumps(env)
+    allowed = {"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+               "HF_DATASETS_OFFLINE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM",
+               "CUDA_VISIBLE_DEVICES", "HOME", "TMPDIR", "PYTHONUNBUFFERED", "DECLARED", "PWD"}
+    assert {k for k in env if not k.startswith("FERMION_")} <= allowed
+
+
+@sandboxed
+def test_a_replica_cannot_read_the_servers_home_or_other_workloads(server: ServerProc) -> None:
+    replicas = server.deployment("snoop")["replica_list"]
+    server_pid = server.proc.pid
+    for path in [server.home / "cli.json", server.home / "fermion.db", f"/proc/{server_pid}/environ",
+                 f"/proc/{server_pid}/root{server.home}/cli.json"]:
+        answer = call(server, "read", path=str(path)).json()
+        assert "content" not in answer, f"a replica read {path}"
+    # each replica is on its own cloud: neither sees the other's folder
+    logs = [next(server.home.parent.glob(f"*-workloads/{r['cloud']}/{r['id']}/replica.log")) for r in replicas]
+    seen = [call(server, "read", path=str(log)).json() for log in logs for _ in range(6)]
+    assert any("content" in s for s in seen), "a replica could not read its own log"
+    assert any("error" in s for s in seen), "a replica read another replica's folder"
+
+
+def test_replicas_answer_only_the_gateway(server: ServerProc) -> None:
+    replicas = server.deployment("snoop")["replica_list"]
+    for r in replicas:
+        direct = f"http://127.0.0.1:{r['port']}"
+        assert httpx.get(f"{direct}/healthz").status_code == 200  # the controller's probe needs no secret
+        refused = httpx.post(f"{direct}/environ", json={})
+        assert refused.status_code == 401 and "gateway" in refused.text
+        forged = httpx.post(f"{direct}/environ", json={}, headers={"x-fermion-replica-auth": "guess"})
+        assert forged.status_code == 401
+        assert httpx.get(f"{direct}/metrics").status_code == 401
+        assert not list(server.home.parent.glob(f"*-workloads/{r['cloud']}/{r['id']}/.replica-secret"))
+    assert call(server, "environ").status_code == 200
+
+
+@sandboxed
+def test_a_job_cannot_read_the_admin_token(server: ServerProc) -> None:
+    probe = ("import os, glob\n"
+             f"for p in ['{server.home}/cli.json', os.path.expanduser('~/cli.json'), "
+             f"'/proc/{server.proc.pid}/environ'] + glob.glob('/proc/*/environ'):\n"
+             "    try:\n        print('READ', p, open(p, errors='replace').read()[:300])\n"
+             "    except OSError as exc:\n        print('DENIED', p, type(exc).__name__)\n")
+    server.cli("job", "run", "--name", "snoopjob", "--follow", "--timeout", "60", "--", "python", "-c", probe)
+    with server.api() as api:
+        logs = "\n".join(api.get("/jobs/snoopjob/logs").json().values())
+    assert f"DENIED {server.home}/cli.json" in logs
+    assert server.token not in logs
+
+
+@pytest.mark.skipif(ISOLATION.cgroup_root is None, reason="no writable memory cgroup on this machine")
+def test_declared_memory_is_a_hard_limit(server: ServerProc) -> None:
+    server.cli("deploy", f"{FIXTURE_PHOTONS}:Snoop", "--name", "hog", "--public", "--memory-gb", "0.25",
+               "--cpus", "0.25")
+    assert httpx.post(f"{server.url}/d/hog/hog", json={"mb": 16}, timeout=30).json() == 16 << 20
+    r = httpx.post(f"{server.url}/d/hog/hog", json={"mb": 600}, timeout=60)
+    assert r.status_code == 502
+    deadline = time.monotonic() + 30
+    with server.api() as api:
+        while time.monotonic() < deadline:
+            failed = [x for x in api.get("/replicas", params={"deployment": "hog", "all": True}).json()
+                      if x["state"] == "FAILED"]
+            if failed:
+                break
+            time.sleep(0.3)
+    assert failed and "memory limit of 0.25 GB" in failed[0]["reason"]
