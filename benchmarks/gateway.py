@@ -5,6 +5,7 @@ Usage: python benchmarks/gateway.py [--duration 8]"""
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._load import LoadResult, closed_loop  # noqa: E402
+from fermion.photon import REPLICA_AUTH_HEADER  # noqa: E402
 from tests.support import TEXT_PHOTON, running_server  # noqa: E402
 
 
@@ -27,8 +29,13 @@ def main() -> None:
         replica = server.deployment("bench")["replica_list"][0]
         direct_url = f"http://127.0.0.1:{replica['port']}/stats"
         gateway_url = f"{server.url}/d/bench/stats"
+        # a replica answers only with its secret, which the gateway sends: so does the direct baseline
+        with sqlite3.connect(server.home / "fermion.db") as db:
+            (secret,) = db.execute("SELECT auth_secret FROM replicas WHERE id = ?", (replica["id"],)).fetchone()
+        direct_headers = {REPLICA_AUTH_HEADER.decode(): secret}
         for concurrency in (1, 16):
-            direct = closed_loop(direct_url, body, concurrency=concurrency, duration_s=args.duration)
+            direct = closed_loop(direct_url, body, concurrency=concurrency, duration_s=args.duration,
+                                 headers=direct_headers)
             via = closed_loop(gateway_url, body, concurrency=concurrency, duration_s=args.duration)
             rows.append(("stats", concurrency, direct, via))
     print(f"text photon `stats` handler, one replica, {args.duration:g}s per run (2-core machine: the load")

@@ -150,7 +150,7 @@ def start_server(home: Path, clouds_yaml: str | None = None) -> ServerProc:
 
 
 def kill_replicas(home: Path) -> None:
-    """Stop, by pid, every replica process a test server started (they outlive the server)."""
+    """Stop, by pid, every replica and job attempt a test server started (they outlive the server)."""
     import sqlite3
 
     db = home / "fermion.db"
@@ -158,6 +158,7 @@ def kill_replicas(home: Path) -> None:
         return
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT pid, workdir FROM replicas WHERE pid IS NOT NULL").fetchall()
+        rows += conn.execute("SELECT pid, workdir FROM attempts WHERE pid IS NOT NULL AND state = 'RUNNING'").fetchall()
     for pid, workdir in rows:
         try:
             if workdir and workdir.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():

@@ -17,6 +17,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 HEADER_TIMEOUT_S = 10.0  # from the first byte of a request to the end of its head
 BODY_IDLE_TIMEOUT_S = 30.0  # longest pause between two pieces of a body
+BODY_TOTAL_TIMEOUT_S = 600.0  # a whole body, however it trickles (a 256 MiB upload at 0.5 MB/s)
 GATEWAY_MAX_BODY = 32 * 1024 * 1024
 API_MAX_BODY = 1024 * 1024
 API_MAX_UPLOAD = 256 * 1024 * 1024  # a photon archive (200 MiB of sources at most) in multipart
@@ -44,12 +45,14 @@ async def read_body(headers: list[tuple[bytes, bytes]], receive: Receive, limit:
     if length is not None and length > limit:
         raise BodyTooLarge(f"request body of {length} bytes is over the limit of {limit} bytes")
     chunks, size = [], 0
+    deadline = asyncio.get_running_loop().time() + BODY_TOTAL_TIMEOUT_S
     while True:
         try:
-            async with asyncio.timeout(idle_timeout_s):
+            async with asyncio.timeout(min(idle_timeout_s, max(0.0, deadline - asyncio.get_running_loop().time()))):
                 message = await receive()
         except TimeoutError:
-            raise BodyTimeout(f"no part of the request body arrived for {idle_timeout_s:g}s") from None
+            raise BodyTimeout(f"the request body did not arrive in time (a pause over {idle_timeout_s:g}s, or over "
+                              f"{BODY_TOTAL_TIMEOUT_S:g}s in all)") from None
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -80,6 +83,7 @@ def limit_bodies(app: ASGIApp, *, limit: int = API_MAX_BODY, upload_limit: int =
         if length is not None and length > cap:
             return await _error(send, 413, "PayloadTooLarge", f"request body of {length} bytes is over the limit of {cap} bytes")
         state = {"size": 0, "refused": False, "started": False}
+        deadline = asyncio.get_running_loop().time() + BODY_TOTAL_TIMEOUT_S
 
         async def refuse(status: int, kind: str, message: str) -> MutableMapping[str, Any]:
             if not state["started"]:
@@ -91,10 +95,11 @@ def limit_bodies(app: ASGIApp, *, limit: int = API_MAX_BODY, upload_limit: int =
             if state["refused"]:
                 return {"type": "http.disconnect"}
             try:
-                async with asyncio.timeout(idle_timeout_s):
+                async with asyncio.timeout(min(idle_timeout_s, max(0.0, deadline - asyncio.get_running_loop().time()))):
                     message = await receive()
             except TimeoutError:
-                return await refuse(408, "RequestTimeout", f"no part of the request body arrived for {idle_timeout_s:g}s")
+                return await refuse(408, "RequestTimeout", f"the request body did not arrive in time (a pause over "
+                                    f"{idle_timeout_s:g}s, or over {BODY_TOTAL_TIMEOUT_S:g}s in all)")
             state["size"] += len(message.get("body", b""))
             if state["size"] > cap:
                 return await refuse(413, "PayloadTooLarge", f"request body is over the limit of {cap} bytes")

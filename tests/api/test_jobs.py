@@ -104,7 +104,7 @@ def test_two_worker_gloo_job(server: ServerProc) -> None:
 
 def test_bad_job_specs_are_4xx(server: ServerProc) -> None:
     with server.api() as api:
-        assert api.post("/jobs", json={"name": "Bad Name", "command": ["true"]}).status_code == 400
+        assert api.post("/jobs", json={"name": "Bad Name", "command": ["true"]}).status_code == 422  # the schema refuses the name
         r = api.post("/jobs", json={"name": "x", "command": []})
         assert r.status_code == 400 and "needs a command" in r.json()["error"]["message"]
         r = api.post("/jobs", json={"name": "x", "command": ["true"], "workers": 2})

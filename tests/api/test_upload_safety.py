@@ -121,3 +121,10 @@ def test_resources_have_sane_minimums(server: ServerProc, tmp_path: Path) -> Non
         tiny = upload(server, archive({"resources": {"cpus": 0.001}}, digest=True)).json()["sha256"]
         r = api.put("/deployments/tiny", json={"photon": tiny})
         assert r.status_code == 400 and "invalid resources" in r.json()["error"]["message"]
+
+
+def test_a_model_name_is_never_a_path(server: ServerProc) -> None:
+    with server.api() as api:
+        r = api.post("/jobs", json={"name": "ft", "model_name": "../artifacts/victim",
+                                    "finetune": {"train_data": "/nope.csv"}})
+        assert r.status_code == 422 and "model_name" in r.json()["error"]["message"]

@@ -102,7 +102,7 @@ def gateway_before(replica: ScriptedReplica, *, header_timeout_s: float = 10.0, 
     table = RoutingTable()
     table.publish({"pub": Route("pub", public=True, idempotent=True, token_hash=None,
                                 endpoints=[Endpoint("r1", "local", f"http://127.0.0.1:{replica.port}", SECRET)])})
-    gateway = Gateway(table, CollectorRegistry(), set(), **limits)  # type: ignore[arg-type]
+    gateway = Gateway(table, CollectorRegistry(), {}, **limits)  # type: ignore[arg-type]
     try:
         with served(gateway, header_timeout_s) as url:
             yield url
@@ -274,7 +274,7 @@ def test_each_caller_has_its_own_rate_limit() -> None:
     table.publish({"lim": Route("lim", public=False, idempotent=True, token_hash=hash_token("dep-token"),
                                 endpoints=[Endpoint("r1", "local", f"http://127.0.0.1:{replica.port}", SECRET)],
                                 rate_limit=(2.0, 3.0))})
-    gateway = Gateway(table, CollectorRegistry(), {hash_token("admin-token")})
+    gateway = Gateway(table, CollectorRegistry(), {hash_token("admin-token"): None})
     try:
         with served(gateway) as url, httpx.Client(base_url=url) as http:
             statuses = [http.get("/d/lim/x", headers={"authorization": "Bearer dep-token"}).status_code

@@ -63,4 +63,4 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
         for t in threads:
             t.join(10)
         assert outcomes == [{"slept": 1.5}] * 3
-        assert stop(served.proc) == 0
+        assert served.proc.wait(timeout=15) == 0  # exits by itself after the drain; stop() would signal again

@@ -119,7 +119,7 @@ def test_open_env_resolves_references_accepts_legacy_rows_and_names_a_missing_se
     assert _opened(b, store) == EXPECTED
     with store.session() as s:
         assert b.referrers(s, "db_pass") == ["deployment legacy", "job train"]
-        s.delete(s.get(SecretRow, "db_pass"))
+        s.delete(s.get(SecretRow, ("default", "db_pass")))
     with store.session() as s, pytest.raises(MissingSecretError, match="db_pass"):
         b.open_env(s, s.get(JobRow, "train").env, env_purpose("job", "train"))
     with store.session() as s:

@@ -52,10 +52,10 @@ def test_secrets_set_by_the_cli_are_listed_without_values(server: ServerProc) ->
         r = api.get("/secrets")
         assert r.status_code == 200
         assert [s["name"] for s in r.json()] == ["api-key", "job-token"]
-        assert set(r.json()[0]) == {"name", "created_at", "updated_at"}
+        assert set(r.json()[0]) == {"name", "project", "created_at", "updated_at"}
         for value in (API_VALUE, JOB_VALUE, "first-value"):
             assert value not in r.text and value not in listing
-        assert api.put("/secrets/bad name!", json={"value": "x"}).status_code == 400
+        assert api.put("/secrets/bad name!", json={"value": "x"}).status_code == 422  # the schema refuses the name
         assert api.put("/secrets/big", json={"value": "x" * (64 * 1024 + 1)}).status_code == 400
         assert api.put("/secrets/ok", json={"value": "x" * (64 * 1024)}).status_code == 200
         assert api.delete("/secrets/ok").status_code == 200

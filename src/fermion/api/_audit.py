@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from ..security import hash_token
 from ..store import AuditRow, Store, TokenRow
-from ._auth import require_token
+from ._auth import caller, require_token
+from ._schemas import ERROR_RESPONSES
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -36,7 +37,7 @@ log = logging.getLogger("fermion.audit")
 # one appender at a time: each record must see the hash of the one written just before it
 _append_lock = threading.Lock()
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
 
 
 def target_of(path: str) -> str:
@@ -60,7 +61,7 @@ def _actor(s: Session, authorization: str) -> str:
     if not authorization.lower().startswith("bearer "):
         return "anonymous"
     digest = hash_token(authorization[7:].strip())
-    name = s.scalars(select(TokenRow.name).where(TokenRow.token_hash == digest)).first()
+    name = s.scalars(select(TokenRow.user).where(TokenRow.token_hash == digest)).first()
     return name if name is not None else "unknown"
 
 
@@ -140,7 +141,8 @@ def _out(row: AuditRow) -> dict[str, Any]:
 def list_audit(request: Request, actor: str | None = None, target: str | None = None, method: str | None = None,
                since: float | None = None, until: float | None = None,
                limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
-    """Audit records matching every filter given, newest last (``since``/``until``: epoch seconds)."""
+    """Audit records matching every filter given, newest last (``since``/``until``: epoch seconds); server admins."""
+    caller(request).require_admin()
     q = select(AuditRow)
     if actor is not None:
         q = q.where(AuditRow.actor == actor)
@@ -159,7 +161,8 @@ def list_audit(request: Request, actor: str | None = None, target: str | None = 
 
 @router.get("/audit/verify")
 def verify_audit(request: Request) -> dict[str, Any]:
-    """Whether the hash chain holds, how many records it has, and the first bad record's id."""
+    """Whether the hash chain holds, how many records it has, and the first bad record's id; server admins."""
+    caller(request).require_admin()
     with request.app.state.platform.store.session() as s:
         first_bad, count = _walk(s)
     return {"ok": first_bad is None, "records": count, "first_bad": first_bad}

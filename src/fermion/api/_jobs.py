@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -14,20 +13,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from .. import registry
-from ..clouds import ReplicaHandle
+from ..clouds import ReplicaHandle, read_untrusted
 from ..errors import ConflictError, NotFoundError, UserInputError, shorten
 from ..security import env_purpose
-from ..store import AttemptRow, JobRow, ModelVersionRow
+from ..store import AttemptRow, JobRow, ModelVersionRow, ProjectRow
 from ..train import FinetuneConfig
-from ._auth import require_token
-from ._schemas import NAME_PATTERN, Resources
+from ._auth import caller, require_token
+from ._principal import Principal
+from ._schemas import ERROR_RESPONSES, NAME_PATTERN, Resources
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
 
 
 class JobSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(pattern=NAME_PATTERN)
     command: list[str] = Field(default_factory=list)
     resources: Resources = Field(default_factory=Resources)
     clouds: list[str] = Field(default_factory=list)
@@ -36,7 +36,8 @@ class JobSpec(BaseModel):
     spot: bool = Field(False, description="run on spot capacity where a cloud sells it; preemptions resume")
     max_restarts: int = Field(2, ge=0, le=100)
     finetune: dict[str, Any] | None = Field(None, description="FinetuneConfig fields; makes this a fine-tune job")
-    model_name: str | None = Field(None, description="fine-tunes: the registry name of the result")
+    model_name: str | None = Field(None, pattern=NAME_PATTERN, description="fine-tunes: the registry name of the result")
+    project: str | None = Field(None, description="default: the token's project, else the user's only one, else default")
 
 
 def _platform(request: Request):  # noqa: ANN202
@@ -46,8 +47,8 @@ def _platform(request: Request):  # noqa: ANN202
 @router.post("/jobs", status_code=201)
 def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
     p = _platform(request)
-    if not re.match(NAME_PATTERN, spec.name):
-        raise UserInputError(f"invalid job name {shorten(spec.name)!r}", hint="use lowercase letters, digits and '-'")
+    me = caller(request)
+    project = spec.project or me.default_project()
     unknown = [c for c in spec.clouds if c not in p.clouds]
     if unknown:
         raise UserInputError(f"unknown cloud(s) {', '.join(unknown)}", hint=f"known: {', '.join(sorted(p.clouds))}")
@@ -70,9 +71,17 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
     if spec.workers > 1 and Path(command[0]).name not in ("python", "python3"):
         raise UserInputError("--workers needs a Python command", hint="e.g. -- python train.py")
     with p.store.session() as s:
+        hidden = NotFoundError(f"no project named {shorten(project)!r}", hint="see `fermion project list`")
+        if s.get(ProjectRow, project) is None:
+            raise hidden
+        me.require(project, "editor", hidden)
         if s.get(JobRow, spec.name) is not None:
             raise ConflictError(f"job {spec.name!r} exists", hint="pick another name or delete the old job")
-        p.secrets.check_references(s, spec.env)
+        model = spec.model_name or spec.name
+        other = s.scalars(select(ModelVersionRow.project).where(ModelVersionRow.name == model)).first()
+        if kind == "finetune" and other is not None and other != project:
+            raise ConflictError(f"model name {model!r} belongs to another project", hint="pick another --model-name")
+        p.secrets.check_references(s, spec.env, project)
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if kind == "finetune":
@@ -80,33 +89,44 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
         s.add(JobRow(name=spec.name, kind=kind, command=command, resources=spec.resources.model_dump(),
                      clouds=spec.clouds, env=p.secrets.seal_env(spec.env, env_purpose("job", spec.name)),
                      workers=spec.workers, spot=spec.spot, max_restarts=spec.max_restarts,
-                     checkpoint_dir=str(ckpt_dir), output_dir=str(out_dir), spec=stored, status="PENDING"))
+                     checkpoint_dir=str(ckpt_dir), output_dir=str(out_dir), spec=stored, status="PENDING",
+                     project=project))
         p.store.record(s, "job", spec.name, "", "PENDING", f"{kind} job created")
     return job_out(p, spec.name)
 
 
-def _require_job(p, name: str) -> None:  # noqa: ANN001
+def _require_job(p, name: str, me: Principal, role: str) -> None:  # noqa: ANN001
     with p.store.session() as s:
-        if s.get(JobRow, name) is None:
-            raise NotFoundError(f"no job named {shorten(name)!r}", hint="see `fermion job list`")
+        _get_job(s, name, me, role)
 
 
-def job_out(p, name: str) -> dict[str, Any]:  # noqa: ANN001
+def _get_job(s, name: str, me: Principal | None, role: str = "viewer") -> JobRow:  # noqa: ANN001
+    job = s.get(JobRow, name)
+    hidden = NotFoundError(f"no job named {shorten(name)!r}", hint="see `fermion job list`")
+    if job is None:
+        raise hidden
+    if me is not None:
+        me.require(job.project, role, hidden)
+    return job
+
+
+def job_out(p, name: str, me: Principal | None = None) -> dict[str, Any]:  # noqa: ANN001
     with p.store.session() as s:
-        job = s.get(JobRow, name)
-        if job is None:
-            raise NotFoundError(f"no job named {shorten(name)!r}", hint="see `fermion job list`")
+        job = _get_job(s, name, me)
         attempts = s.scalars(select(AttemptRow).where(AttemptRow.job == name).order_by(AttemptRow.number)).all()
         metrics = []
         path = Path(job.output_dir) / "metrics.jsonl"
-        if path.exists():
-            metrics = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        try:  # written by the job: read like anything a workload controls
+            metrics = [json.loads(x) for x in read_untrusted(path, 4 << 20, tail=True).decode(errors="replace")
+                       .splitlines() if x.strip().startswith("{")]
+        except (OSError, ValueError):
+            metrics = []
         return {
             "name": job.name, "kind": job.kind, "status": job.status, "reason": job.reason, "command": job.command,
             "resources": job.resources, "workers": job.workers, "restarts": job.restarts,
             "max_restarts": job.max_restarts, "checkpoint_dir": job.checkpoint_dir, "result": job.result,
             "created_at": job.created_at, "updated_at": job.updated_at,
-            "spot": job.spot,
+            "spot": job.spot, "project": job.project,
             "attempts": [{"number": a.number, "id": a.id, "cloud": a.cloud, "spot": a.spot, "state": a.state,
                           "reason": a.reason,
                           "exit_code": a.exit_code, "started_at": a.started_at, "ended_at": a.ended_at}
@@ -118,24 +138,24 @@ def job_out(p, name: str) -> dict[str, Any]:  # noqa: ANN001
 @router.get("/jobs")
 def list_jobs(request: Request) -> list[dict[str, Any]]:
     p = _platform(request)
+    me = caller(request)
     with p.store.session() as s:
-        names = [j.name for j in s.scalars(select(JobRow).order_by(JobRow.created_at)).all()]
+        names = [j.name for j in s.scalars(select(JobRow).order_by(JobRow.created_at)).all() if me.visible(j.project)]
     return [job_out(p, n) for n in names]
 
 
 @router.get("/jobs/{name}")
 def get_job(request: Request, name: str) -> dict[str, Any]:
-    return job_out(_platform(request), name)
+    return job_out(_platform(request), name, caller(request))
 
 
 @router.get("/jobs/{name}/logs")
 def job_logs(request: Request, name: str, tail: int = 200) -> dict[str, str]:
     """Each attempt's log (its last ``tail`` lines), by attempt."""
     p = _platform(request)
-    _require_job(p, name)
     with p.store.session() as s:
-        job = s.get(JobRow, name)
-        hide = p.secrets.open_env(s, job.env, env_purpose("job", name), missing_ok=True).values() if job else ()
+        job = _get_job(s, name, caller(request))
+        hide = p.secrets.open_env(s, job.env, env_purpose("job", name), missing_ok=True, project=job.project).values()
         attempts = s.scalars(select(AttemptRow).where(AttemptRow.job == name).order_by(AttemptRow.number)).all()
         return {f"attempt {a.number} ({a.cloud}, {a.state})":
                 p.secrets.redact(p.clouds[a.cloud].logs(ReplicaHandle(pid=0, workdir=Path(a.workdir)), tail=tail), hide)
@@ -145,7 +165,7 @@ def job_logs(request: Request, name: str, tail: int = 200) -> dict[str, str]:
 @router.post("/jobs/{name}/cancel")
 def cancel_job(request: Request, name: str) -> dict[str, Any]:
     p = _platform(request)
-    _require_job(p, name)
+    _require_job(p, name, caller(request), "editor")
     p.jobs.cancel(name)
     return job_out(p, name)
 
@@ -154,7 +174,11 @@ def on_job_success(p, s, job: JobRow) -> None:  # noqa: ANN001
     """A finished fine-tune becomes a new model version with its metrics and lineage."""
     if job.kind != "finetune":
         return
-    result = json.loads((Path(job.output_dir) / "result.json").read_text())
+    output = Path(job.output_dir).resolve()
+    result = json.loads(read_untrusted(output / "result.json", 4 << 20))
+    artifact = Path(result["artifact"]).resolve()
+    if not artifact.is_relative_to(output) or artifact.is_symlink():  # the job says where: only its own output
+        raise UserInputError(f"the job's artifact {shorten(str(artifact))} is not inside its output folder")
     attempts = s.scalars(select(AttemptRow).where(AttemptRow.job == job.name)).all()
     from .. import __version__
 
@@ -164,31 +188,43 @@ def on_job_success(p, s, job: JobRow) -> None:  # noqa: ANN001
     metrics = {"baseline": result["baseline"], "final": result["final"], "best": result["best"],
                "steps": result["steps"], "epochs": result["epochs_done"], "precision": result["precision"],
                "samples_per_second": result["samples_per_second"]}
-    row = registry.register(s, p.store, p.home, job.spec["model_name"], Path(result["artifact"]), metrics, lineage)
+    row = registry.register(s, p.store, p.home, job.spec["model_name"], artifact, metrics, lineage,
+                            project=job.project)
     job.result = {"model": f"{row.name}:{row.version}", "accuracy": result["final"]["accuracy"],
                   "baseline_accuracy": result["baseline"]["accuracy"]}
 
 
 def _model_out(r: ModelVersionRow) -> dict[str, Any]:
-    return {"name": r.name, "version": r.version, "stage": r.stage, "artifact_uri": r.artifact_uri,
+    return {"name": r.name, "version": r.version, "project": r.project, "stage": r.stage, "artifact_uri": r.artifact_uri,
             "metrics": r.metrics, "lineage": r.lineage, "created_at": r.created_at}
 
 
 @router.get("/models")
 def list_models(request: Request) -> list[dict[str, Any]]:
+    me = caller(request)
     with _platform(request).store.session() as s:
         rows = s.scalars(select(ModelVersionRow).order_by(ModelVersionRow.name, ModelVersionRow.version)).all()
-        return [_model_out(r) for r in rows]
+        return [_model_out(r) for r in rows if me.visible(r.project)]
+
+
+def _model(s, ref: str, me: Principal, role: str) -> ModelVersionRow:  # noqa: ANN001
+    hidden = NotFoundError(f"no model version {shorten(ref)!r}", hint="see `fermion model list`")
+    try:
+        row = registry.get_version(s, ref)
+    except NotFoundError:
+        raise hidden from None
+    me.require(row.project, role, hidden)
+    return row
 
 
 @router.get("/models/{ref}")
 def show_model(request: Request, ref: str) -> dict[str, Any]:
     with _platform(request).store.session() as s:
-        return _model_out(registry.get_version(s, ref))
+        return _model_out(_model(s, ref, caller(request), "viewer"))
 
 
 class PromoteSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     stage: str
 
 
@@ -196,6 +232,7 @@ class PromoteSpec(BaseModel):
 def promote_model(request: Request, ref: str, spec: PromoteSpec) -> dict[str, Any]:
     p = _platform(request)
     with p.store.session() as s:
+        _model(s, ref, caller(request), "editor")
         return _model_out(registry.promote(s, p.store, ref, spec.stage))
 
 
@@ -203,6 +240,7 @@ def promote_model(request: Request, ref: str, spec: PromoteSpec) -> dict[str, An
 def delete_model(request: Request, ref: str) -> dict[str, str]:
     p = _platform(request)
     with p.store.session() as s:
+        _model(s, ref, caller(request), "editor")
         registry.delete(s, p.store, ref, lambda d: p.secrets.open_env(
-            s, d.env, env_purpose("deployment", d.name), missing_ok=True))
+            s, d.env, env_purpose("deployment", d.name), missing_ok=True, project=d.project))
     return {"deleted": ref, "at": str(time.time())}

@@ -11,15 +11,28 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from ..clouds import ReplicaHandle
-from ..errors import ConflictError, NotFoundError, UserInputError, shorten
+from ..errors import ConflictError, NotFoundError, PermissionDeniedError, UserInputError, shorten
 from ..photon._package import verify_archive
 from ..security import env_purpose, hash_token, new_token
-from ..store import TERMINAL_STATES, CloudRow, DeploymentRow, EventRow, PhotonRow, ReplicaRow
-from ._auth import require_token
+from ..store import (
+    TERMINAL_STATES,
+    AttemptRow,
+    CloudRow,
+    DeploymentRow,
+    EventRow,
+    JobRow,
+    ModelVersionRow,
+    PhotonRow,
+    ProjectRow,
+    ReplicaRow,
+)
+from ._auth import caller, require_token
+from ._principal import Principal
 from ._schemas import (
+    ERROR_RESPONSES,
     NAME_PATTERN,
     CloudOut,
     DeploymentOut,
@@ -33,7 +46,7 @@ from ._schemas import (
 if TYPE_CHECKING:
     from ._server import Platform
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
 
 
 def platform(request: Request) -> Platform:
@@ -47,9 +60,13 @@ def upload_photon(request: Request, file: UploadFile) -> dict[str, object]:
     kept under the digest computed here, never under a name the client chose. A sync route: the
     copy and the check run in the thread pool, not on the loop that carries the gateway."""
     p = platform(request)
+    if not caller(request).can_edit_any():
+        raise PermissionDeniedError("uploading a photon needs the editor role in some project")
     with tempfile.NamedTemporaryFile(dir=p.photon_store, suffix=".upload", delete=False) as tmp:
-        shutil.copyfileobj(file.file, tmp)
-    try:
+        pass
+    try:  # created first, so an upload broken off mid-copy leaves nothing behind
+        with open(tmp.name, "wb") as out:
+            shutil.copyfileobj(file.file, out)
         manifest = verify_archive(tmp.name)
         final = p.photon_store / f"{manifest.sha256}.photon"  # sha256 is 64 hex digits (validated)
         if not final.exists():  # content-addressed: an existing archive is never replaced
@@ -65,14 +82,20 @@ def upload_photon(request: Request, file: UploadFile) -> dict[str, object]:
 
 @router.get("/photons")
 def list_photons(request: Request) -> list[dict[str, object]]:
+    """Every photon for a server admin; for others, those their projects' deployments run."""
+    me = caller(request)
     with platform(request).store.session() as s:
         rows = s.scalars(select(PhotonRow).order_by(PhotonRow.created_at)).all()
+        if not me.is_admin:
+            used = {d.photon_sha256 for d in s.scalars(select(DeploymentRow)).all() if me.visible(d.project)}
+            rows = [r for r in rows if r.sha256 in used]
         return [{"sha256": r.sha256, "name": r.name, "created_at": r.created_at} for r in rows]
 
 
 # -- clouds --------------------------------------------------------------------------------
 @router.get("/clouds")
 def list_clouds(request: Request) -> list[CloudOut]:
+    """The clouds this server manages now (one dropped from clouds.yaml keeps its row, unlisted)."""
     p = platform(request)
     with p.store.session() as s:
         free = p.controller.free_capacity(s)
@@ -80,7 +103,7 @@ def list_clouds(request: Request) -> list[CloudOut]:
         for r in s.scalars(select(ReplicaRow).where(ReplicaRow.state.not_in(TERMINAL_STATES))).all():
             counts[r.cloud or ""] = counts.get(r.cloud or "", 0) + 1
         out = []
-        for row in s.scalars(select(CloudRow).order_by(CloudRow.name)).all():
+        for row in s.scalars(select(CloudRow).where(CloudRow.name.in_(list(p.clouds))).order_by(CloudRow.name)).all():
             cfg = p.clouds[row.name].config
             out.append(CloudOut(
                 name=row.name, kind=row.kind, regions=cfg.regions, health=row.health,
@@ -100,6 +123,7 @@ def _cloud(request: Request, name: str) -> str:
 @router.post("/clouds/{name}/fail")
 def fail_cloud(request: Request, name: str) -> dict[str, object]:
     """Inject an outage: every replica on the cloud is killed and new ones are refused."""
+    caller(request).require_admin()
     p = platform(request)
     killed = p.controller.fail_cloud(_cloud(request, name), "injected outage")
     attempts = p.jobs.kill_on_cloud(name)
@@ -108,6 +132,7 @@ def fail_cloud(request: Request, name: str) -> dict[str, object]:
 
 @router.post("/clouds/{name}/recover")
 def recover_cloud(request: Request, name: str) -> dict[str, object]:
+    caller(request).require_admin()
     platform(request).controller.recover_cloud(_cloud(request, name))
     return {"cloud": name, "health": "healthy"}
 
@@ -120,7 +145,8 @@ def _deployment_out(p: Platform, s, d: DeploymentRow, token: str | None = None) 
     ).all()
     photon = s.get(PhotonRow, d.photon_sha256)
     return DeploymentOut(
-        name=d.name, photon=d.photon_sha256, photon_name=photon.name if photon else "?", generation=d.generation,
+        name=d.name, project=d.project, photon=d.photon_sha256, photon_name=photon.name if photon else "?",
+        generation=d.generation,
         replicas=d.replicas, ready=sum(r.state == "READY" and r.generation == d.generation for r in replicas),
         resources=d.resources, clouds=d.clouds, public=d.public, status=d.status, status_reason=d.status_reason,
         last_error=d.last_error, endpoint=f"{p.public_url}/d/{d.name}", token=token,
@@ -128,10 +154,13 @@ def _deployment_out(p: Platform, s, d: DeploymentRow, token: str | None = None) 
     )
 
 
-def _get_deployment(s, name: str) -> DeploymentRow:  # noqa: ANN001
+def _get_deployment(s, name: str, me: Principal, role: str = "viewer") -> DeploymentRow:  # noqa: ANN001
+    """The deployment, if the caller may see it and has ``role`` in its project."""
     d = s.get(DeploymentRow, name)
+    hidden = NotFoundError(f"no deployment named {shorten(name)!r}", hint="see `fermion deployment list`")
     if d is None or d.status == "DELETING":
-        raise NotFoundError(f"no deployment named {shorten(name)!r}", hint="see `fermion deployment list`")
+        raise hidden
+    me.require(d.project, role, hidden)
     return d
 
 
@@ -144,14 +173,25 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
     unknown = [c for c in spec.clouds if c not in p.clouds]
     if unknown:
         raise UserInputError(f"unknown cloud(s) {', '.join(unknown)}", hint=f"known: {', '.join(sorted(p.clouds))}")
+    me = caller(request)
     with p.store.session() as s:
+        d = s.get(DeploymentRow, name)
+        project = spec.project or (d.project if d is not None else me.default_project())
+        hidden = NotFoundError(f"no project named {shorten(project)!r}", hint="see `fermion project list`")
+        if d is not None:  # the name is taken: only its project's editors may touch it
+            me.require(d.project, "editor", NotFoundError(f"deployment name {name!r} is taken", hint="pick another"))
+            if project != d.project:
+                raise ConflictError(f"deployment {name!r} belongs to project {d.project!r}",
+                                    hint="a deployment cannot move between projects; delete it first")
+        if s.get(ProjectRow, project) is None:
+            raise hidden
+        me.require(project, "editor", hidden)
         photon = s.get(PhotonRow, spec.photon)
         if photon is None:
-            raise NotFoundError(f"no photon with sha256 {spec.photon}", hint="upload it first (`fermion deploy` does)")
-        p.secrets.check_references(s, spec.env)
+            raise NotFoundError(f"no photon with sha256 {shorten(spec.photon)}", hint="upload it first (`fermion deploy` does)")
+        p.secrets.check_references(s, spec.env, project)
         purpose = env_purpose("deployment", name)
         resources = (spec.resources or _declared_resources(photon)).model_dump()
-        d = s.get(DeploymentRow, name)
         token = None
         if d is not None and d.status == "DELETING":
             raise UserInputError(f"deployment {name!r} is being deleted", hint="wait for it to finish, then deploy")
@@ -161,7 +201,7 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
                 name=name, photon_sha256=spec.photon, replicas=spec.replicas, resources=resources, clouds=spec.clouds,
                 env=p.secrets.seal_env(spec.env, purpose), public=spec.public, idempotent=spec.idempotent,
                 rate_limit=spec.rate_limit.model_dump() if spec.rate_limit else None,
-                token_hash=hash_token(token) if token else None, status="DEPLOYING", generation=1,
+                token_hash=hash_token(token) if token else None, status="DEPLOYING", generation=1, project=project,
             )
             s.add(d)
             p.store.record(s, "deployment", name, "", "DEPLOYING", f"created with photon {photon.name}")
@@ -201,23 +241,24 @@ def _declared_resources(photon: PhotonRow) -> Resources:
 @router.get("/deployments")
 def list_deployments(request: Request) -> list[DeploymentOut]:
     p = platform(request)
+    me = caller(request)
     with p.store.session() as s:
         return [_deployment_out(p, s, d) for d in s.scalars(select(DeploymentRow).order_by(DeploymentRow.name)).all()
-                if d.status != "DELETING"]
+                if d.status != "DELETING" and me.visible(d.project)]
 
 
 @router.get("/deployments/{name}")
 def get_deployment(request: Request, name: str) -> DeploymentOut:
     p = platform(request)
     with p.store.session() as s:
-        return _deployment_out(p, s, _get_deployment(s, name))
+        return _deployment_out(p, s, _get_deployment(s, name, caller(request)))
 
 
 @router.post("/deployments/{name}/scale")
 def scale_deployment(request: Request, name: str, spec: ScaleSpec) -> DeploymentOut:
     p = platform(request)
     with p.store.session() as s:
-        d = _get_deployment(s, name)
+        d = _get_deployment(s, name, caller(request), "editor")
         p.store.record(s, "deployment", name, str(d.replicas), str(spec.replicas), "scaled")
         d.replicas = spec.replicas
         if d.status == "FAILED":
@@ -230,14 +271,14 @@ def delete_deployment(request: Request, name: str) -> dict[str, str]:
     """Drain every replica, then remove the deployment."""
     p = platform(request)
     with p.store.session() as s:
-        d = _get_deployment(s, name)
+        d = _get_deployment(s, name, caller(request), "editor")
         p.store.record(s, "deployment", name, d.status, "DELETING", "deleted by user")
         d.status = "DELETING"
     return {"deployment": name, "status": "DELETING"}
 
 
 class RebalanceSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     apply: bool = False
     min_saving: float = Field(0.1, ge=0, le=1, description="move only if the cost falls by this share")
 
@@ -248,7 +289,7 @@ def rebalance_deployment(request: Request, name: str, spec: RebalanceSpec) -> di
     time (a new replica is READY before an old one drains) when the saving beats min_saving."""
     p = platform(request)
     with p.store.session() as s:
-        d = _get_deployment(s, name)
+        d = _get_deployment(s, name, caller(request), "editor")
         if d.status != "READY":
             raise ConflictError(f"deployment {name!r} is {d.status}", hint="rebalance a READY deployment")
     out = p.controller.plan_rebalance(name)
@@ -264,8 +305,8 @@ def deployment_logs(request: Request, name: str, tail: int = 100) -> dict[str, s
     """The last ``tail`` lines of each live replica's log, by replica id."""
     p = platform(request)
     with p.store.session() as s:
-        d = _get_deployment(s, name)
-        hide = p.secrets.open_env(s, d.env, env_purpose("deployment", name), missing_ok=True).values()
+        d = _get_deployment(s, name, caller(request))
+        hide = p.secrets.open_env(s, d.env, env_purpose("deployment", name), missing_ok=True, project=d.project).values()
         rows = s.scalars(select(ReplicaRow).where(ReplicaRow.deployment == name).order_by(ReplicaRow.created_at)).all()
         out: dict[str, str] = {}
         for r in rows[-20:]:
@@ -278,19 +319,46 @@ def deployment_logs(request: Request, name: str, tail: int = 100) -> dict[str, s
 
 @router.get("/replicas")
 def list_replicas(request: Request, deployment: str | None = None, all: bool = False) -> list[ReplicaOut]:  # noqa: A002
+    me = caller(request)
     with platform(request).store.session() as s:
         q = select(ReplicaRow).order_by(ReplicaRow.created_at)
         if deployment:
             q = q.where(ReplicaRow.deployment == deployment)
         if not all:
             q = q.where(ReplicaRow.state.not_in(TERMINAL_STATES))
+        if not me.is_admin:
+            q = q.where(ReplicaRow.deployment.in_(_visible_deployments(s, me)))
         return [ReplicaOut.model_validate(r, from_attributes=True) for r in s.scalars(q).all()]
+
+
+def _visible_deployments(s, me: Principal) -> list[str]:  # noqa: ANN001
+    return [d.name for d in s.scalars(select(DeploymentRow)).all() if me.visible(d.project)]
+
+
+def _visible_events(s, me: Principal):  # noqa: ANN001, ANN202 - a SQL condition
+    """The events the caller may read: the clouds', and those of its projects' deployments, their
+    replicas, jobs, attempts and model versions, matched by kind and id (names repeat across kinds)."""
+    deployments = _visible_deployments(s, me)
+    jobs = [j.name for j in s.scalars(select(JobRow)).all() if me.visible(j.project)]
+    by_kind = {
+        "deployment": deployments,
+        "replica": s.scalars(select(ReplicaRow.id).where(ReplicaRow.deployment.in_(deployments))).all(),
+        "job": jobs,
+        "attempt": s.scalars(select(AttemptRow.id).where(AttemptRow.job.in_(jobs))).all(),
+        "model": [f"{m.name}:{m.version}" for m in s.scalars(select(ModelVersionRow)).all() if me.visible(m.project)],
+    }
+    return or_(EventRow.kind == "cloud",
+               *(and_(EventRow.kind == kind, EventRow.object_id.in_(ids)) for kind, ids in by_kind.items()))
 
 
 @router.get("/events")
 def list_events(request: Request, object_id: str | None = None, limit: int = 100) -> list[EventOut]:
+    """Recent changes of state; a caller who is not a server admin sees its projects' objects and the clouds."""
+    me = caller(request)
     with platform(request).store.session() as s:
         q = select(EventRow).order_by(EventRow.id.desc()).limit(min(max(limit, 1), 1000))
         if object_id:
             q = q.where(EventRow.object_id == object_id)
+        if not me.is_admin:
+            q = q.where(_visible_events(s, me))
         return [EventOut.model_validate(e, from_attributes=True) for e in reversed(s.scalars(q).all())]

@@ -9,12 +9,34 @@ from pydantic import BaseModel, ConfigDict, Field
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error the API answers: a type and a message for people."""
+
+    error: ErrorBody
+    detail: Any = None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": text} for status, text in (
+        (400, "Invalid request"), (401, "Missing, invalid, expired or revoked token"),
+        (403, "The token's role does not allow it"), (404, "Not found, or not visible to this token"),
+        (405, "Method not allowed"), (408, "The body arrived too slowly"), (409, "Conflicts with the current state"),
+        (413, "Body too large"), (422, "Invalid input"), (429, "Too many requests"),
+    )
+}
+
+
 MIN_CPUS = 0.25  # below these, capacity would never bind: a cloud could be asked for any number of processes
 MIN_MEMORY_GB = 0.25
 
 
 class Resources(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     cpus: float = Field(1, ge=MIN_CPUS, le=1024)
     memory_gb: float = Field(1, ge=MIN_MEMORY_GB, le=16384, description="enforced as a hard memory limit where the OS allows it")
 
@@ -22,7 +44,7 @@ class Resources(BaseModel):
 class RateLimit(BaseModel):
     """Per caller (each token; the client address on public deployments): a token bucket."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     requests_per_second: float = Field(gt=0, le=1_000_000)
     burst: int = Field(0, ge=0, le=1_000_000, description="bucket size; 0 means one second's worth")
 
@@ -30,7 +52,7 @@ class RateLimit(BaseModel):
 class DeploymentSpec(BaseModel):
     """What `PUT /api/v1/deployments/{name}` takes: the desired state."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     photon: str = Field(description="sha256 of an uploaded photon")
     replicas: int = Field(1, ge=0, le=1000)
     resources: Resources | None = Field(None, description="defaults to the photon's declared resources")
@@ -39,10 +61,11 @@ class DeploymentSpec(BaseModel):
     public: bool = False
     idempotent: bool = Field(True, description="the gateway may retry a request whose replica died mid-flight")
     rate_limit: RateLimit | None = Field(None, description="requests per caller; past it the gateway answers 429")
+    project: str | None = Field(None, description="default: the token's project, else the user's only one, else default")
 
 
 class ScaleSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     replicas: int = Field(ge=0, le=1000)
 
 
@@ -60,6 +83,7 @@ class ReplicaOut(BaseModel):
 
 class DeploymentOut(BaseModel):
     name: str
+    project: str
     photon: str
     photon_name: str
     generation: int

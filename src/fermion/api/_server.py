@@ -7,21 +7,27 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import select
 
 from .. import __version__
-from .._limits import limit_bodies
+from .._limits import UPLOAD_PATHS, limit_bodies
 from ..clouds import CloudConfig, Isolation, LocalCloud
 from ..controllers import DeploymentController, JobController
 from ..errors import FermionError
 from ..gateway import Gateway, RoutingTable
 from ..photon._routes import error_response, validation_error_response
 from ..security import SecretBox, hash_token, new_token
-from ..store import CloudRow, Store, TokenRow
+from ..store import DEFAULT_PROJECT, CloudRow, ProjectRow, Store, TokenRow, UserRow
+from ._access import router as access_router
+from ._principal import Principal, live_token
 from ._audit import audit_requests
 from ._audit import router as audit_router
 from ._auth import require_token
@@ -57,7 +63,10 @@ class Platform:
         self.registry = CollectorRegistry()
         self.table = RoutingTable()
         with self.store.session() as s:
-            self.token_hashes = {t.token_hash for t in s.scalars(select(TokenRow)).all()}
+            if s.get(UserRow, "admin") is None:  # also for a database from before users existed
+                s.add(UserRow(name="admin", admin=True))
+            if s.get(ProjectRow, DEFAULT_PROJECT) is None:
+                s.add(ProjectRow(name=DEFAULT_PROJECT))
             for c in clouds:
                 row = s.get(CloudRow, c.name)
                 if row is None:
@@ -65,15 +74,26 @@ class Platform:
                     self.store.record(s, "cloud", c.name, "", "healthy", "configured")
                 else:
                     row.config, row.health, row.health_reason = c.model_dump(), "healthy", ""
-        self.gateway = Gateway(self.table, self.registry, self.token_hashes)
-        self.controller = DeploymentController(self.store, self.clouds, self.table, open_env=self.secrets.open_env,
-                                               artifacts_root=self.artifacts_root())
+        self.gateway_admins: dict[str, float | None] = {}  # server admin tokens: digest -> expiry
+        self.refresh_gateway_admins()
+        self.gateway = Gateway(self.table, self.registry, self.gateway_admins)
+        self.controller = DeploymentController(self.store, self.clouds, self.table,
+                                               open_env=lambda s, env, purpose, project: self.secrets.open_env(
+                                                   s, env, purpose, project=project))
         self.jobs = JobController(self.store, self.clouds, self.controller,
                                   on_success=lambda s, job: on_job_success(self, s, job))
 
-    def artifacts_root(self) -> Path:
-        """Where registered model artifacts live (a replica may mount one of them, read-only)."""
-        return self.home / "artifacts"
+    def refresh_gateway_admins(self) -> None:
+        """The tokens that may call any deployment through the gateway: live, unscoped admin tokens
+        of server admins. Replaced whole, so the gateway sees a revocation at once."""
+        with self.store.session() as s:
+            admins = {u.name for u in s.scalars(select(UserRow).where(UserRow.admin.is_(True))).all()}
+            live = {t.token_hash: t.expires_at for t in s.scalars(select(TokenRow).where(
+                TokenRow.revoked_at.is_(None), TokenRow.project.is_(None), TokenRow.role == "admin")).all()
+                if t.user in admins}
+        self.gateway_admins = live
+        if hasattr(self, "gateway"):  # one assignment: the gateway never sees a half-built map
+            self.gateway.admin_token_hashes = live
 
     def bootstrap_admin_token(self) -> str | None:
         """On the first start, create the admin token and return it (the only time it is seen)."""
@@ -81,9 +101,9 @@ class Platform:
             if s.scalars(select(TokenRow).limit(1)).first() is not None:
                 return None
             token = new_token("fma")
-            s.add(TokenRow(name="admin", token_hash=hash_token(token), role="admin"))
+            s.add(TokenRow(name="admin", token_hash=hash_token(token), role="admin", user="admin"))
             self.store.record(s, "token", "admin", "", "created", "first start")
-        self.token_hashes.add(hash_token(token))
+        self.refresh_gateway_admins()
         return token
 
 
@@ -110,12 +130,18 @@ def create_app(platform: Platform) -> FastAPI:
 
     app.add_exception_handler(RequestValidationError, validation_error_response)  # type: ignore[arg-type]
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # e.g. a body that is not JSON: Fermion's error shape, not FastAPI's {"detail": ...}
+        return error_response(exc.status_code, str(exc.detail), "BadRequest" if exc.status_code == 400 else "HTTPError")
+
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_token)])
-    def metrics() -> Response:
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(me: Principal = Depends(require_token)) -> Response:
+        me.require_admin()
         return Response(generate_latest(platform.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/openapi.json", include_in_schema=False, response_model=None, dependencies=[Depends(require_token)])
@@ -126,9 +152,54 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(jobs_router)
     app.include_router(secrets_router)
     app.include_router(audit_router)
+    app.include_router(access_router)
     return app
+
+
+def allow_every_method(app: FastAPI):  # noqa: ANN201 - an ASGI callable
+    """Starlette answers 405 with the methods of the first route that matches the path only; this
+    answers with all of them, in Fermion's error shape."""
+
+    async def wrapped(scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        refused = False
+
+        async def send_or_replace(message) -> None:  # noqa: ANN001
+            nonlocal refused
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                refused = True
+                methods = sorted({m for r in app.routes if isinstance(r, APIRoute) and r.matches(scope)[0] != Match.NONE
+                                  for m in r.methods})
+                response = error_response(405, f"{scope['method']} is not allowed here; use {', '.join(methods)}",
+                                          "MethodNotAllowed")
+                response.headers["allow"] = ", ".join(methods)
+                await response(scope, receive, send)
+            elif not refused:
+                await send(message)
+
+        await app(scope, receive, send_or_replace)
+
+    return wrapped
+
+
+def authenticate_uploads(app, platform: Platform):  # noqa: ANN001, ANN201 - ASGI callables
+    """FastAPI reads a multipart body before any dependency runs: check the token of an upload
+    first, so an anonymous caller cannot make the server spool hundreds of MB to disk."""
+
+    async def wrapped(scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS:
+            auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
+            if not await anyio.to_thread.run_sync(live_token, platform.store, auth):
+                response = error_response(401, "missing, invalid, expired or revoked token", "AuthError")
+                response.headers["connection"] = "close"
+                return await response(scope, receive, send)
+        await app(scope, receive, send)
+
+    return wrapped
 
 
 def create_asgi(platform: Platform):  # noqa: ANN201 - an ASGI callable
     """The API app, audited, with the gateway in front of it (gateway paths never reach FastAPI)."""
-    return platform.gateway.wrap(limit_bodies(audit_requests(create_app(platform), platform.store)))
+    app = audit_requests(allow_every_method(create_app(platform)), platform.store)
+    return platform.gateway.wrap(authenticate_uploads(limit_bodies(app), platform))

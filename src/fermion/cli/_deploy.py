@@ -28,6 +28,7 @@ def deploy(
     memory_gb: Annotated[float | None, typer.Option(help="Memory per replica in GB.")] = None,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the replicas (repeat).")] = None,
     public: Annotated[bool, typer.Option(help="Serve without a token.")] = False,
+    project: Annotated[str | None, typer.Option(help="The project (default: your token's, or default).")] = None,
     rate_limit: Annotated[float | None, typer.Option(
         help="Requests per second per caller (token, or address if public); past it: 429.")] = None,
     burst: Annotated[int, typer.Option(help="With --rate-limit: requests a caller may send at once.")] = 0,
@@ -63,6 +64,8 @@ def deploy(
         env_map[key] = value
     spec: dict[str, Any] = {"photon": photon["sha256"], "replicas": replicas, "clouds": cloud or [],
                             "env": env_map, "public": public}
+    if project is not None:
+        spec["project"] = project
     if rate_limit is not None:
         spec["rate_limit"] = {"requests_per_second": rate_limit, "burst": burst}
     if cpus is not None or memory_gb is not None:

@@ -15,6 +15,7 @@ job_app = typer.Typer(help="Run and inspect jobs (commands and fine-tunes) on th
 model_app = typer.Typer(help="The model registry: versions, metrics, lineage, stages.", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+ProjectOpt = Annotated[str | None, typer.Option(help="The project (default: your token's, or default).")]
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
@@ -66,6 +67,7 @@ def job_run(
     workers: Annotated[int, typer.Option(help="torch distributed workers (torchrun, gloo on CPU).")] = 1,
     max_restarts: Annotated[int, typer.Option(help="Retries after the job's own failures.")] = 2,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeat).")] = None,
+    project: ProjectOpt = None,
     follow: Annotated[bool, typer.Option(help="Wait for the job to end, showing progress.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to follow.")] = 3600,
     json_out: JsonOpt = False,
@@ -84,7 +86,8 @@ def job_run(
         if not isinstance(body, dict):
             raise UserInputError(f"job spec {spec} must be a mapping of job fields")
     env_map = dict(item.split("=", 1) for item in env or [] if "=" in item)
-    flags = {"name": name, "command": command or None, "clouds": cloud or None, "env": env_map or None}
+    flags = {"name": name, "command": command or None, "clouds": cloud or None, "env": env_map or None,
+             "project": project}
     body.update({k: v for k, v in flags.items() if v is not None})
     body.setdefault("resources", {"cpus": cpus, "memory_gb": memory_gb})
     for key, value, default in (("workers", workers, 1), ("max_restarts", max_restarts, 2), ("spot", spot, False)):
@@ -113,6 +116,7 @@ def finetune(
     cloud: Annotated[list[str] | None, typer.Option(help="Allowed cloud (repeat).")] = None,
     cpus: Annotated[float, typer.Option(help="CPUs per attempt.")] = 1,
     max_restarts: Annotated[int, typer.Option(help="Retries after the job's own failures.")] = 1,
+    project: ProjectOpt = None,
     follow: Annotated[bool, typer.Option(help="Wait, showing the training curve.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to follow.")] = 3600,
     json_out: JsonOpt = False,
@@ -130,7 +134,8 @@ def finetune(
                           "grad_accum": grad_accum, "lr": lr, "precision": precision,
                           "checkpoint_every": checkpoint_every, "seed": seed}
     _submit({"name": name, "finetune": ft, "model_name": model_name, "clouds": cloud or [],
-             "resources": {"cpus": cpus, "memory_gb": 2}, "max_restarts": max_restarts}, follow, timeout, json_out)
+             "resources": {"cpus": cpus, "memory_gb": 2}, "max_restarts": max_restarts, "project": project},
+            follow, timeout, json_out)
 
 
 def _show_job(job: dict[str, Any]) -> None:

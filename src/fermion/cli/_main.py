@@ -8,6 +8,7 @@ import typer
 
 from .. import __version__
 from ..errors import FermionError
+from ._access import project_app, token_app, user_app, whoami
 from ._audit import audit
 from ._deploy import cloud_app, deploy, deployment_app, events, login
 from ._jobs import finetune, job_app, model_app
@@ -32,6 +33,10 @@ app.add_typer(catalog_app, name="catalog")
 app.add_typer(job_app, name="job")
 app.add_typer(model_app, name="model")
 app.add_typer(secret_app, name="secret")
+app.add_typer(token_app, name="token")
+app.add_typer(user_app, name="user")
+app.add_typer(project_app, name="project")
+app.command()(whoami)
 app.command()(finetune)
 app.command("optimize")(optimize_cmd)
 app.command()(deploy)

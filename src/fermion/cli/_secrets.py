@@ -13,6 +13,7 @@ from ..errors import UserInputError
 from ._output import console, print_json, print_table
 from ._platform import Api
 
+ProjectOpt = Annotated[str | None, typer.Option(help="The project (default: your token's, or default).")]
 secret_app = typer.Typer(help="Manage secrets (use them in env as secret:NAME).", no_args_is_help=True)
 
 
@@ -36,29 +37,31 @@ def secret_set(
     name: str,
     value: Annotated[str | None, typer.Option(help="The value (visible in shell history; prefer stdin).")] = None,
     from_file: Annotated[Path | None, typer.Option("--from-file", help="Read the value from this file.")] = None,
+    project: ProjectOpt = None,
 ) -> None:
     """Create or replace a secret; the value comes from --value, --from-file, stdin, else a prompt."""
-    out = Api().request("PUT", f"/secrets/{name}", json={"value": _read_value(value, from_file)})
+    out = Api().request("PUT", f"/secrets/{name}", json={"value": _read_value(value, from_file), "project": project})
     console.print(f"secret {name}: {'created' if out['created'] else 'replaced'}")
 
 
 @secret_app.command("list")
-def secret_list(json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def secret_list(json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+                project: ProjectOpt = None) -> None:
     """Secret names and when they changed (never their values)."""
-    rows = Api().get("/secrets")
+    rows = Api().get("/secrets", **({"project": project} if project else {}))
     if json_out:
         print_json(rows)
         return
     fmt = "%Y-%m-%d %H:%M:%S"
-    print_table("secrets", ["name", "created", "updated"],
-                [(r["name"], time.strftime(fmt, time.localtime(r["created_at"])),
+    print_table("secrets", ["project", "name", "created", "updated"],
+                [(r["project"], r["name"], time.strftime(fmt, time.localtime(r["created_at"])),
                   time.strftime(fmt, time.localtime(r["updated_at"]))) for r in rows])
 
 
 @secret_app.command("delete")
-def secret_delete(name: str) -> None:
+def secret_delete(name: str, project: ProjectOpt = None) -> None:
     """Delete a secret (refused while a deployment or job refers to it)."""
-    Api().request("DELETE", f"/secrets/{name}")
+    Api().request("DELETE", f"/secrets/{name}", params={"project": project} if project else None)
     console.print(f"secret {name}: deleted")
 
 

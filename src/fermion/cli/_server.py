@@ -165,6 +165,7 @@ def start(
         tls_note = f"https, {'self-signed certificate' if tls_self_signed else 'certificate'} at {tls[0]}; "
     print(f"fermion: server on {url} ({tls_note}clouds: {', '.join(platform.clouds)}; "
           f"db: {display_url(platform.store.url)})", file=sys.stderr, flush=True)
+    print(f"fermion: workloads in {platform.workloads_root} ({platform.isolation.describe()})", file=sys.stderr, flush=True)
     config = uvicorn.Config(create_asgi(platform), loop="uvloop", http=BoundedHttpToolsProtocol, log_level=log_level,
                             access_log=False, timeout_graceful_shutdown=10,
                             ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None)

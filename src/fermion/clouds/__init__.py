@@ -3,7 +3,7 @@
 from ._base import CloudBackend, ProvisionError, ReplicaHandle, ReplicaSpec
 from ._config import CloudConfig, load_clouds
 from ._local import LocalCloud
-from ._sandbox import Isolation
+from ._sandbox import Isolation, read_untrusted
 
 __all__ = [
     "CloudBackend",
@@ -14,4 +14,5 @@ __all__ = [
     "ReplicaHandle",
     "ReplicaSpec",
     "load_clouds",
+    "read_untrusted",
 ]

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from ._base import ProvisionError, ReplicaHandle, ReplicaSpec
 from ._config import CloudConfig
-from ._sandbox import Confinement, Isolation, Mount, workload_env
+from ._sandbox import Confinement, Isolation, Mount, read_untrusted, workload_env, write_private
 
 SECRET_FILE = ".replica-secret"
+LOG_TAIL_BYTES = 2 << 20
 
 
 class LocalCloud:
@@ -49,7 +50,7 @@ class LocalCloud:
         except OSError as exc:
             raise ProvisionError(f"cannot start {command[0]!r}: {exc}") from exc
         self._children[pid] = proc
-        (confinement.workdir / "pid").write_text(str(pid))
+        write_private(confinement.workdir / "pid", str(pid))
         return ReplicaHandle(pid=pid, workdir=confinement.workdir)
 
     def _refuse_if_down(self, what: str) -> None:
@@ -74,24 +75,23 @@ class LocalCloud:
         ]
         if spec.secret:
             secret_file = workdir / SECRET_FILE
-            fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(spec.secret)
+            write_private(secret_file, spec.secret, 0o600)
             cmd += ["--auth-secret-file", str(secret_file)]
         confinement = self._confinement(workdir, [Mount(m) for m in spec.mounts], spec.memory_gb)
         return self._start(spec.replica_id, cmd, workload_env(spec.env, facts, workdir), confinement, "replica.log")
 
     def run(self, run_id: str, command: list[str], env: dict[str, str], *, mounts: list[Path] | None = None,
-            memory_gb: float | None = None) -> ReplicaHandle:
+            memory_gb: float | None = None, read_only: list[Path] | None = None) -> ReplicaHandle:
         """Start a job attempt: ``command`` in its own folder and process session; ``mounts`` are
-        the folders it writes (its checkpoints and output)."""
+        the folders it writes (its checkpoints and output), ``read_only`` those it only reads."""
         self._refuse_if_down("attempt")
         workdir = self.root / run_id
         workdir.mkdir(parents=True, exist_ok=True)
         facts = {k: v for k, v in env.items() if k.startswith("FERMION_")}
         facts["FERMION_CLOUD"] = self.name
         declared = {k: v for k, v in env.items() if not k.startswith("FERMION_")}
-        confinement = self._confinement(workdir, [Mount(m, writable=True) for m in mounts or []], memory_gb)
+        shown = [Mount(m, writable=True) for m in mounts or []] + [Mount(m) for m in read_only or []]
+        confinement = self._confinement(workdir, shown, memory_gb)
         return self._start(run_id, command, workload_env(declared, facts, workdir), confinement, "job.log")
 
     def _alive(self, handle: ReplicaHandle) -> bool:
@@ -114,7 +114,7 @@ class LocalCloud:
         if str(handle.workdir).encode() in cmdline:  # a replica, or any sandboxed workload
             return True
         try:  # an unsandboxed job attempt: its command line is the user's, so match the pid file it left
-            return int((handle.workdir / "pid").read_text()) == handle.pid and Path(f"/proc/{handle.pid}/cwd").resolve() == handle.workdir.resolve()
+            return int(read_untrusted(handle.workdir / "pid", 32)) == handle.pid and Path(f"/proc/{handle.pid}/cwd").resolve() == handle.workdir.resolve()
         except (OSError, ValueError):
             return False
 
@@ -131,7 +131,7 @@ class LocalCloud:
         port = handle.port
         if port is None:
             try:
-                port = int((handle.workdir / "port").read_text())
+                port = int(read_untrusted(handle.workdir / "port", 32))
             except (OSError, ValueError):
                 port = None
         return alive, port
@@ -161,8 +161,8 @@ class LocalCloud:
 
     def logs(self, handle: ReplicaHandle, tail: int = 200) -> str:
         name = "job.log" if (handle.workdir / "job.log").exists() else "replica.log"
-        try:
-            lines = (handle.workdir / name).read_text(errors="replace").splitlines()
+        try:  # the log lies in the workload's folder: it may have replaced it with a link
+            lines = read_untrusted(handle.workdir / name, LOG_TAIL_BYTES, tail=True).decode(errors="replace").splitlines()
         except OSError:
             return ""
         return "\n".join(lines[-tail:])

@@ -18,7 +18,9 @@ import os
 import select
 import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -48,6 +50,32 @@ class Confinement:
     hidden: list[Path] = field(default_factory=list)  # folders replaced by an empty tmpfs
     mounts: list[Mount] = field(default_factory=list)  # shown again inside hidden folders
     memory_bytes: int | None = None
+
+
+def read_untrusted(path: Path, max_bytes: int = 1 << 20, *, tail: bool = False) -> bytes:
+    """A file a workload can write, read by the server: never through a link (it could point at
+    the server's own secrets), only a regular file (not a FIFO or /dev/zero), at most ``max_bytes``
+    (the last ones with ``tail``). Raises OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        if tail and info.st_size > max_bytes:
+            os.lseek(fd, info.st_size - max_bytes, os.SEEK_SET)
+        return os.read(fd, max_bytes)
+    finally:
+        os.close(fd)
+
+
+def write_private(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write a file in a workload's folder without following a link the workload put there."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_symlink() or not path.is_file():
+            path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def workload_env(declared: dict[str, str], facts: dict[str, str], workdir: Path) -> dict[str, str]:
@@ -149,20 +177,35 @@ class Isolation:
         (the sandbox's init when sandboxed: killing it ends everything inside)."""
         argv = list(command)
         read_fd = write_fd = None
+        outside_env = env  # unsandboxed, the workload's own environment is all there is
+        fds: list[int] = []
+        args_file = None
         if self.bwrap:
             read_fd, write_fd = os.pipe()
-            argv = [self.bwrap, *self._bwrap_args(confinement), "--info-fd", str(write_fd), "--", *argv]
+            # the processes outside the sandbox (sh, bwrap) must not see the workload's env (a
+            # tenant's LD_PRELOAD would run there), nor may its secrets show in their argv: the
+            # env goes in through an unlinked file that bwrap reads as more arguments
+            args_file = tempfile.TemporaryFile()
+            setenv = ["--clearenv", *(x for k, v in env.items() for x in ("--setenv", k, v))]
+            args_file.write(b"\0".join(a.encode() for a in setenv) + b"\0")
+            args_file.seek(0)
+            fds = [write_fd, args_file.fileno()]
+            argv = [self.bwrap, "--args", str(args_file.fileno()), *self._bwrap_args(confinement),
+                    "--info-fd", str(write_fd), "--", *argv]
+            outside_env = {"PATH": "/usr/bin:/bin"}
         cgroup = self._cgroup_for(name, confinement.memory_bytes)
         if cgroup is not None:  # join the cgroup before exec, so nothing runs unlimited
             argv = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cgroup), *argv]
         try:
             with log_path.open("ab") as out:
-                proc = subprocess.Popen(argv, cwd=confinement.workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True,
-                                        pass_fds=(write_fd,) if write_fd is not None else ())
+                proc = subprocess.Popen(argv, cwd=confinement.workdir, env=outside_env, stdout=out,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                        pass_fds=tuple(fds))
         finally:
             if write_fd is not None:
                 os.close(write_fd)
+            if args_file is not None:
+                args_file.close()
         pid = proc.pid
         if read_fd is not None:
             try:

@@ -24,7 +24,7 @@ from ..clouds import LocalCloud, ProvisionError, ReplicaHandle, ReplicaSpec
 from ..errors import FermionError
 from ..security import SecretBox, env_purpose
 from ..gateway import Endpoint, Route, RoutingTable
-from ..store import TERMINAL_STATES, CloudRow, DeploymentRow, PhotonRow, ReplicaRow, Store
+from ..store import TERMINAL_STATES, CloudRow, DeploymentRow, ModelVersionRow, PhotonRow, ReplicaRow, Store
 from ._loop import ReconcileLoop
 
 log = logging.getLogger("fermion.controller")
@@ -52,23 +52,22 @@ def handle_of(r: ReplicaRow) -> ReplicaHandle:
     return ReplicaHandle(pid=r.pid or 0, workdir=Path(r.workdir or "."), port=r.port)
 
 
-EnvOpener = Callable[[Session, dict[str, str], str], dict[str, str]]
+EnvOpener = Callable[[Session, dict[str, str], str, str], dict[str, str]]  # (session, env, purpose, project)
 
 
-def plain_env(s: Session, env: dict[str, str], purpose: str) -> dict[str, str]:
+def plain_env(s: Session, env: dict[str, str], purpose: str, project: str) -> dict[str, str]:
     return dict(env)
 
 
 class DeploymentController(ReconcileLoop):
     def __init__(self, store: Store, clouds: dict[str, LocalCloud], table: RoutingTable, interval_s: float = 0.25,
-                 *, open_env: EnvOpener = plain_env, artifacts_root: Path | None = None):
+                 *, open_env: EnvOpener = plain_env):
         super().__init__()
         self.store = store
         self.clouds = clouds
         self.table = table
         self.interval_s = interval_s
         self.open_env = open_env  # the stored (sealed) env -> what the workload gets, secrets resolved
-        self.artifacts_root = artifacts_root
         self._http = httpx.Client(timeout=1.0)
         self.job_usage: dict[str, dict[str, float]] = {}  # cloud -> resources held by running job attempts
         self._targets: dict[str, dict[str, int]] = {}  # deployment -> replicas per cloud it is moving to
@@ -167,7 +166,8 @@ class DeploymentController(ReconcileLoop):
         if cloud is not None:
             lines = [ln for ln in cloud.logs(handle_of(r), tail=40).splitlines() if ln.strip()]
             errors = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()]
-            last = self.redact_env(s, d.env, env_purpose("deployment", d.name), (errors or lines or [""])[-1].strip())
+            last = self.redact_env(s, d.env, env_purpose("deployment", d.name), d.project,
+                                   (errors or lines or [""])[-1].strip())
         exit_text = f"exited with code {code}" if code is not None else "process exited"
         note = cloud.exit_note(handle_of(r), float((r.resources or {}).get("memory_gb", 0)) or None) if cloud else ""
         if note:
@@ -439,7 +439,7 @@ class DeploymentController(ReconcileLoop):
             self._set_state(s, r, "PENDING", f"no cloud can run it ({wanted}): " + "; ".join(why_not or ["no cloud allowed"]))
             return
         try:
-            env = self.open_env(s, d.env, env_purpose("deployment", d.name))
+            env = self.open_env(s, d.env, env_purpose("deployment", d.name), d.project)
         except FermionError as exc:
             self._set_state(s, r, "PENDING", f"cannot start: {exc}")
             return
@@ -449,7 +449,7 @@ class DeploymentController(ReconcileLoop):
             try:
                 handle = cloud.provision(ReplicaSpec(
                     replica_id=r.id, archive=Path(photon.archive_path), env=env, secret=secret,
-                    memory_gb=float(need.get("memory_gb", 1)), mounts=self._model_mounts(env),
+                    memory_gb=float(need.get("memory_gb", 1)), mounts=self.artifact_mounts(s, env.get("FERMION_MODEL_DIR"), d.project),
                 ))
             except ProvisionError as exc:
                 why_not.append(f"{name}: {exc.message}")
@@ -463,23 +463,25 @@ class DeploymentController(ReconcileLoop):
         wanted = ", ".join(f"{k}={v}" for k, v in need.items())
         self._set_state(s, r, "PENDING", f"no cloud can run it ({wanted}): " + "; ".join(why_not or ["no cloud allowed"]))
 
-    def redact_env(self, s: Session, stored_env: dict[str, str], purpose: str, text: str) -> str:
+    def redact_env(self, s: Session, stored_env: dict[str, str], purpose: str, project: str, text: str) -> str:
         """``text`` (a workload's log line) with its env values masked, before it becomes a reason
         or an event."""
         try:
-            values = list(self.open_env(s, stored_env, purpose).values())
+            values = list(self.open_env(s, stored_env, purpose, project).values())
         except FermionError:  # a secret deleted since: nothing to show, so nothing from the log either
             return "(log line withheld: its secrets cannot be read to redact it)"
         return SecretBox.redact(text, values)
 
-    def _model_mounts(self, env: dict[str, str]) -> list[Path]:
-        """A served model's folder, shown read-only to the replica, if it is a registry artifact
-        (any other path would let a deployment mount what it likes)."""
-        model_dir = env.get("FERMION_MODEL_DIR")
-        if not model_dir or self.artifacts_root is None:
+    def artifact_mounts(self, s: Session, path: str | None, project: str) -> list[Path]:
+        """A model's folder to show a workload read-only: only inside a registered version of the
+        workload's own project (any other path would let a spec mount what it likes)."""
+        if not path:
             return []
-        path = Path(model_dir).resolve()
-        return [path] if path.is_dir() and path.is_relative_to(self.artifacts_root.resolve()) else []
+        resolved = Path(path).resolve()
+        versions = s.scalars(select(ModelVersionRow.artifact_uri).where(ModelVersionRow.project == project)).all()
+        if resolved.is_dir() and any(resolved.is_relative_to(Path(uri).resolve()) for uri in versions):
+            return [resolved]
+        return []
 
     def mark_cloud(self, s: Session, name: str, *, healthy: bool, reason: str) -> None:
         """A cloud that fails to provision is unhealthy for a while, then probed again by the next placement."""

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..clouds import LocalCloud, ProvisionError, ReplicaHandle
+from ..clouds import LocalCloud, ProvisionError, ReplicaHandle, read_untrusted
 from ..errors import FermionError
 from ..security import env_purpose
 from ..store import AttemptRow, JobRow, Store
@@ -99,7 +99,7 @@ class JobController(ReconcileLoop):
         cloud = self.clouds.get(a.cloud)
         a.ended_at = time.time()
         try:
-            a.exit_code = int((Path(a.workdir) / "exit_code").read_text())
+            a.exit_code = int(read_untrusted(Path(a.workdir) / "exit_code", 32))
         except (OSError, ValueError):
             a.exit_code = None  # killed with its cloud before it could say
         if cloud is None or cloud.failed or a.exit_code is None or a.id in self._reclaimed:
@@ -125,7 +125,7 @@ class JobController(ReconcileLoop):
         handle = ReplicaHandle(pid=a.pid or 0, workdir=Path(a.workdir))
         tail = [ln for ln in cloud.logs(handle, tail=20).splitlines() if ln.strip()]
         note = cloud.exit_note(handle, float((a.resources or {}).get("memory_gb", 0)) or None)
-        last = self.deployments.redact_env(s, job.env, env_purpose("job", job.name), tail[-1] if tail else "")
+        last = self.deployments.redact_env(s, job.env, env_purpose("job", job.name), job.project, tail[-1] if tail else "")
         a.state, a.reason = "FAILED", f"exit {a.exit_code}{f' ({note})' if note else ''}: {last}".strip()
         self.store.record(s, "attempt", a.id, "RUNNING", "FAILED", f"own error: {a.reason}")
         job.restarts += 1
@@ -151,7 +151,7 @@ class JobController(ReconcileLoop):
                 order.append(name)
         number = (last.number if last else 0) + 1
         try:
-            declared = self.deployments.open_env(s, job.env, env_purpose("job", job.name))
+            declared = self.deployments.open_env(s, job.env, env_purpose("job", job.name), job.project)
         except FermionError as exc:
             job.reason = f"cannot start: {exc}"
             return
@@ -166,6 +166,7 @@ class JobController(ReconcileLoop):
                 handle = self.clouds[name].run(
                     attempt.id, launch_command(job.command, job.workers), env,
                     mounts=[Path(job.checkpoint_dir), Path(job.output_dir)], memory_gb=float(need.get("memory_gb", 1)),
+                    read_only=self.deployments.artifact_mounts(s, job.spec.get("base"), job.project),
                 )
             except ProvisionError as exc:
                 s.delete(attempt)

@@ -93,7 +93,7 @@ class Gateway:
 
     PREFIX = "/d/"
 
-    def __init__(self, table: RoutingTable, registry: CollectorRegistry, admin_token_hashes: set[str],
+    def __init__(self, table: RoutingTable, registry: CollectorRegistry, admin_token_hashes: dict[str, float | None],
                  max_body: int = GATEWAY_MAX_BODY, body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S) -> None:
         self.table = table
         self.policy = LeastOutstandingP2C()
@@ -116,22 +116,31 @@ class Gateway:
 
         return front
 
+    def _admin(self, digest: str) -> bool:
+        """A live server admin token: it may call every deployment."""
+        expires = self.admin_token_hashes.get(digest, 0.0)
+        return expires is None or expires > time.time()
+
     @staticmethod
     def _token_digest(headers: list[tuple[bytes, bytes]]) -> str | None:
         auth = next((v for k, v in headers if k == b"authorization"), b"").decode("latin-1")
         return hash_token(auth[7:].strip()) if auth.lower().startswith("bearer ") else None
 
     def _over_rate(self, route: Route, scope: Scope, digest: str | None) -> float:
-        """Seconds the caller must wait (0: go). A caller is its token, or its address on a public deployment."""
+        """Seconds the caller must wait (0: go). A caller is its token when that is a real one,
+        else its address (a made-up token per request must not buy a fresh bucket)."""
         if route.rate_limit is None:
             return 0.0
-        caller = digest or (scope.get("client") or ("?",))[0]
+        real = digest is not None and (digest == route.token_hash or self._admin(digest))
+        caller = digest if real else (scope.get("client") or ("?",))[0]
         return self.buckets.take((route.deployment, caller), *route.rate_limit)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         # route on the raw, still percent-encoded path and forward it as it came: a decoded path
         # would turn %0d%0a into a line break in the upstream request line
         raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        if not raw.startswith(b"/d/"):  # e.g. /%64/x decodes to /d/x: route what was sent, not its decoding
+            return await _reply(send, 404, "not found", "NotFound")
         name_bytes, _, rest = raw[len(self.PREFIX):].partition(b"/")
         deployment = name_bytes.decode("latin-1")
         query: bytes = scope.get("query_string", b"")
@@ -143,7 +152,7 @@ class Gateway:
             return await _reply(send, 404, f"no deployment named {shorten(deployment)!r}", "NotFound")
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         digest = self._token_digest(headers)
-        if not route.public and (digest is None or (digest != route.token_hash and digest not in self.admin_token_hashes)):
+        if not route.public and (digest is None or (digest != route.token_hash and not self._admin(digest))):
             return await _reply(send, 401, f"deployment {deployment!r} needs 'Authorization: Bearer <token>'",
                                 "AuthError")
         wait_s = self._over_rate(route, scope, digest)
@@ -225,7 +234,7 @@ class Gateway:
                 if response.status == 503 and (response.header(b"content-type") or b"").startswith(b"application/json"):
                     await response.body()  # initializing or draining: the handler did not run
                     return "connect", f"replica {endpoint.replica_id} is not ready"
-                await self._relay(send, response)
+                await self._relay(send, response, head_only=method == "HEAD")
             except UpstreamBrokenError:
                 self._eject(endpoint)
                 return "midflight", f"replica {endpoint.replica_id} broke off its answer"
@@ -242,14 +251,15 @@ class Gateway:
             gauge.dec()
 
     @staticmethod
-    async def _relay(send: Send, response: UpstreamResponse) -> None:
+    async def _relay(send: Send, response: UpstreamResponse, head_only: bool = False) -> None:
         out_headers = [(k.lower(), v) for k, v in response.headers if k.lower() not in NOT_RELAYED]
         length = response.header(b"content-length")
         if length is not None and not length.isdigit():
             raise UpstreamBrokenError("the replica sent an invalid content-length")
         if length is not None and int(length) <= BUFFER_LIMIT:
             content = await response.body()  # whole, before anything is sent: still retryable
-            out_headers.append((b"content-length", str(len(content)).encode()))
+            # a HEAD answer has no body but says how long the GET's would be
+            out_headers.append((b"content-length", length if head_only else str(len(content)).encode()))
             await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
             await send({"type": "http.response.body", "body": content})
             return

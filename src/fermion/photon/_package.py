@@ -287,11 +287,11 @@ def read_manifest(archive: str | Path) -> PhotonManifest:
                 raise UnsafeArchiveError(f"{archive}: {MANIFEST} is {info.file_size} bytes; at most "
                                          f"{MAX_MANIFEST_BYTES} allowed")
             raw = zf.read(info)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
         raise PhotonLoadError(f"cannot read photon archive {archive}: {exc}") from exc
     try:
         return PhotonManifest.model_validate(json.loads(raw))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise PhotonLoadError(f"{archive} has an invalid {MANIFEST}: {str(exc)[:1000]}") from exc
 
 
@@ -313,7 +313,7 @@ def verify_archive(archive: str | Path) -> PhotonManifest:
     try:
         with zipfile.ZipFile(archive) as zf:
             seen = {rel: _member_sha256(zf, info) for rel, info in _source_members(archive, zf).items()}
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
         raise PhotonLoadError(f"cannot read photon archive {archive}: {exc}") from exc
     if seen != manifest.files or manifest_sha256(manifest, seen) != manifest.sha256:
         raise PhotonLoadError("the archive does not match its manifest's sha256; it is corrupt or was altered")

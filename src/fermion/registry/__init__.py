@@ -13,21 +13,24 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..errors import ConflictError, NotFoundError, UserInputError, shorten
-from ..store import DeploymentRow, ModelVersionRow, Store
+from ..store import DEFAULT_PROJECT, DeploymentRow, ModelVersionRow, Store
 
 STAGES = ("none", "staging", "production", "archived")
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 MAX_VERSION = 2**31 - 1  # versions are stored as 32-bit integers (SQLite/PostgreSQL INTEGER)
 
 
 def register(s: Session, store: Store, home: Path, name: str, artifact: Path, metrics: dict[str, Any],
-             lineage: dict[str, Any]) -> ModelVersionRow:
+             lineage: dict[str, Any], project: str = DEFAULT_PROJECT) -> ModelVersionRow:
     """Copy ``artifact`` into the artifact store as the next version of ``name``."""
+    if not re.match(MODEL_NAME_PATTERN, name):  # it names a folder: never a path
+        raise UserInputError(f"invalid model name {shorten(name)!r}", hint="use lowercase letters, digits and '-'")
     version = (s.scalar(select(func.max(ModelVersionRow.version)).where(ModelVersionRow.name == name)) or 0) + 1
     dest = home / "artifacts" / name / f"v{version}"
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(artifact, dest)
-    row = ModelVersionRow(name=name, version=version, artifact_uri=str(dest), metrics=metrics, lineage=lineage,
+    shutil.copytree(artifact, dest, symlinks=True)  # a link the job left stays a link, never the file it points at
+    row = ModelVersionRow(name=name, version=version, project=project, artifact_uri=str(dest), metrics=metrics, lineage=lineage,
                           created_at=time.time())
     s.add(row)
     store.record(s, "model", f"{name}:{version}", "", "none", f"registered from {lineage.get('job', 'a job')}")

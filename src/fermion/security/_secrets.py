@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..errors import ConflictError, FermionError, UserInputError
-from ..store import DeploymentRow, JobRow, SecretRow, Store
+from ..store import DEFAULT_PROJECT, DeploymentRow, JobRow, SecretRow, Store
 
 MASTER_KEY_ENV = "FERMION_MASTER_KEY"
 KEY_FILE = "master.key"
@@ -53,6 +53,11 @@ class MissingSecretError(FermionError):
         super().__init__(message or f"secret {name!r} does not exist",
                          hint=hint or f"create it with `fermion secret set {name}`")
         self.name = name
+
+
+def secret_purpose(project: str, name: str) -> str:
+    """What a stored secret's ciphertext is bound to: its project and name."""
+    return f"secret:{project}/{name}"
 
 
 def env_purpose(kind: str, name: str) -> str:
@@ -201,15 +206,15 @@ class SecretBox:
     def is_sealed_env(self, stored_env: Mapping[str, str]) -> bool:
         return all(self.is_sealed(v) for v in stored_env.values())
 
-    def check_references(self, session: Session, env: Mapping[str, str]) -> None:
+    def check_references(self, session: Session, env: Mapping[str, str], project: str = DEFAULT_PROJECT) -> None:
         """Raise a 400 naming the first ``secret:NAME`` in a plain env that does not exist."""
         for key, value in env.items():
             name = secret_ref(value)
-            if name is not None and (not valid_secret_name(name) or session.get(SecretRow, name) is None):
+            if name is not None and (not valid_secret_name(name) or session.get(SecretRow, (project, name)) is None):
                 raise MissingSecretError(name, f"env {key} refers to secret {name!r}, which does not exist")
 
     def open_env(self, session: Session, stored_env: Mapping[str, str], purpose: str, *,
-                 missing_ok: bool = False) -> dict[str, str]:
+                 missing_ok: bool = False, project: str = DEFAULT_PROJECT) -> dict[str, str]:
         """A stored env as the process should see it: decrypted, with ``secret:NAME`` replaced by the
         secret's current value. A deleted secret raises MissingSecretError (or, with missing_ok,
         leaves its key out)."""
@@ -219,39 +224,40 @@ class SecretBox:
             if name is None:
                 out[key] = value
                 continue
-            row = session.get(SecretRow, name) if valid_secret_name(name) else None
+            row = session.get(SecretRow, (project, name)) if valid_secret_name(name) else None
             if row is None:
                 if missing_ok:
                     continue
                 raise MissingSecretError(name, f"env {key} refers to secret {name!r}, which no longer exists")
-            out[key] = self.open(row.ciphertext, f"secret:{name}")
+            out[key] = self.open(row.ciphertext, secret_purpose(project, name))
         return out
 
     # -- stored secrets ------------------------------------------------------------------------
-    def set_secret(self, session: Session, name: str, value: str) -> tuple[SecretRow, bool]:
+    def set_secret(self, session: Session, name: str, value: str,
+                   project: str = DEFAULT_PROJECT) -> tuple[SecretRow, bool]:
         """Create or replace a secret; returns the row and whether it was created."""
         if not valid_secret_name(name):
             raise UserInputError(f"invalid secret name {name!r}",
                                  hint="start with a letter or '_', then letters, digits, '_', '.', '-' (128 at most)")
         if len(value.encode()) > MAX_SECRET_BYTES:
             raise UserInputError(f"secret {name!r} is larger than {MAX_SECRET_BYTES // 1024} KiB")
-        row = session.get(SecretRow, name)
+        row = session.get(SecretRow, (project, name))
         now = time.time()
-        sealed = self.seal(value, f"secret:{name}")
+        sealed = self.seal(value, secret_purpose(project, name))
         if row is None:
-            row = SecretRow(name=name, ciphertext=sealed, created_at=now, updated_at=now)
+            row = SecretRow(project=project, name=name, ciphertext=sealed, created_at=now, updated_at=now)
             session.add(row)
             return row, True
         row.ciphertext, row.updated_at = sealed, now
         return row, False
 
-    def referrers(self, session: Session, name: str) -> list[str]:
+    def referrers(self, session: Session, name: str, project: str = DEFAULT_PROJECT) -> list[str]:
         """Live deployments and unfinished jobs whose env refers to secret ``name``."""
         ref = SECRET_REF + name
         out = [f"deployment {d.name}" for d in session.scalars(select(DeploymentRow)).all()
-               if d.status != "DELETING" and ref in self.plain_env(d.env, env_purpose("deployment", d.name)).values()]
+               if d.project == project and d.status != "DELETING" and ref in self.plain_env(d.env, env_purpose("deployment", d.name)).values()]
         out += [f"job {j.name}" for j in session.scalars(select(JobRow)).all()
-                if j.status not in FINISHED_JOB_STATES and ref in self.plain_env(j.env, env_purpose("job", j.name)).values()]
+                if j.project == project and j.status not in FINISHED_JOB_STATES and ref in self.plain_env(j.env, env_purpose("job", j.name)).values()]
         return out
 
     # -- rotation --------------------------------------------------------------------------------
@@ -260,7 +266,8 @@ class SecretBox:
         counts = {"secrets": 0, "deployments": 0, "jobs": 0}
         for row in session.scalars(select(SecretRow)).all():
             if self.key_of(row.ciphertext) != key_id:
-                row.ciphertext = self.seal(self.open(row.ciphertext, f"secret:{row.name}"), f"secret:{row.name}",
+                purpose = secret_purpose(row.project, row.name)
+                row.ciphertext = self.seal(self.open(row.ciphertext, purpose), purpose,
                                            key_id=key_id)
                 counts["secrets"] += 1
         for model, kind, counter in ((DeploymentRow, "deployment", "deployments"), (JobRow, "job", "jobs")):

@@ -1,6 +1,7 @@
 """The state store: SQLAlchemy models and sessions."""
 
 from ._models import (
+    DEFAULT_PROJECT,
     TERMINAL_STATES,
     AttemptRow,
     AuditRow,
@@ -8,29 +9,36 @@ from ._models import (
     DeploymentRow,
     EventRow,
     JobRow,
+    MembershipRow,
     ModelVersionRow,
     PhotonRow,
+    ProjectRow,
     ReplicaRow,
     SecretRow,
     TokenRow,
+    UserRow,
     new_id,
 )
 from ._store import Store, default_db_url
 
 __all__ = [
+    "DEFAULT_PROJECT",
     "TERMINAL_STATES",
     "AttemptRow",
     "AuditRow",
     "JobRow",
+    "MembershipRow",
     "ModelVersionRow",
     "CloudRow",
     "DeploymentRow",
     "EventRow",
     "PhotonRow",
+    "ProjectRow",
     "ReplicaRow",
     "SecretRow",
     "Store",
     "TokenRow",
+    "UserRow",
     "default_db_url",
     "new_id",
 ]

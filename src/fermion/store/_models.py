@@ -10,6 +10,9 @@ from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
+DEFAULT_PROJECT = "default"
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -48,6 +51,7 @@ class DeploymentRow(Base):
     public: Mapped[bool] = mapped_column(default=False)
     idempotent: Mapped[bool] = mapped_column(default=True)
     rate_limit: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    project: Mapped[str] = mapped_column(String(100), default=DEFAULT_PROJECT, index=True)
     token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str] = mapped_column(String(20), default="DEPLOYING")  # DEPLOYING|READY|DEGRADED|FAILED
     status_reason: Mapped[str] = mapped_column(Text, default="")
@@ -89,12 +93,45 @@ class EventRow(Base):
 
 
 class TokenRow(Base):
+    """A bearer token of a user: scoped to one project (or, unscoped, to all of the user's), with a
+    role that caps the user's own; it may expire and be revoked. Only its sha256 is stored."""
+
     __tablename__ = "tokens"
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("t"))
     name: Mapped[str] = mapped_column(String(100))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    role: Mapped[str] = mapped_column(String(20), default="admin")
+    role: Mapped[str] = mapped_column(String(20), default="admin")  # admin | editor | viewer
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    user: Mapped[str] = mapped_column(String(100), default="admin")
+    project: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class UserRow(Base):
+    """Someone who holds tokens. A server admin may do anything; others act through memberships."""
+
+    __tablename__ = "users"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    admin: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class ProjectRow(Base):
+    """Every deployment, job, model and secret belongs to one project."""
+
+    __tablename__ = "projects"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class MembershipRow(Base):
+    """A user's role in a project: admin, editor or viewer."""
+
+    __tablename__ = "memberships"
+    user: Mapped[str] = mapped_column(ForeignKey("users.name"), primary_key=True)
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(20))
 
 
 class JobRow(Base):
@@ -118,6 +155,7 @@ class JobRow(Base):
     result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
     updated_at: Mapped[float] = mapped_column(Float, default=time.time)
+    project: Mapped[str] = mapped_column(String(100), default=DEFAULT_PROJECT, index=True)
 
 
 class AttemptRow(Base):
@@ -146,15 +184,18 @@ class ModelVersionRow(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    project: Mapped[str] = mapped_column(String(100), default=DEFAULT_PROJECT, index=True)
 
 
 TERMINAL_STATES = frozenset({"TERMINATED", "FAILED"})
 
 
 class SecretRow(Base):
-    """A named secret; only its AES-GCM ciphertext is stored (the key lives outside the database)."""
+    """A named secret of a project; only its AES-GCM ciphertext is stored (the key lives outside
+    the database). ``secret:NAME`` in an env refers to the secret NAME of the same project."""
 
-    __tablename__ = "secrets"
+    __tablename__ = "project_secrets"
+    project: Mapped[str] = mapped_column(String(100), primary_key=True, default=DEFAULT_PROJECT)
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     ciphertext: Mapped[str] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)

@@ -1,0 +1,72 @@
+"""What a workload controls cannot reach the server: its environment stays inside the sandbox,
+links it plants in its folder are not followed, and it mounts only its own project's models."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from fermion.clouds import CloudConfig, Isolation, LocalCloud, ReplicaHandle
+from fermion.clouds._sandbox import Confinement, workload_env
+from fermion.controllers import DeploymentController
+from fermion.gateway import RoutingTable
+from fermion.store import ModelVersionRow, Store, default_db_url
+
+ISOLATION = Isolation()
+
+
+@pytest.mark.skipif(ISOLATION.bwrap is None, reason="bubblewrap cannot run on this machine")
+def test_the_workload_env_never_reaches_the_processes_outside_the_sandbox(tmp_path: Path) -> None:
+    env = workload_env({"LD_PRELOAD": "/nonexistent/evil.so", "API_KEY": "zz-secret-value-zz"}, {}, tmp_path)
+    proc, pid = ISOLATION.start(["/bin/sh", "-c", "echo inside=$API_KEY; sleep 30"], env,
+                                Confinement(workdir=tmp_path), tmp_path / "log", "t-env")
+    try:
+        deadline = time.monotonic() + 10
+        while "inside=" not in (tmp_path / "log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "inside=zz-secret-value-zz" in (tmp_path / "log").read_text()
+        outside = [proc.pid, pid]  # bwrap itself and the sandbox's init: both started outside it
+        for p in outside:
+            environ = Path(f"/proc/{p}/environ").read_bytes()
+            cmdline = Path(f"/proc/{p}/cmdline").read_bytes()
+            assert b"LD_PRELOAD" not in environ and b"zz-secret-value-zz" not in environ
+            assert b"zz-secret-value-zz" not in cmdline  # not in `ps` either
+    finally:
+        os.killpg(os.getpgid(pid), 9)
+        proc.wait()
+
+
+def test_links_planted_in_a_workload_folder_are_not_followed(tmp_path: Path) -> None:
+    secret = tmp_path / "server-home" / "cli.json"
+    secret.parent.mkdir()
+    secret.write_text('{"token": "TOPSECRET"}')
+    cloud = LocalCloud(CloudConfig(name="c"), tmp_path / "workloads", server_home=secret.parent)
+    workdir = cloud.root / "r-1"
+    workdir.mkdir(parents=True)
+    (workdir / "replica.log").symlink_to(secret)
+    (workdir / "port").symlink_to("/dev/zero")
+    handle = ReplicaHandle(pid=2**22 + 17, workdir=workdir)
+    assert "TOPSECRET" not in cloud.logs(handle)
+    assert cloud.poll(handle) == (False, None)  # and no endless read of /dev/zero
+    os.mkfifo(workdir / "job.log")
+    assert cloud.logs(handle) == ""  # a FIFO would have hung the reader
+
+
+def test_a_workload_mounts_only_its_own_projects_models(tmp_path: Path) -> None:
+    store = Store(default_db_url(tmp_path))
+    mine, theirs = tmp_path / "artifacts" / "mine" / "v1", tmp_path / "artifacts" / "theirs" / "v1"
+    for path, project in ((mine, "a"), (theirs, "b")):
+        path.mkdir(parents=True)
+        with store.session() as s:
+            s.add(ModelVersionRow(name=path.parent.name, version=1, artifact_uri=str(path), project=project))
+    controller = DeploymentController(store, {}, RoutingTable())
+    with store.session() as s:
+        assert controller.artifact_mounts(s, str(mine), "a") == [mine.resolve()]
+        assert controller.artifact_mounts(s, str(mine / "encoder/.."), "a") == [mine.resolve()]
+        assert controller.artifact_mounts(s, str(theirs), "a") == []
+        assert controller.artifact_mounts(s, str(tmp_path / "artifacts"), "a") == []  # not the whole store
+        assert controller.artifact_mounts(s, "/", "a") == []
+    store.close()
