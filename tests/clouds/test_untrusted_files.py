@@ -4,6 +4,7 @@ links it plants in its folder are not followed, and it mounts only its own proje
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -70,3 +71,19 @@ def test_a_workload_mounts_only_its_own_projects_models(tmp_path: Path) -> None:
         assert controller.artifact_mounts(s, str(tmp_path / "artifacts"), "a") == []  # not the whole store
         assert controller.artifact_mounts(s, "/", "a") == []
     store.close()
+
+
+@pytest.mark.skipif(Isolation().pids_root is None, reason="no writable pids cgroup on this machine")
+def test_a_fork_bomb_stops_at_the_task_limit(tmp_path: Path) -> None:
+    isolation = Isolation(max_tasks=40)
+    spawn = ("import subprocess\nkids = []\n"
+             "try:\n    for _ in range(200):\n        kids.append(subprocess.Popen(['sleep', '30']))\n"
+             "except OSError as exc:\n    print('refused', type(exc).__name__)\n"
+             "print('started', len(kids), flush=True)\nfor k in kids:\n    k.kill()\n")
+    env = workload_env({}, {}, tmp_path)
+    proc, _ = isolation.start([sys.executable, "-c", spawn], env, Confinement(workdir=tmp_path), tmp_path / "log", "t-bomb")
+    proc.wait(60)
+    out = (tmp_path / "log").read_text()
+    started = int(out.split("started ")[1].split()[0])
+    assert "refused" in out and 10 < started < 40, out
+    isolation.release("t-bomb")

@@ -7,6 +7,8 @@
   home and every other workload's folder are hidden under empty tmpfs; as root, every
   capability is dropped (with them, a workload could unmount the tmpfs).
 - Where a memory cgroup is writable: the declared memory is a hard limit.
+- Where a pids cgroup is writable: a workload runs at most MAX_TASKS processes and threads (a
+  fork bomb stops there, not at the host's limit).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import select
+import shlex
 import shutil
 import signal
 import stat
@@ -33,7 +36,9 @@ INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HF_HUB_OFFLINE", "
                  "HF_DATASETS_OFFLINE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM",
                  "CUDA_VISIBLE_DEVICES")
 CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")
+CGROUP_V1_PIDS = Path("/sys/fs/cgroup/pids")
 CGROUP_V2 = Path("/sys/fs/cgroup")
+MAX_TASKS = 1024  # processes and threads per workload; torch and a thread pool use well under 200
 
 
 @dataclass
@@ -98,11 +103,12 @@ def _bwrap_binary() -> str | None:
         return shutil.which("bwrap")
 
 
-def _memory_cgroup_root() -> tuple[Path, str] | None:
-    """A folder under which Fermion may create memory cgroups, and their version."""
-    candidates = [(CGROUP_V1_MEMORY, "v1")]
+def _cgroup_root(controller: str, v1_root: Path, limit_files: tuple[str, str],
+                 probe_value: int) -> tuple[Path, str] | None:
+    """A folder under which Fermion may create cgroups of ``controller``, and their version."""
+    candidates = [(v1_root, "v1")]
     try:
-        if "memory" in (CGROUP_V2 / "cgroup.controllers").read_text().split():
+        if controller in (CGROUP_V2 / "cgroup.controllers").read_text().split():
             candidates.append((CGROUP_V2, "v2"))
     except OSError:
         pass
@@ -110,8 +116,7 @@ def _memory_cgroup_root() -> tuple[Path, str] | None:
         probe = root / "fermion" / f"probe-{uuid.uuid4().hex[:8]}"
         try:
             probe.mkdir(parents=True)
-            limit_file = probe / ("memory.limit_in_bytes" if version == "v1" else "memory.max")
-            limit_file.write_text(str(256 << 20))
+            (probe / limit_files[0 if version == "v1" else 1]).write_text(str(probe_value))
             probe.rmdir()
             return root / "fermion", version
         except OSError:
@@ -144,10 +149,16 @@ def _read_to_end(fd: int, timeout_s: float) -> bytes:
 class Isolation:
     """What this machine allows, probed once per server."""
 
-    def __init__(self, *, sandbox: bool = True, memory_limits: bool = True) -> None:
+    def __init__(self, *, sandbox: bool = True, memory_limits: bool = True, task_limits: bool = True,
+                 max_tasks: int = MAX_TASKS) -> None:
         self.bwrap = self._working_bwrap() if sandbox else None
-        found = _memory_cgroup_root() if memory_limits else None
+        found = _cgroup_root("memory", CGROUP_V1_MEMORY, ("memory.limit_in_bytes", "memory.max"), 256 << 20) \
+            if memory_limits else None
         self.cgroup_root, self.cgroup_version = found if found else (None, None)
+        found = _cgroup_root("pids", CGROUP_V1_PIDS, ("pids.max", "pids.max"), 64) if task_limits else None
+        self.pids_root = found[0] if found else None
+        self.max_tasks = max_tasks
+        self._prune()
         self.as_root = os.geteuid() == 0
 
     @staticmethod
@@ -168,6 +179,7 @@ class Isolation:
     def describe(self) -> str:
         parts = ["sandbox: bubblewrap" if self.bwrap else "sandbox: none (clean environment only)"]
         parts.append(f"memory limits: cgroup {self.cgroup_version}" if self.cgroup_root else "memory limits: none")
+        parts.append(f"at most {self.max_tasks} tasks each" if self.pids_root else "task limits: none")
         return "; ".join(parts)
 
     # -- starting a confined process ------------------------------------------------------
@@ -193,9 +205,10 @@ class Isolation:
             argv = [self.bwrap, "--args", str(args_file.fileno()), *self._bwrap_args(confinement),
                     "--info-fd", str(write_fd), "--", *argv]
             outside_env = {"PATH": "/usr/bin:/bin"}
-        cgroup = self._cgroup_for(name, confinement.memory_bytes)
-        if cgroup is not None:  # join the cgroup before exec, so nothing runs unlimited
-            argv = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cgroup), *argv]
+        cgroups = [g for g in (self._cgroup_for(name, confinement.memory_bytes), self._pids_cgroup_for(name)) if g]
+        if cgroups:  # join the cgroups before exec, so nothing runs unlimited
+            joins = " && ".join(f"echo $$ > {shlex.quote(str(g / 'cgroup.procs'))}" for g in dict.fromkeys(cgroups))
+            argv = ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *argv]
         try:
             with log_path.open("ab") as out:
                 proc = subprocess.Popen(argv, cwd=confinement.workdir, env=outside_env, stdout=out,
@@ -255,6 +268,18 @@ class Isolation:
             return None
         return cgroup
 
+    def _pids_cgroup_for(self, name: str) -> Path | None:
+        if self.pids_root is None:
+            return None
+        cgroup = self.pids_root / name  # in v2, the same folder as the memory cgroup
+        try:
+            cgroup.mkdir(parents=True, exist_ok=True)
+            (cgroup / "pids.max").write_text(str(self.max_tasks))
+        except OSError as exc:
+            log.warning("cannot limit the tasks of %s: %s", name, exc)
+            return None
+        return cgroup
+
     def oom_killed(self, name: str) -> bool:
         """Whether the kernel killed something in the workload's cgroup for using too much memory."""
         if self.cgroup_root is None:
@@ -267,10 +292,18 @@ class Isolation:
         counts = dict(line.split()[:2] for line in text.splitlines() if len(line.split()) >= 2)
         return int(counts.get("oom_kill", "0")) > 0
 
+    def _prune(self, min_age_s: float = 60.0) -> None:
+        """Remove the cgroups of workloads that ended while no server watched them. The kernel
+        refuses to remove one that still holds a process; the age spares one just being set up."""
+        now = time.time()
+        for root in {self.cgroup_root, self.pids_root} - {None}:
+            for cgroup in root.iterdir() if root.is_dir() else ():
+                with contextlib.suppress(OSError):
+                    if cgroup.is_dir() and now - cgroup.stat().st_mtime > min_age_s:
+                        cgroup.rmdir()
+
     def release(self, name: str) -> None:
-        """Remove the workload's cgroup once nothing runs in it."""
-        if self.cgroup_root is not None:
-            try:
-                (self.cgroup_root / name).rmdir()
-            except OSError:
-                pass
+        """Remove the workload's cgroups once nothing runs in them."""
+        for root in {self.cgroup_root, self.pids_root} - {None}:
+            with contextlib.suppress(OSError):
+                (root / name).rmdir()
