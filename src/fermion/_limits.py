@@ -4,16 +4,13 @@ and bounded size, so one slow or greedy client cannot hold a connection or fill 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from .errors import send_error
+from .types import ASGIApp, Receive, Scope, Send
 
 HEADER_TIMEOUT_S = 10.0  # from the first byte of a request to the end of its head
 BODY_IDLE_TIMEOUT_S = 30.0  # longest pause between two pieces of a body
@@ -39,20 +36,30 @@ def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
+def body_deadline() -> float:
+    """When a body that starts arriving now must have arrived whole (loop time)."""
+    return asyncio.get_running_loop().time() + BODY_TOTAL_TIMEOUT_S
+
+
+async def receive_in_time(receive: Receive, idle_timeout_s: float, deadline: float) -> MutableMapping[str, Any]:
+    """The next piece of a body, or BodyTimeout after a pause of ``idle_timeout_s`` or past ``deadline``."""
+    try:
+        async with asyncio.timeout(min(idle_timeout_s, max(0.0, deadline - asyncio.get_running_loop().time()))):
+            return await receive()
+    except TimeoutError:
+        raise BodyTimeout(f"the request body did not arrive in time (a pause over {idle_timeout_s:g}s, or over "
+                          f"{BODY_TOTAL_TIMEOUT_S:g}s in all)") from None
+
+
 async def read_body(headers: list[tuple[bytes, bytes]], receive: Receive, limit: int, idle_timeout_s: float) -> bytes:
     """The whole request body, refused past ``limit`` bytes or a pause of ``idle_timeout_s``."""
     length = declared_length(headers)
     if length is not None and length > limit:
         raise BodyTooLarge(f"request body of {length} bytes is over the limit of {limit} bytes")
     chunks, size = [], 0
-    deadline = asyncio.get_running_loop().time() + BODY_TOTAL_TIMEOUT_S
+    deadline = body_deadline()
     while True:
-        try:
-            async with asyncio.timeout(min(idle_timeout_s, max(0.0, deadline - asyncio.get_running_loop().time()))):
-                message = await receive()
-        except TimeoutError:
-            raise BodyTimeout(f"the request body did not arrive in time (a pause over {idle_timeout_s:g}s, or over "
-                              f"{BODY_TOTAL_TIMEOUT_S:g}s in all)") from None
+        message = await receive_in_time(receive, idle_timeout_s, deadline)
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -62,12 +69,7 @@ async def read_body(headers: list[tuple[bytes, bytes]], receive: Receive, limit:
             return b"".join(chunks)
 
 
-async def _error(send: Send, status: int, kind: str, message: str) -> None:
-    body = json.dumps({"error": {"type": kind, "message": message}}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+_CLOSE = ((b"connection", b"close"),)  # a refused body may still be on the connection: never read it as a request
 
 
 def limit_bodies(app: ASGIApp, *, limit: int = API_MAX_BODY, upload_limit: int = API_MAX_UPLOAD,
@@ -81,13 +83,14 @@ def limit_bodies(app: ASGIApp, *, limit: int = API_MAX_BODY, upload_limit: int =
         cap = upload_limit if scope["path"] in upload_paths else limit
         length = declared_length(scope["headers"])
         if length is not None and length > cap:
-            return await _error(send, 413, "PayloadTooLarge", f"request body of {length} bytes is over the limit of {cap} bytes")
+            return await send_error(send, 413, f"request body of {length} bytes is over the limit of {cap} bytes",
+                                    "PayloadTooLarge", _CLOSE)
         state = {"size": 0, "refused": False, "started": False}
-        deadline = asyncio.get_running_loop().time() + BODY_TOTAL_TIMEOUT_S
+        deadline = body_deadline()
 
         async def refuse(status: int, kind: str, message: str) -> MutableMapping[str, Any]:
             if not state["started"]:
-                await _error(send, status, kind, message)
+                await send_error(send, status, message, kind, _CLOSE)
             state["refused"] = True
             return {"type": "http.disconnect"}
 
@@ -95,11 +98,9 @@ def limit_bodies(app: ASGIApp, *, limit: int = API_MAX_BODY, upload_limit: int =
             if state["refused"]:
                 return {"type": "http.disconnect"}
             try:
-                async with asyncio.timeout(min(idle_timeout_s, max(0.0, deadline - asyncio.get_running_loop().time()))):
-                    message = await receive()
-            except TimeoutError:
-                return await refuse(408, "RequestTimeout", f"the request body did not arrive in time (a pause over "
-                                    f"{idle_timeout_s:g}s, or over {BODY_TOTAL_TIMEOUT_S:g}s in all)")
+                message = await receive_in_time(receive, idle_timeout_s, deadline)
+            except BodyTimeout as exc:
+                return await refuse(408, "RequestTimeout", str(exc))
             state["size"] += len(message.get("body", b""))
             if state["size"] > cap:
                 return await refuse(413, "PayloadTooLarge", f"request body is over the limit of {cap} bytes")

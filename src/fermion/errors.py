@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from typing import Any
+
 
 def shorten(value: str, limit: int = 80) -> str:
     """``value`` cut to ``limit`` characters (plus "…"), so that user input echoed in a message stays short."""
     return value if len(value) <= limit else value[:limit] + "…"
+
+
+def error_body(message: str, kind: str = "Error", detail: Any = None) -> bytes:
+    """The JSON body of every error Fermion answers; the message is capped, as it may quote the client's input."""
+    body: dict[str, Any] = {"error": {"type": kind, "message": shorten(message, 500)}}
+    if detail is not None:
+        body["detail"] = detail
+    return json.dumps(body, default=str).encode()
+
+
+async def send_error(send: Any, status: int, message: str, kind: str,
+                     headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """Answer an error on a raw ASGI ``send`` (for the layers in front of FastAPI)."""
+    body = error_body(message, kind)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class FermionError(Exception):

@@ -21,8 +21,9 @@ from ..store import (
     TokenRow,
     UserRow,
 )
-from ._principal import RANK, Principal, authenticate
-from ._schemas import ERROR_RESPONSES, NAME_PATTERN
+from ..types import NAME_PATTERN
+from ._principal import RANK, Principal, authenticate, require_project
+from ._schemas import ERROR_RESPONSES
 
 router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES, dependencies=[Depends(authenticate)])
 
@@ -196,15 +197,6 @@ class MemberSpec(BaseModel):
     role: Role
 
 
-def _project(s, name: str, me: Principal, role: str) -> ProjectRow:  # noqa: ANN001
-    row = s.get(ProjectRow, name)
-    hidden = NotFoundError(f"no project named {shorten(name)!r}", hint="see `fermion project list`")
-    if row is None:
-        raise hidden
-    me.require(name, role, hidden)
-    return row
-
-
 @router.post("/projects", status_code=201)
 def create_project(request: Request, spec: ProjectSpec, me: Principal = Depends(authenticate)) -> dict[str, Any]:
     me.require_admin()
@@ -227,7 +219,7 @@ def list_projects(request: Request, me: Principal = Depends(authenticate)) -> li
 @router.get("/projects/{name}")
 def show_project(request: Request, name: str, me: Principal = Depends(authenticate)) -> dict[str, Any]:
     with _platform(request).store.session() as s:
-        row = _project(s, name, me, "viewer")
+        row = require_project(s, name, me, "viewer")
         members = {m.user: m.role for m in s.scalars(select(MembershipRow).where(MembershipRow.project == name))}
         counts = {kind: len(s.scalars(select(model.name).where(model.project == name)).all())
                   for kind, model in (("deployments", DeploymentRow), ("jobs", JobRow), ("secrets", SecretRow))}
@@ -240,7 +232,7 @@ def delete_project(request: Request, name: str, me: Principal = Depends(authenti
     me.require_admin()
     p = _platform(request)
     with p.store.session() as s:
-        _project(s, name, me, "admin")
+        require_project(s, name, me, "admin")
         if name == "default":
             raise ConflictError("the default project cannot be deleted")
         for kind, model in (("deployments", DeploymentRow), ("jobs", JobRow), ("models", ModelVersionRow),
@@ -261,7 +253,7 @@ def set_member(request: Request, name: str, user: str, spec: MemberSpec,
     """Give ``user`` a role in the project (project admins and server admins)."""
     p = _platform(request)
     with p.store.session() as s:
-        _project(s, name, me, "admin")
+        require_project(s, name, me, "admin")
         if s.get(UserRow, user) is None:
             raise NotFoundError(f"no user named {shorten(user)!r}", hint="a server admin creates users")
         row = s.get(MembershipRow, (user, name))
@@ -278,7 +270,7 @@ def set_member(request: Request, name: str, user: str, spec: MemberSpec,
 def remove_member(request: Request, name: str, user: str, me: Principal = Depends(authenticate)) -> dict[str, Any]:
     p = _platform(request)
     with p.store.session() as s:
-        _project(s, name, me, "admin")
+        require_project(s, name, me, "admin")
         row = s.get(MembershipRow, (user, name))
         if row is None:
             raise NotFoundError(f"{shorten(user)!r} is not a member of {name!r}")

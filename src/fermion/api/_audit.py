@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import anyio
@@ -18,15 +18,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..security import hash_token
+from ..security import bearer_digest
 from ..store import AuditRow, Store, TokenRow
+from ..types import ASGIApp, Receive, Scope, Send
 from ._auth import caller, require_token
 from ._schemas import ERROR_RESPONSES
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 GENESIS = "0" * 64
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -58,9 +54,9 @@ def record_hash(prev_hash: str, row: AuditRow) -> str:
 
 
 def _actor(s: Session, authorization: str) -> str:
-    if not authorization.lower().startswith("bearer "):
+    digest = bearer_digest(authorization)
+    if digest is None:
         return "anonymous"
-    digest = hash_token(authorization[7:].strip())
     name = s.scalars(select(TokenRow.user).where(TokenRow.token_hash == digest)).first()
     return name if name is not None else "unknown"
 

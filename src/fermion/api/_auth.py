@@ -6,7 +6,6 @@ from fastapi import Request
 
 from ._principal import Principal, authenticate
 
-
 require_token = authenticate  # FastAPI dependency: the calling Principal, or a 401
 
 

@@ -16,11 +16,12 @@ from .. import registry
 from ..clouds import ReplicaHandle, read_untrusted
 from ..errors import ConflictError, NotFoundError, UserInputError, shorten
 from ..security import env_purpose
-from ..store import AttemptRow, JobRow, ModelVersionRow, ProjectRow
+from ..store import AttemptRow, JobRow, ModelVersionRow
 from ..train import FinetuneConfig
+from ..types import NAME_PATTERN
 from ._auth import caller, require_token
-from ._principal import Principal
-from ._schemas import ERROR_RESPONSES, NAME_PATTERN, Resources
+from ._principal import Principal, require_project
+from ._schemas import ERROR_RESPONSES, Resources
 
 router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
 
@@ -71,10 +72,7 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
     if spec.workers > 1 and Path(command[0]).name not in ("python", "python3"):
         raise UserInputError("--workers needs a Python command", hint="e.g. -- python train.py")
     with p.store.session() as s:
-        hidden = NotFoundError(f"no project named {shorten(project)!r}", hint="see `fermion project list`")
-        if s.get(ProjectRow, project) is None:
-            raise hidden
-        me.require(project, "editor", hidden)
+        require_project(s, project, me, "editor")
         if s.get(JobRow, spec.name) is not None:
             raise ConflictError(f"job {spec.name!r} exists", hint="pick another name or delete the old job")
         model = spec.model_name or spec.name

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from ..errors import AuthError, NotFoundError, PermissionDeniedError
-from ..security import hash_token
-from ..store import MembershipRow, TokenRow, UserRow
+from ..errors import AuthError, NotFoundError, PermissionDeniedError, shorten
+from ..security import bearer_digest
+from ..store import MembershipRow, ProjectRow, TokenRow, UserRow
 
 ROLES = ("viewer", "editor", "admin")
 RANK = {role: i for i, role in enumerate(ROLES)}
@@ -83,16 +84,44 @@ class Principal:
         return "default"
 
 
+def require_project(s: Session, name: str, me: Principal, role: str) -> ProjectRow:
+    """The project, if it exists and the caller has ``role`` in it; else a 404 (existence does
+    not leak) or a 403."""
+    row = s.get(ProjectRow, name)
+    hidden = NotFoundError(f"no project named {shorten(name)!r}", hint="see `fermion project list`")
+    if row is None:
+        raise hidden
+    me.require(name, role, hidden)
+    return row
+
+
 _bearer = HTTPBearer(auto_error=False, description="an API token (`fermion token create`)")
 
 
+def live_token_row(s: Session, authorization: str) -> TokenRow:
+    """The token in an ``Authorization`` header value if it is known, not revoked and not expired;
+    else AuthError saying which."""
+    digest = bearer_digest(authorization)
+    if digest is None:
+        raise AuthError("missing bearer token", hint="send 'Authorization: Bearer <token>' (see `fermion login`)")
+    token = s.scalars(select(TokenRow).where(TokenRow.token_hash == digest)).first()
+    if token is None:
+        raise AuthError("invalid token")
+    if token.revoked_at is not None:
+        raise AuthError("this token was revoked", hint="ask for a new one (`fermion token create`)")
+    if token.expires_at is not None and token.expires_at <= time.time():
+        raise AuthError("this token has expired", hint="ask for a new one (`fermion token create`)")
+    return token
+
+
 def live_token(store, authorization: str) -> bool:  # noqa: ANN001
-    """Whether the header carries a token that is known, not revoked and not expired."""
-    if not authorization.lower().startswith("bearer "):
-        return False
+    """Whether the header value carries a live token (see live_token_row)."""
     with store.session() as s:
-        t = s.scalars(select(TokenRow).where(TokenRow.token_hash == hash_token(authorization[7:].strip()))).first()
-        return t is not None and t.revoked_at is None and (t.expires_at is None or t.expires_at > time.time())
+        try:
+            live_token_row(s, authorization)
+        except AuthError:
+            return False
+        return True
 
 
 def authenticate(request: Request, _declared: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Principal:
@@ -101,19 +130,8 @@ def authenticate(request: Request, _declared: HTTPAuthorizationCredentials | Non
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
-    auth = request.headers.get("authorization", "")
-    if not auth.lower().startswith("bearer "):
-        raise AuthError("missing bearer token", hint="send 'Authorization: Bearer <token>' (see `fermion login`)")
-    digest = hash_token(auth[7:].strip())
-    store = request.app.state.platform.store
-    with store.session() as s:
-        token = s.scalars(select(TokenRow).where(TokenRow.token_hash == digest)).first()
-        if token is None:
-            raise AuthError("invalid token")
-        if token.revoked_at is not None:
-            raise AuthError("this token was revoked", hint="ask for a new one (`fermion token create`)")
-        if token.expires_at is not None and token.expires_at <= time.time():
-            raise AuthError("this token has expired", hint="ask for a new one (`fermion token create`)")
+    with request.app.state.platform.store.session() as s:
+        token = live_token_row(s, request.headers.get("authorization", ""))
         user = s.get(UserRow, token.user)
         if user is None:
             raise AuthError("this token's user no longer exists")

@@ -26,14 +26,13 @@ from ..store import (
     JobRow,
     ModelVersionRow,
     PhotonRow,
-    ProjectRow,
     ReplicaRow,
 )
+from ..types import NAME_PATTERN
 from ._auth import caller, require_token
-from ._principal import Principal
+from ._principal import Principal, require_project
 from ._schemas import (
     ERROR_RESPONSES,
-    NAME_PATTERN,
     CloudOut,
     DeploymentOut,
     DeploymentSpec,
@@ -177,15 +176,12 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
     with p.store.session() as s:
         d = s.get(DeploymentRow, name)
         project = spec.project or (d.project if d is not None else me.default_project())
-        hidden = NotFoundError(f"no project named {shorten(project)!r}", hint="see `fermion project list`")
         if d is not None:  # the name is taken: only its project's editors may touch it
             me.require(d.project, "editor", NotFoundError(f"deployment name {name!r} is taken", hint="pick another"))
             if project != d.project:
                 raise ConflictError(f"deployment {name!r} belongs to project {d.project!r}",
                                     hint="a deployment cannot move between projects; delete it first")
-        if s.get(ProjectRow, project) is None:
-            raise hidden
-        me.require(project, "editor", hidden)
+        require_project(s, project, me, "editor")
         photon = s.get(PhotonRow, spec.photon)
         if photon is None:
             raise NotFoundError(f"no photon with sha256 {shorten(spec.photon)}", hint="upload it first (`fermion deploy` does)")

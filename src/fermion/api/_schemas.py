@@ -6,8 +6,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-
 
 class ErrorBody(BaseModel):
     type: str

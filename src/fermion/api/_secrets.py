@@ -10,8 +10,9 @@ from sqlalchemy import select
 
 from ..errors import ConflictError, NotFoundError, shorten
 from ..security import SECRET_NAME_PATTERN
-from ..store import ProjectRow, SecretRow
+from ..store import SecretRow
 from ._auth import caller, require_token
+from ._principal import require_project
 from ._schemas import ERROR_RESPONSES
 
 router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
@@ -43,9 +44,7 @@ def put_secret(request: Request, name: Annotated[str, Path(pattern=f"^{SECRET_NA
     me = caller(request)
     project = body.project or me.default_project()
     with p.store.session() as s:
-        if s.get(ProjectRow, project) is None:
-            raise _hidden(name, project)
-        me.require(project, "editor", _hidden(name, project))
+        require_project(s, project, me, "editor")
         row, created = p.secrets.set_secret(s, name, body.value, project)
         p.store.record(s, "secret", name[:100], "", "created" if created else "replaced", "")
         return {**_out(row), "created": created}

@@ -12,10 +12,10 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import select
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .. import __version__
 from .._limits import UPLOAD_PATHS, limit_bodies
@@ -27,12 +27,12 @@ from ..photon._routes import error_response, validation_error_response
 from ..security import SecretBox, hash_token, new_token
 from ..store import DEFAULT_PROJECT, CloudRow, ProjectRow, Store, TokenRow, UserRow
 from ._access import router as access_router
-from ._principal import Principal, live_token
 from ._audit import audit_requests
 from ._audit import router as audit_router
 from ._auth import require_token
 from ._jobs import on_job_success
 from ._jobs import router as jobs_router
+from ._principal import Principal, live_token
 from ._routes import router
 from ._secrets import router as secrets_router
 
@@ -74,9 +74,8 @@ class Platform:
                     self.store.record(s, "cloud", c.name, "", "healthy", "configured")
                 else:
                     row.config, row.health, row.health_reason = c.model_dump(), "healthy", ""
-        self.gateway_admins: dict[str, float | None] = {}  # server admin tokens: digest -> expiry
+        self.gateway = Gateway(self.table, self.registry, {})
         self.refresh_gateway_admins()
-        self.gateway = Gateway(self.table, self.registry, self.gateway_admins)
         self.controller = DeploymentController(self.store, self.clouds, self.table,
                                                open_env=lambda s, env, purpose, project: self.secrets.open_env(
                                                    s, env, purpose, project=project))
@@ -91,9 +90,7 @@ class Platform:
             live = {t.token_hash: t.expires_at for t in s.scalars(select(TokenRow).where(
                 TokenRow.revoked_at.is_(None), TokenRow.project.is_(None), TokenRow.role == "admin")).all()
                 if t.user in admins}
-        self.gateway_admins = live
-        if hasattr(self, "gateway"):  # one assignment: the gateway never sees a half-built map
-            self.gateway.admin_token_hashes = live
+        self.gateway.admin_token_hashes = live  # one assignment: the gateway never sees a half-built map
 
     def bootstrap_admin_token(self) -> str | None:
         """On the first start, create the admin token and return it (the only time it is seen)."""

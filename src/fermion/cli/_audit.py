@@ -27,7 +27,7 @@ def parse_since(value: str, now: float | None = None) -> float:
 
 
 def audit(
-    actor: Annotated[str | None, typer.Option(help="Only calls by this token name (or 'anonymous').")] = None,
+    actor: Annotated[str | None, typer.Option(help="Only calls by this user (or 'anonymous').")] = None,
     target: Annotated[str | None, typer.Option(help="Only this object, e.g. deployment/web.")] = None,
     method: Annotated[str | None, typer.Option(help="Only this HTTP method, e.g. DELETE.")] = None,
     since: Annotated[str | None, typer.Option(help="Seconds ago (3600) or an ISO time.")] = None,

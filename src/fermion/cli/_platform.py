@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import httpx
 
+from .._files import write_atomic
 from ..client import Client
 from ..config import fermion_home
 from ..errors import AuthError, TransportError
@@ -20,10 +21,7 @@ CREDENTIALS = "cli.json"
 def save_credentials(url: str, token: str, home: Path | None = None, ca: str | None = None) -> Path:
     """Write cli.json (mode 0600); ``ca`` is a certificate file the CLI verifies an https server with."""
     path = (home or fermion_home()) / CREDENTIALS
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already exists
-    with os.fdopen(fd, "w") as f:
-        json.dump({"url": url, "token": token, **({"ca": ca} if ca else {})}, f)
+    write_atomic(path, json.dumps({"url": url, "token": token, **({"ca": ca} if ca else {})}), 0o600)
     return path
 
 

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import UserInputError
+from ..types import NAME_PATTERN
 
 
 class Capacity(BaseModel):
@@ -38,7 +39,7 @@ class Pricing(BaseModel):
 
 class CloudConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    name: str = Field(pattern=NAME_PATTERN)
     kind: Literal["local"] = "local"
     regions: list[str] = Field(default_factory=lambda: ["local"])
     capacity: Capacity = Field(default_factory=Capacity)

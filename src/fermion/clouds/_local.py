@@ -10,9 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .._files import write_atomic
 from ._base import ProvisionError, ReplicaHandle, ReplicaSpec
 from ._config import CloudConfig
-from ._sandbox import Confinement, Isolation, Mount, read_untrusted, workload_env, write_private
+from ._sandbox import Confinement, Isolation, Mount, read_untrusted, workload_env
 
 SECRET_FILE = ".replica-secret"
 LOG_TAIL_BYTES = 2 << 20
@@ -50,7 +51,7 @@ class LocalCloud:
         except OSError as exc:
             raise ProvisionError(f"cannot start {command[0]!r}: {exc}") from exc
         self._children[pid] = proc
-        write_private(confinement.workdir / "pid", str(pid))
+        write_atomic(confinement.workdir / "pid", str(pid))  # never through a link the workload planted
         return ReplicaHandle(pid=pid, workdir=confinement.workdir)
 
     def _refuse_if_down(self, what: str) -> None:
@@ -75,7 +76,7 @@ class LocalCloud:
         ]
         if spec.secret:
             secret_file = workdir / SECRET_FILE
-            write_private(secret_file, spec.secret, 0o600)
+            write_atomic(secret_file, spec.secret, 0o600)
             cmd += ["--auth-secret-file", str(secret_file)]
         confinement = self._confinement(workdir, [Mount(m) for m in spec.mounts], spec.memory_gb)
         return self._start(spec.replica_id, cmd, workload_env(spec.env, facts, workdir), confinement, "replica.log")

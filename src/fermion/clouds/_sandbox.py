@@ -73,16 +73,6 @@ def read_untrusted(path: Path, max_bytes: int = 1 << 20, *, tail: bool = False) 
         os.close(fd)
 
 
-def write_private(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write a file in a workload's folder without following a link the workload put there."""
-    with contextlib.suppress(FileNotFoundError):
-        if path.is_symlink() or not path.is_file():
-            path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
 def workload_env(declared: dict[str, str], facts: dict[str, str], workdir: Path) -> dict[str, str]:
     """The whole environment of a workload: never the server's own (its home, its database URL)."""
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}

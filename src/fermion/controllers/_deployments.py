@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 
 from ..clouds import LocalCloud, ProvisionError, ReplicaHandle, ReplicaSpec
 from ..errors import FermionError
-from ..security import SecretBox, env_purpose
 from ..gateway import Endpoint, Route, RoutingTable
+from ..security import SecretBox, env_purpose
 from ..store import TERMINAL_STATES, CloudRow, DeploymentRow, ModelVersionRow, PhotonRow, ReplicaRow, Store
 from ._loop import ReconcileLoop
 
@@ -434,29 +434,25 @@ class DeploymentController(ReconcileLoop):
         photon = s.get(PhotonRow, r.photon_sha256)
         assert photon is not None
         order, why = self._rank(s, d, candidates, need) if candidates else ([], "")
-        if not order:
-            wanted = ", ".join(f"{k}={v}" for k, v in need.items())
-            self._set_state(s, r, "PENDING", f"no cloud can run it ({wanted}): " + "; ".join(why_not or ["no cloud allowed"]))
-            return
-        try:
-            env = self.open_env(s, d.env, env_purpose("deployment", d.name), d.project)
-        except FermionError as exc:
-            self._set_state(s, r, "PENDING", f"cannot start: {exc}")
-            return
-        secret = r.auth_secret or secrets.token_urlsafe(32)
+        if order:
+            try:
+                env = self.open_env(s, d.env, env_purpose("deployment", d.name), d.project)
+            except FermionError as exc:
+                self._set_state(s, r, "PENDING", f"cannot start: {exc}")
+                return
+            spec = ReplicaSpec(replica_id=r.id, archive=Path(photon.archive_path), env=env,
+                               secret=r.auth_secret or secrets.token_urlsafe(32), memory_gb=float(need.get("memory_gb", 1)),
+                               mounts=self.artifact_mounts(s, env.get("FERMION_MODEL_DIR"), d.project))
         for name in order:
             cloud = self.clouds[name]
             try:
-                handle = cloud.provision(ReplicaSpec(
-                    replica_id=r.id, archive=Path(photon.archive_path), env=env, secret=secret,
-                    memory_gb=float(need.get("memory_gb", 1)), mounts=self.artifact_mounts(s, env.get("FERMION_MODEL_DIR"), d.project),
-                ))
+                handle = cloud.provision(spec)
             except ProvisionError as exc:
                 why_not.append(f"{name}: {exc.message}")
                 self.mark_cloud(s, name, healthy=False, reason=exc.message)
                 continue
             self.mark_cloud(s, name, healthy=True, reason="provisioned a replica")
-            r.cloud, r.pid, r.workdir, r.auth_secret = name, handle.pid, str(handle.workdir), secret
+            r.cloud, r.pid, r.workdir, r.auth_secret = name, handle.pid, str(handle.workdir), spec.secret
             self._set_state(s, r, "PROVISIONING", f"process {handle.pid} on cloud {name} ({why})" if why
                             else f"process {handle.pid} on cloud {name}")
             return

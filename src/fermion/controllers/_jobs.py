@@ -155,18 +155,19 @@ class JobController(ReconcileLoop):
         except FermionError as exc:
             job.reason = f"cannot start: {exc}"
             return
+        env = {**declared, "FERMION_CHECKPOINT_DIR": job.checkpoint_dir, "FERMION_JOB": job.name,
+               "FERMION_ATTEMPT": str(number), "FERMION_JOB_OUTPUT": job.output_dir}
+        read_only = self.deployments.artifact_mounts(s, job.spec.get("base"), job.project)
         for name in order:
             spot = job.spot and self.clouds[name].config.prices()[1] is not None
             attempt = AttemptRow(job=job.name, number=number, cloud=name, resources=dict(need), spot=spot)
             s.add(attempt)
             s.flush()
-            env = {**declared, "FERMION_CHECKPOINT_DIR": job.checkpoint_dir, "FERMION_JOB": job.name,
-                   "FERMION_ATTEMPT": str(number), "FERMION_JOB_OUTPUT": job.output_dir}
             try:
                 handle = self.clouds[name].run(
                     attempt.id, launch_command(job.command, job.workers), env,
                     mounts=[Path(job.checkpoint_dir), Path(job.output_dir)], memory_gb=float(need.get("memory_gb", 1)),
-                    read_only=self.deployments.artifact_mounts(s, job.spec.get("base"), job.project),
+                    read_only=read_only,
                 )
             except ProvisionError as exc:
                 s.delete(attempt)

@@ -7,19 +7,18 @@ and parameter machinery entirely.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .._limits import BODY_IDLE_TIMEOUT_S, GATEWAY_MAX_BODY, BodyTooLarge, BodyTimeout, read_body
-from ..errors import shorten
-from ..security import hash_token
+from .._limits import BODY_IDLE_TIMEOUT_S, GATEWAY_MAX_BODY, BodyTimeout, BodyTooLarge, read_body
+from ..errors import send_error, shorten
 from ..photon import REPLICA_AUTH_HEADER
+from ..security import bearer_digest
+from ..types import Receive, Scope, Send
 from ._ratelimit import TokenBuckets
 from ._routing import Endpoint, LeastOutstandingP2C, Route, RoutingTable
 from ._upstream import (
@@ -29,10 +28,6 @@ from ._upstream import (
     UpstreamPool,
     UpstreamResponse,
 )
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailers",
@@ -78,14 +73,12 @@ class GatewayMetrics:
 
 
 async def _reply(send: Send, status: int, message: str, kind: str, retry_after: int | None = None) -> None:
-    body = json.dumps({"error": {"type": kind, "message": message}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = []
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
     if status in (408, 413):  # the rest of the body is still on the connection: never read it as a request
         headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, status, message, kind, headers)
 
 
 class Gateway:
@@ -123,8 +116,7 @@ class Gateway:
 
     @staticmethod
     def _token_digest(headers: list[tuple[bytes, bytes]]) -> str | None:
-        auth = next((v for k, v in headers if k == b"authorization"), b"").decode("latin-1")
-        return hash_token(auth[7:].strip()) if auth.lower().startswith("bearer ") else None
+        return bearer_digest(next((v for k, v in headers if k == b"authorization"), b"").decode("latin-1"))
 
     def _over_rate(self, route: Route, scope: Scope, digest: str | None) -> float:
         """Seconds the caller must wait (0: go). A caller is its token when that is a real one,

@@ -14,7 +14,7 @@ import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -40,6 +40,8 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_FILES = 10_000
 MAX_RATIO = 100  # unpacked/packed for members over 1 MiB: beyond it, a zip bomb
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# what reading a hostile zip may raise: corrupt data, an encrypted member, an unknown compression
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError)
 _ENTRY = re.compile(r"^(?P<path>[^:]+\.py):(?P<cls>[A-Za-z_][A-Za-z0-9_]*)$")
 _SKIP_DIRS = {"__pycache__", ".git", ".venv", "venv", "node_modules", ".pytest_cache", ".mypy_cache"}
 _SKIP_SUFFIXES = {".pyc", ".pyo", ".photon"}
@@ -119,12 +121,16 @@ def manifest_sha256(manifest: PhotonManifest, files: dict[str, str]) -> str:
     return content_sha256(files, manifest.model_dump(include=set(IDENTITY_FIELDS)))
 
 
-def _file_sha256(path: Path) -> str:
+def _stream_sha256(f: BinaryIO) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
     return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return _stream_sha256(f)
 
 
 def _source_files(root: Path, include: Sequence[str | Path] = ()) -> Selection:
@@ -287,7 +293,7 @@ def read_manifest(archive: str | Path) -> PhotonManifest:
                 raise UnsafeArchiveError(f"{archive}: {MANIFEST} is {info.file_size} bytes; at most "
                                          f"{MAX_MANIFEST_BYTES} allowed")
             raw = zf.read(info)
-    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
+    except _ZIP_ERRORS as exc:
         raise PhotonLoadError(f"cannot read photon archive {archive}: {exc}") from exc
     try:
         return PhotonManifest.model_validate(json.loads(raw))
@@ -295,7 +301,7 @@ def read_manifest(archive: str | Path) -> PhotonManifest:
         raise PhotonLoadError(f"{archive} has an invalid {MANIFEST}: {str(exc)[:1000]}") from exc
 
 
-def _source_members(archive: str | Path, zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+def _source_members(zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     members: dict[str, zipfile.ZipInfo] = {}
     for info in zf.infolist():
         if info.is_dir() or info.filename == MANIFEST:
@@ -312,20 +318,22 @@ def verify_archive(archive: str | Path) -> PhotonManifest:
     manifest = read_manifest(archive)
     try:
         with zipfile.ZipFile(archive) as zf:
-            seen = {rel: _member_sha256(zf, info) for rel, info in _source_members(archive, zf).items()}
-    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
+            seen = {rel: _member_sha256(zf, info) for rel, info in _source_members(zf).items()}
+    except _ZIP_ERRORS as exc:
         raise PhotonLoadError(f"cannot read photon archive {archive}: {exc}") from exc
-    if seen != manifest.files or manifest_sha256(manifest, seen) != manifest.sha256:
-        raise PhotonLoadError("the archive does not match its manifest's sha256; it is corrupt or was altered")
+    _check_digests("the archive", manifest, seen)  # an upload's path is the server's business
     return manifest
 
 
 def _member_sha256(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
-    h = hashlib.sha256()
     with zf.open(info) as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return _stream_sha256(f)
+
+
+def _check_digests(label: str | Path, manifest: PhotonManifest, seen: dict[str, str]) -> None:
+    """The files read from the archive must be the manifest's, and the manifest's digest theirs."""
+    if seen != manifest.files or manifest_sha256(manifest, seen) != manifest.sha256:
+        raise PhotonLoadError(f"{label} does not match its manifest's sha256; it is corrupt or was altered")
 
 
 def extract_archive(archive: str | Path, cache_dir: str | Path) -> tuple[Path, PhotonManifest]:
@@ -337,16 +345,18 @@ def extract_archive(archive: str | Path, cache_dir: str | Path) -> tuple[Path, P
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=cache_dir))
     try:
-        with zipfile.ZipFile(archive) as zf:
-            seen: dict[str, str] = {}
-            for rel, info in _source_members(archive, zf).items():
-                data = zf.read(info)
-                seen[rel] = hashlib.sha256(data).hexdigest()
-                target = staging / "src" / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
-        if seen != manifest.files or manifest_sha256(manifest, seen) != manifest.sha256:
-            raise PhotonLoadError(f"{archive} does not match its manifest's sha256; it is corrupt or was altered")
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                seen: dict[str, str] = {}
+                for rel, info in _source_members(zf).items():
+                    data = zf.read(info)
+                    seen[rel] = hashlib.sha256(data).hexdigest()
+                    target = staging / "src" / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(data)
+        except _ZIP_ERRORS as exc:
+            raise PhotonLoadError(f"cannot read photon archive {archive}: {exc}") from exc
+        _check_digests(archive, manifest, seen)
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         try:
             staging.rename(dest)

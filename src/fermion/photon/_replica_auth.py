@@ -6,18 +6,13 @@ process environment where /proc/<pid>/environ would show it."""
 from __future__ import annotations
 
 import hmac
-import json
-from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Any
+
+from ..errors import send_error
+from ..types import ASGIApp, Receive, Scope, Send
 
 REPLICA_AUTH_HEADER = b"x-fermion-replica-auth"
 OPEN_PATHS = frozenset({"/healthz"})  # the controller probes health without the secret
-
-Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
-
-_REFUSAL = json.dumps({"error": {"type": "AuthError", "message": "this replica answers only its Fermion gateway"}}).encode()
 
 
 def read_secret_file(path: str | Path) -> str:
@@ -34,15 +29,11 @@ def require_replica_secret(app: ASGIApp, secret: str) -> ASGIApp:
     """Wrap ``app`` so HTTP calls without ``secret`` in REPLICA_AUTH_HEADER get a 401."""
     expected = secret.encode()
 
-    async def guarded(scope: Scope, receive: Any, send: Any) -> None:
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
             given = next((v for k, v in scope["headers"] if k == REPLICA_AUTH_HEADER), b"")
             if not hmac.compare_digest(given, expected):
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(_REFUSAL)).encode())]})
-                await send({"type": "http.response.body", "body": _REFUSAL})
-                return
+                return await send_error(send, 401, "this replica answers only its Fermion gateway", "AuthError")
         await app(scope, receive, send)
 
     return guarded

@@ -20,7 +20,7 @@ from pydantic_core import PydanticSerializationError
 from starlette.concurrency import iterate_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ..errors import FermionError, shorten
+from ..errors import FermionError, error_body, shorten
 from ._batching import Batcher
 from ._handler import HandlerOptions
 from ._signature import HandlerSignature, analyse
@@ -36,11 +36,8 @@ PARAMS_EXTENSION = "x-fermion-params"
 
 
 def error_response(status: int, message: str, kind: str = "Error", detail: Any = None) -> Response:
-    """A JSON error body; the message is capped, as it may quote the client's input back."""
-    body: dict[str, Any] = {"error": {"type": kind, "message": shorten(message, 500)}}
-    if detail is not None:
-        body["detail"] = detail
-    return Response(json.dumps(body, default=str), status_code=status, media_type="application/json")
+    """A JSON error answer (see fermion.errors.error_body)."""
+    return Response(error_body(message, kind, detail), status_code=status, media_type="application/json")
 
 
 def validation_error_response(request: Request, exc: RequestValidationError) -> Response:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import socket
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
+from .._files import write_atomic
 from .._limits import GATEWAY_MAX_BODY, BoundedHttpToolsProtocol, limit_bodies
 from ._app import build_app
 from ._photon import Photon
@@ -48,10 +48,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def write_port_file(path: str | Path, port: int) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(str(port))
-    os.replace(tmp, path)
+    write_atomic(Path(path), str(port))
 
 
 def serve(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +14,16 @@ from sqlalchemy.orm import Session
 
 from ..errors import ConflictError, NotFoundError, UserInputError, shorten
 from ..store import DEFAULT_PROJECT, DeploymentRow, ModelVersionRow, Store
+from ..types import NAME_PATTERN
 
 STAGES = ("none", "staging", "production", "archived")
-MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 MAX_VERSION = 2**31 - 1  # versions are stored as 32-bit integers (SQLite/PostgreSQL INTEGER)
 
 
 def register(s: Session, store: Store, home: Path, name: str, artifact: Path, metrics: dict[str, Any],
              lineage: dict[str, Any], project: str = DEFAULT_PROJECT) -> ModelVersionRow:
     """Copy ``artifact`` into the artifact store as the next version of ``name``."""
-    if not re.match(MODEL_NAME_PATTERN, name):  # it names a folder: never a path
+    if not re.match(NAME_PATTERN, name):  # it names a folder: never a path
         raise UserInputError(f"invalid model name {shorten(name)!r}", hint="use lowercase letters, digits and '-'")
     version = (s.scalar(select(func.max(ModelVersionRow.version)).where(ModelVersionRow.name == name)) or 0) + 1
     dest = home / "artifacts" / name / f"v{version}"

@@ -15,6 +15,11 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def bearer_digest(authorization: str) -> str | None:
+    """The stored digest of the token in an ``Authorization: Bearer …`` header value, if it holds one."""
+    return hash_token(authorization[7:].strip()) if authorization.lower().startswith("bearer ") else None
+
+
 def token_matches(token: str, token_hash: str | None) -> bool:
     return token_hash is not None and hmac.compare_digest(hash_token(token), token_hash)
 
@@ -41,6 +46,7 @@ __all__ = [
     "SecretBox",
     "SecretError",
     "env_purpose",
+    "bearer_digest",
     "hash_token",
     "new_token",
     "secret_ref",

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from .._files import write_atomic
 from ..errors import ConflictError, FermionError, UserInputError
 from ..store import DEFAULT_PROJECT, DeploymentRow, JobRow, SecretRow, Store
 
@@ -101,22 +102,8 @@ def _read_key_file(path: Path) -> bytes:
 
 
 def _write_key_file(path: Path, key: bytes) -> None:
-    """Write a key file atomically with mode 0600: a temporary file, fsync, rename, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(base64.b64encode(key).decode() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write a key file atomically and durably, with mode 0600."""
+    write_atomic(path, base64.b64encode(key).decode() + "\n", 0o600, durable=True)
 
 
 class SecretBox:

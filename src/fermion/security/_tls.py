@@ -9,6 +9,7 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._files import write_atomic
 from ..errors import UserInputError
 
 if TYPE_CHECKING:
@@ -52,15 +53,6 @@ def _reusable(cert_path: Path, key_path: Path, wanted: list[x509.GeneralName]) -
             and all(name in sans for name in wanted))
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def self_signed_certificate(folder: Path, hosts: list[str]) -> tuple[Path, Path]:
     """(certificate, key) in ``folder``, made on first use and reused until it nears expiry.
 
@@ -100,9 +92,9 @@ def self_signed_certificate(folder: Path, hosts: list[str]) -> tuple[Path, Path]
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    write_atomic(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()), 0o600)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert_path, key_path
 
 

@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-
 DEFAULT_PROJECT = "default"
 
 
@@ -208,7 +207,7 @@ class AuditRow(Base):
     __tablename__ = "audit"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[float] = mapped_column(Float, index=True)
-    actor: Mapped[str] = mapped_column(String(100), index=True)  # a token's name, "anonymous" or "unknown"
+    actor: Mapped[str] = mapped_column(String(100), index=True)  # the token's user, "anonymous" or "unknown"
     method: Mapped[str] = mapped_column(String(10))
     path: Mapped[str] = mapped_column(Text)
     target: Mapped[str] = mapped_column(Text, index=True)  # e.g. "deployment/web"
