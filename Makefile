@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[ml,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[ml,dev,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -12,8 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._load import LoadResult, closed_loop  # noqa: E402
-from tests.support import serve_photon  # noqa: E402
+from fermion.testing import LoadResult, closed_loop, serve_photon  # noqa: E402
 
 UNBATCHED = '''
 from fermion import handler

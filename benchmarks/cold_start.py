@@ -15,7 +15,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support import EMBEDDER_PHOTON, TEXT_PHOTON, fermion_cmd, running_server, serve_photon  # noqa: E402
+from fermion.testing import fermion_cmd, running_server, serve_photon  # noqa: E402
+
+TEXT_PHOTON = f"{ROOT / 'examples' / 'text' / 'photon.py'}:TextTools"
+EMBEDDER_PHOTON = f"{ROOT / 'examples' / 'embedder' / 'photon.py'}:Embedder"
 
 CASES = {
     "text": (TEXT_PHOTON, "upper", {"texts": ["hi"]}),

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from fermion.train import FinetuneConfig, finetune, load_labelled  # noqa: E402
-from fermion.train._finetune import build_model, default_base  # noqa: E402
+from fermion.train import build_model, default_base  # noqa: E402
 
 DATA = ROOT / "examples" / "data" / "tickets"
 

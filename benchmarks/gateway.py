@@ -13,9 +13,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._load import LoadResult, closed_loop  # noqa: E402
 from fermion.photon import REPLICA_AUTH_HEADER  # noqa: E402
-from tests.support import TEXT_PHOTON, running_server  # noqa: E402
+from fermion.testing import LoadResult, closed_loop, running_server  # noqa: E402
+
+TEXT_PHOTON = f"{ROOT / 'examples' / 'text' / 'photon.py'}:TextTools"
 
 
 def main() -> None:
@@ -27,11 +28,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp) / "home") as server:
         server.cli("deploy", TEXT_PHOTON, "--name", "bench", "--public")
         replica = server.deployment("bench")["replica_list"][0]
-        direct_url = f"http://127.0.0.1:{replica['port']}/stats"
         gateway_url = f"{server.url}/d/bench/stats"
-        # a replica answers only with its secret, which the gateway sends: so does the direct baseline
+        # the baseline calls the replica where its backend said it serves, with the secret the gateway
+        # sends (a replica answers only with it): both from the store, which the API keeps to itself
         with sqlite3.connect(server.home / "fermion.db") as db:
-            (secret,) = db.execute("SELECT auth_secret FROM replicas WHERE id = ?", (replica["id"],)).fetchone()
+            url, secret = db.execute("SELECT url, auth_secret FROM replicas WHERE id = ?", (replica["id"],)).fetchone()
+        direct_url = f"{url}/stats"
         direct_headers = {REPLICA_AUTH_HEADER.decode(): secret}
         for concurrency in (1, 16):
             direct = closed_loop(direct_url, body, concurrency=concurrency, duration_s=args.duration,

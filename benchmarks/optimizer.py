@@ -15,8 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fermion.placement import CloudState, Constraints, Offering, PlacementRequest, optimize  # noqa: E402
-from tests.placement.test_optimizer import brute_force  # noqa: E402
+from fermion.placement import CloudState, Constraints, Offering, PlacementRequest, brute_force, optimize  # noqa: E402
+
 
 
 def problem(n_offerings: int, replicas: int, seed: int = 0) -> tuple[PlacementRequest, list[Offering], dict]:

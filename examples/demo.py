@@ -1,9 +1,11 @@
 """`make demo`: what Fermion does, end to end, on this machine.
 
 Part 1 packages the MiniLM embedder photon (a real model, offline), serves it, calls it through
-fermion.Client and shows adaptive batching. Part 2 starts a Fermion server managing two named
-local clouds, deploys the embedder with a replica on each, sends traffic through the gateway,
-kills one cloud, and shows the traffic carrying on while the replica is re-placed.
+fermion.Client and shows adaptive batching. Part 2 starts a real two-node Ray cluster on this
+machine and a Fermion server managing three priced local clouds and that Ray cluster as a fourth
+cloud; deploys the embedder with a replica on Ray and one on a local cloud, sends traffic through
+the gateway, kills a cloud and shows the traffic carrying on while the replica is re-placed; then
+fine-tunes a model as a job that starts on Ray, loses its cloud mid-run and resumes elsewhere.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fermion import Client  # noqa: E402
-from fermion.photon._package import build_archive  # noqa: E402
-from tests.support import Load, running_server, serve_photon  # noqa: E402
+from fermion.photon.runtime import build_archive  # noqa: E402
+from fermion.testing import Load, local_ray_cluster, running_server, serve_photon  # noqa: E402
 
 os.environ.setdefault("COLUMNS", "120")  # the CLI tables printed below are captured, not a TTY
 console = Console()
@@ -93,7 +95,13 @@ clouds:
     capacity: {cpus: 4, memory_gb: 8}
     pricing: {catalog: azure, instance_type: Standard_D4s_v5}
 """
-
+RAY_CLOUD = """
+  - name: onprem-ray
+    kind: ray
+    address: "{address}"
+    node_resource: fermion-node-onprem
+    pricing: {{price_per_hour: 0.05}}
+"""
 
 
 def replicas_table(server, title: str) -> Table:  # noqa: ANN001
@@ -110,8 +118,12 @@ def platform_demo(work: Path) -> None:
     console.print(subprocess.run([sys.executable, "-m", "fermion", "optimize",
                                   str(ROOT / "examples/placement/inference.yaml")],
                                  capture_output=True, text=True).stdout)
-    step("6. a Fermion server managing three priced local clouds")
-    with running_server(work / "server", CLOUDS) as server:
+    step("6. a Ray cluster (two nodes on this machine) and a Fermion server: three priced local clouds + Ray")
+    t0 = time.perf_counter()
+    with local_ray_cluster({"onprem": 4}, node_memory_gb=8) as cluster, \
+            running_server(work / "server", CLOUDS + RAY_CLOUD.format(address=cluster.address)) as server:
+        console.print(f"Ray cluster at {cluster.address} up in {cluster.started_in_s:.1f}s; "
+                      f"server up in {time.perf_counter() - t0:.1f}s")
         out = server.cli("cloud", "list")
         console.print(out.stdout)
         step("7. fermion deploy examples/embedder/photon.py:Embedder --name emb --replicas 2")
@@ -119,7 +131,7 @@ def platform_demo(work: Path) -> None:
         server.cli("deploy", EMBEDDER, "--name", "emb", "--replicas", "2", "--public")
         console.print(f"2 replicas READY in {time.perf_counter() - start:.1f}s")
         console.print(replicas_table(server, "placed by the optimizer (cheapest clouds, at most half per cloud)"))
-        failing = server.deployment("emb")["replica_list"][-1]["cloud"]
+        failing = next(r["cloud"] for r in server.deployment("emb")["replica_list"] if r["cloud"] != "onprem-ray")
         step(f"8. traffic through the gateway, then cloud {failing} fails")
         with Load(f"{server.url}/d/emb/embed", {"texts": ["traffic through the gateway"]}, workers=4) as traffic:
             time.sleep(2)
@@ -144,7 +156,7 @@ def platform_demo(work: Path) -> None:
 
 def finetune_demo(server) -> None:  # noqa: ANN001
     tickets = ROOT / "examples" / "data" / "tickets"
-    step("9. fermion finetune: MiniLM + LoRA on support tickets, as a job; its cloud dies mid-run")
+    step("9. fermion finetune: MiniLM + LoRA on support tickets, as a job on the cheapest cloud (Ray); it dies mid-run")
     server.cli("finetune", "--name", "tickets", "--data", str(tickets / "train.csv"), "--eval-data",
                str(tickets / "eval.csv"), "--epochs", "3", "--checkpoint-every", "5", "--no-follow")
     first = server.wait_for(lambda api: (j := api.get("/jobs/tickets").json())["status"] == "RUNNING" and j)

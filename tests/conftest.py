@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import TEXT_PHOTON, Served, serve_photon
+from fermion.testing import Served, serve_photon
+from tests.support import TEXT_PHOTON
 
 
 @pytest.fixture(scope="module")

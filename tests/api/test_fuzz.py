@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ServerProc, running_server
+from fermion.testing import ServerProc, running_server
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 CLOUDS = "clouds:\n  - name: alpha\n    capacity: {cpus: 2, memory_gb: 2}\n"

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import EXAMPLES, ServerProc, running_server
+from fermion.testing import ServerProc, running_server
+from tests.support import EXAMPLES
 
 CLOUDS = """
 clouds:

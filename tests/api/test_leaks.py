@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from fermion.store._store import display_url
-from tests.support import ServerProc, fermion_cmd, running_server
+from fermion.testing import ServerProc, fermion_cmd, running_server
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import FIXTURE_PHOTONS, Load, ServerProc, running_server
+from fermion.testing import Load, ServerProc, running_server
+from tests.support import FIXTURE_PHOTONS
 
 CLOUDS = """
 clouds:

@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from fermion import Client
-from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON, Load, ServerProc, running_server
+from fermion.testing import Load, ServerProc, running_server
+from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON
 
 CLOUDS = """
 clouds:
@@ -61,6 +62,8 @@ def test_deploy_on_two_clouds_and_call_through_the_gateway(server: ServerProc) -
     assert '"name": "text"' in listing
     clouds = server.cli("cloud", "list").stdout
     assert "alpha" in clouds and "beta" in clouds and "tiny" in clouds
+    on_alpha = next(r for r in ready_replicas(d) if r["cloud"] == "alpha")
+    assert on_alpha["id"] in server.cli("cloud", "status", "alpha").stdout
 
 
 def test_kill_9_a_replica_under_load(server: ServerProc) -> None:
@@ -69,7 +72,7 @@ def test_kill_9_a_replica_under_load(server: ServerProc) -> None:
     victim = ready_replicas(server.deployment("kill9"))[0]
     with Load(f"{server.url}/d/kill9/version", {}) as load:
         time.sleep(1)
-        os.kill(victim["pid"], signal.SIGKILL)
+        os.kill(server.pid(victim["id"]), signal.SIGKILL)
         server.wait_for(lambda api: len([r for r in ready_replicas(api.get("/deployments/kill9").json())
                                          if r["id"] != victim["id"]]) == 2, timeout=60)
         time.sleep(0.5)
@@ -179,11 +182,11 @@ def test_gateway_and_replica_metrics(server: ServerProc) -> None:
 
 def test_delete_drains_and_removes(server: ServerProc) -> None:
     server.cli("deploy", TEXT_PHOTON, "--name", "gone", "--public")
-    crashed = ready_replicas(server.deployment("gone"))[0]["pid"]
-    os.kill(crashed, signal.SIGKILL)  # leaves a FAILED replica row behind, as real deployments have
+    crashed = ready_replicas(server.deployment("gone"))[0]["id"]
+    os.kill(server.pid(crashed), signal.SIGKILL)  # leaves a FAILED replica row behind, as real deployments have
     server.wait_for(lambda api: (d := api.get("/deployments/gone").json())["ready"] == 1
-                    and ready_replicas(d)[0]["pid"] != crashed)
-    pid = ready_replicas(server.deployment("gone"))[0]["pid"]
+                    and ready_replicas(d)[0]["id"] != crashed)
+    pid = server.pid(ready_replicas(server.deployment("gone"))[0]["id"])
     server.cli("deployment", "delete", "gone")
     server.wait_for(lambda api: api.get("/deployments/gone").status_code == 404)
     server.wait_for(lambda _: httpx.post(f"{server.url}/d/gone/upper", json={"texts": ["x"]}).status_code == 404,

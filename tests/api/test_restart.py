@@ -6,7 +6,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import TEXT_PHOTON, kill_replicas, start_server, stop
+from fermion.testing import kill_replicas, start_server, stop
+from tests.support import TEXT_PHOTON
 
 
 def test_restart_readopts_running_replicas(tmp_path: Path) -> None:
@@ -14,7 +15,7 @@ def test_restart_readopts_running_replicas(tmp_path: Path) -> None:
     server = start_server(home)
     try:
         server.cli("deploy", TEXT_PHOTON, "--name", "keep", "--replicas", "2", "--public")
-        before = {(r["id"], r["pid"]) for r in server.deployment("keep")["replica_list"]}
+        before = {(r["id"], server.pid(r["id"])) for r in server.deployment("keep")["replica_list"]}
         assert len(before) == 2
         assert stop(server.proc) == 0
         # the replicas outlive the server
@@ -24,7 +25,7 @@ def test_restart_readopts_running_replicas(tmp_path: Path) -> None:
         assert httpx.post(f"{server.url}/d/keep/upper", json={"texts": ["still here"]}).json() == ["STILL HERE"]
         d = server.deployment("keep")
         assert d["status"] == "READY"
-        assert {(r["id"], r["pid"]) for r in d["replica_list"]} == before  # same processes, no duplicates
+        assert {(r["id"], server.pid(r["id"])) for r in d["replica_list"]} == before  # same processes, no duplicates
         with server.api() as api:
             all_replicas = api.get("/replicas", params={"all": True}).json()
         assert len(all_replicas) == 2

@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from fermion.photon._package import build_archive
-from tests.support import FIXTURE_PHOTONS, ServerProc, running_server
+from fermion.testing import ServerProc, running_server
+from tests.support import FIXTURE_PHOTONS
 
 ORDER = {"viewer": 0, "editor": 1, "admin": 2}
 

@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from fermion.photon._package import build_archive, content_sha256
-from tests.support import FIXTURE_PHOTONS, ServerProc, running_server
+from fermion.testing import ServerProc, running_server
+from tests.support import FIXTURE_PHOTONS
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from fermion import Client
-from tests.support import EMBEDDER_PHOTON, serve_photon
+from fermion.testing import serve_photon
+from tests.support import EMBEDDER_PHOTON
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from fermion import Client, ServiceUnavailable
-from tests.support import fermion_cmd, serve_photon
+from fermion.testing import fermion_cmd, serve_photon
 
 FIXTURES = Path(__file__).with_name("fixture_photons.py")
 

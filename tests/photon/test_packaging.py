@@ -13,7 +13,8 @@ import pytest
 from fermion import Client
 from fermion.errors import UnsafeArchiveError
 from fermion.photon._package import extract_archive
-from tests.support import EXAMPLES, TEXT_PHOTON, fermion_cmd, serve_photon
+from fermion.testing import fermion_cmd, serve_photon
+from tests.support import EXAMPLES, TEXT_PHOTON
 
 
 def build(tmp_path: Path, ref: str = TEXT_PHOTON) -> Path:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from fermion import Client, HandlerTimeout, RemoteError, UserInputError, ValidationFailed
-from tests.support import Served
+from fermion.testing import Served
 
 
 @pytest.fixture()

@@ -14,8 +14,7 @@ import pytest
 
 from fermion.api._audit import GENESIS, append, target_of, verify_chain
 from fermion.store import Store, default_db_url
-from tests.support import ServerProc, running_server
-
+from fermion.testing import ServerProc, running_server
 SECRET_VALUE = "sk-audit-7c1e5b9d3f"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -13,8 +12,8 @@ import pytest
 
 from fermion.security import SecretBox, env_purpose
 from fermion.store import DeploymentRow, JobRow, Store, default_db_url
-from tests.support import TEXT_PHOTON, ServerProc, fermion_cmd, running_server, stop
-
+from fermion.testing import ServerProc, fermion_cmd, running_server, stop
+from tests.support import TEXT_PHOTON
 API_VALUE = "sk-live-9f8e7d6c5b4a"
 PLAIN_VALUE = "visible-value-123"
 JOB_VALUE = "job-token-value-42"
@@ -70,10 +69,8 @@ def test_a_deployment_env_is_encrypted_at_rest_and_its_logs_are_redacted(server:
     # a READY replica: the controller copies a failed replica's last log line into its reason
     replica = server.wait_for(lambda api: next((r for r in api.get("/deployments/sec").json()["replica_list"]
                                                 if r["state"] == "READY"), None), timeout=90)
-    with sqlite3.connect(server.home / "fermion.db") as conn:
-        (workdir,) = conn.execute("SELECT workdir FROM replicas WHERE id = ?", (replica["id"],)).fetchone()
     # what a careless photon would print: the resolved secret and a plain env value
-    with (Path(workdir) / "replica.log").open("a") as f:
+    with (server.workdir(replica["cloud"], replica["id"]) / "replica.log").open("a") as f:
         f.write(f"debug: API_KEY={API_VALUE} PLAIN={PLAIN_VALUE}\n")
     with server.api() as api:
         logs = api.get("/deployments/sec/logs", params={"tail": 1000}).json()[replica["id"]]

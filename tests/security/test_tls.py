@@ -22,11 +22,10 @@ from cryptography.x509.oid import NameOID
 
 import fermion
 from fermion.security._tls import self_signed_certificate, ssl_context_from
-from tests.support import FIXTURE_PHOTONS, ServerProc, fermion_cmd, kill_replicas, stop
-
-
+from fermion.testing import ServerProc, fermion_cmd, kill_replicas, stop
+from tests.support import FIXTURE_PHOTONS
 def start_tls_server(home: Path) -> ServerProc:
-    """tests.support.start_server, serving HTTPS with a self-signed certificate."""
+    """fermion.testing.start_server, serving HTTPS with a self-signed certificate."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "port").unlink(missing_ok=True)
     log = home / f"server-{time.monotonic_ns()}.log"

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from .. import registry
-from ..clouds import ReplicaHandle, read_untrusted
+from ..backends import read_untrusted
 from ..errors import ConflictError, NotFoundError, UserInputError, shorten
 from ..security import env_purpose
 from ..store import AttemptRow, JobRow, ModelVersionRow
@@ -155,9 +155,9 @@ def job_logs(request: Request, name: str, tail: int = 200) -> dict[str, str]:
         job = _get_job(s, name, caller(request))
         hide = p.secrets.open_env(s, job.env, env_purpose("job", name), missing_ok=True, project=job.project).values()
         attempts = s.scalars(select(AttemptRow).where(AttemptRow.job == name).order_by(AttemptRow.number)).all()
-        return {f"attempt {a.number} ({a.cloud}, {a.state})":
-                p.secrets.redact(p.clouds[a.cloud].logs(ReplicaHandle(pid=0, workdir=Path(a.workdir)), tail=tail), hide)
-                for a in attempts if a.cloud in p.clouds}
+    return {f"attempt {a.number} ({a.cloud}, {a.state})":
+            p.secrets.redact(p.clouds[a.cloud].logs(a.handle or {"id": a.id}, tail=tail), hide)
+            for a in attempts if a.cloud in p.clouds}
 
 
 @router.post("/jobs/{name}/cancel")

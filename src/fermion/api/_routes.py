@@ -13,9 +13,8 @@ from fastapi import APIRouter, Depends, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, or_, select
 
-from ..clouds import ReplicaHandle
 from ..errors import ConflictError, NotFoundError, PermissionDeniedError, UserInputError, shorten
-from ..photon._package import verify_archive
+from ..photon.runtime import verify_archive
 from ..security import env_purpose, hash_token, new_token
 from ..store import (
     TERMINAL_STATES,
@@ -96,17 +95,19 @@ def list_photons(request: Request) -> list[dict[str, object]]:
 def list_clouds(request: Request) -> list[CloudOut]:
     """The clouds this server manages now (one dropped from clouds.yaml keeps its row, unlisted)."""
     p = platform(request)
+    free = p.scheduler.free()
     with p.store.session() as s:
-        free = p.controller.free_capacity(s)
         counts: dict[str, int] = {}
         for r in s.scalars(select(ReplicaRow).where(ReplicaRow.state.not_in(TERMINAL_STATES))).all():
             counts[r.cloud or ""] = counts.get(r.cloud or "", 0) + 1
         out = []
         for row in s.scalars(select(CloudRow).where(CloudRow.name.in_(list(p.clouds))).order_by(CloudRow.name)).all():
-            cfg = p.clouds[row.name].config
+            cfg = p.configs[row.name]
+            capacity = p.scheduler.capacity(row.name)
             out.append(CloudOut(
                 name=row.name, kind=row.kind, regions=cfg.regions, health=row.health,
-                health_reason=row.health_reason, capacity=cfg.capacity.model_dump(), free=free[row.name],
+                health_reason=row.health_reason,
+                capacity={"cpus": capacity["cpus"], "memory_gb": capacity["memory_gb"]}, free=free[row.name],
                 replicas=counts.get(row.name, 0), inject=cfg.inject.model_dump(),
             ))
         return out
@@ -132,7 +133,7 @@ def fail_cloud(request: Request, name: str) -> dict[str, object]:
 @router.post("/clouds/{name}/recover")
 def recover_cloud(request: Request, name: str) -> dict[str, object]:
     caller(request).require_admin()
-    platform(request).controller.recover_cloud(_cloud(request, name))
+    platform(request).scheduler.recover(_cloud(request, name))
     return {"cloud": name, "health": "healthy"}
 
 
@@ -304,13 +305,12 @@ def deployment_logs(request: Request, name: str, tail: int = 100) -> dict[str, s
         d = _get_deployment(s, name, caller(request))
         hide = p.secrets.open_env(s, d.env, env_purpose("deployment", name), missing_ok=True, project=d.project).values()
         rows = s.scalars(select(ReplicaRow).where(ReplicaRow.deployment == name).order_by(ReplicaRow.created_at)).all()
-        out: dict[str, str] = {}
-        for r in rows[-20:]:
-            cloud = p.clouds.get(r.cloud or "")
-            if cloud is not None and r.workdir:
-                text = cloud.logs(ReplicaHandle(pid=r.pid or 0, workdir=Path(r.workdir)), tail=tail)
-                out[r.id] = p.secrets.redact(text, hide)
-        return out
+        rows = rows[-20:]
+    out: dict[str, str] = {}
+    for r in rows:  # the backends are asked with no session open (a remote one may be slow)
+        if r.handle is not None:
+            out[r.id] = p.secrets.redact(p.controller.logs(r, tail), hide)
+    return out
 
 
 @router.get("/replicas")

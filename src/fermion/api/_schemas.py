@@ -74,8 +74,6 @@ class ReplicaOut(BaseModel):
     cloud: str | None
     state: str
     reason: str
-    pid: int | None
-    port: int | None
     state_since: float
 
 

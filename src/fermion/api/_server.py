@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,12 +19,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from .. import __version__
+from .._files import write_atomic
 from .._limits import UPLOAD_PATHS, limit_bodies
-from ..clouds import CloudConfig, Isolation, LocalCloud
-from ..controllers import DeploymentController, JobController
+from ..backends import FaultInjector, Isolation, make_backend
+from ..clouds import CloudConfig
+from ..control import DeploymentController, JobController, Scheduler
 from ..errors import FermionError
 from ..gateway import Gateway, RoutingTable
-from ..photon._routes import error_response, validation_error_response
+from ..photon.runtime import error_response, validation_error_response
 from ..security import SecretBox, hash_token, new_token
 from ..store import DEFAULT_PROJECT, CloudRow, ProjectRow, Store, TokenRow, UserRow
 from ._access import router as access_router
@@ -42,6 +45,15 @@ def default_workloads_root(home: Path) -> Path:
     return Path(os.environ.get("FERMION_WORKLOADS") or home.parent / f"{home.name}-workloads")
 
 
+def read_or_create_id(path: Path) -> str:
+    """This server's identity, kept in its home."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        write_atomic(path, f"srv-{uuid.uuid4().hex[:12]}", 0o600)
+        return path.read_text().strip()
+
+
 class Platform:
     """Everything the server holds: the store, the clouds, the controller, the gateway."""
 
@@ -58,8 +70,7 @@ class Platform:
         self.workloads_root = workloads_root or default_workloads_root(home)
         self.workloads_root.mkdir(parents=True, exist_ok=True)
         self.isolation = isolation or Isolation()
-        self.clouds = {c.name: LocalCloud(c, self.workloads_root, server_home=home, isolation=self.isolation)
-                       for c in clouds}
+        self.configs = {c.name: c for c in clouds}
         self.registry = CollectorRegistry()
         self.table = RoutingTable()
         with self.store.session() as s:
@@ -67,20 +78,51 @@ class Platform:
                 s.add(UserRow(name="admin", admin=True))
             if s.get(ProjectRow, DEFAULT_PROJECT) is None:
                 s.add(ProjectRow(name=DEFAULT_PROJECT))
+            down = set()
             for c in clouds:
                 row = s.get(CloudRow, c.name)
                 if row is None:
                     s.add(CloudRow(name=c.name, kind=c.kind, config=c.model_dump(), health="healthy"))
                     self.store.record(s, "cloud", c.name, "", "healthy", "configured")
+                elif row.outage:  # an injected outage lasts until `fermion cloud recover`, across restarts
+                    row.config, row.kind = c.model_dump(), c.kind
+                    down.add(c.name)
                 else:
-                    row.config, row.health, row.health_reason = c.model_dump(), "healthy", ""
+                    row.config, row.kind, row.health, row.health_reason = c.model_dump(), c.kind, "healthy", ""
+        self.clouds: dict[str, FaultInjector] = {
+            c.name: make_backend(c, self.workloads_root, server_home=home, isolation=self.isolation, down=c.name in down)
+            for c in clouds}
         self.gateway = Gateway(self.table, self.registry, {})
         self.refresh_gateway_admins()
-        self.controller = DeploymentController(self.store, self.clouds, self.table,
+        self.scheduler = Scheduler(self.store, self.clouds, observed_latency=self.observed_latency)
+        server_id = read_or_create_id(home / "server-id")  # the same after a restart: its leases are its own
+        self.controller = DeploymentController(self.store, self.scheduler, self.table,
                                                open_env=lambda s, env, purpose, project: self.secrets.open_env(
-                                                   s, env, purpose, project=project))
-        self.jobs = JobController(self.store, self.clouds, self.controller,
+                                                   s, env, purpose, project=project),
+                                               owner=f"{server_id}/deployments")
+        self.jobs = JobController(self.store, self.scheduler, self.controller, owner=f"{server_id}/jobs",
                                   on_success=lambda s, job: on_job_success(self, s, job))
+
+    def observed_latency(self) -> dict[str, float]:
+        """Mean gateway-measured latency per cloud, over the replicas serving now."""
+        samples: dict[str, list[float]] = {}
+        for route in self.table.routes():
+            for e in route.endpoints:
+                if e.latency_ewma_ms is not None:
+                    samples.setdefault(e.cloud, []).append(e.latency_ewma_ms)
+        return {cloud: sum(v) / len(v) for cloud, v in samples.items()}
+
+    def start(self) -> None:
+        """The ledger from the store, then the loops (each settles once before returning)."""
+        self.scheduler.rebuild()
+        self.controller.start()
+        self.jobs.start()
+
+    def stop(self) -> None:
+        self.jobs.stop()
+        self.controller.stop()
+        for backend in self.clouds.values():
+            backend.close()
 
     def refresh_gateway_admins(self) -> None:
         """The tokens that may call any deployment through the gateway: live, unscoped admin tokens
@@ -107,11 +149,9 @@ class Platform:
 def create_app(platform: Platform) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        platform.controller.start()
-        platform.jobs.start()
+        await anyio.to_thread.run_sync(platform.start)
         yield
-        platform.jobs.stop()
-        platform.controller.stop()
+        await anyio.to_thread.run_sync(platform.stop)
         await platform.gateway.close()
         platform.store.close()
 

@@ -38,7 +38,7 @@ def deploy(
 ) -> None:
     """Build (if needed), upload and deploy a photon; a new version rolls out without downtime."""
     from ..errors import UserInputError
-    from ..photon._package import build_archive
+    from ..photon.runtime import build_archive
 
     if not name:
         raise UserInputError("--name is required", hint="fermion deploy REF --name my-service")
@@ -96,9 +96,14 @@ def _show_deployment(d: dict[str, Any]) -> None:
     console.print(f"endpoint: {d['endpoint']}  ({'public' if d['public'] else 'token required'})")
     if d.get("last_error"):
         console.print(f"[red]last error:[/] {d['last_error']}")
-    print_table(None, ["replica", "cloud", "gen", "state", "reason", "pid", "port"],
-                [(r["id"], r["cloud"], r["generation"], r["state"], r["reason"], r["pid"], r["port"])
+    print_table(None, ["replica", "cloud", "gen", "state", "since", "reason"],
+                [(r["id"], r["cloud"], r["generation"], r["state"], _age(r["state_since"]), r["reason"])
                  for r in d["replica_list"]])
+
+
+def _age(since: float) -> str:
+    seconds = max(0, int(time.time() - since))
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
 
 
 @deployment_app.command("list")
@@ -182,8 +187,8 @@ def cloud_status(name: str, json_out: JsonOpt = False) -> None:
         print_json({**cloud, "replica_list": replicas})
         return
     console.print(f"[bold]{name}[/] {cloud['kind']} {cloud['health']} — {cloud['free']['cpus']:g} cpus free")
-    print_table(None, ["replica", "deployment", "state", "port"],
-                [(r["id"], r["deployment"], r["state"], r["port"]) for r in replicas])
+    print_table(None, ["replica", "deployment", "state", "since", "reason"],
+                [(r["id"], r["deployment"], r["state"], _age(r["state_since"]), r["reason"]) for r in replicas])
 
 
 @cloud_app.command("fail")
@@ -206,7 +211,7 @@ def login(url: Annotated[str, typer.Argument(help="Server URL")],
               help="CA (or the server's own) certificate to verify an https server with.")] = None) -> None:
     """Save a server URL, token and CA certificate for the CLI."""
     if ca is not None:
-        from ..security._tls import ssl_context_from
+        from ..security import ssl_context_from
 
         ssl_context_from(ca)  # refuse a missing or unreadable file before saving it
     path = save_credentials(url.rstrip("/"), token, ca=str(ca.resolve()) if ca else None)

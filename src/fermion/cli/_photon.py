@@ -16,8 +16,8 @@ RefArg = Annotated[str, typer.Argument(help="'path/to/file.py:Class', 'package.m
 
 def resolve_photon(ref: str) -> type:
     from ..config import photon_cache_dir
-    from ..photon._loader import load_photon_class
-    from ..photon._package import load_from_archive
+    from ..photon.runtime import load_photon_class
+    from ..photon.runtime import load_from_archive
 
     if ref.endswith(".photon"):
         cls, _ = load_from_archive(ref, photon_cache_dir())
@@ -37,8 +37,8 @@ def run(
         help="Require the secret in this file (read, then deleted) on every call but /healthz.")] = None,
 ) -> None:
     """Serve a photon over HTTP until Ctrl-C / SIGTERM."""
-    from ..photon._replica_auth import read_secret_file
-    from ..photon._serve import serve
+    from ..photon.runtime import read_secret_file
+    from ..photon.runtime import serve
 
     secret = read_secret_file(auth_secret_file) if auth_secret_file is not None else None
     code = serve(
@@ -70,8 +70,8 @@ def build(
 
     from rich.markup import escape
 
-    from ..photon._loader import load_photon_class
-    from ..photon._package import build_archive
+    from ..photon.runtime import load_photon_class
+    from ..photon.runtime import build_archive
     from ._output import err_console
 
     def size(n: int) -> str:
@@ -111,7 +111,7 @@ def inspect_(
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Show a .photon archive's manifest (after checking its entries are safe)."""
-    from ..photon._package import read_manifest
+    from ..photon.runtime import read_manifest
 
     manifest = read_manifest(archive)
     if json_out:

@@ -57,7 +57,7 @@ class Api:
         self.url, self.token, ca = load_credentials()
         verify: ssl.SSLContext | bool = True
         if ca:
-            from ..security._tls import ssl_context_from
+            from ..security import ssl_context_from
 
             verify = ssl_context_from(ca)
         self._http = httpx.Client(base_url=f"{self.url}/api/v1", timeout=60, verify=verify,

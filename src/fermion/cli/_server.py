@@ -32,7 +32,7 @@ def check_db_url(db: str) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    from ..store._store import display_url
+    from ..store import display_url
 
     shown = display_url(db)
     try:
@@ -61,7 +61,7 @@ def tls_files(cert: Path | None, key: Path | None, self_signed: bool, home: Path
         raise UserInputError("--tls-self-signed cannot be combined with --tls-cert or --tls-key",
                              hint="give either your own certificate and key, or --tls-self-signed")
     if self_signed:
-        from ..security._tls import self_signed_certificate
+        from ..security import self_signed_certificate
 
         try:
             return self_signed_certificate(home / "tls", [host])
@@ -115,9 +115,9 @@ def start(
     from ..api import Platform, create_asgi
     from ..clouds import load_clouds
     from ..config import fermion_home
-    from ..photon._serve import DrainingServer, bind_socket, write_port_file
+    from ..photon.runtime import DrainingServer, bind_socket, write_port_file
     from ..store import default_db_url
-    from ..store._store import display_url
+    from ..store import display_url
     from ._platform import save_credentials
 
     if db is not None:

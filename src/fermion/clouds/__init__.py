@@ -1,18 +1,5 @@
-"""Compute backends ("clouds"): the protocol and the local kind."""
+"""Clouds: the named pools of compute in clouds.yaml (each runs on one backend, see fermion.backends)."""
 
-from ._base import CloudBackend, ProvisionError, ReplicaHandle, ReplicaSpec
-from ._config import CloudConfig, load_clouds
-from ._local import LocalCloud
-from ._sandbox import Isolation, read_untrusted
+from ._config import CloudConfig, Injected, load_clouds
 
-__all__ = [
-    "CloudBackend",
-    "CloudConfig",
-    "Isolation",
-    "LocalCloud",
-    "ProvisionError",
-    "ReplicaHandle",
-    "ReplicaSpec",
-    "load_clouds",
-    "read_untrusted",
-]
+__all__ = ["CloudConfig", "Injected", "load_clouds"]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import UserInputError
 from ..types import NAME_PATTERN
+
+if TYPE_CHECKING:
+    from ..placement import Offering
 
 
 class Capacity(BaseModel):
@@ -40,11 +43,32 @@ class Pricing(BaseModel):
 class CloudConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME_PATTERN)
-    kind: Literal["local"] = "local"
-    regions: list[str] = Field(default_factory=lambda: ["local"])
+    kind: Literal["local", "ray"] = "local"
+    regions: list[str] = Field(default_factory=lambda: ["local"], min_length=1)
     capacity: Capacity = Field(default_factory=Capacity)
     pricing: Pricing = Field(default_factory=Pricing)
     inject: Injected = Field(default_factory=Injected)
+    # kind: ray — the cluster ("host:port", or "auto" for the one this machine is part of), and
+    # the custom resource that marks this cloud's node group (several clouds can share a cluster)
+    address: str | None = None
+    node_resource: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> CloudConfig:
+        if self.kind == "ray" and not self.address:
+            raise ValueError(f"cloud {self.name}: kind ray needs `address` (the Ray cluster, host:port)")
+        if self.kind == "local" and (self.address or self.node_resource):
+            raise ValueError(f"cloud {self.name}: `address` and `node_resource` are for kind ray")
+        return self
+
+    def offering(self) -> Offering:
+        """One replica slot here, as the optimizer sees it: capacity, declared prices and latency."""
+        from ..placement import Offering
+
+        price, spot, itype = self.prices()
+        return Offering(cloud=self.name, region=self.regions[0], instance_type=itype, vcpus=self.capacity.cpus,
+                        memory_gb=self.capacity.memory_gb, price=price, spot_price=spot,
+                        latency_ms=self.inject.latency_ms)
 
     def prices(self) -> tuple[float, float | None, str]:
         """(on-demand $/h, spot $/h or None, instance type) per replica on this cloud."""

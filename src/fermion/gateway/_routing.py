@@ -48,14 +48,29 @@ class RoutingTable:
         return list(self._routes.values())
 
     def publish(self, routes: dict[str, Route]) -> None:
+        """Replace the whole table."""
         with self._lock:
             for name, route in routes.items():
-                old = self._routes.get(name)
-                if old is None:
-                    continue
-                previous = {e.replica_id: e for e in old.endpoints}
-                route.endpoints = [previous.get(e.replica_id, e) for e in route.endpoints]
+                self._keep_counters(self._routes.get(name), route)
             self._routes = routes
+
+    def set(self, name: str, route: Route | None) -> None:
+        """Replace (or, with None, remove) one deployment's route; the others are untouched."""
+        with self._lock:
+            routes = dict(self._routes)  # copy on write: readers never take the lock
+            if route is None:
+                routes.pop(name, None)
+            else:
+                self._keep_counters(routes.get(name), route)
+                routes[name] = route
+            self._routes = routes
+
+    @staticmethod
+    def _keep_counters(old: Route | None, new: Route) -> None:
+        if old is not None:
+            previous = {e.replica_id: e for e in old.endpoints}
+            new.endpoints = [previous.get(e.replica_id, e) if previous.get(e.replica_id, e).url == e.url else e
+                             for e in new.endpoints]
 
 
 class LeastOutstandingP2C:

@@ -11,6 +11,7 @@ from ._optimizer import (
     Rejection,
     optimize,
 )
+from ._reference import brute_force
 
 __all__ = [
     "CatalogInfo",
@@ -22,6 +23,7 @@ __all__ = [
     "PlacementRequest",
     "Plan",
     "Rejection",
+    "brute_force",
     "builtin_catalogs",
     "find_offering",
     "list_offerings",

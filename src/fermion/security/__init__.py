@@ -36,6 +36,7 @@ from ._secrets import (  # noqa: E402 - after the token helpers, which nothing h
     secret_ref,
     valid_secret_name,
 )
+from ._tls import self_signed_certificate, ssl_context_from  # noqa: E402
 
 __all__ = [
     "MASTER_KEY_ENV",
@@ -50,6 +51,8 @@ __all__ = [
     "hash_token",
     "new_token",
     "secret_ref",
+    "self_signed_certificate",
+    "ssl_context_from",
     "token_matches",
     "valid_secret_name",
 ]

@@ -19,7 +19,7 @@ from ._models import (
     UserRow,
     new_id,
 )
-from ._store import Store, default_db_url
+from ._store import Store, default_db_url, display_url
 
 __all__ = [
     "DEFAULT_PROJECT",
@@ -40,5 +40,6 @@ __all__ = [
     "TokenRow",
     "UserRow",
     "default_db_url",
+    "display_url",
     "new_id",
 ]

@@ -36,6 +36,7 @@ class CloudRow(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     health: Mapped[str] = mapped_column(String(20), default="healthy")  # healthy | unhealthy
     health_reason: Mapped[str] = mapped_column(Text, default="")
+    outage: Mapped[bool] = mapped_column(default=False)  # injected by `fermion cloud fail`; survives a restart
 
 
 class DeploymentRow(Base):
@@ -49,7 +50,7 @@ class DeploymentRow(Base):
     env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     public: Mapped[bool] = mapped_column(default=False)
     idempotent: Mapped[bool] = mapped_column(default=True)
-    rate_limit: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    rate_limit: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     project: Mapped[str] = mapped_column(String(100), default=DEFAULT_PROJECT, index=True)
     token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str] = mapped_column(String(20), default="DEPLOYING")  # DEPLOYING|READY|DEGRADED|FAILED
@@ -57,8 +58,11 @@ class DeploymentRow(Base):
     crash_count: Mapped[int] = mapped_column(Integer, default=0)  # consecutive, reset on READY
     last_error: Mapped[str] = mapped_column(Text, default="")
     next_start_at: Mapped[float] = mapped_column(Float, default=0.0)
+    target: Mapped[dict[str, int] | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # replicas per cloud of a move
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
     updated_at: Mapped[float] = mapped_column(Float, default=time.time)
+    lease_owner: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the controller reconciling it
+    lease_until: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class ReplicaRow(Base):
@@ -70,9 +74,8 @@ class ReplicaRow(Base):
     cloud: Mapped[str | None] = mapped_column(String(100), nullable=True)
     state: Mapped[str] = mapped_column(String(20), default="PENDING", index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
-    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    workdir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    handle: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # the backend's, opaque
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)  # where the backend says it serves
     resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     failed_probes: Mapped[int] = mapped_column(Integer, default=0)
     auth_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)  # the gateway's key to this replica
@@ -155,6 +158,9 @@ class JobRow(Base):
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
     updated_at: Mapped[float] = mapped_column(Float, default=time.time)
     project: Mapped[str] = mapped_column(String(100), default=DEFAULT_PROJECT, index=True)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    lease_owner: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    lease_until: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class AttemptRow(Base):
@@ -163,10 +169,10 @@ class AttemptRow(Base):
     job: Mapped[str] = mapped_column(ForeignKey("jobs.name"), index=True)
     number: Mapped[int] = mapped_column(Integer)
     cloud: Mapped[str] = mapped_column(String(100))
-    state: Mapped[str] = mapped_column(String(20), default="RUNNING")  # RUNNING|SUCCEEDED|FAILED|PREEMPTED|CANCELLED
+    # STARTING (intent written, start under way) → RUNNING → SUCCEEDED | FAILED | PREEMPTED | CANCELLED
+    state: Mapped[str] = mapped_column(String(20), default="STARTING")
     reason: Mapped[str] = mapped_column(Text, default="")
-    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    workdir: Mapped[str] = mapped_column(Text, default="")
+    handle: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # the backend's, opaque
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     spot: Mapped[bool] = mapped_column(default=False)

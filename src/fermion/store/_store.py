@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import create_engine, event, inspect, or_, text, update
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,7 +44,7 @@ class Store:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
-        self.added_columns = migrate_additive(self.engine)
+        self.schema_changes = migrate(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -51,6 +52,33 @@ class Store:
         """A transaction: committed on success, rolled back on error."""
         with self._sessions() as s, s.begin():
             yield s
+
+    def claim(self, model: type[Base], key: str, owner: str, ttl_s: float) -> bool:
+        """Take (or extend) the lease on one row: True if ``owner`` holds it now. A lease that
+        expired is free: the controller that held it died or stalled."""
+        now = time.time()
+        pk = inspect(model).primary_key[0]
+        with self.session() as s:
+            done = s.execute(update(model).where(
+                pk == key, or_(model.lease_owner.is_(None), model.lease_owner == owner, model.lease_until < now),
+            ).values(lease_owner=owner, lease_until=now + ttl_s).execution_options(synchronize_session=False))
+            return done.rowcount == 1
+
+    @staticmethod
+    def holds(s: Session, model: type[Base], key: str, owner: str) -> bool:
+        """In a write-back transaction: does ``owner`` still hold the lease? (Then no one else can
+        write the row's actual state until this transaction ends.)"""
+        table = model.__table__
+        pk = table.primary_key.columns.values()[0]
+        done = s.connection().execute(table.update().where(pk == key, table.c.lease_owner == owner)
+                                      .values(lease_owner=owner))
+        return done.rowcount == 1
+
+    def release(self, model: type[Base], key: str, owner: str) -> None:
+        pk = inspect(model).primary_key[0]
+        with self.session() as s:
+            s.execute(update(model).where(pk == key, model.lease_owner == owner)
+                      .values(lease_owner=None, lease_until=0.0).execution_options(synchronize_session=False))
 
     @staticmethod
     def record(s: Session, kind: str, object_id: str, old: str, new: str, reason: str = "") -> None:
@@ -60,9 +88,15 @@ class Store:
         self.engine.dispose()
 
 
-def migrate_additive(engine: Engine) -> list[str]:
-    """Bring an older database up to the models: add the columns it lacks, with their defaults.
-    (Fermion's schema changes only by adding tables and columns; create_all adds the tables.)"""
+RETIRED_COLUMNS = {  # columns a model lost: dropped from an older database
+    "replicas": ("pid", "port", "workdir"),  # a backend's handle replaced them
+    "attempts": ("pid", "workdir"),
+}
+
+
+def migrate(engine: Engine) -> list[str]:
+    """Bring an older database up to the models: add the columns it lacks, with their defaults,
+    and drop the retired ones. (create_all adds the tables.)"""
     added = []
     existing = inspect(engine)
     with engine.begin() as conn:
@@ -79,11 +113,32 @@ def migrate_additive(engine: Engine) -> list[str]:
                         ddl += f" DEFAULT {literal}"
                 conn.execute(text(ddl))
                 added.append(f"{table.name}.{column.name}")
+            if table.name in RETIRED_COLUMNS and "pid" in have:
+                _handles_from_pids(conn, table.name, "port" in have)
+            for retired in RETIRED_COLUMNS.get(table.name, ()):
+                if retired in have:
+                    conn.execute(text(f"ALTER TABLE {table.name} DROP COLUMN {retired}"))
+                    added.append(f"-{table.name}.{retired}")
     return added
+
+
+def _handles_from_pids(conn: Connection, table: str, has_port: bool) -> None:
+    """Rows of a version that kept pids: the local backend's handle (and URL), so that the
+    workloads still running are re-adopted after the upgrade rather than replaced."""
+    rows = conn.execute(text(f"SELECT id, pid{', port' if has_port else ''} FROM {table} "
+                             "WHERE pid IS NOT NULL AND handle IS NULL")).fetchall()
+    for row in rows:
+        url = f"http://127.0.0.1:{row[2]}" if has_port and row[2] else None
+        values = {"id": row[0], "handle": json.dumps({"id": row[0], "pid": row[1]})}
+        if has_port:
+            conn.execute(text(f"UPDATE {table} SET handle = :handle, url = :url WHERE id = :id"), {**values, "url": url})
+        else:
+            conn.execute(text(f"UPDATE {table} SET handle = :handle WHERE id = :id"), values)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API types
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; a power cut may lose the last commits
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()

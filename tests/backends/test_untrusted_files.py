@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fermion.clouds import CloudConfig, Isolation, LocalCloud, ReplicaHandle
-from fermion.clouds._sandbox import Confinement, workload_env
-from fermion.controllers import DeploymentController
+from fermion.backends import Isolation, LocalBackend
+from fermion.backends._sandbox import Confinement, workload_env
+from fermion.clouds import CloudConfig
+from fermion.control import DeploymentController, Scheduler
 from fermion.gateway import RoutingTable
 from fermion.store import ModelVersionRow, Store, default_db_url
 
@@ -44,14 +45,16 @@ def test_links_planted_in_a_workload_folder_are_not_followed(tmp_path: Path) -> 
     secret = tmp_path / "server-home" / "cli.json"
     secret.parent.mkdir()
     secret.write_text('{"token": "TOPSECRET"}')
-    cloud = LocalCloud(CloudConfig(name="c"), tmp_path / "workloads", server_home=secret.parent)
+    cloud = LocalBackend(CloudConfig(name="c"), tmp_path / "workloads", server_home=secret.parent)
     workdir = cloud.root / "r-1"
     workdir.mkdir(parents=True)
     (workdir / "replica.log").symlink_to(secret)
     (workdir / "port").symlink_to("/dev/zero")
-    handle = ReplicaHandle(pid=2**22 + 17, workdir=workdir)
+    (workdir / "exit_code").symlink_to(secret)
+    handle = {"id": "r-1", "pid": 2**22 + 17}
     assert "TOPSECRET" not in cloud.logs(handle)
-    assert cloud.poll(handle) == (False, None)  # and no endless read of /dev/zero
+    status = cloud.status(handle)  # and no endless read of /dev/zero
+    assert (status.alive, status.url, status.exit_code) == (False, None, None)
     os.mkfifo(workdir / "job.log")
     assert cloud.logs(handle) == ""  # a FIFO would have hung the reader
 
@@ -63,7 +66,7 @@ def test_a_workload_mounts_only_its_own_projects_models(tmp_path: Path) -> None:
         path.mkdir(parents=True)
         with store.session() as s:
             s.add(ModelVersionRow(name=path.parent.name, version=1, artifact_uri=str(path), project=project))
-    controller = DeploymentController(store, {}, RoutingTable())
+    controller = DeploymentController(store, Scheduler(store, {}), RoutingTable())
     with store.session() as s:
         assert controller.artifact_mounts(s, str(mine), "a") == [mine.resolve()]
         assert controller.artifact_mounts(s, str(mine / "encoder/.."), "a") == [mine.resolve()]

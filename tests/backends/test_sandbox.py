@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fermion.clouds import Isolation
-from tests.support import FIXTURE_PHOTONS, ServerProc, running_server
-
+from fermion.backends import Isolation
+from fermion.testing import ServerProc, running_server
+from tests.support import FIXTURE_PHOTONS
 CLOUDS = "clouds:\n  - name: alpha\n  - name: beta\n"
 ISOLATION = Isolation()
 sandboxed = pytest.mark.skipif(ISOLATION.bwrap is None, reason="bubblewrap cannot run on this machine")
@@ -60,7 +60,7 @@ def test_a_replica_cannot_read_the_servers_home_or_other_workloads(server: Serve
 def test_replicas_answer_only_the_gateway(server: ServerProc) -> None:
     replicas = server.deployment("snoop")["replica_list"]
     for r in replicas:
-        direct = f"http://127.0.0.1:{r['port']}"
+        direct = server.replica_url(r["id"])
         assert httpx.get(f"{direct}/healthz").status_code == 200  # the controller's probe needs no secret
         refused = httpx.post(f"{direct}/environ", json={})
         assert refused.status_code == 401 and "gateway" in refused.text

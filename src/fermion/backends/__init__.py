@@ -1,0 +1,56 @@
+"""Compute backends: the one protocol (start → opaque handle; status; stop; logs), the local and
+Ray engines, and fault injection as a wrapper around any of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..clouds import CloudConfig
+from ._faults import FaultInjector
+from ._local import LocalBackend
+from ._protocol import Backend, Capabilities, Handle, ProvisionError, Status, Workload
+from ._sandbox import Isolation, read_untrusted
+
+
+def make_backend(config: CloudConfig, workloads_root: Path, *, server_home: Path,
+                 isolation: Isolation | None = None, down: bool = False) -> FaultInjector:
+    """The backend ``config`` names, wrapped with the faults it declares."""
+    if config.kind == "ray":
+        from ._ray import RayBackend  # imports ray: only for clusters that use it
+
+        # a node of the cluster may be this machine: its workloads must not see the server's files
+        inner: Backend = RayBackend(config, hidden=[server_home, workloads_root], isolation=isolation)
+    else:
+        inner = LocalBackend(config, workloads_root, server_home=server_home, isolation=isolation)
+    return FaultInjector(inner, config.inject, down=down)
+
+
+def __getattr__(name: str) -> object:
+    # Ray is an optional extra: its backend and the local cluster helper load only when asked for
+    if name == "RayBackend":
+        from ._ray import RayBackend
+
+        return RayBackend
+    if name in ("local_ray_cluster", "LocalRayCluster"):
+        from . import _ray_cluster
+
+        return getattr(_ray_cluster, name)
+    raise AttributeError(f"module 'fermion.backends' has no attribute {name!r}")
+
+
+__all__ = [
+    "Backend",
+    "Capabilities",
+    "FaultInjector",
+    "Handle",
+    "Isolation",
+    "LocalBackend",
+    "LocalRayCluster",
+    "RayBackend",
+    "ProvisionError",
+    "Status",
+    "Workload",
+    "local_ray_cluster",
+    "make_backend",
+    "read_untrusted",
+]

@@ -1,0 +1,37 @@
+"""The control plane: the scheduler (capacity ledger, cloud health, ranking), the pure planners,
+and the controllers that reconcile one deployment or job per pass (the only writers of actual state)."""
+
+from ._deployments import DeploymentController
+from ._jobs import JobController
+from ._planner import (
+    TRANSITIONS,
+    AttemptView,
+    DeploymentPlan,
+    DeploymentView,
+    JobPlan,
+    JobView,
+    Observation,
+    ReplicaChange,
+    ReplicaView,
+    plan_deployment,
+    plan_job,
+)
+from ._scheduler import Need, Scheduler
+
+__all__ = [
+    "TRANSITIONS",
+    "AttemptView",
+    "DeploymentController",
+    "DeploymentPlan",
+    "DeploymentView",
+    "JobController",
+    "JobPlan",
+    "JobView",
+    "Need",
+    "Observation",
+    "ReplicaChange",
+    "ReplicaView",
+    "Scheduler",
+    "plan_deployment",
+    "plan_job",
+]

@@ -1,0 +1,502 @@
+"""The deployment controller: one pass per deployment, in four steps.
+
+1. claim: take the deployment's lease (one UPDATE claims every free deployment at once);
+2. snapshot: read it and its live replicas, then observe them all concurrently (no session open);
+3. plan: the pure planner (`_planner.plan_deployment`) turns snapshot and observations into actions;
+4. act and write back: kill what the plan kills, write the new states and the *intent* of each
+   start (the row PROVISIONING, its capacity held in the scheduler's ledger), then drain what it
+   drains and start on the backends with no session open, then write the handles back; each write
+   is guarded by the lease and gives up if the API changed the desired state since the snapshot.
+
+A crash after the intent and before the handle leaves a row with no handle: the next pass stops
+whatever the backend may have started under that id and lets the planner replace it. An error in
+one deployment's pass stays in that deployment.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from ..backends import Backend, Handle, ProvisionError, Workload
+from ..errors import FermionError
+from ..gateway import Endpoint, Route, RoutingTable
+from ..security import SecretBox, env_purpose
+from ..store import TERMINAL_STATES, DeploymentRow, EventRow, ModelVersionRow, PhotonRow, ReplicaRow, Store, new_id
+from ._loop import ReconcileLoop
+from ._observe import Observer
+from ._planner import DeploymentPlan, DeploymentView, Observation, ReplicaView, plan_deployment
+from ._scheduler import Need, Scheduler
+
+log = logging.getLogger("fermion.controller")
+LEASE_S = 30.0
+LEDGER_RESYNC_S = 5.0  # how often the capacity ledger is read again from the store
+
+EnvOpener = Callable[[Session, dict[str, str], str, str], dict[str, str]]  # (session, env, purpose, project)
+
+
+def plain_env(s: Session, env: dict[str, str], purpose: str, project: str) -> dict[str, str]:
+    return dict(env)
+
+
+@dataclass
+class _Start:
+    """A start decided in write-back 1 and carried out between the writes."""
+
+    replica_id: str
+    cloud: str
+    workload: Workload
+    why: str
+
+
+class DeploymentController(ReconcileLoop):
+    def __init__(self, store: Store, scheduler: Scheduler, table: RoutingTable, interval_s: float = 0.25,
+                 *, open_env: EnvOpener = plain_env, owner: str | None = None) -> None:
+        super().__init__()
+        self.store = store
+        self.scheduler = scheduler
+        self.table = table
+        self.interval_s = interval_s
+        self.open_env = open_env  # the stored (sealed) env -> what the workload gets, secrets resolved
+        self.owner = owner or f"ctl-{uuid.uuid4().hex[:12]}"
+        self.observer = Observer()
+        self._archives: dict[str, Path] = {}
+
+    # -- one pass over every deployment ----------------------------------------------------
+    def tick(self) -> None:
+        with self._lock:
+            self.scheduler.refresh()
+            self.scheduler.rebuild_every(LEDGER_RESYNC_S)
+            claimed = set(self._claim_all())
+            with self.store.session() as s:
+                deployments = {d.name: d for d in s.scalars(select(DeploymentRow))}
+                replicas: dict[str, list[ReplicaRow]] = {n: [] for n in deployments}
+                for r in s.scalars(select(ReplicaRow).where(ReplicaRow.state.not_in(TERMINAL_STATES))
+                                   .order_by(ReplicaRow.created_at)):
+                    replicas.setdefault(r.deployment, []).append(r)
+            backends = self.scheduler.backends
+            observations = self.observer.observe_all(
+                [(r.id, backends.get(r.cloud or ""), r.handle) for n in claimed for r in replicas.get(n, []) if r.handle],
+                probe=True)
+            healthy = self.scheduler.healthy_clouds()
+            for name, d in deployments.items():
+                if name not in claimed:  # another controller reconciles it; this gateway still routes to it
+                    self._publish(d, replicas[name], DeploymentPlan())
+                    continue
+                try:
+                    self._pass(d, replicas[name], observations, healthy)
+                except Exception:  # noqa: BLE001 - a bug in one deployment stays in that deployment
+                    log.exception("reconciling deployment %s failed", name)
+            for gone in {r.deployment for r in self.table.routes()} - set(deployments):
+                self.table.set(gone, None)
+
+    def stop(self) -> None:
+        """Stop the loop and free this controller's leases (a restarted server claims them at once)."""
+        super().stop()
+        self.observer.close()
+        with self.store.session() as s:
+            s.execute(update(DeploymentRow).where(DeploymentRow.lease_owner == self.owner)
+                      .values(lease_owner=None, lease_until=0.0).execution_options(synchronize_session=False))
+
+    def _claim_all(self) -> list[str]:
+        """Claim every deployment whose lease is free or ours: one write for the whole pass."""
+        now = time.time()
+        with self.store.session() as s:
+            s.execute(update(DeploymentRow).where(or_(
+                DeploymentRow.lease_owner.is_(None), DeploymentRow.lease_owner == self.owner,
+                DeploymentRow.lease_until < now)).values(lease_owner=self.owner, lease_until=now + LEASE_S)
+                .execution_options(synchronize_session=False))
+            return list(s.scalars(select(DeploymentRow.name).where(DeploymentRow.lease_owner == self.owner)))
+
+    def _pass(self, d: DeploymentRow, rows: list[ReplicaRow], observations: dict[str, Observation],
+              healthy: frozenset[str]) -> None:
+        now = time.time()
+        view = DeploymentView(name=d.name, generation=d.generation, replicas=d.replicas, status=d.status,
+                              crash_count=d.crash_count, next_start_at=d.next_start_at, target=d.target,
+                              status_reason=d.status_reason)
+        replicas = [ReplicaView(id=r.id, generation=r.generation, state=r.state, cloud=r.cloud, reason=r.reason,
+                                has_handle=r.handle is not None, failed_probes=r.failed_probes,
+                                state_since=r.state_since, created_at=r.created_at,
+                                memory_gb=float((r.resources or {}).get("memory_gb", 0)) or None, url=r.url)
+                    for r in rows]
+        plan = plan_deployment(view, replicas, observations, healthy, now)
+        handles = {r.id: (r.cloud, r.handle) for r in rows}
+
+        def act(stop: str) -> None:
+            for change in plan.changes:
+                if change.stop == stop:
+                    cloud, handle = handles[change.id]
+                    self._stop_workload(cloud, handle or {"id": change.id}, force=stop == "kill")
+
+        # kills before the write (a row written terminal must never leave a process running), drains
+        # after it (a replica draining unrecorded would look like a crash when it exits)
+        act("kill")
+        starts = self._write_plan(d, plan, rows)
+        if starts is None:
+            return  # the lease is gone, or the API changed what is wanted: the next pass plans anew
+        act("drain")
+        results = [(st, self._start(st)) for st in starts]
+        if results:
+            self._write_starts(d.name, results)
+        self._publish(d, rows, plan)
+
+    def _stop_workload(self, cloud: str | None, handle: Handle, *, force: bool) -> None:
+        backend = self.scheduler.backends.get(cloud or "")
+        if backend is not None:
+            backend.stop(handle, force=force)
+
+    def _start(self, st: _Start) -> Handle | ProvisionError:
+        return start_or_clean_up(self.scheduler.backends[st.cloud], st.workload)
+
+    # -- write back ---------------------------------------------------------------------------
+    def _write_plan(self, d: DeploymentRow, plan: DeploymentPlan, rows: list[ReplicaRow]) -> list[_Start] | None:
+        """Write the plan's consequences and the intent of each start; None if the lease is lost
+        or the desired state moved since the snapshot. Core statements, a few per pass: the
+        snapshot is the truth for what this controller alone writes (under its lease)."""
+        if not plan.touches():
+            return []
+        name, events = d.name, Events()
+        with self.scheduler.tentative(), self.store.session() as s:
+            if self._hold_and_read(s, name) != _desired(d):
+                return None  # the lease is gone, or the API changed what is wanted: the next pass plans anew
+            self._write_changes(s, d, plan, {r.id: r for r in rows}, events)
+            values: dict[str, Any] = {}
+            if plan.crash_count is not None:
+                values.update(crash_count=plan.crash_count, next_start_at=plan.next_start_at or d.next_start_at)
+            if plan.last_error is not None:
+                values["last_error"] = self._redact(s, d, plan.last_error)
+            if plan.clear_target:
+                events.add("deployment", name, "REBALANCING", d.status, plan.clear_target)
+                values["target"] = None
+            if plan.delete:
+                events.add("deployment", name, d.status, "DELETED", "all replicas stopped")
+                events.write(s)
+                # explicit order: the replica rows reference the deployment row
+                s.execute(delete(ReplicaRow).where(ReplicaRow.deployment == name))
+                s.execute(delete(DeploymentRow).where(DeploymentRow.name == name))
+                return []
+            if plan.status is not None:
+                reason = self._redact(s, d, plan.status_reason) if plan.status == "FAILED" else plan.status_reason
+                if plan.status != d.status:  # a new reason alone (e.g. "1/2 ready") is not an event
+                    events.add("deployment", name, d.status, plan.status, reason)
+                values.update(status=plan.status, status_reason=reason, updated_at=time.time())
+            if values:
+                s.execute(update(DeploymentRow).where(DeploymentRow.name == name).values(**values))
+            after = {c.id: c.state for c in plan.changes if c.state is not None}
+            serving: dict[str, int] = {}  # this generation's replicas per cloud, after the plan
+            for r in rows:
+                if r.cloud and r.generation == d.generation and \
+                        after.get(r.id, r.state) not in (*TERMINAL_STATES, "DRAINING", "PENDING"):
+                    serving[r.cloud] = serving.get(r.cloud, 0) + 1
+            pending = [(r.id, r.auth_secret, r.state, r.reason) for r in rows if r.id in set(plan.place)]
+            pending += [(new_id("r"), None, "", reason) for reason in plan.new_replicas]
+            starts = self._decide_starts(s, d, pending, plan.only_cloud, serving, events)
+            events.write(s)
+            return starts
+
+    def _hold_and_read(self, s: Session, name: str) -> tuple | None:
+        """Keep the lease (the statement takes the store's write lock) and read what the API may
+        have changed since the snapshot, in one statement; None if the lease is not ours."""
+        t = DeploymentRow.__table__
+        row = s.connection().execute(
+            t.update().where(t.c.name == name, t.c.lease_owner == self.owner).values(lease_owner=self.owner)
+            .returning(t.c.status, t.c.generation, t.c.replicas, t.c.target, t.c.crash_count, t.c.next_start_at,
+                       t.c.clouds)).first()
+        return None if row is None else (*row[:6], tuple(row[6] or ()))
+
+    def _redact(self, s: Session, d: DeploymentRow, text: str) -> str:
+        return self.redact_env(s, d.env, env_purpose("deployment", d.name), d.project, text) if text else text
+
+    def _write_changes(self, s: Session, d: DeploymentRow, plan: DeploymentPlan, snapshot: dict[str, ReplicaRow],
+                       events: Events) -> None:
+        """The replica transitions of the plan, one UPDATE per shape of change."""
+        now, updates = time.time(), []
+        for change in plan.changes:
+            r = snapshot.get(change.id)
+            if r is None:
+                continue
+            values: dict[str, Any] = {}
+            if change.url and r.url != change.url:
+                values["url"] = change.url
+            if change.failed_probes is not None and change.failed_probes != r.failed_probes:
+                values["failed_probes"] = change.failed_probes
+            if change.state is not None:
+                reason = change.reason
+                if change.state == "FAILED" and ":" in reason:  # may quote the workload's log: mask its secrets
+                    reason = self._redact(s, d, reason)
+                if (change.state, reason) != (r.state, r.reason):
+                    events.add("replica", r.id, r.state, change.state, reason)
+                    values.update(state=change.state, reason=reason, state_since=now)
+                if change.state in TERMINAL_STATES:
+                    self.scheduler.release(r.id)
+            if values:
+                updates.append({"id": r.id, **values})
+        _update_by_id(s, updates)
+
+    def _decide_starts(self, s: Session, d: DeploymentRow, pending: list[tuple[str, str | None, str, str]],
+                       only: str | None, per_cloud: dict[str, int], events: Events) -> list[_Start]:
+        """Choose a cloud for each PENDING replica (id, secret, state, reason; state "" for one to
+        create) and write the intent: the row PROVISIONING with its cloud and no handle."""
+        if not pending:
+            return []
+        now = time.time()
+        archive = self._archive(s, d.photon_sha256)
+        try:
+            env = self.open_env(s, d.env, env_purpose("deployment", d.name), d.project)
+        except FermionError as exc:
+            env, why_not_at_all = {}, f"cannot start: {exc}"
+        else:
+            why_not_at_all = ""
+        need = Need.of(d.resources)
+        allowed = [n for n in self.scheduler.backends if not d.clouds or n in d.clouds]
+        mounts = self.artifact_mounts(s, env.get("FERMION_MODEL_DIR"), d.project) if not why_not_at_all else []
+        starts, inserts, updates = [], [], []
+        for rid, secret, state, created_for in pending:
+            if state == "":
+                events.add("replica", rid, "", "PENDING", created_for)
+            choice = None if why_not_at_all else self.scheduler.choose(
+                rid, need, allowed, caps=self.scheduler.spread_caps(allowed, d.replicas, per_cloud), only=only)
+            if choice is None or choice.cloud is None:
+                reason = why_not_at_all or (f"no cloud can run it ({need.describe()}): "
+                                            + "; ".join((choice.why_not if choice else None) or ["no cloud allowed"]))
+                row = {"id": rid, "state": "PENDING", "reason": reason, "state_since": now, "cloud": None}
+            else:
+                per_cloud[choice.cloud] = per_cloud.get(choice.cloud, 0) + 1
+                secret = secret or secrets.token_urlsafe(32)
+                reason = f"starting on cloud {choice.cloud}" + (f" ({choice.why})" if choice.why else "")
+                events.add("replica", rid, state or "PENDING", "PROVISIONING", reason)
+                row = {"id": rid, "state": "PROVISIONING", "reason": reason, "state_since": now,
+                       "cloud": choice.cloud, "auth_secret": secret, "handle": None, "url": None}
+                starts.append(_Start(rid, choice.cloud, Workload(
+                    id=rid, kind="replica", env=dict(env), cpus=need.cpus, memory_gb=need.memory_gb,
+                    archive=archive, secret=secret, read_only=mounts), choice.why))
+            if state == "":
+                inserts.append({"deployment": d.name, "generation": d.generation, "photon_sha256": d.photon_sha256,
+                                "resources": dict(d.resources), "failed_probes": 0, "created_at": now,
+                                "auth_secret": None, "handle": None, "url": None, **row})
+            elif (row["state"], row["reason"]) != (state, created_for):
+                updates.append(row)
+        if inserts:
+            s.execute(insert(ReplicaRow), inserts)
+        _update_by_id(s, updates)
+        return starts
+
+    def _archive(self, s: Session, sha256: str) -> Path | None:
+        """A photon's archive (content-addressed: the answer for a digest never changes)."""
+        if sha256 not in self._archives:
+            photon = s.get(PhotonRow, sha256)
+            if photon is None:
+                return None
+            self._archives[sha256] = Path(photon.archive_path)
+        return self._archives[sha256]
+
+    def _write_starts(self, name: str, results: list[tuple[_Start, Handle | ProvisionError]]) -> None:
+        """Write back what the starts gave: handles (one statement for all), or back to PENDING."""
+        orphans: list[tuple[str, Handle]] = []
+        with self.store.session() as s:
+            owned = self.store.holds(s, DeploymentRow, name, self.owner)
+            started = [(st, h) for st, h in results if not isinstance(h, ProvisionError)]
+            failed = [(st, h) for st, h in results if isinstance(h, ProvisionError)]
+            if owned and started:
+                s.execute(update(ReplicaRow), [
+                    {"id": st.replica_id, "handle": h,
+                     "reason": f"started on cloud {st.cloud}" + (f" ({st.why})" if st.why else "")}
+                    for st, h in started])
+                for cloud in {st.cloud for st, _ in started}:
+                    self.scheduler.mark(s, cloud, healthy=True, reason="started a replica")
+            elif started:  # nobody may record them: do not leave them running unrecorded
+                orphans = [(st.cloud, h) for st, h in started]
+                for st, _ in started:
+                    self.scheduler.release(st.replica_id)
+            for st, exc in failed:
+                self.scheduler.release(st.replica_id)
+                self.scheduler.mark(s, st.cloud, healthy=False, reason=exc.message)
+                r = s.get(ReplicaRow, st.replica_id)
+                if r is not None and owned:
+                    r.cloud = None
+                    self._set_state(s, r, "PENDING", f"{st.cloud}: {exc.message}; trying another cloud")
+        for cloud, handle in orphans:
+            self._stop_workload(cloud, handle, force=True)
+
+    # -- state changes --------------------------------------------------------------------
+    def _set_state(self, s: Session, r: ReplicaRow, state: str, reason: str = "") -> None:
+        if r.state == state and r.reason == reason:
+            return
+        self.store.record(s, "replica", r.id, r.state, state, reason)
+        r.state, r.reason, r.state_since = state, reason, time.time()
+
+    # -- the routing table ----------------------------------------------------------------
+    def _publish(self, d: DeploymentRow, rows: list[ReplicaRow], plan: DeploymentPlan) -> None:
+        """This deployment's route: its READY replicas (after the plan) at the URLs their backends
+        reported. Built from the pass's snapshot: no query."""
+        if d.status == "DELETING" or plan.delete:
+            self.table.set(d.name, None)
+            return
+        changes = {c.id: c for c in plan.changes}
+        endpoints = []
+        for r in rows:
+            change = changes.get(r.id)
+            state = change.state if change is not None and change.state is not None else r.state
+            url = (change.url if change is not None else None) or r.url
+            if state == "READY" and url:
+                endpoints.append(Endpoint(r.id, r.cloud or "", url, r.auth_secret))
+        route = Route(deployment=d.name, public=d.public, idempotent=d.idempotent, token_hash=d.token_hash,
+                      rate_limit=_bucket_size(d.rate_limit), endpoints=endpoints)
+        old = self.table.get(d.name)
+        if old is None or _route_key(old) != _route_key(route):
+            self.table.set(d.name, route)
+
+    # -- moving replicas to a better placement ---------------------------------------------
+    def plan_rebalance(self, name: str) -> dict[str, Any]:
+        """The optimal placement of a deployment's replicas over the healthy clouds, vs. now."""
+        from ..placement import CloudState, Constraints, PlacementRequest, optimize
+
+        with self.store.session() as s:
+            d = s.get(DeploymentRow, name)
+            assert d is not None
+            current = s.scalars(select(ReplicaRow).where(
+                ReplicaRow.deployment == name, ReplicaRow.generation == d.generation,
+                ReplicaRow.state.not_in((*TERMINAL_STATES, "DRAINING")))).all()
+            counts: dict[str, int] = {}
+            for r in current:
+                if r.cloud:
+                    counts[r.cloud] = counts.get(r.cloud, 0) + 1
+            need, target, moving = Need.of(d.resources), d.target, d.target is not None
+        free = self.scheduler.free()
+        allowed = [n for n in self.scheduler.backends if not d.clouds or n in d.clouds]
+        offerings, states, prices = [], {}, {}
+        for n in allowed:
+            offering = self.scheduler.offering(n)
+            prices[n] = offering.price
+            offerings.append(offering)
+            # this deployment's own replicas would move, so their room counts as free
+            room_cpus = free[n]["cpus"] + counts.get(n, 0) * need.cpus
+            room_mem = free[n]["memory_gb"] + counts.get(n, 0) * need.memory_gb
+            states[n] = CloudState(healthy=self.scheduler.healthy(n),
+                                   max_replicas=int(min(room_cpus / need.cpus, room_mem / need.memory_gb)))
+        spread = min(2, len(allowed)) or 1
+        request = PlacementRequest(cpus=need.cpus, memory_gb=need.memory_gb, replicas=max(1, d.replicas),
+                                   constraints=Constraints(max_per_cloud=max(1, -(-d.replicas // spread))))
+        plan = optimize(request, offerings, states)
+        current_cost = sum(prices.get(c, 0.0) * k for c, k in counts.items())
+        return {
+            "deployment": name, "current": counts, "current_cost_per_hour": round(current_cost, 6),
+            "plan": plan.model_dump(), "target": plan.clouds() if plan.feasible else None,
+            "target_cost_per_hour": plan.cost_per_hour if plan.feasible else None,
+            "saving": round(1 - plan.cost_per_hour / current_cost, 6) if plan.feasible and current_cost > 0 else 0.0,
+            "moving": moving and target is not None,
+        }
+
+    def start_rebalance(self, name: str, target: dict[str, int], reason: str) -> None:
+        """Desired state: move toward ``target``; the passes carry it out one replica at a time."""
+        with self.store.session() as s:
+            d = s.get(DeploymentRow, name)
+            if d is None:
+                return
+            d.target = dict(target)
+            self.store.record(s, "deployment", name, d.status, "REBALANCING", reason)
+
+    # -- cloud outages (injected) ---------------------------------------------------------
+    def fail_cloud(self, name: str, reason: str) -> int:
+        """Take the cloud down: starts are refused and its replicas die (their rows follow on the
+        next pass, as for any real outage)."""
+        self.scheduler.fail(name, reason)
+        with self.store.session() as s:
+            live = [(r.id, r.handle) for r in s.scalars(select(ReplicaRow).where(
+                ReplicaRow.cloud == name, ReplicaRow.state.not_in(TERMINAL_STATES)))]
+        for rid, handle in live:
+            self._stop_workload(name, handle or {"id": rid}, force=True)
+        return len(live)
+
+    # -- helpers shared with the job controller and the API -------------------------------
+    def redact_env(self, s: Session, stored_env: dict[str, str], purpose: str, project: str, text: str) -> str:
+        """``text`` (a workload's log line) with its env values masked, before it becomes a reason
+        or an event."""
+        try:
+            values = list(self.open_env(s, stored_env, purpose, project).values())
+        except FermionError:  # a secret deleted since: nothing to show, so nothing from the log either
+            return "(log line withheld: its secrets cannot be read to redact it)"
+        return SecretBox.redact(text, values)
+
+    def artifact_mounts(self, s: Session, path: str | None, project: str) -> list[Path]:
+        """A model's folder to show a workload read-only: only inside a registered version of the
+        workload's own project (any other path would let a spec mount what it likes)."""
+        if not path:
+            return []
+        resolved = Path(path).resolve()
+        versions = s.scalars(select(ModelVersionRow.artifact_uri).where(ModelVersionRow.project == project)).all()
+        if resolved.is_dir() and any(resolved.is_relative_to(Path(uri).resolve()) for uri in versions):
+            return [resolved]
+        return []
+
+    def logs(self, r: ReplicaRow, tail: int) -> str:
+        backend = self.scheduler.backends.get(r.cloud or "")
+        if backend is None or r.handle is None:
+            return ""
+        return backend.logs(r.handle, tail)
+
+
+class Events:
+    """The events of one write-back, inserted together."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, kind: str, object_id: str, old: str, new: str, reason: str = "") -> None:
+        self.rows.append({"at": time.time(), "kind": kind, "object_id": object_id, "old": old, "new": new,
+                          "reason": reason})
+
+    def write(self, s: Session) -> None:
+        if self.rows:
+            s.execute(insert(EventRow), self.rows)
+            self.rows = []
+
+
+def _update_by_id(s: Session, updates: list[dict[str, Any]]) -> None:
+    """Replica rows by id: one executemany per set of columns."""
+    for keys in {frozenset(u) for u in updates}:
+        s.execute(update(ReplicaRow), [u for u in updates if frozenset(u) == keys])
+
+
+def start_or_clean_up(backend: Backend, workload: Workload) -> Handle | ProvisionError:
+    """Start ``workload``, or say why not; a start that failed half-way is stopped by id, so that
+    nothing the backend began is left running unrecorded."""
+    try:
+        return backend.start(workload)
+    except Exception as exc:  # noqa: BLE001 - a backend bug is this start's failure, not the pass's
+        if not isinstance(exc, ProvisionError):
+            log.exception("starting %s on %s failed", workload.id, backend.name)
+            exc = ProvisionError(f"cloud {backend.name} could not start it: {exc}")
+        try:
+            backend.stop({"id": workload.id}, force=True)
+        except Exception:  # noqa: BLE001 - the row goes back to PENDING; the id is never reused
+            log.exception("cleaning up the failed start of %s on %s failed", workload.id, backend.name)
+        return exc
+
+
+def _desired(d: DeploymentRow) -> tuple:
+    """What the API may change under a pass (the controller writes the rest, under its lease)."""
+    return (d.status, d.generation, d.replicas, d.target, d.crash_count, d.next_start_at, tuple(d.clouds or ()))
+
+
+def _route_key(route: Route) -> tuple:
+    return (route.public, route.idempotent, route.token_hash, route.rate_limit,
+            tuple((e.replica_id, e.url, e.secret) for e in route.endpoints))
+
+
+def _bucket_size(rate_limit: dict[str, Any] | None) -> tuple[float, float] | None:
+    """(requests per second, burst) for the gateway's token buckets."""
+    if not rate_limit:
+        return None
+    rps = float(rate_limit["requests_per_second"])
+    return rps, float(rate_limit.get("burst") or max(1.0, rps))
+

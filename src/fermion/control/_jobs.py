@@ -1,0 +1,223 @@
+"""The job controller: one pass per job (claim → snapshot → plan → act → write back), as for
+deployments. Each job runs as attempts on the best healthy cloud; an attempt lost with its cloud
+resumes elsewhere from the latest checkpoint, an attempt that fails by its own error is retried
+at most ``max_restarts`` times."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from ..backends import Handle, ProvisionError, Workload
+from ..errors import FermionError
+from ..security import env_purpose
+from ..store import AttemptRow, JobRow, Store
+from ._deployments import LEASE_S, DeploymentController, start_or_clean_up
+from ._loop import ReconcileLoop
+from ._planner import AttemptView, JobPlan, JobView, Observation, plan_job
+from ._scheduler import LIVE_ATTEMPT_STATES, Need, Scheduler
+
+log = logging.getLogger("fermion.controller")
+JOB_TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+
+class JobController(ReconcileLoop):
+    interval_s = 0.3
+
+    def __init__(self, store: Store, scheduler: Scheduler, deployments: DeploymentController,
+                 on_success: Callable[[Session, JobRow], None] | None = None, owner: str | None = None) -> None:
+        super().__init__()
+        self.store, self.scheduler, self.deployments = store, scheduler, deployments
+        self.on_success = on_success  # called with (session, job) when a job succeeds
+        self.owner = owner or f"jobs-{uuid.uuid4().hex[:12]}"
+
+    def tick(self) -> None:
+        with self._lock:
+            self.scheduler.refresh()
+            now = time.time()
+            with self.store.session() as s:
+                s.execute(update(JobRow).where(JobRow.status.not_in(JOB_TERMINAL), or_(
+                    JobRow.lease_owner.is_(None), JobRow.lease_owner == self.owner, JobRow.lease_until < now))
+                    .values(lease_owner=self.owner, lease_until=now + LEASE_S).execution_options(synchronize_session=False))
+            snapshot = self._snapshot(None)
+            self._passes(snapshot)
+
+    def _snapshot(self, name: str | None) -> list[tuple[JobRow, AttemptRow | None]]:
+        with self.store.session() as s:
+            q = select(JobRow).where(JobRow.lease_owner == self.owner, JobRow.status.not_in(JOB_TERMINAL))
+            if name is not None:
+                q = q.where(JobRow.name == name)
+            jobs = list(s.scalars(q))
+            latest: dict[str, AttemptRow] = {}
+            for a in s.scalars(select(AttemptRow).where(AttemptRow.job.in_([j.name for j in jobs]))
+                               .order_by(AttemptRow.number)):
+                latest[a.job] = a
+            return [(j, latest.get(j.name)) for j in jobs]
+
+    def _passes(self, snapshot: list[tuple[JobRow, AttemptRow | None]]) -> None:
+        live = [a for _, a in snapshot if a is not None and a.state in LIVE_ATTEMPT_STATES and a.handle]
+        observations = self.deployments.observer.observe_all(
+            [(a.id, self.scheduler.backends.get(a.cloud), a.handle) for a in live], probe=False)
+        for job, attempt in snapshot:
+            try:
+                self._pass(job, attempt, observations.get(attempt.id) if attempt is not None else None)
+            except Exception:  # noqa: BLE001 - a bug in one job stays in that job
+                log.exception("reconciling job %s failed", job.name)
+
+    def _pass(self, job: JobRow, a: AttemptRow | None, obs: Observation | None) -> None:
+        view = JobView(job.name, job.status, job.restarts, job.max_restarts, job.next_start_at, job.cancel_requested)
+        attempt = AttemptView(a.id, a.number, a.state, a.cloud, a.handle is not None,
+                              cancelling_since=a.ended_at if a.state == "CANCELLING" else None) if a is not None else None
+        plan = plan_job(view, attempt, obs, time.time())
+        if plan.stop is not None and a is not None:
+            backend = self.scheduler.backends.get(a.cloud)
+            if backend is not None:
+                backend.stop(a.handle or {"id": a.id}, force=plan.stop == "kill")
+        started = self._write_plan(job.name, a, plan, job.cancel_requested)
+        if started is None:
+            return
+        attempt_id, cloud, workload = started
+        self._write_start(job.name, attempt_id, cloud, start_or_clean_up(self.scheduler.backends[cloud], workload))
+
+    def _write_plan(self, name: str, a: AttemptRow | None, plan: JobPlan,
+                    cancel_seen: bool) -> tuple[str, str, Workload] | None:
+        """Write the plan; return the start it decided (intent written), if any."""
+        if plan.attempt_state is None and plan.status is None and not plan.start:
+            return None
+        with self.scheduler.tentative(), self.store.session() as s:
+            if not self.store.holds(s, JobRow, name, self.owner):
+                return None
+            job = s.get(JobRow, name)
+            if job is None or job.cancel_requested != cancel_seen:
+                return None  # cancelled since the snapshot: the next pass carries that out
+            if a is not None and plan.attempt_state is not None:
+                attempt = s.get(AttemptRow, a.id)
+                if attempt is not None:
+                    reason = plan.attempt_reason
+                    if plan.attempt_state == "FAILED":  # quotes the job's log: mask its secrets
+                        reason = self.deployments.redact_env(s, job.env, env_purpose("job", name), job.project, reason)
+                    self.store.record(s, "attempt", a.id, attempt.state, plan.attempt_state,
+                                      f"own error: {reason}" if plan.attempt_state == "FAILED" else reason)
+                    attempt.state, attempt.reason, attempt.ended_at = plan.attempt_state, reason, time.time()
+                    attempt.exit_code = plan.exit_code
+                    if plan.attempt_state not in LIVE_ATTEMPT_STATES:  # CANCELLING still holds its capacity
+                        self.scheduler.release(a.id)
+                    if plan.status is not None and plan.attempt_state == "FAILED":
+                        plan.reason = self.deployments.redact_env(s, job.env, env_purpose("job", name), job.project,
+                                                                  plan.reason)
+            if plan.restarts is not None:
+                job.restarts = plan.restarts
+            if plan.next_start_at is not None:
+                job.next_start_at = plan.next_start_at
+            if plan.succeeded and self.on_success is not None:
+                try:
+                    self.on_success(s, job)
+                except Exception as exc:  # noqa: BLE001 - a failed registration fails the job, visibly
+                    plan.status, plan.reason = "FAILED", f"finished, but registering its result failed: {exc}"
+            if plan.status is not None:
+                self._set(s, job, plan.status, plan.reason)
+            if plan.start:
+                return self._decide_start(s, job, a)
+        return None
+
+    def _decide_start(self, s: Session, job: JobRow, last: AttemptRow | None) -> tuple[str, str, Workload] | None:
+        need = Need.of(job.resources)
+        number = (last.number if last else 0) + 1
+        try:
+            declared = self.deployments.open_env(s, job.env, env_purpose("job", job.name), job.project)
+        except FermionError as exc:
+            job.reason = f"cannot start: {exc}"
+            return None
+        attempt_id = f"a-{uuid.uuid4().hex[:10]}"
+        preempted = last is not None and last.state == "PREEMPTED"
+        choice = self.scheduler.choose(attempt_id, need, job.clouds or list(self.scheduler.backends), spot=job.spot,
+                                       last=last.cloud if preempted and last is not None else None)
+        if choice.cloud is None:
+            job.reason = "waiting for a cloud: " + "; ".join(choice.why_not or ["none allowed"])
+            return None
+        spot = job.spot and self.scheduler.capabilities(choice.cloud).spot
+        s.add(AttemptRow(id=attempt_id, job=job.name, number=number, cloud=choice.cloud, resources=asdict(need),
+                         spot=spot, state="STARTING", reason="starting"))
+        env = {**declared, "FERMION_CHECKPOINT_DIR": job.checkpoint_dir, "FERMION_JOB": job.name,
+               "FERMION_ATTEMPT": str(number), "FERMION_JOB_OUTPUT": job.output_dir}
+        workload = Workload(id=attempt_id, kind="job", env=env, cpus=need.cpus, memory_gb=need.memory_gb, spot=spot,
+                            command=list(job.command), workers=job.workers,
+                            writable=[Path(job.checkpoint_dir), Path(job.output_dir)],
+                            read_only=self.deployments.artifact_mounts(s, job.spec.get("base"), job.project))
+        return attempt_id, choice.cloud, workload
+
+    def _write_start(self, name: str, attempt_id: str, cloud: str, result: Handle | ProvisionError) -> None:
+        with self.store.session() as s:
+            owned = self.store.holds(s, JobRow, name, self.owner)
+            job, attempt = s.get(JobRow, name), s.get(AttemptRow, attempt_id)
+            if isinstance(result, ProvisionError):
+                self.scheduler.release(attempt_id)
+                self.scheduler.mark(s, cloud, healthy=False, reason=result.message)
+                if attempt is not None and owned:
+                    s.delete(attempt)
+                if job is not None and owned:
+                    job.reason = f"waiting for a cloud: {cloud}: {result.message}"
+                return
+            if not owned or job is None or attempt is None:  # nobody may record it: do not leave it running
+                self.scheduler.release(attempt_id)
+                self.scheduler.backends[cloud].stop(result, force=True)
+                return
+            self.scheduler.mark(s, cloud, healthy=True, reason="started a job attempt")
+            market = "spot" if attempt.spot else "on-demand"
+            attempt.handle, attempt.state, attempt.reason = result, "RUNNING", f"on {cloud} ({market})"
+            attempt.started_at = time.time()
+            self.store.record(s, "attempt", attempt_id, "STARTING", "RUNNING",
+                              f"attempt {attempt.number} of {name} on {cloud} ({market})")
+            self._set(s, job, "RUNNING", f"attempt {attempt.number} on {cloud} ({market})")
+
+    def _set(self, s: Session, job: JobRow, status: str, reason: str) -> None:
+        if job.status != status:
+            self.store.record(s, "job", job.name, job.status, status, reason)
+        job.status, job.reason, job.updated_at = status, reason, time.time()
+
+    def stop(self) -> None:
+        """Stop the loop and free this controller's leases (a restarted server claims them at once)."""
+        super().stop()
+        with self.store.session() as s:
+            s.execute(update(JobRow).where(JobRow.lease_owner == self.owner)
+                      .values(lease_owner=None, lease_until=0.0).execution_options(synchronize_session=False))
+
+    # -- what the API asks for ---------------------------------------------------------------
+    def kill_on_cloud(self, cloud: str) -> int:
+        """An outage of ``cloud``: its running attempts die at once (their jobs resume elsewhere)."""
+        with self.store.session() as s:
+            live = [(a.id, a.handle) for a in s.scalars(select(AttemptRow).where(
+                AttemptRow.cloud == cloud, AttemptRow.state.in_(LIVE_ATTEMPT_STATES)))]
+        backend = self.scheduler.backends[cloud]
+        for aid, handle in live:
+            backend.stop(handle or {"id": aid}, force=True)
+        return len(live)
+
+    def cancel(self, name: str, wait_s: float = 10.0) -> None:
+        """Desired state first (it survives a restart), then passes now to carry it out, for at
+        most ``wait_s`` (an attempt that drains slowly ends CANCELLED on a later pass)."""
+        with self.store.session() as s:
+            job = s.get(JobRow, name)
+            if job is None or job.status in JOB_TERMINAL:
+                return
+            job.cancel_requested = True
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                try:
+                    if self.store.claim(JobRow, name, self.owner, LEASE_S):
+                        self._passes(self._snapshot(name))
+                finally:
+                    self._lock.release()
+            with self.store.session() as s:
+                job = s.get(JobRow, name)
+                if job is None or job.status in JOB_TERMINAL:
+                    return
+            time.sleep(0.1)

@@ -1,0 +1,292 @@
+"""The scheduler: one capacity ledger for replicas and job attempts together, cloud health kept in
+one place, and ranking through the placement optimizer. Both controllers place through it."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..backends import Capabilities, FaultInjector
+from ..placement import CloudState, Constraints, Offering, PlacementRequest, optimize
+from ..store import TERMINAL_STATES, AttemptRow, CloudRow, ReplicaRow, Store
+
+CLOUD_RETRY_S = 30.0  # a cloud that failed to start a workload is tried again after this
+LIVE_ATTEMPT_STATES = ("STARTING", "RUNNING", "CANCELLING")
+CAPACITY_TTL_S = 5.0
+UNRECORDED_GRACE_S = 60.0  # longer than any write of a start's intent
+RANK_TTL_S = 1.0  # observed latencies move slowly; health changes clear the cache at once
+
+
+@dataclass(frozen=True)
+class Need:
+    cpus: float = 1.0
+    memory_gb: float = 1.0
+
+    @classmethod
+    def of(cls, resources: dict[str, Any] | None) -> Need:
+        r = resources or {}
+        return cls(float(r.get("cpus", 1)), float(r.get("memory_gb", 1)))
+
+    def describe(self) -> str:
+        return f"cpus={self.cpus:g}, memory_gb={self.memory_gb:g}"
+
+
+@dataclass
+class Choice:
+    """Where a workload goes (its capacity is reserved there), why, and why not elsewhere."""
+
+    cloud: str | None
+    why: str = ""
+    why_not: list[str] | None = None
+
+
+class Scheduler:
+    def __init__(self, store: Store, backends: dict[str, FaultInjector],
+                 observed_latency: Callable[[], dict[str, float]] = dict) -> None:
+        self.store = store
+        self.backends = backends
+        self.observed_latency = observed_latency  # mean gateway-measured latency per cloud
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[str, Need]] = {}  # workload id -> (cloud, what it holds)
+        self._used: dict[str, tuple[float, float]] = {}  # cloud -> (cpus, memory_gb) held, the sum of the above
+        self._unhealthy_until: dict[str, float] = {}
+        self._reserved_at: dict[str, float] = {}  # when each reservation of this process was made
+        self._rebuilt_at = 0.0
+        self._offered: dict[str, tuple[float, tuple[dict[str, float], list[Offering], Capabilities]]] = {}
+        self._ranked: dict[tuple, tuple[float, list[str], str]] = {}
+        self._local = threading.local()  # the reservations of a tentative() block on this thread
+
+    # -- the capacity ledger ----------------------------------------------------------------
+    def rebuild(self) -> None:
+        """The ledger from the store: every live replica and attempt that has a cloud, whoever
+        placed it (another server on the same database too). A reservation the store does not
+        show yet (its intent is being written) is kept for a grace period, then dropped."""
+        started = time.monotonic()
+        with self.store.session() as s:
+            held = {r.id: (r.cloud, Need.of(r.resources)) for r in s.scalars(select(ReplicaRow).where(
+                ReplicaRow.state.not_in(TERMINAL_STATES), ReplicaRow.cloud.is_not(None))).all()}
+            held.update({a.id: (a.cloud, Need.of(a.resources)) for a in s.scalars(select(AttemptRow).where(
+                AttemptRow.state.in_(LIVE_ATTEMPT_STATES))).all()})
+        with self._lock:
+            recent = {wid: self._held[wid] for wid, at in self._reserved_at.items()
+                      if wid not in held and wid in self._held and at > started - UNRECORDED_GRACE_S}
+            self._held, self._used, self._reserved_at = {}, {}, {}
+            for wid, (cloud, need) in {**held, **recent}.items():
+                self._hold(wid, cloud, need)
+            self._rebuilt_at = time.monotonic()
+
+    def rebuild_every(self, seconds: float) -> None:
+        """``rebuild`` if the last one is older than ``seconds`` (the loops call this each pass)."""
+        if time.monotonic() - self._rebuilt_at > seconds:
+            self.rebuild()
+
+    def refresh(self) -> None:
+        """Ask every backend what it offers now, outside any lock or transaction (a remote one may
+        be slow): placement then reads only these answers."""
+        for name, backend in self.backends.items():
+            if time.monotonic() - self._offered.get(name, (-1e9, None))[0] > CAPACITY_TTL_S:
+                offered = (backend.capacity(), backend.offerings()[:1], backend.capabilities())
+                self._offered[name] = (time.monotonic(), offered)
+
+    def _facts(self, name: str) -> tuple[dict[str, float], list[Offering], Capabilities]:
+        if name not in self._offered:
+            self.refresh()
+        return self._offered[name][1]
+
+    def free(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            return self._free_locked()
+
+    def _free_locked(self) -> dict[str, dict[str, float]]:
+        return {name: self._free_on(name) for name in self.backends}
+
+    def _free_on(self, cloud: str) -> dict[str, float]:
+        cap, used = self.capacity(cloud), self._used.get(cloud, (0.0, 0.0))
+        return {"cpus": cap["cpus"] - used[0], "memory_gb": cap["memory_gb"] - used[1]}
+
+    def _hold(self, workload_id: str, cloud: str, need: Need) -> None:
+        self._drop(workload_id)
+        self._held[workload_id] = (cloud, need)
+        cpus, mem = self._used.get(cloud, (0.0, 0.0))
+        self._used[cloud] = (cpus + need.cpus, mem + need.memory_gb)
+
+    def _drop(self, workload_id: str) -> None:
+        self._reserved_at.pop(workload_id, None)
+        old = self._held.pop(workload_id, None)
+        if old is not None:
+            cpus, mem = self._used[old[0]]
+            self._used[old[0]] = (cpus - old[1].cpus, mem - old[1].memory_gb)
+
+    def capacity(self, name: str) -> dict[str, float]:
+        """A cloud's total capacity, as its backend said at the last refresh."""
+        return self._facts(name)[0]
+
+    def offering(self, name: str) -> Offering:
+        return self._facts(name)[1][0]
+
+    def capabilities(self, name: str) -> Capabilities:
+        return self._facts(name)[2]
+
+    @contextmanager
+    def tentative(self) -> Iterator[None]:
+        """Reservations made in this block are undone if it raises (e.g. the transaction that
+        writes their intent fails to commit): the ledger never holds what no row records."""
+        made: list[str] = []
+        self._local.made = made
+        try:
+            yield
+        except BaseException:
+            for wid in made:
+                self.release(wid)
+            raise
+        finally:
+            self._local.made = None
+
+    def reserve(self, workload_id: str, cloud: str, need: Need) -> str | None:
+        """Hold ``need`` on ``cloud`` for ``workload_id``; None if it fits, else why not."""
+        with self._lock:
+            short = shortfall(cloud, self._free_on(cloud), need)
+            if short is None:
+                self._hold(workload_id, cloud, need)
+                self._reserved_at[workload_id] = time.monotonic()
+                if getattr(self._local, "made", None) is not None:
+                    self._local.made.append(workload_id)
+            return short
+
+    def release(self, workload_id: str) -> None:
+        with self._lock:
+            self._drop(workload_id)
+
+    def holds(self, workload_id: str) -> bool:
+        with self._lock:
+            return workload_id in self._held
+
+    # -- cloud health -----------------------------------------------------------------------
+    def healthy(self, name: str) -> bool:
+        b = self.backends.get(name)
+        return b is not None and not b.down and self._unhealthy_until.get(name, 0.0) <= time.time()
+
+    def healthy_clouds(self) -> frozenset[str]:
+        return frozenset(n for n in self.backends if self.healthy(n))
+
+    def mark(self, s: Session, name: str, *, healthy: bool, reason: str) -> None:
+        """A cloud that fails to start a workload is unhealthy for a while, then tried again.
+        Written through ``s``: the caller's transaction (SQLite has one writer at a time)."""
+        if healthy and self._unhealthy_until.get(name, 0.0) == 0.0:
+            return  # already healthy: no write
+        self._unhealthy_until[name] = 0.0 if healthy else time.time() + CLOUD_RETRY_S
+        self._ranked.clear()
+        self._write_health(s, name, "healthy" if healthy else "unhealthy", "" if healthy else reason, reason)
+
+    def _write_health(self, s: Session, name: str, state: str, shown: str, reason: str,
+                      outage: bool | None = None) -> None:
+        row = s.get(CloudRow, name)
+        if row is None:
+            return
+        if outage is not None:
+            row.outage = outage
+        if row.health != state and (outage is not None or not self.backends[name].down):
+            self.store.record(s, "cloud", name, row.health, state, reason)
+            row.health, row.health_reason = state, shown
+
+    def fail(self, name: str, reason: str) -> None:
+        """An injected outage: starts are refused; the caller kills what runs there."""
+        self.backends[name].fail()
+        self._ranked.clear()
+        with self.store.session() as s:
+            self._write_health(s, name, "unhealthy", reason, reason, outage=True)
+
+    def recover(self, name: str) -> None:
+        self.backends[name].recover()
+        self._unhealthy_until[name] = 0.0
+        self._ranked.clear()
+        with self.store.session() as s:
+            self._write_health(s, name, "healthy", "", "recovered", outage=False)
+
+    # -- ranking ----------------------------------------------------------------------------
+    def rank(self, names: Iterable[str], need: Need, *, spot: bool = False,
+             caps: dict[str, int] | None = None) -> tuple[list[str], str]:
+        """Healthy clouds among ``names``, best first by the optimizer's score (price, latency),
+        with at most ``caps[cloud]`` more replicas where given; and the optimizer's explanation.
+        Remembered for a moment: a pass places many alike replicas, and health changes forget it."""
+        healthy = [n for n in sorted(set(names)) if self.healthy(n)]
+        if not healthy:
+            return [], ""
+        key = (tuple(healthy), need, spot, tuple(sorted(caps.items())) if caps is not None else None)
+        now = time.monotonic()
+        cached = self._ranked.get(key)
+        if cached is not None and now - cached[0] < RANK_TTL_S:
+            return list(cached[1]), cached[2]
+        order, why = self._rank(healthy, need, spot, caps)
+        if len(self._ranked) > 1000:
+            self._ranked.clear()
+        self._ranked[key] = (now, order, why)
+        return list(order), why
+
+    def _rank(self, healthy: list[str], need: Need, spot: bool, caps: dict[str, int] | None) -> tuple[list[str], str]:
+        observed = self.observed_latency()
+        offerings = [self.offering(n) for n in healthy]
+        request = PlacementRequest(cpus=need.cpus, memory_gb=need.memory_gb, replicas=1,
+                                   constraints=Constraints(spot_share=1.0 if spot else 0.0))
+        states = {n: CloudState(max_replicas=None if caps is None else max(0, caps.get(n, 0)),
+                                observed_latency_ms=observed.get(n)) for n in healthy}
+        plan = optimize(request, offerings, states)
+        if not plan.feasible and caps is not None:  # the spread cap is full everywhere: any healthy cloud
+            plan = optimize(request, offerings, {k: v.model_copy(update={"max_replicas": None}) for k, v in states.items()})
+        chosen = [p.cloud for p in plan.placements]
+        rest = optimize(PlacementRequest(cpus=need.cpus, memory_gb=need.memory_gb, replicas=len(healthy),
+                                         constraints=Constraints(spot_share=1.0 if spot else 0.0)),
+                        offerings, {n: CloudState(max_replicas=1, observed_latency_ms=observed.get(n)) for n in healthy})
+        ranked = [p.cloud for p in sorted(rest.placements, key=lambda p: (p.score, p.cloud))]
+        order = chosen + [n for n in ranked + healthy if n not in chosen]
+        order = list(dict.fromkeys(order))
+        why = ""
+        if plan.placements:
+            p = plan.placements[0]
+            why = f"${p.price_per_hour:.4f}/h, score {p.score:.4f}"
+            alt = next((x for x in plan.rejected if x.cloud in healthy), None)
+            if alt is not None:
+                why += f"; next best {alt.cloud}: {alt.reason}"
+        return order, why
+
+    def choose(self, workload_id: str, need: Need, allowed: Iterable[str], *, spot: bool = False,
+               caps: dict[str, int] | None = None, only: str | None = None, last: str | None = None) -> Choice:
+        """The best cloud with room for ``need``, its capacity reserved for ``workload_id``.
+        ``last`` (the cloud that just lost this workload) goes to the back of the line."""
+        allowed = list(allowed)
+        why_not = [f"{n}: unhealthy" for n in sorted(allowed) if n in self.backends and not self.healthy(n)]
+        order, why = self.rank(allowed, need, spot=spot, caps=caps)
+        if caps is not None:  # within the spread cap first: over it only where nothing else has room
+            order = [n for n in order if caps.get(n, 0) > 0] + [n for n in order if caps.get(n, 0) <= 0]
+        if only is not None and only in order:
+            order = [only]
+        if last is not None and last in order and len(order) > 1:
+            order = [n for n in order if n != last] + [last]
+        for name in order:
+            short = self.reserve(workload_id, name, need)
+            if short is None:
+                return Choice(name, why if name == order[0] else "", why_not)
+            why_not.append(short)
+        return Choice(None, "", why_not or ["no cloud allowed"])
+
+    def spread_caps(self, allowed: list[str], replicas: int, per_cloud: dict[str, int]) -> dict[str, int]:
+        """By default at most half of a deployment's replicas on one cloud (when it may use two)."""
+        spread = min(2, len(allowed)) or 1
+        most = max(1, math.ceil(replicas / spread))
+        return {n: most - per_cloud.get(n, 0) for n in allowed}
+
+
+def shortfall(cloud: str, free: dict[str, float], need: Need) -> str | None:
+    """Why ``need`` does not fit in ``free`` on ``cloud``, or None if it fits."""
+    if free["cpus"] + 1e-9 < need.cpus or free["memory_gb"] + 1e-9 < need.memory_gb:
+        return f"{cloud}: {max(free['cpus'], 0):g} cpus / {max(free['memory_gb'], 0):g} GB free"
+    return None
+

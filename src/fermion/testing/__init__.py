@@ -1,0 +1,52 @@
+"""Public helpers for tests, examples and benchmarks: serve a photon, run a server, put load on a
+gateway, start a local multi-node Ray cluster, and a backend with instant starts for measuring
+the control plane. Everything runs for real on loopback and is stopped by pid."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._closed_loop import LoadResult, closed_loop
+from ._instant import InstantBackend
+from ._servers import (
+    Load,
+    Served,
+    ServerProc,
+    fermion_cmd,
+    kill_replicas,
+    running_server,
+    serve_photon,
+    start_server,
+    stop,
+    workload_pids,
+)
+
+if TYPE_CHECKING:
+    from ..backends import LocalRayCluster, local_ray_cluster
+
+__all__ = [
+    "InstantBackend",
+    "Load",
+    "LoadResult",
+    "LocalRayCluster",
+    "Served",
+    "ServerProc",
+    "closed_loop",
+    "fermion_cmd",
+    "kill_replicas",
+    "local_ray_cluster",
+    "running_server",
+    "serve_photon",
+    "start_server",
+    "stop",
+    "workload_pids",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Ray is an optional extra: import it only when a Ray cluster is asked for
+    if name in ("local_ray_cluster", "LocalRayCluster"):
+        from .. import backends
+
+        return getattr(backends, name)
+    raise AttributeError(f"module 'fermion.testing' has no attribute {name!r}")
