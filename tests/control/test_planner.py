@@ -196,3 +196,11 @@ def test_scaling_during_a_move_abandons_it() -> None:
     plan = plan_deployment(d, [replica("READY", "r1"), replica("READY", "r2")], {"r1": UP, "r2": UP},
                            frozenset({"a", "b"}), NOW)
     assert plan.clear_target.startswith("abandoned") and plan.new_replicas == []
+
+
+def test_a_crash_while_deleting_never_undoes_the_delete() -> None:
+    d = deployment(1, status="DELETING", crash_count=MAX_CRASHES - 1, target={"a": 1})
+    plan = plan_deployment(d, [replica("STARTING", "r1"), replica("READY", "r2")], {"r1": CRASHED, "r2": UP},
+                           frozenset({"a"}), NOW)
+    assert plan.status is None and plan.clear_target.startswith("abandoned")
+    assert [c.state for c in plan.changes if c.id == "r2"] == ["DRAINING"]

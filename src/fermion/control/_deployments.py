@@ -164,11 +164,19 @@ class DeploymentController(ReconcileLoop):
         snapshot is the truth for what this controller alone writes (under its lease)."""
         if not plan.touches():
             return []
-        name, events = d.name, Events()
+        name, events, ended = d.name, Events(), []
+        starts = self._write_plan_in(d, plan, rows, events, ended)
+        for rid in ended:  # once the commit holds: a failed one leaves them held, as their rows say
+            self.scheduler.release(rid)
+        return starts
+
+    def _write_plan_in(self, d: DeploymentRow, plan: DeploymentPlan, rows: list[ReplicaRow], events: Events,
+                       ended: list[str]) -> list[_Start] | None:
+        name = d.name
         with self.scheduler.tentative(), self.store.session() as s:
             if self._hold_and_read(s, name) != _desired(d):
                 return None  # the lease is gone, or the API changed what is wanted: the next pass plans anew
-            self._write_changes(s, d, plan, {r.id: r for r in rows}, events)
+            self._write_changes(s, d, plan, {r.id: r for r in rows}, events, ended)
             values: dict[str, Any] = {}
             if plan.crash_count is not None:
                 values.update(crash_count=plan.crash_count, next_start_at=plan.next_start_at or d.next_start_at)
@@ -204,11 +212,11 @@ class DeploymentController(ReconcileLoop):
             return starts
 
     def _hold_and_read(self, s: Session, name: str) -> tuple | None:
-        """Keep the lease (the statement takes the store's write lock) and read what the API may
+        """Renew the lease (the statement takes the store's write lock) and read what the API may
         have changed since the snapshot, in one statement; None if the lease is not ours."""
         t = DeploymentRow.__table__
         row = s.connection().execute(
-            t.update().where(t.c.name == name, t.c.lease_owner == self.owner).values(lease_owner=self.owner)
+            t.update().where(t.c.name == name, t.c.lease_owner == self.owner).values(lease_until=time.time() + LEASE_S)
             .returning(t.c.status, t.c.generation, t.c.replicas, t.c.target, t.c.crash_count, t.c.next_start_at,
                        t.c.clouds)).first()
         return None if row is None else (*row[:6], tuple(row[6] or ()))
@@ -217,7 +225,7 @@ class DeploymentController(ReconcileLoop):
         return self.redact_env(s, d.env, env_purpose("deployment", d.name), d.project, text) if text else text
 
     def _write_changes(self, s: Session, d: DeploymentRow, plan: DeploymentPlan, snapshot: dict[str, ReplicaRow],
-                       events: Events) -> None:
+                       events: Events, ended: list[str]) -> None:
         """The replica transitions of the plan, one UPDATE per shape of change."""
         now, updates = time.time(), []
         for change in plan.changes:
@@ -237,7 +245,7 @@ class DeploymentController(ReconcileLoop):
                     events.add("replica", r.id, r.state, change.state, reason)
                     values.update(state=change.state, reason=reason, state_since=now)
                 if change.state in TERMINAL_STATES:
-                    self.scheduler.release(r.id)
+                    ended.append(r.id)
             if values:
                 updates.append({"id": r.id, **values})
         _update_by_id(s, updates)
@@ -284,6 +292,8 @@ class DeploymentController(ReconcileLoop):
                                 "resources": dict(d.resources), "failed_probes": 0, "created_at": now,
                                 "auth_secret": None, "handle": None, "url": None, **row})
             elif (row["state"], row["reason"]) != (state, created_for):
+                if row["state"] == "PENDING":  # a new reason why it waits (a start records its own event)
+                    events.add("replica", rid, state, "PENDING", row["reason"])
                 updates.append(row)
         if inserts:
             s.execute(insert(ReplicaRow), inserts)
@@ -303,7 +313,7 @@ class DeploymentController(ReconcileLoop):
         """Write back what the starts gave: handles (one statement for all), or back to PENDING."""
         orphans: list[tuple[str, Handle]] = []
         with self.store.session() as s:
-            owned = self.store.holds(s, DeploymentRow, name, self.owner)
+            owned = self.store.holds(s, DeploymentRow, name, self.owner, LEASE_S)
             started = [(st, h) for st, h in results if not isinstance(h, ProvisionError)]
             failed = [(st, h) for st, h in results if isinstance(h, ProvisionError)]
             if owned and started:
@@ -319,7 +329,8 @@ class DeploymentController(ReconcileLoop):
                     self.scheduler.release(st.replica_id)
             for st, exc in failed:
                 self.scheduler.release(st.replica_id)
-                self.scheduler.mark(s, st.cloud, healthy=False, reason=exc.message)
+                if not isinstance(exc, StartFailed):
+                    self.scheduler.mark(s, st.cloud, healthy=False, reason=exc.message)
                 r = s.get(ReplicaRow, st.replica_id)
                 if r is not None and owned:
                     r.cloud = None
@@ -445,6 +456,11 @@ class DeploymentController(ReconcileLoop):
         return backend.logs(r.handle, tail)
 
 
+class StartFailed(ProvisionError):
+    """A start that failed by an error of this workload or of Fermion, not the cloud's refusal:
+    the cloud stays healthy for everyone else."""
+
+
 class Events:
     """The events of one write-back, inserted together."""
 
@@ -475,7 +491,7 @@ def start_or_clean_up(backend: Backend, workload: Workload) -> Handle | Provisio
     except Exception as exc:  # noqa: BLE001 - a backend bug is this start's failure, not the pass's
         if not isinstance(exc, ProvisionError):
             log.exception("starting %s on %s failed", workload.id, backend.name)
-            exc = ProvisionError(f"cloud {backend.name} could not start it: {exc}")
+            exc = StartFailed(f"cloud {backend.name} could not start it: {exc}")
         try:
             backend.stop({"id": workload.id}, force=True)
         except Exception:  # noqa: BLE001 - the row goes back to PENDING; the id is never reused

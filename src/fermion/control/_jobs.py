@@ -19,7 +19,7 @@ from ..backends import Handle, ProvisionError, Workload
 from ..errors import FermionError
 from ..security import env_purpose
 from ..store import AttemptRow, JobRow, Store
-from ._deployments import LEASE_S, DeploymentController, start_or_clean_up
+from ._deployments import LEASE_S, DeploymentController, StartFailed, start_or_clean_up
 from ._loop import ReconcileLoop
 from ._planner import AttemptView, JobPlan, JobView, Observation, plan_job
 from ._scheduler import LIVE_ATTEMPT_STATES, Need, Scheduler
@@ -92,7 +92,7 @@ class JobController(ReconcileLoop):
         if plan.attempt_state is None and plan.status is None and not plan.start:
             return None
         with self.scheduler.tentative(), self.store.session() as s:
-            if not self.store.holds(s, JobRow, name, self.owner):
+            if not self.store.holds(s, JobRow, name, self.owner, LEASE_S):
                 return None
             job = s.get(JobRow, name)
             if job is None or job.cancel_requested != cancel_seen:
@@ -155,11 +155,12 @@ class JobController(ReconcileLoop):
 
     def _write_start(self, name: str, attempt_id: str, cloud: str, result: Handle | ProvisionError) -> None:
         with self.store.session() as s:
-            owned = self.store.holds(s, JobRow, name, self.owner)
+            owned = self.store.holds(s, JobRow, name, self.owner, LEASE_S)
             job, attempt = s.get(JobRow, name), s.get(AttemptRow, attempt_id)
             if isinstance(result, ProvisionError):
                 self.scheduler.release(attempt_id)
-                self.scheduler.mark(s, cloud, healthy=False, reason=result.message)
+                if not isinstance(result, StartFailed):
+                    self.scheduler.mark(s, cloud, healthy=False, reason=result.message)
                 if attempt is not None and owned:
                     s.delete(attempt)
                 if job is not None and owned:

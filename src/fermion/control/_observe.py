@@ -31,9 +31,6 @@ class Observer:
         """``(workload id, its backend, its handle)`` → what each is doing now."""
         if not items:
             return {}
-        if len(items) == 1:
-            wid, backend, handle = items[0]
-            return {wid: self.observe(backend, handle, probe=probe)}
         futures = {wid: self._pool.submit(self.observe, backend, handle, probe=probe) for wid, backend, handle in items}
         out = {}
         for wid, future in futures.items():

@@ -202,11 +202,11 @@ def plan_deployment(d: DeploymentView, replicas: list[ReplicaView], observations
             crash_count += 1
             last_error = change.reason
             next_start = now + backoff_s(crash_count)
-    if crash_count != d.crash_count:
+    if crash_count != d.crash_count or next_start != d.next_start_at:
         plan.crash_count, plan.next_start_at = crash_count, next_start
     if last_error is not None:
         plan.last_error = last_error
-        if crash_count >= MAX_CRASHES and not failed:
+        if crash_count >= MAX_CRASHES and not failed and not deleting:
             plan.status, failed = "FAILED", True
             plan.status_reason = f"crash loop ({crash_count} crashes in a row); last error: {last_error}"
 
@@ -233,6 +233,8 @@ def plan_deployment(d: DeploymentView, replicas: list[ReplicaView], observations
         new = desired - len(current)
         plan.new_replicas = [f"deployment {d.name} needs a replica"] * new
     target = None if deleting or failed else d.target
+    if d.target is not None and target is None:
+        plan.clear_target = "abandoned: the deployment is being deleted" if deleting else "abandoned: the deployment FAILED"
     counts = _per_cloud([r for r in current if states[r.id] != "PENDING"], states)
     if target is not None and sum(target.values()) != d.replicas:
         plan.clear_target = f"abandoned: scaled to {d.replicas} replicas during the move"

@@ -3,6 +3,7 @@ one place, and ranking through the placement optimizer. Both controllers place t
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -18,6 +19,7 @@ from ..backends import Capabilities, FaultInjector
 from ..placement import CloudState, Constraints, Offering, PlacementRequest, optimize
 from ..store import TERMINAL_STATES, AttemptRow, CloudRow, ReplicaRow, Store
 
+log = logging.getLogger("fermion.controller")
 CLOUD_RETRY_S = 30.0  # a cloud that failed to start a workload is tried again after this
 LIVE_ATTEMPT_STATES = ("STARTING", "RUNNING", "CANCELLING")
 CAPACITY_TTL_S = 5.0
@@ -76,11 +78,14 @@ class Scheduler:
             held.update({a.id: (a.cloud, Need.of(a.resources)) for a in s.scalars(select(AttemptRow).where(
                 AttemptRow.state.in_(LIVE_ATTEMPT_STATES))).all()})
         with self._lock:
-            recent = {wid: self._held[wid] for wid, at in self._reserved_at.items()
+            recent = {wid: (self._held[wid], at) for wid, at in self._reserved_at.items()
                       if wid not in held and wid in self._held and at > started - UNRECORDED_GRACE_S}
             self._held, self._used, self._reserved_at = {}, {}, {}
-            for wid, (cloud, need) in {**held, **recent}.items():
+            for wid, (cloud, need) in held.items():
                 self._hold(wid, cloud, need)
+            for wid, ((cloud, need), at) in recent.items():
+                self._hold(wid, cloud, need)
+                self._reserved_at[wid] = at  # the grace period runs from the reservation, not the rebuild
             self._rebuilt_at = time.monotonic()
 
     def rebuild_every(self, seconds: float) -> None:
@@ -92,9 +97,19 @@ class Scheduler:
         """Ask every backend what it offers now, outside any lock or transaction (a remote one may
         be slow): placement then reads only these answers."""
         for name, backend in self.backends.items():
-            if time.monotonic() - self._offered.get(name, (-1e9, None))[0] > CAPACITY_TTL_S:
+            if time.monotonic() - self._offered.get(name, (-1e9, None))[0] <= CAPACITY_TTL_S:
+                continue
+            try:
                 offered = (backend.capacity(), backend.offerings()[:1], backend.capabilities())
-                self._offered[name] = (time.monotonic(), offered)
+            except Exception as exc:  # noqa: BLE001 - one backend's trouble must not stop the others
+                log.warning("cloud %s did not say what it offers: %s", name, exc)
+                if name in self._offered:  # keep the last answer, asked again at the next refresh
+                    continue
+                config = backend.inner.config if hasattr(backend.inner, "config") else None
+                offered = ({"cpus": 0.0, "memory_gb": 0.0}, [config.offering()] if config else [], Capabilities())
+                self._offered[name] = (-1e9, offered)
+                continue
+            self._offered[name] = (time.monotonic(), offered)
 
     def _facts(self, name: str) -> tuple[dict[str, float], list[Offering], Capabilities]:
         if name not in self._offered:

@@ -65,13 +65,13 @@ class Store:
             return done.rowcount == 1
 
     @staticmethod
-    def holds(s: Session, model: type[Base], key: str, owner: str) -> bool:
+    def holds(s: Session, model: type[Base], key: str, owner: str, ttl_s: float = 30.0) -> bool:
         """In a write-back transaction: does ``owner`` still hold the lease? (Then no one else can
         write the row's actual state until this transaction ends.)"""
         table = model.__table__
         pk = table.primary_key.columns.values()[0]
         done = s.connection().execute(table.update().where(pk == key, table.c.lease_owner == owner)
-                                      .values(lease_owner=owner))
+                                      .values(lease_until=time.time() + ttl_s))  # and renew it
         return done.rowcount == 1
 
     def release(self, model: type[Base], key: str, owner: str) -> None:
@@ -108,7 +108,8 @@ def migrate(engine: Engine) -> list[str]:
                 default = column.default.arg if column.default is not None and not callable(column.default.arg) else None
                 ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
                 if default is not None:
-                    literal = {True: "1", False: "0"}.get(default, repr(default)) if isinstance(default, bool | int | float | str) else None
+                    literal = (("TRUE" if default else "FALSE") if isinstance(default, bool)  # 1 == True: bool first
+                               else repr(default) if isinstance(default, int | float | str) else None)
                     if literal is not None:
                         ddl += f" DEFAULT {literal}"
                 conn.execute(text(ddl))
