@@ -44,7 +44,6 @@ def passes(deployments: int, archive: Path, work: Path) -> dict[str, float]:
         for i in range(deployments):
             s.add(DeploymentRow(name=f"d{i:04d}", photon_sha256=manifest.sha256, replicas=REPLICAS,
                                 resources={"cpus": 1, "memory_gb": 1}))
-    scheduler.rebuild()
     times = {}
     for phase in PHASES:
         t0 = time.perf_counter()

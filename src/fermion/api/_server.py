@@ -113,8 +113,7 @@ class Platform:
         return {cloud: sum(v) / len(v) for cloud, v in samples.items()}
 
     def start(self) -> None:
-        """The ledger from the store, then the loops (each settles once before returning)."""
-        self.scheduler.rebuild()
+        """The loops, each settling once before returning (the first pass reads the ledger from the store)."""
         self.controller.start()
         self.jobs.start()
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..backends import Backend, Handle, ProvisionError, Workload
@@ -35,7 +35,7 @@ from ..store import TERMINAL_STATES, DeploymentRow, EventRow, ModelVersionRow, P
 from ._loop import ReconcileLoop
 from ._observe import Observer
 from ._planner import DeploymentPlan, DeploymentView, Observation, ReplicaView, plan_deployment
-from ._scheduler import Need, Scheduler
+from ._scheduler import Need, Scheduler, max_per_cloud
 
 log = logging.getLogger("fermion.controller")
 LEASE_S = 30.0
@@ -103,18 +103,12 @@ class DeploymentController(ReconcileLoop):
         """Stop the loop and free this controller's leases (a restarted server claims them at once)."""
         super().stop()
         self.observer.close()
-        with self.store.session() as s:
-            s.execute(update(DeploymentRow).where(DeploymentRow.lease_owner == self.owner)
-                      .values(lease_owner=None, lease_until=0.0).execution_options(synchronize_session=False))
+        self.store.release_all(DeploymentRow, self.owner)
 
     def _claim_all(self) -> list[str]:
         """Claim every deployment whose lease is free or ours: one write for the whole pass."""
-        now = time.time()
+        self.store.claim(DeploymentRow, self.owner, LEASE_S)
         with self.store.session() as s:
-            s.execute(update(DeploymentRow).where(or_(
-                DeploymentRow.lease_owner.is_(None), DeploymentRow.lease_owner == self.owner,
-                DeploymentRow.lease_until < now)).values(lease_owner=self.owner, lease_until=now + LEASE_S)
-                .execution_options(synchronize_session=False))
             return list(s.scalars(select(DeploymentRow.name).where(DeploymentRow.lease_owner == self.owner)))
 
     def _pass(self, d: DeploymentRow, rows: list[ReplicaRow], observations: dict[str, Observation],
@@ -212,14 +206,12 @@ class DeploymentController(ReconcileLoop):
             return starts
 
     def _hold_and_read(self, s: Session, name: str) -> tuple | None:
-        """Renew the lease (the statement takes the store's write lock) and read what the API may
-        have changed since the snapshot, in one statement; None if the lease is not ours."""
-        t = DeploymentRow.__table__
-        row = s.connection().execute(
-            t.update().where(t.c.name == name, t.c.lease_owner == self.owner).values(lease_until=time.time() + LEASE_S)
-            .returning(t.c.status, t.c.generation, t.c.replicas, t.c.target, t.c.crash_count, t.c.next_start_at,
-                       t.c.clouds)).first()
-        return None if row is None else (*row[:6], tuple(row[6] or ()))
+        """Renew the lease and read what the API may have changed since the snapshot, in one
+        statement (it takes the store's write lock); None if the lease is not ours."""
+        c = DeploymentRow
+        row = self.store.renew(s, DeploymentRow, name, self.owner, LEASE_S, c.status, c.generation, c.replicas,
+                               c.target, c.crash_count, c.next_start_at, c.clouds)
+        return None if row is None else (*row[1:7], tuple(row[7] or ()))
 
     def _redact(self, s: Session, d: DeploymentRow, text: str) -> str:
         return self.redact_env(s, d.env, env_purpose("deployment", d.name), d.project, text) if text else text
@@ -313,7 +305,7 @@ class DeploymentController(ReconcileLoop):
         """Write back what the starts gave: handles (one statement for all), or back to PENDING."""
         orphans: list[tuple[str, Handle]] = []
         with self.store.session() as s:
-            owned = self.store.holds(s, DeploymentRow, name, self.owner, LEASE_S)
+            owned = self.store.renew(s, DeploymentRow, name, self.owner, LEASE_S) is not None
             started = [(st, h) for st, h in results if not isinstance(h, ProvisionError)]
             failed = [(st, h) for st, h in results if isinstance(h, ProvisionError)]
             if owned and started:
@@ -394,9 +386,8 @@ class DeploymentController(ReconcileLoop):
             room_mem = free[n]["memory_gb"] + counts.get(n, 0) * need.memory_gb
             states[n] = CloudState(healthy=self.scheduler.healthy(n),
                                    max_replicas=int(min(room_cpus / need.cpus, room_mem / need.memory_gb)))
-        spread = min(2, len(allowed)) or 1
         request = PlacementRequest(cpus=need.cpus, memory_gb=need.memory_gb, replicas=max(1, d.replicas),
-                                   constraints=Constraints(max_per_cloud=max(1, -(-d.replicas // spread))))
+                                   constraints=Constraints(max_per_cloud=max_per_cloud(allowed, d.replicas)))
         plan = optimize(request, offerings, states)
         current_cost = sum(prices.get(c, 0.0) * k for c, k in counts.items())
         return {

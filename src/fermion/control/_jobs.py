@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..backends import Handle, ProvisionError, Workload
@@ -41,11 +41,7 @@ class JobController(ReconcileLoop):
     def tick(self) -> None:
         with self._lock:
             self.scheduler.refresh()
-            now = time.time()
-            with self.store.session() as s:
-                s.execute(update(JobRow).where(JobRow.status.not_in(JOB_TERMINAL), or_(
-                    JobRow.lease_owner.is_(None), JobRow.lease_owner == self.owner, JobRow.lease_until < now))
-                    .values(lease_owner=self.owner, lease_until=now + LEASE_S).execution_options(synchronize_session=False))
+            self.store.claim(JobRow, self.owner, LEASE_S, JobRow.status.not_in(JOB_TERMINAL))
             snapshot = self._snapshot(None)
             self._passes(snapshot)
 
@@ -92,7 +88,7 @@ class JobController(ReconcileLoop):
         if plan.attempt_state is None and plan.status is None and not plan.start:
             return None
         with self.scheduler.tentative(), self.store.session() as s:
-            if not self.store.holds(s, JobRow, name, self.owner, LEASE_S):
+            if self.store.renew(s, JobRow, name, self.owner, LEASE_S) is None:
                 return None
             job = s.get(JobRow, name)
             if job is None or job.cancel_requested != cancel_seen:
@@ -155,7 +151,7 @@ class JobController(ReconcileLoop):
 
     def _write_start(self, name: str, attempt_id: str, cloud: str, result: Handle | ProvisionError) -> None:
         with self.store.session() as s:
-            owned = self.store.holds(s, JobRow, name, self.owner, LEASE_S)
+            owned = self.store.renew(s, JobRow, name, self.owner, LEASE_S) is not None
             job, attempt = s.get(JobRow, name), s.get(AttemptRow, attempt_id)
             if isinstance(result, ProvisionError):
                 self.scheduler.release(attempt_id)
@@ -186,9 +182,7 @@ class JobController(ReconcileLoop):
     def stop(self) -> None:
         """Stop the loop and free this controller's leases (a restarted server claims them at once)."""
         super().stop()
-        with self.store.session() as s:
-            s.execute(update(JobRow).where(JobRow.lease_owner == self.owner)
-                      .values(lease_owner=None, lease_until=0.0).execution_options(synchronize_session=False))
+        self.store.release_all(JobRow, self.owner)
 
     # -- what the API asks for ---------------------------------------------------------------
     def kill_on_cloud(self, cloud: str) -> int:
@@ -213,7 +207,7 @@ class JobController(ReconcileLoop):
         while time.monotonic() < deadline:
             if self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 try:
-                    if self.store.claim(JobRow, name, self.owner, LEASE_S):
+                    if self.store.claim(JobRow, self.owner, LEASE_S, JobRow.name == name):
                         self._passes(self._snapshot(name))
                 finally:
                     self._lock.release()

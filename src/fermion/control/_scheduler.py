@@ -293,10 +293,14 @@ class Scheduler:
         return Choice(None, "", why_not or ["no cloud allowed"])
 
     def spread_caps(self, allowed: list[str], replicas: int, per_cloud: dict[str, int]) -> dict[str, int]:
-        """By default at most half of a deployment's replicas on one cloud (when it may use two)."""
-        spread = min(2, len(allowed)) or 1
-        most = max(1, math.ceil(replicas / spread))
+        """How many more replicas each allowed cloud may take under the spread rule."""
+        most = max_per_cloud(allowed, replicas)
         return {n: most - per_cloud.get(n, 0) for n in allowed}
+
+
+def max_per_cloud(allowed: list[str], replicas: int) -> int:
+    """The spread rule: at most half of a deployment's replicas on one cloud (when it may use two)."""
+    return max(1, math.ceil(replicas / (min(2, len(allowed)) or 1)))
 
 
 def shortfall(cloud: str, free: dict[str, float], need: Need) -> str | None:

@@ -8,9 +8,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, event, inspect, or_, text, update
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine, Row, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -53,32 +54,31 @@ class Store:
         with self._sessions() as s, s.begin():
             yield s
 
-    def claim(self, model: type[Base], key: str, owner: str, ttl_s: float) -> bool:
-        """Take (or extend) the lease on one row: True if ``owner`` holds it now. A lease that
-        expired is free: the controller that held it died or stalled."""
+    def claim(self, model: type[Base], owner: str, ttl_s: float, *where: Any) -> int:
+        """Take (or extend) the lease of every row matching ``where`` whose lease is free or already
+        ``owner``'s, in one statement; how many rows it claimed. A lease that expired is free: the
+        controller that held it died or stalled."""
         now = time.time()
-        pk = inspect(model).primary_key[0]
         with self.session() as s:
-            done = s.execute(update(model).where(
-                pk == key, or_(model.lease_owner.is_(None), model.lease_owner == owner, model.lease_until < now),
-            ).values(lease_owner=owner, lease_until=now + ttl_s).execution_options(synchronize_session=False))
-            return done.rowcount == 1
+            return s.execute(update(model).where(
+                *where, or_(model.lease_owner.is_(None), model.lease_owner == owner, model.lease_until < now),
+            ).values(lease_owner=owner, lease_until=now + ttl_s).execution_options(synchronize_session=False)).rowcount
 
     @staticmethod
-    def holds(s: Session, model: type[Base], key: str, owner: str, ttl_s: float = 30.0) -> bool:
-        """In a write-back transaction: does ``owner`` still hold the lease? (Then no one else can
-        write the row's actual state until this transaction ends.)"""
+    def renew(s: Session, model: type[Base], key: str, owner: str, ttl_s: float, *columns: Any) -> Row | None:
+        """In a write-back transaction: renew ``owner``'s lease on one row and return its ``columns``
+        (read in the same statement), or None if the lease is not ``owner``'s. Holding it, no one
+        else writes the row's actual state until this transaction ends."""
         table = model.__table__
         pk = table.primary_key.columns.values()[0]
-        done = s.connection().execute(table.update().where(pk == key, table.c.lease_owner == owner)
-                                      .values(lease_until=time.time() + ttl_s))  # and renew it
-        return done.rowcount == 1
+        return s.connection().execute(table.update().where(pk == key, table.c.lease_owner == owner)
+                                      .values(lease_until=time.time() + ttl_s).returning(pk, *columns)).first()
 
-    def release(self, model: type[Base], key: str, owner: str) -> None:
-        pk = inspect(model).primary_key[0]
+    def release_all(self, model: type[Base], owner: str) -> None:
+        """Free every lease ``owner`` holds (a clean stop: the next owner need not wait for expiry)."""
         with self.session() as s:
-            s.execute(update(model).where(pk == key, model.lease_owner == owner)
-                      .values(lease_owner=None, lease_until=0.0).execution_options(synchronize_session=False))
+            s.execute(update(model).where(model.lease_owner == owner).values(lease_owner=None, lease_until=0.0)
+                      .execution_options(synchronize_session=False))
 
     @staticmethod
     def record(s: Session, kind: str, object_id: str, old: str, new: str, reason: str = "") -> None:

@@ -175,7 +175,8 @@ def workload_pids(home: Path) -> dict[str, int]:
         rows = conn.execute("SELECT id, handle FROM replicas WHERE handle IS NOT NULL").fetchall()
         rows += conn.execute("SELECT id, handle FROM attempts WHERE handle IS NOT NULL "
                              "AND state IN ('STARTING', 'RUNNING')").fetchall()
-    return {wid: json.loads(h)["pid"] for wid, h in rows if "pid" in json.loads(h)}
+    handles = {wid: json.loads(h) for wid, h in rows}
+    return {wid: h["pid"] for wid, h in handles.items() if h and "pid" in h}
 
 
 def kill_replicas(home: Path) -> None:
