@@ -13,5 +13,11 @@ def fermion_home() -> Path:
     return home
 
 
+def workloads_root(home: Path) -> Path:
+    """Where the local backend runs a server's workloads: ``$FERMION_WORKLOADS``, else a folder
+    beside the home (e.g. ~/.fermion-workloads), outside it: a workload never sees the home."""
+    return Path(os.environ.get("FERMION_WORKLOADS") or home.parent / f"{home.name}-workloads")
+
+
 def photon_cache_dir() -> Path:
     return fermion_home() / "photons"

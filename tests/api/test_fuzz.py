@@ -11,16 +11,31 @@ from pathlib import Path
 
 import pytest
 
-from fermion.testing import ServerProc, running_server
+from fermion.testing import ServerProc, kill_workloads, running_server, start_server, stop
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 CLOUDS = "clouds:\n  - name: alpha\n    capacity: {cpus: 2, memory_gb: 2}\n"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
-    with running_server(tmp_path_factory.mktemp("fuzz") / "home", CLOUDS) as s:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    """A server on SQLite, and one on PostgreSQL: what one database keeps and the other refuses
+    (a length, a NUL) must not be a 500 on either."""
+    home = tmp_path_factory.mktemp("fuzz") / "home"
+    if request.param == "sqlite":
+        with running_server(home, CLOUDS) as s:
+            yield s
+        return
+    postgres = request.getfixturevalue("postgres")
+    url = postgres.create_database()
+    workloads = home.parent / "workloads"
+    s = start_server(home, CLOUDS, db_url=url, env={"FERMION_WORKLOADS": str(workloads)})
+    try:
         yield s
+    finally:
+        stop(s.proc)
+        kill_workloads(workloads)
+        postgres.drop_database(url)
 
 
 def test_fuzzing_the_api_finds_no_server_error_and_no_schema_violation(server: ServerProc, tmp_path: Path) -> None:

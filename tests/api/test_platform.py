@@ -14,7 +14,7 @@ import pytest
 
 from fermion import Client
 from fermion.testing import Load, ServerProc, running_server
-from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON
+from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON, report_fault
 
 CLOUDS = """
 clouds:
@@ -76,6 +76,7 @@ def test_kill_9_a_replica_under_load(server: ServerProc) -> None:
         server.wait_for(lambda api: len([r for r in ready_replicas(api.get("/deployments/kill9").json())
                                          if r["id"] != victim["id"]]) == 2, timeout=60)
         time.sleep(0.5)
+    report_fault("replica kill -9 (1 of 2)", load.ok + len(load.failures), len(load.failures))
     assert load.failures == []
     assert load.ok > 50
     events = server.cli("events", "--object", victim["id"], "--json").stdout
@@ -92,6 +93,7 @@ def test_a_whole_cloud_dies_and_traffic_moves(server: ServerProc) -> None:
         after = server.wait_for(lambda api: (d := api.get("/deployments/moves").json())["ready"] == 2
                                 and all(r["cloud"] == "alpha" for r in ready_replicas(d)) and d, timeout=60)
         time.sleep(0.5)
+    report_fault("cloud fail (1 of 2 replicas' cloud)", load.ok + len(load.failures), len(load.failures))
     assert load.failures == []
     assert {r["cloud"] for r in ready_replicas(after)} == {"alpha"}
     assert "unhealthy" in server.cli("cloud", "list").stdout
@@ -161,7 +163,7 @@ def test_bad_specs_get_4xx_with_a_message(server: ServerProc) -> None:
         r = api.put("/deployments/x", json={"photon": sha, "replicas": -1})
         assert r.status_code == 422 and "replicas" in r.json()["error"]["message"]
         r = api.post("/photons", files={"file": ("x.photon", b"not a zip", "application/zip")})
-        assert r.status_code == 400 and "cannot read photon archive" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "cannot read the uploaded photon archive" in r.json()["error"]["message"]
         assert api.get("/deployments/nope").status_code == 404
     missing = server.cli("deployment", "status", "nope", check=False)
     assert missing.returncode == 3 and "no deployment named 'nope'" in missing.stderr

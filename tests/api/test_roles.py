@@ -154,6 +154,7 @@ def policy(w: World) -> list[Rule]:
         Rule("POST", "/secrets/rotate", "server"),
         Rule("GET", "/audit", "server"),
         Rule("GET", "/audit/verify", "server"),
+        Rule("GET", "/gateway/table", "server"),  # replica secrets: for gateway processes only
         Rule("GET", "/tokens", "any"),
         Rule("POST", "/tokens", "viewer", body=lambda: {"name": "t", "project": "ml", "role": "viewer"}),
         Rule("DELETE", "/tokens/{own}", "any"),

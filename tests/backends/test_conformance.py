@@ -285,9 +285,13 @@ def test_stop_by_id_alone_ends_a_workload_whose_handle_was_lost(
     backend = harness.backend
     handle = start(command=SLEEPER)
     pid = wait_for("the job to start", lambda: harness.pid_of(handle))
+    # what a server that lost its database finds: the workload listed, with a handle that works
+    listed = {h["id"]: h for h in backend.list_workloads()}
+    assert handle["id"] in listed and backend.status(listed[handle["id"]]).alive
     backend.stop({"id": handle["id"]}, force=True)  # all a crash between "started" and "handle written" leaves
     assert not wait_ended(backend, {"id": handle["id"]}, timeout=10).alive
     wait_for("the job to exit", lambda: gone(pid), timeout=10)
+    wait_for("it to leave the listing", lambda: handle["id"] not in {h["id"] for h in backend.list_workloads()})
 
 
 def test_capacity_offerings_and_capabilities(harness: Harness) -> None:

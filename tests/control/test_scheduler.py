@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from fermion.backends import FaultInjector
 from fermion.control import Need, Scheduler
-from fermion.store import Store, default_db_url
+from fermion.store import Store
 from fermion.testing import InstantBackend
 
 
 @pytest.fixture
-def scheduler(tmp_path: Path) -> Iterator[Scheduler]:
-    store = Store(default_db_url(tmp_path))
+def scheduler(db_url: str) -> Iterator[Scheduler]:
+    store = Store(db_url)  # on SQLite and on PostgreSQL
     backends = {"cheap": InstantBackend("cheap", cpus=2, memory_gb=4, price=0.1),
                 "dear": InstantBackend("dear", cpus=2, memory_gb=4, price=0.9)}
     yield Scheduler(store, {n: FaultInjector(b) for n, b in backends.items()})

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from fermion.api._audit import GENESIS, append, target_of, verify_chain
-from fermion.store import Store, default_db_url
+from fermion.store import Store
 from fermion.testing import ServerProc, running_server
 SECRET_VALUE = "sk-audit-7c1e5b9d3f"
 
@@ -170,8 +170,8 @@ def test_tampering_is_detected(server: ServerProc) -> None:
     assert json.loads(server.cli("audit", "--verify", "--json", check=False).stdout)["first_bad"] == ids[11]
 
 
-def test_verify_chain_on_a_store(tmp_path: Path) -> None:
-    store = Store(default_db_url(tmp_path))
+def test_verify_chain_on_a_store(db_url: str) -> None:
+    store = Store(db_url)
     try:
         for status in (200, 201, 404):
             append(store, at=1.5, authorization="", method="POST", path="/api/v1/jobs/j1/cancel", client="::1",

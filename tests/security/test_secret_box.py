@@ -1,4 +1,4 @@
-"""SecretBox in-process: sealing, key files, references, rotation over a real SQLite store."""
+"""SecretBox in-process: sealing, key files, references, rotation over a real store (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -113,8 +113,8 @@ def _opened(b: SecretBox, store: Store) -> dict[tuple[str, str], dict[str, str]]
                                          env_purpose(kind, name)) for kind, name in EXPECTED}
 
 
-def test_open_env_resolves_references_accepts_legacy_rows_and_names_a_missing_secret(tmp_path: Path) -> None:
-    b, store = box(tmp_path), Store(default_db_url(tmp_path))
+def test_open_env_resolves_references_accepts_legacy_rows_and_names_a_missing_secret(tmp_path: Path, db_url: str) -> None:
+    b, store = box(tmp_path), Store(db_url)
     _fill(b, store)
     assert _opened(b, store) == EXPECTED
     with store.session() as s:
@@ -129,8 +129,8 @@ def test_open_env_resolves_references_accepts_legacy_rows_and_names_a_missing_se
     store.close()
 
 
-def test_rotation_re_encrypts_everything_under_a_new_key_file(tmp_path: Path) -> None:
-    b, store = box(tmp_path), Store(default_db_url(tmp_path))
+def test_rotation_re_encrypts_everything_under_a_new_key_file(tmp_path: Path, db_url: str) -> None:
+    b, store = box(tmp_path), Store(db_url)
     _fill(b, store)
     old_id, old_key = b.key_id, (tmp_path / "master.key").read_text()
     out = b.rotate(store)
@@ -146,8 +146,8 @@ def test_rotation_re_encrypts_everything_under_a_new_key_file(tmp_path: Path) ->
     store.close()
 
 
-def test_an_interrupted_rotation_stays_readable_and_the_next_one_finishes_it(tmp_path: Path) -> None:
-    b, store = box(tmp_path), Store(default_db_url(tmp_path))
+def test_an_interrupted_rotation_stays_readable_and_the_next_one_finishes_it(tmp_path: Path, db_url: str) -> None:
+    b, store = box(tmp_path), Store(db_url)
     _fill(b, store)
     # the state a crash leaves between writing the new key file and committing the rows
     shutil.copy2(tmp_path / "master.key", tmp_path / "master.key.old")

@@ -47,7 +47,8 @@ def whoami(me: Principal = Depends(authenticate)) -> dict[str, Any]:
 # -- tokens ---------------------------------------------------------------------------------------
 class TokenSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    name: str = Field(min_length=1, max_length=100)
+    # at most the column's length (PostgreSQL refuses more); a label, so no control characters
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$", description="a label")
     project: str | None = Field(None, description="scope the token to one project; none means all of the user's")
     role: Role = "viewer"
     expires_in_days: float = Field(30, gt=0, le=MAX_TOKEN_DAYS)

@@ -16,10 +16,11 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ..security import bearer_digest
-from ..store import AuditRow, Store, TokenRow
+from ..store import AuditRow, Store, TokenRow, db_error_text, storable
 from ..types import ASGIApp, Receive, Scope, Send
 from ._auth import caller, require_token
 from ._schemas import ERROR_RESPONSES
@@ -67,6 +68,7 @@ def append(store: Store, *, at: float, authorization: str, method: str, path: st
     with _append_lock, store.session() as s:
         # the last hash is read in the transaction that inserts, so no other writer slips between
         prev = s.scalars(select(AuditRow.hash).order_by(AuditRow.id.desc()).limit(1).with_for_update()).first()
+        path = storable(path)  # as it will be stored (a %00 in the URL is a NUL): the hash covers that
         row = AuditRow(at=at, actor=_actor(s, authorization), method=method, path=path[:MAX_PATH],
                        target=target_of(path)[:MAX_PATH], client=client, status=status,
                        prev_hash=prev or GENESIS, hash="")
@@ -121,6 +123,9 @@ def audit_requests(app: ASGIApp, store: Store) -> ASGIApp:
             with anyio.CancelScope(shield=True):
                 try:
                     await anyio.to_thread.run_sync(lambda: append(store, **record))
+                except DBAPIError as exc:  # a full or read-only disk: one line per request, not a traceback
+                    log.error("could not write the audit record for %s %s: %s", record["method"], record["path"],
+                              db_error_text(exc))
                 except Exception:
                     log.exception("could not write the audit record for %s %s", record["method"], record["path"])
 

@@ -164,7 +164,7 @@ def job_logs(request: Request, name: str, tail: int = 200) -> dict[str, str]:
 def cancel_job(request: Request, name: str) -> dict[str, Any]:
     p = _platform(request)
     _require_job(p, name, caller(request), "editor")
-    p.jobs.cancel(name)
+    p.jobs.cancel(name, wait_s=10.0 if p.leads() else 0.0)  # a follower leaves carrying it out to the leader
     return job_out(p, name)
 
 

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 
-from ..errors import ConflictError, NotFoundError, PermissionDeniedError, UserInputError, shorten
+from ..errors import ConflictError, NotFoundError, PermissionDeniedError, PhotonLoadError, UserInputError, shorten
 from ..photon.runtime import verify_archive
 from ..security import env_purpose, hash_token, new_token
 from ..store import (
@@ -65,7 +65,11 @@ def upload_photon(request: Request, file: UploadFile) -> dict[str, object]:
     try:  # created first, so an upload broken off mid-copy leaves nothing behind
         with open(tmp.name, "wb") as out:
             shutil.copyfileobj(file.file, out)
-        manifest = verify_archive(tmp.name)
+        try:
+            manifest = verify_archive(tmp.name)
+        except PhotonLoadError as exc:  # its message names the temporary file: where it lies is the server's business
+            message = exc.message.replace(f"photon archive {tmp.name}", "the uploaded photon archive")
+            raise type(exc)(message.replace(tmp.name, "the uploaded archive"), hint=exc.hint) from None
         final = p.photon_store / f"{manifest.sha256}.photon"  # sha256 is 64 hex digits (validated)
         if not final.exists():  # content-addressed: an existing archive is never replaced
             Path(tmp.name).replace(final)
@@ -97,9 +101,10 @@ def list_clouds(request: Request) -> list[CloudOut]:
     p = platform(request)
     free = p.scheduler.free()
     with p.store.session() as s:
-        counts: dict[str, int] = {}
-        for r in s.scalars(select(ReplicaRow).where(ReplicaRow.state.not_in(TERMINAL_STATES))).all():
-            counts[r.cloud or ""] = counts.get(r.cloud or "", 0) + 1
+        # counted by the database: a thousand PENDING replicas are not a thousand rows to load here
+        counts: dict[str | None, int] = dict(s.execute(  # type: ignore[arg-type]
+            select(ReplicaRow.cloud, func.count()).where(ReplicaRow.state.not_in(TERMINAL_STATES))
+            .group_by(ReplicaRow.cloud)).all())
         out = []
         for row in s.scalars(select(CloudRow).where(CloudRow.name.in_(list(p.clouds))).order_by(CloudRow.name)).all():
             cfg = p.configs[row.name]
@@ -125,6 +130,7 @@ def fail_cloud(request: Request, name: str) -> dict[str, object]:
     """Inject an outage: every replica on the cloud is killed and new ones are refused."""
     caller(request).require_admin()
     p = platform(request)
+    p.require_leader("fail a cloud")
     killed = p.controller.fail_cloud(_cloud(request, name), "injected outage")
     attempts = p.jobs.kill_on_cloud(name)
     return {"cloud": name, "killed": killed, "attempts_killed": attempts}
@@ -133,6 +139,7 @@ def fail_cloud(request: Request, name: str) -> dict[str, object]:
 @router.post("/clouds/{name}/recover")
 def recover_cloud(request: Request, name: str) -> dict[str, object]:
     caller(request).require_admin()
+    platform(request).require_leader("recover a cloud")
     platform(request).scheduler.recover(_cloud(request, name))
     return {"cloud": name, "health": "healthy"}
 
@@ -291,6 +298,8 @@ def rebalance_deployment(request: Request, name: str, spec: RebalanceSpec) -> di
             raise ConflictError(f"deployment {name!r} is {d.status}", hint="rebalance a READY deployment")
     out = p.controller.plan_rebalance(name)
     out["applied"] = False
+    if spec.apply:
+        p.require_leader("move replicas")
     if spec.apply and out["target"] and out["saving"] >= spec.min_saving and out["target"] != out["current"]:
         p.controller.start_rebalance(name, out["target"], f"saving {out['saving']:.0%} of the cost per hour")
         out["applied"] = True

@@ -51,7 +51,7 @@ class DeploymentSpec(BaseModel):
     """What `PUT /api/v1/deployments/{name}` takes: the desired state."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    photon: str = Field(description="sha256 of an uploaded photon")
+    photon: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of an uploaded photon (64 hex digits)")
     replicas: int = Field(1, ge=0, le=1000)
     resources: Resources | None = Field(None, description="defaults to the photon's declared resources")
     clouds: list[str] = Field(default_factory=list, description="allowed clouds; empty means any")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -23,8 +22,9 @@ from .._files import write_atomic
 from .._limits import UPLOAD_PATHS, limit_bodies
 from ..backends import FaultInjector, Isolation, make_backend
 from ..clouds import CloudConfig
-from ..control import DeploymentController, JobController, Scheduler
-from ..errors import FermionError
+from ..config import workloads_root
+from ..control import DeploymentController, JobController, Leadership, Scheduler, stop_orphans
+from ..errors import ConflictError, FermionError
 from ..gateway import Gateway, RoutingTable
 from ..photon.runtime import error_response, validation_error_response
 from ..security import SecretBox, hash_token, new_token
@@ -32,17 +32,19 @@ from ..store import DEFAULT_PROJECT, CloudRow, ProjectRow, Store, TokenRow, User
 from ._access import router as access_router
 from ._audit import audit_requests
 from ._audit import router as audit_router
+from ._gateway_feed import router as gateway_feed_router
 from ._auth import require_token
 from ._jobs import on_job_success
 from ._jobs import router as jobs_router
 from ._principal import Principal, live_token
 from ._routes import router
 from ._secrets import router as secrets_router
+from ._storage_errors import install_storage_error_handlers
 
 
 def default_workloads_root(home: Path) -> Path:
     """``$FERMION_WORKLOADS`` or a folder beside the home, e.g. ~/.fermion-workloads."""
-    return Path(os.environ.get("FERMION_WORKLOADS") or home.parent / f"{home.name}-workloads")
+    return workloads_root(home)
 
 
 def read_or_create_id(path: Path) -> str:
@@ -73,6 +75,8 @@ class Platform:
         self.configs = {c.name: c for c in clouds}
         self.registry = CollectorRegistry()
         self.table = RoutingTable()
+        self.epoch = uuid.uuid4().hex[:8]  # versions of this process's table; a restart starts anew
+        self.stopping: Callable[[], bool] = lambda: False  # set by whoever runs the HTTP server
         with self.store.session() as s:
             if s.get(UserRow, "admin") is None:  # also for a database from before users existed
                 s.add(UserRow(name="admin", admin=True))
@@ -102,6 +106,18 @@ class Platform:
                                                owner=f"{server_id}/deployments")
         self.jobs = JobController(self.store, self.scheduler, self.controller, owner=f"{server_id}/jobs",
                                   on_success=lambda s, job: on_job_success(self, s, job))
+        self.leadership = Leadership(self.store, server_id, public_url, on_lead=self._lead, on_follow=self._follow,
+                                     follow_tick=self.controller.publish_from_store)
+
+    def _lead(self) -> None:
+        """The loops, each settling once before returning (the first pass reads the ledger from the store)."""
+        self.controller.start()
+        self.jobs.start()
+        stop_orphans(self.store, self.clouds)  # after the first pass: what no row knows now, no one ever will
+
+    def _follow(self) -> None:
+        self.jobs.stop()
+        self.controller.stop()
 
     def observed_latency(self) -> dict[str, float]:
         """Mean gateway-measured latency per cloud, over the replicas serving now."""
@@ -112,14 +128,26 @@ class Platform:
                     samples.setdefault(e.cloud, []).append(e.latency_ewma_ms)
         return {cloud: sum(v) / len(v) for cloud, v in samples.items()}
 
+    def table_version(self) -> str:
+        return f"{self.epoch}:{self.table.version}"
+
+    def leads(self) -> bool:
+        """Whether this server runs the controllers (and so publishes the freshest table)."""
+        return self.leadership.leading
+
+    def require_leader(self, what: str) -> None:
+        """Refuse an action only the controllers' server may carry out, pointing at that server."""
+        if not self.leads():
+            leader = self.leadership.leader_url()
+            raise ConflictError(f"this server does not run the controllers, so it cannot {what}",
+                                hint=f"ask the leading server{f' at {leader}' if leader else ''}")
+
     def start(self) -> None:
-        """The loops, each settling once before returning (the first pass reads the ledger from the store)."""
-        self.controller.start()
-        self.jobs.start()
+        """Lead (run the loops, settled once) or follow (route from the store) before serving."""
+        self.leadership.start()
 
     def stop(self) -> None:
-        self.jobs.stop()
-        self.controller.stop()
+        self.leadership.stop()
         for backend in self.clouds.values():
             backend.close()
 
@@ -132,6 +160,7 @@ class Platform:
                 TokenRow.revoked_at.is_(None), TokenRow.project.is_(None), TokenRow.role == "admin")).all()
                 if t.user in admins}
         self.gateway.admin_token_hashes = live  # one assignment: the gateway never sees a half-built map
+        self.table.touch()  # gateway processes follow the admin tokens too
 
     def bootstrap_admin_token(self) -> str | None:
         """On the first start, create the admin token and return it (the only time it is seen)."""
@@ -165,6 +194,7 @@ def create_app(platform: Platform) -> FastAPI:
         return error_response(exc.http_status, str(exc), type(exc).__name__)
 
     app.add_exception_handler(RequestValidationError, validation_error_response)  # type: ignore[arg-type]
+    install_storage_error_handlers(app)  # a full or read-only disk: the cause and the fix, not a bare 500
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -172,8 +202,8 @@ def create_app(platform: Platform) -> FastAPI:
         return error_response(exc.status_code, str(exc.detail), "BadRequest" if exc.status_code == 400 else "HTTPError")
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    def healthz() -> dict[str, object]:
+        return {"status": "ok", "version": __version__, "leader": platform.leads()}
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(me: Principal = Depends(require_token)) -> Response:
@@ -189,6 +219,7 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(secrets_router)
     app.include_router(audit_router)
     app.include_router(access_router)
+    app.include_router(gateway_feed_router)
     return app
 
 

@@ -73,5 +73,8 @@ class FaultInjector:
     def logs(self, handle: Handle, tail: int = 200) -> str:
         return self.inner.logs(handle, tail)
 
+    def list_workloads(self) -> list[Handle]:
+        return self.inner.list_workloads()  # also in an outage: its processes may still run
+
     def close(self) -> None:
         self.inner.close()

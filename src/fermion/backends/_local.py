@@ -180,6 +180,18 @@ class LocalBackend:
             except ProcessLookupError:
                 pass
 
+    def list_workloads(self) -> list[Handle]:
+        """Every folder of this cloud whose recorded pid is still that workload's process."""
+        found = []
+        for workdir in sorted(self.root.iterdir()) if self.root.is_dir() else []:
+            if workdir.is_symlink() or not workdir.is_dir():
+                continue
+            handle: Handle = {"id": workdir.name}
+            pid = self._pid(handle)
+            if pid is not None and self._alive(pid, workdir):
+                found.append({**handle, "pid": pid})
+        return found
+
     def logs(self, handle: Handle, tail: int = 200) -> str:
         workdir = self._workdir(handle)
         name = "job.log" if (workdir / "job.log").exists() else "replica.log"

@@ -100,6 +100,11 @@ class Backend(Protocol):
         """The last ``tail`` lines of the workload's output ("" once they are gone)."""
         ...
 
+    def list_workloads(self) -> list[Handle]:
+        """A handle of every workload running here now, also those an earlier server process
+        started: how a server finds the workloads no database row knows (a lost database)."""
+        ...
+
     def close(self) -> None:
         """Let go of connections; running workloads keep running."""
         ...

@@ -201,6 +201,7 @@ class WorkloadHost:
         self.ip = ray.util.get_node_ip_address()
         # bubblewrap and cgroups are the node's: probed here, with the server's settings
         self.isolation = _NodeIsolation(**spec.get("isolation", {}))
+        self.cloud: str = spec["cloud"]
         self.cgroup = f"{spec['cloud']}-{self.id}"
         root = _workloads_root()
         self.folder = Path(tempfile.mkdtemp(prefix=f"{self.id}-", dir=root))  # mode 0700
@@ -284,7 +285,7 @@ class WorkloadHost:
         """Where the workload runs: node id and IP, the pid on that node that stands for the workload
         (the sandbox's init, whose end ends everything inside), and how it is confined."""
         return {"node": self.node_id, "ip": self.ip, "pid": self.pid, "folder": str(self.folder),
-                "isolation": self.isolation.describe()}
+                "isolation": self.isolation.describe(), "cloud": self.cloud}
 
     def poll(self) -> dict[str, Any]:
         """Alive? Its URL once it listens; its exit code once it ended."""
@@ -624,6 +625,20 @@ class RayBackend:
         if record is None:
             return ""
         return "\n".join(str(record.get("logs", "")).splitlines()[-tail:])
+
+    def list_workloads(self) -> list[Handle]:
+        """The live actors of namespace ``fermion`` named for a workload of this cloud (several
+        clouds may share a cluster: each actor says which cloud started it)."""
+        found = []
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            name = str(entry.get("name", ""))
+            if entry.get("namespace") != NAMESPACE or not name.startswith(actor_name("")):
+                continue
+            handle: Handle = {"id": name.removeprefix(actor_name("")), "actor": name}
+            info = self.where(handle)
+            if info is not None and info.get("cloud", self.name) == self.name:
+                found.append({**handle, "node": info["node"]})
+        return found
 
     def where(self, handle: Handle) -> dict[str, Any] | None:
         """Where a live workload runs (node id and IP, the child's pid), for diagnostics and tests."""

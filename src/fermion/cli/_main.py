@@ -10,7 +10,9 @@ from .. import __version__
 from ..errors import FermionError
 from ._access import project_app, token_app, user_app, whoami
 from ._audit import audit
+from ._backup import backup_app
 from ._deploy import cloud_app, deploy, deployment_app, events, login
+from ._gateway import gateway_app
 from ._jobs import finetune, job_app, model_app
 from ._output import print_error
 from ._photon import photon_app
@@ -27,6 +29,8 @@ app = typer.Typer(
 )
 app.add_typer(photon_app, name="photon")
 app.add_typer(server_app, name="server")
+app.add_typer(backup_app, name="backup")
+app.add_typer(gateway_app, name="gateway")
 app.add_typer(deployment_app, name="deployment")
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(catalog_app, name="catalog")

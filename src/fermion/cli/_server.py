@@ -32,11 +32,11 @@ def check_db_url(db: str) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    from ..store import display_url
+    from ..store import display_url, with_driver
 
     shown = display_url(db)
     try:
-        parsed = make_url(db)
+        parsed = make_url(with_driver(db))  # postgresql:// means psycopg (3), the driver Fermion ships
     except (ArgumentError, ValueError):
         raise UserInputError(f"invalid database URL {shown!r}", hint=DB_URL_HINT) from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
@@ -103,6 +103,10 @@ def start(
     tls_key: Annotated[Path | None, typer.Option(help="The certificate's PEM private key.")] = None,
     tls_self_signed: Annotated[bool, typer.Option(
         help="Serve HTTPS with a self-signed certificate kept in $FERMION_HOME/tls (for local use).")] = False,
+    new_database: Annotated[bool, typer.Option(
+        "--new-database", help="Start anew where a home that was used before has lost its database (missing, "
+        "empty or corrupt): the old files and cli.json are kept aside, and workloads no row knows are stopped. "
+        "To get the old state back instead: `fermion backup restore`.")] = False,
 ) -> None:
     """Start the server in the foreground. The first start prints the admin token once."""
     import logging
@@ -112,12 +116,10 @@ def start(
     from sqlalchemy.exc import DBAPIError
 
     from .._limits import BoundedHttpToolsProtocol
-    from ..api import Platform, create_asgi
     from ..clouds import load_clouds
-    from ..config import fermion_home
     from ..photon.runtime import DrainingServer, bind_socket, write_port_file
     from ..store import default_db_url
-    from ..store import display_url
+    from ..store import display_url, explain_db_error
     from ._platform import save_credentials
 
     if db is not None:
@@ -128,7 +130,10 @@ def start(
                   f"set {DB_URL_ENV} instead", file=sys.stderr, flush=True)
         check_db_url(db)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    home = fermion_home()
+    from ..config import workloads_root
+    from ._home import hold_home, keep_credentials_aside, prepare_database, watch_database, writable_home
+
+    home = writable_home()
     tls = tls_files(tls_cert, tls_key, tls_self_signed, home, host)
     ca = str(tls[0]) if tls else None  # the CLI verifies this server against its own certificate
     sock = bind_socket(host, port)
@@ -136,6 +141,11 @@ def start(
     db_url = db or default_db_url(home)
     cloud_configs = load_clouds(clouds)
     try:
+        hold_home(home)  # before the database is looked at: no restore may swap it from here on
+        for note in prepare_database(home, db_url, workloads_root(home), new_database=new_database):
+            print(f"fermion: {note}", file=sys.stderr, flush=True)
+        from ..api import Platform, create_asgi  # seconds to import (torch): after the checks that refuse at once
+
         platform = Platform(home, db_url, cloud_configs, public_url=url)
         token = platform.bootstrap_admin_token()
     except DBAPIError as exc:  # cannot connect, or the database refused: one line, never the password
@@ -143,9 +153,13 @@ def start(
         password = make_url(db_url).password
         if password:
             reason = reason.replace(str(password), "***")
+        known = explain_db_error(exc)  # e.g. a full disk: say so, not "is it running?"
         raise UserInputError(f"cannot use the database {display_url(db_url)}: {reason}",
-                             hint="check that it is running and the URL is right") from None
+                             hint=known[1] if known else "check that it is running and the URL is right") from None
     if token:
+        if (kept := keep_credentials_aside(home)) is not None:  # a new token never overwrites the old silently
+            print(f"fermion: a new admin token was made; the old cli.json is kept as {kept}", file=sys.stderr,
+                  flush=True)
         save_credentials(url, token, home, ca=ca)
         print(f"fermion: admin token (shown once, saved for the CLI in {home / 'cli.json'}):\n  {token}",
               file=sys.stderr, flush=True)
@@ -169,4 +183,7 @@ def start(
     config = uvicorn.Config(create_asgi(platform), loop="uvloop", http=BoundedHttpToolsProtocol, log_level=log_level,
                             access_log=False, timeout_graceful_shutdown=10,
                             ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None)
-    DrainingServer(config).run(sockets=[sock])
+    server = DrainingServer(config)
+    platform.stopping = lambda: server.should_exit  # long polls end at once: a stop does not wait for them
+    watch_database(db_url, platform.store.engine)  # a SQLite file deleted or replaced: the process exits
+    server.run(sockets=[sock])

@@ -3,6 +3,8 @@ and the controllers that reconcile one deployment or job per pass (the only writ
 
 from ._deployments import DeploymentController
 from ._jobs import JobController
+from ._leader import Leadership
+from ._orphans import stop_orphans
 from ._planner import (
     TRANSITIONS,
     AttemptView,
@@ -27,6 +29,7 @@ __all__ = [
     "JobController",
     "JobPlan",
     "JobView",
+    "Leadership",
     "Need",
     "Observation",
     "ReplicaChange",
@@ -34,4 +37,5 @@ __all__ = [
     "Scheduler",
     "plan_deployment",
     "plan_job",
+    "stop_orphans",
 ]

@@ -99,11 +99,28 @@ class DeploymentController(ReconcileLoop):
             for gone in {r.deployment for r in self.table.routes()} - set(deployments):
                 self.table.set(gone, None)
 
+    def start(self) -> None:
+        if self.observer.closed:  # stopped before: leadership lost, then taken back
+            self.observer = Observer()
+        super().start()
+
     def stop(self) -> None:
         """Stop the loop and free this controller's leases (a restarted server claims them at once)."""
         super().stop()
         self.observer.close()
         self.store.release_all(DeploymentRow, self.owner)
+
+    def publish_from_store(self) -> None:
+        """Route as the store says, acting on nothing: what a server that does not lead serves."""
+        with self.store.session() as s:
+            deployments = {d.name: d for d in s.scalars(select(DeploymentRow))}
+            replicas: dict[str, list[ReplicaRow]] = {n: [] for n in deployments}
+            for r in s.scalars(select(ReplicaRow).where(ReplicaRow.state == "READY").order_by(ReplicaRow.created_at)):
+                replicas.setdefault(r.deployment, []).append(r)
+        for name, d in deployments.items():
+            self._publish(d, replicas[name], DeploymentPlan())
+        for gone in {r.deployment for r in self.table.routes()} - set(deployments):
+            self.table.set(gone, None)
 
     def _claim_all(self) -> list[str]:
         """Claim every deployment whose lease is free or ours: one write for the whole pass."""
@@ -158,7 +175,7 @@ class DeploymentController(ReconcileLoop):
         snapshot is the truth for what this controller alone writes (under its lease)."""
         if not plan.touches():
             return []
-        name, events, ended = d.name, Events(), []
+        events, ended = Events(), []
         starts = self._write_plan_in(d, plan, rows, events, ended)
         for rid in ended:  # once the commit holds: a failed one leaves them held, as their rows say
             self.scheduler.release(rid)
@@ -199,7 +216,8 @@ class DeploymentController(ReconcileLoop):
                 if r.cloud and r.generation == d.generation and \
                         after.get(r.id, r.state) not in (*TERMINAL_STATES, "DRAINING", "PENDING"):
                     serving[r.cloud] = serving.get(r.cloud, 0) + 1
-            pending = [(r.id, r.auth_secret, r.state, r.reason) for r in rows if r.id in set(plan.place)]
+            to_place = set(plan.place)
+            pending = [(r.id, r.auth_secret, r.state, r.reason) for r in rows if r.id in to_place]
             pending += [(new_id("r"), None, "", reason) for reason in plan.new_replicas]
             starts = self._decide_starts(s, d, pending, plan.only_cloud, serving, events)
             events.write(s)
@@ -268,6 +286,9 @@ class DeploymentController(ReconcileLoop):
             if choice is None or choice.cloud is None:
                 reason = why_not_at_all or (f"no cloud can run it ({need.describe()}): "
                                             + "; ".join((choice.why_not if choice else None) or ["no cloud allowed"]))
+                # room only shrinks within a pass: once one replica fits nowhere, none after it does,
+                # so a thousand PENDING replicas cost one choice, not a thousand
+                why_not_at_all = reason
                 row = {"id": rid, "state": "PENDING", "reason": reason, "state_since": now, "cloud": None}
             else:
                 per_cloud[choice.cloud] = per_cloud.get(choice.cloud, 0) + 1

@@ -20,6 +20,7 @@ class ReconcileLoop:
         raise NotImplementedError
 
     def start(self) -> None:
+        self._stop.clear()  # a server that lost the controller lease and takes it back starts again
         self.tick()  # settle (re-adopt, publish) before the first request arrives
         self._thread = threading.Thread(target=self._loop, name=f"fermion-{type(self).__name__}", daemon=True)
         self._thread.start()

@@ -114,6 +114,11 @@ class Gateway:
         expires = self.admin_token_hashes.get(digest, 0.0)
         return expires is None or expires > time.time()
 
+    def admin_request(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether a request carries a live server admin token."""
+        digest = self._token_digest(headers)
+        return digest is not None and self._admin(digest)
+
     @staticmethod
     def _token_digest(headers: list[tuple[bytes, bytes]]) -> str | None:
         return bearer_digest(next((v for k, v in headers if k == b"authorization"), b"").decode("latin-1"))

@@ -39,6 +39,12 @@ class RoutingTable:
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
         self._lock = threading.Lock()
+        self.version = 0  # bumped on every change: gateways that follow this table long-poll on it
+
+    def touch(self) -> None:
+        """Count a change made beside the routes (e.g. the admin tokens) as a new version."""
+        with self._lock:
+            self.version += 1
 
     def get(self, deployment: str) -> Route | None:
         return self._routes.get(deployment)
@@ -53,6 +59,7 @@ class RoutingTable:
             for name, route in routes.items():
                 self._keep_counters(self._routes.get(name), route)
             self._routes = routes
+            self.version += 1
 
     def set(self, name: str, route: Route | None) -> None:
         """Replace (or, with None, remove) one deployment's route; the others are untouched."""
@@ -64,6 +71,7 @@ class RoutingTable:
                 self._keep_counters(routes.get(name), route)
                 routes[name] = route
             self._routes = routes
+            self.version += 1
 
     @staticmethod
     def _keep_counters(old: Route | None, new: Route) -> None:

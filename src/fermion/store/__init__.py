@@ -1,4 +1,5 @@
-"""The state store: SQLAlchemy models and sessions."""
+"""The state store: SQLAlchemy models and sessions; the schema evolves by Alembic migrations
+(fermion.store.migrations)."""
 
 from ._models import (
     DEFAULT_PROJECT,
@@ -19,17 +20,39 @@ from ._models import (
     UserRow,
     new_id,
 )
-from ._store import Store, default_db_url, display_url
+from ._backup import Backup, BackupError, BackupSummary, create_backup, restore_backup
+from ._leader import CONTROLLER_LEASE, ControllerLeaseRow
+from ._migrate import new_revision
+from ._safety import (
+    DatabaseLostError,
+    DatabaseWatch,
+    StoreUnusableError,
+    check_database,
+    db_error_text,
+    explain_db_error,
+    keep_aside,
+    prior_use,
+    sidecars,
+    sqlite_file,
+)
+from ._store import Store, default_db_url, display_url, storable, with_driver
 
 __all__ = [
     "DEFAULT_PROJECT",
     "TERMINAL_STATES",
     "AttemptRow",
     "AuditRow",
+    "Backup",
+    "BackupError",
+    "BackupSummary",
+    "CONTROLLER_LEASE",
+    "ControllerLeaseRow",
     "JobRow",
     "MembershipRow",
     "ModelVersionRow",
     "CloudRow",
+    "DatabaseLostError",
+    "DatabaseWatch",
     "DeploymentRow",
     "EventRow",
     "PhotonRow",
@@ -37,9 +60,22 @@ __all__ = [
     "ReplicaRow",
     "SecretRow",
     "Store",
+    "StoreUnusableError",
     "TokenRow",
     "UserRow",
+    "check_database",
+    "create_backup",
+    "db_error_text",
     "default_db_url",
     "display_url",
+    "explain_db_error",
+    "keep_aside",
     "new_id",
+    "prior_use",
+    "restore_backup",
+    "sidecars",
+    "sqlite_file",
+    "new_revision",
+    "storable",
+    "with_driver",
 ]

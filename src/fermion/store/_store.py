@@ -10,16 +10,36 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect, or_, text, update
-from sqlalchemy.engine import Connection, Engine, Row, make_url
+from sqlalchemy import create_engine, event, or_, update
+from sqlalchemy.engine import Engine, Row, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ._migrate import schema_diff, upgrade
 from ._models import Base, EventRow
+
+# NUL: PostgreSQL's text types cannot hold it; a lone surrogate is not UTF-8 (psycopg cannot send
+# it, and PostgreSQL's json refuses its escape). SQLite keeps both: without this, a name or a log
+# line that SQLite stores would be a 500, or a controller pass failing forever, on PostgreSQL.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text`` as the store keeps it, on SQLite and PostgreSQL alike: NUL and lone surrogates
+    replaced by U+FFFD. (Every string the store writes or looks up passes through this; apply it
+    first to text whose exact stored form matters, e.g. what a hash covers.)"""
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def default_db_url(home: Path) -> str:
     return f"sqlite:///{home / 'fermion.db'}"
+
+
+def with_driver(url: str) -> str:
+    """``url`` naming the driver Fermion ships: a driverless ``postgresql://`` (or ``postgres://``)
+    URL would get SQLAlchemy's default, psycopg2, which is not installed; psycopg (3) is."""
+    scheme, sep, rest = url.partition("://")
+    return f"postgresql+psycopg://{rest}" if sep and scheme in ("postgresql", "postgres") else url
 
 
 def display_url(url: str) -> str:
@@ -37,16 +57,22 @@ class Store:
     """Sessions over the state store, and the one way to record an event."""
 
     def __init__(self, url: str) -> None:
+        """Open the database at ``url`` and bring its schema to the newest migration (see
+        fermion.store.migrations); ``schema_changes`` says what that changed."""
         self.url = url
         kwargs: dict[str, object] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self.engine: Engine = create_engine(url, **kwargs)
+        self.engine: Engine = create_engine(with_driver(url), json_serializer=_json_text, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
-        self.schema_changes = migrate(self.engine)
+        event.listen(self.engine, "before_cursor_execute", _storable_parameters, retval=True)
+        self.schema_changes: list[str] = upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def schema_diff(self) -> list[Any]:
+        """How the database differs from the models; [] when the migrations are complete."""
+        return schema_diff(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -88,53 +114,35 @@ class Store:
         self.engine.dispose()
 
 
-RETIRED_COLUMNS = {  # columns a model lost: dropped from an older database
-    "replicas": ("pid", "port", "workdir"),  # a backend's handle replaced them
-    "attempts": ("pid", "workdir"),
-}
+def _json_text(value: Any) -> str:
+    """A JSON column's text. Unescaped, so that a lone surrogate is seen and replaced (its escape
+    "\\ud800" is what PostgreSQL's json refuses); control characters, NUL too, stay escaped. psycopg
+    serializes JSON itself, after the parameters were made storable: hence here."""
+    return storable(json.dumps(value, ensure_ascii=False))
 
 
-def migrate(engine: Engine) -> list[str]:
-    """Bring an older database up to the models: add the columns it lacks, with their defaults,
-    and drop the retired ones. (create_all adds the tables.)"""
-    added = []
-    existing = inspect(engine)
-    with engine.begin() as conn:
-        for table in Base.metadata.sorted_tables:
-            have = {c["name"] for c in existing.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in have:
-                    continue
-                default = column.default.arg if column.default is not None and not callable(column.default.arg) else None
-                ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
-                if default is not None:
-                    literal = (("TRUE" if default else "FALSE") if isinstance(default, bool)  # 1 == True: bool first
-                               else repr(default) if isinstance(default, int | float | str) else None)
-                    if literal is not None:
-                        ddl += f" DEFAULT {literal}"
-                conn.execute(text(ddl))
-                added.append(f"{table.name}.{column.name}")
-            if table.name in RETIRED_COLUMNS and "pid" in have:
-                _handles_from_pids(conn, table.name, "port" in have)
-            for retired in RETIRED_COLUMNS.get(table.name, ()):
-                if retired in have:
-                    conn.execute(text(f"ALTER TABLE {table.name} DROP COLUMN {retired}"))
-                    added.append(f"-{table.name}.{retired}")
-    return added
+def _unstorable(value: Any) -> bool:
+    if isinstance(value, str):
+        return _UNSTORABLE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_unstorable(v) for v in value.values())
+    return isinstance(value, list | tuple) and any(_unstorable(v) for v in value)
 
 
-def _handles_from_pids(conn: Connection, table: str, has_port: bool) -> None:
-    """Rows of a version that kept pids: the local backend's handle (and URL), so that the
-    workloads still running are re-adopted after the upgrade rather than replaced."""
-    rows = conn.execute(text(f"SELECT id, pid{', port' if has_port else ''} FROM {table} "
-                             "WHERE pid IS NOT NULL AND handle IS NULL")).fetchall()
-    for row in rows:
-        url = f"http://127.0.0.1:{row[2]}" if has_port and row[2] else None
-        values = {"id": row[0], "handle": json.dumps({"id": row[0], "pid": row[1]})}
-        if has_port:
-            conn.execute(text(f"UPDATE {table} SET handle = :handle, url = :url WHERE id = :id"), {**values, "url": url})
-        else:
-            conn.execute(text(f"UPDATE {table} SET handle = :handle WHERE id = :id"), values)
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {k: _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_storable(v) for v in value)
+    return value
+
+
+def _storable_parameters(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001, ANN202 - SQLAlchemy's event
+    """Every string parameter made storable (see ``storable``): written text and looked-up keys alike,
+    so a key with a NUL finds nothing on either database instead of failing on one."""
+    return statement, (_storable(parameters) if _unstorable(parameters) else parameters)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API types

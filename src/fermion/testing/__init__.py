@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._closed_loop import LoadResult, closed_loop
+from ._gateways import GatewayProc, start_gateway
 from ._instant import InstantBackend
 from ._servers import (
     Load,
@@ -14,6 +15,7 @@ from ._servers import (
     ServerProc,
     fermion_cmd,
     kill_replicas,
+    kill_workloads,
     running_server,
     serve_photon,
     start_server,
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from ..backends import LocalRayCluster, local_ray_cluster
 
 __all__ = [
+    "GatewayProc",
     "InstantBackend",
     "Load",
     "LoadResult",
@@ -34,9 +37,11 @@ __all__ = [
     "closed_loop",
     "fermion_cmd",
     "kill_replicas",
+    "kill_workloads",
     "local_ray_cluster",
     "running_server",
     "serve_photon",
+    "start_gateway",
     "start_server",
     "stop",
     "workload_pids",

@@ -77,6 +77,9 @@ class InstantBackend:
     def logs(self, handle: Handle, tail: int = 200) -> str:
         return json.dumps(self.workloads.get(handle["id"]))
 
+    def list_workloads(self) -> list[Handle]:
+        return [{"id": wid} for wid, w in list(self.workloads.items()) if w["alive"]]
+
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()

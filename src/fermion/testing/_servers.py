@@ -139,18 +139,22 @@ class ServerProc:
             return api.get(f"/deployments/{name}").json()
 
 
-def start_server(home: Path, clouds_yaml: str | None = None) -> ServerProc:
-    """`fermion server start` on a free loopback port with its home at ``home``; returns once it listens."""
+def start_server(home: Path, clouds_yaml: str | None = None, *, port: int = 0, db_url: str | None = None,
+                 env: dict[str, str] | None = None) -> ServerProc:
+    """`fermion server start` on loopback (``port``, by default a free one) with its home at
+    ``home``, on ``db_url`` (default: SQLite in the home); returns once it listens."""
     home.mkdir(parents=True, exist_ok=True)
-    args = ["server", "start", "--port", "0", "--port-file", str(home / "port")]
+    args = ["server", "start", "--port", str(port), "--port-file", str(home / "port")]
+    if db_url is not None:
+        args += ["--db", db_url]
     if clouds_yaml is not None:
         (home / "clouds.yaml").write_text(clouds_yaml)
         args += ["--clouds", str(home / "clouds.yaml")]
     (home / "port").unlink(missing_ok=True)
     log = home / f"server-{time.monotonic_ns()}.log"
-    env = {**os.environ, "FERMION_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    full_env = {**os.environ, "FERMION_HOME": str(home), "HF_HUB_OFFLINE": "1", **(env or {})}
     with log.open("wb") as out:
-        proc = subprocess.Popen(fermion_cmd(*args), stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(fermion_cmd(*args), stdout=out, stderr=subprocess.STDOUT, env=full_env)
     deadline = time.monotonic() + 60
     while not (home / "port").exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -187,6 +191,23 @@ def kill_replicas(home: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
         except (OSError, ProcessLookupError):
             pass
+
+
+def kill_workloads(root: Path) -> int:
+    """SIGKILL every process working in a folder under ``root`` (a workloads root): what a test
+    uses when the store is not the home's SQLite file. How many it killed."""
+    root, killed = root.resolve(), 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            # a sandboxed workload names its folder on its (bubblewrap) command line
+            if Path(proc / "cwd").resolve().is_relative_to(root) or str(root).encode() in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+        except (OSError, ProcessLookupError):
+            pass
+    return killed
 
 
 @contextmanager

@@ -1,0 +1,36 @@
+"""REST API v1: the routing table for gateway processes (``fermion gateway start``).
+
+A long poll: the answer comes at once when the table changed since the version the gateway
+holds, else when it changes, else after ``wait`` seconds with the same table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from ..gateway import table_document
+from ._auth import caller, require_token
+from ._principal import Principal
+from ._schemas import ERROR_RESPONSES
+
+router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
+POLL_S = 0.05
+
+
+@router.get("/gateway/table")
+async def gateway_table(request: Request, me: Annotated[Principal, Depends(caller)],
+                        after: Annotated[str, Query(max_length=100)] = "",
+                        wait: Annotated[float, Query(ge=0, le=30)] = 0) -> dict[str, Any]:
+    """Every route with its replicas' URLs and secrets: for a server admin's token only."""
+    me.require_admin()
+    platform = request.app.state.platform
+    deadline = time.monotonic() + wait
+    while (platform.table_version() == after and time.monotonic() < deadline and not platform.stopping()
+           and not await request.is_disconnected()):
+        await asyncio.sleep(POLL_S)
+    return table_document(platform.table, platform.gateway.admin_token_hashes, platform.table_version(),
+                          platform.leads(), platform.public_url)

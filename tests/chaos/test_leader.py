@@ -1,0 +1,89 @@
+"""Two servers on one PostgreSQL database: one leads (runs the controllers), both serve the API,
+and when the leader is killed under load the other takes over while gateways keep serving."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from fermion.testing import Load, kill_workloads, start_gateway, start_server, stop
+from tests.chaos import CLOUDS, PHOTON
+from tests.support import report_fault
+
+TAKEOVER_BOUND_S = 10.0
+
+
+def leads(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).json()["leader"]
+    except httpx.TransportError:
+        return False
+
+
+def test_the_follower_takes_over_when_the_leader_is_killed_under_load(tmp_path: Path, pg_url: str) -> None:
+    workloads = tmp_path / "workloads"  # one machine, two servers: they share the workloads' folders
+    env = {"FERMION_WORKLOADS": str(workloads)}
+    first = start_server(tmp_path / "a", CLOUDS, db_url=pg_url, env=env)
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "cli.json", tmp_path / "b" / "cli.json")  # the same admin token
+    second = start_server(tmp_path / "b", CLOUDS, db_url=pg_url, env=env)
+    gateway = None
+    try:
+        assert leads(first.url) and not leads(second.url)
+        # both serve the API: a deployment asked of the follower is carried out by the leader
+        second.cli("deploy", PHOTON, "--name", "ha", "--replicas", "2", "--public", "--cloud", "alpha",
+                   "--cloud", "beta")
+        refused = second.cli("cloud", "fail", "alpha", check=False)
+        assert refused.returncode != 0 and "does not run the controllers" in refused.stderr
+        assert first.url in refused.stderr  # it names the leader
+        gateway = start_gateway(tmp_path / "gw", [first.url, second.url], first.token)
+        assert gateway.health()["server"] == first.url
+        replicas = {r["id"] for r in second.deployment("ha")["replica_list"]}
+
+        with Load(f"{gateway.url}/d/ha/version", {}) as load:
+            time.sleep(1)
+            first.proc.kill()
+            first.proc.wait()
+            killed_at = time.monotonic()
+            while not leads(second.url):
+                assert time.monotonic() - killed_at < TAKEOVER_BOUND_S + 5, second.log.read_text()[-3000:]
+                time.sleep(0.1)
+            takeover_s = time.monotonic() - killed_at
+            # the new leader's controllers act: a replica killed now is replaced
+            victim = sorted(replicas)[0]
+            for pid in [pid for pid, wid in _pids(workloads).items() if wid == victim]:
+                os.kill(pid, signal.SIGKILL)
+            second.wait_for(lambda api: (d := api.get("/deployments/ha").json())["ready"] == 2
+                            and victim not in {r["id"] for r in d["replica_list"]}, timeout=60)
+            time.sleep(1)
+        report_fault(f"leader server killed under load (takeover {takeover_s:.1f} s)", load.ok + len(load.failures),
+                     len(load.failures))
+        assert load.failures == [] and load.ok > 50
+        assert takeover_s < TAKEOVER_BOUND_S
+        assert gateway.health()["server"] == second.url  # the gateway follows the new leader
+    finally:
+        if gateway is not None:
+            stop(gateway.proc)
+        stop(second.proc)
+        stop(first.proc)
+        kill_workloads(workloads)
+
+
+def _pids(workloads: Path) -> dict[int, str]:
+    """pid -> workload id of every process of the local-backend replicas under ``workloads`` (each
+    works in a folder named after its workload)."""
+    out = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cwd = Path(proc / "cwd").resolve()
+            except OSError:
+                continue
+            if cwd.is_relative_to(workloads.resolve()) and cwd.parent.parent == workloads.resolve():
+                out[int(proc.name)] = cwd.name
+    return out
