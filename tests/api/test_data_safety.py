@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fermion.photon._package import build_archive
+from fermion.photon.runtime import build_archive
 from fermion.testing import ServerProc, fermion_cmd, kill_replicas, start_server, stop, workload_pids
 from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON
 
@@ -260,3 +260,16 @@ def test_a_full_disk_answers_507_with_its_cause_and_the_cli_shows_it(tmp_path: P
         finally:
             stop(server.proc)
             kill_replicas(home)
+
+
+def test_a_second_server_on_the_same_home_is_refused(tmp_path: Path) -> None:
+    """Both would have the same identity: both would lead, and place the same replicas twice."""
+    home = tmp_path / "home"
+    server = start_server(home)
+    try:
+        second = cli(home, "server", "start", "--port", "0", timeout=60)
+        assert second.returncode != 0 and "already running on" in second.stderr, second.stderr
+        assert "its own FERMION_HOME" in second.stderr and "Traceback" not in second.stderr
+        assert server.proc.poll() is None
+    finally:
+        stop(server.proc)

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from fermion.testing import fermion_cmd, kill_replicas, running_server, start_server, stop
+from tests.support import FIXTURE_PHOTONS
 
 
 def test_a_job_whose_command_does_not_exist_fails_with_the_cause(tmp_path: Path) -> None:
@@ -51,6 +52,26 @@ def test_an_injected_outage_survives_a_restart(tmp_path: Path) -> None:
         assert "flaky" in waiting and "unhealthy" in waiting
         server.cli("cloud", "recover", "flaky")
         server.wait_for(lambda a: a.get("/jobs/where").json()["status"] == "SUCCEEDED", timeout=60)
+    finally:
+        stop(server.proc)
+        kill_replicas(home)
+
+
+def test_a_renamed_cloud_lists_and_its_old_replica_is_stopped_and_replaced(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    server = start_server(home, "clouds:\n  - name: alpha\n    capacity: {cpus: 2, memory_gb: 4}\n")
+    try:
+        server.cli("deploy", f"{FIXTURE_PHOTONS}:Versioned", "--name", "moved", "--public")
+        (old,) = server.deployment("moved")["replica_list"]
+        old_pid = server.pid(old["id"])
+        assert stop(server.proc) == 0 and Path(f"/proc/{old_pid}").exists()  # replicas outlive the server
+        server = start_server(home, "clouds:\n  - name: gamma\n    capacity: {cpus: 2, memory_gb: 4}\n")
+        listing = server.cli("cloud", "list", "--json").stdout
+        assert '"gamma"' in listing and '"alpha"' not in listing
+        d = server.wait_for(lambda api: (d := api.get("/deployments/moved").json())["ready"] == 1 and d)
+        assert [r["cloud"] for r in d["replica_list"]] == ["gamma"]
+        assert not Path(f"/proc/{old_pid}").exists() or "zombie" in Path(f"/proc/{old_pid}/status").read_text()
+        assert "no longer configured" in server.log.read_text()
     finally:
         stop(server.proc)
         kill_replicas(home)

@@ -33,4 +33,4 @@ async def gateway_table(request: Request, me: Annotated[Principal, Depends(calle
            and not await request.is_disconnected()):
         await asyncio.sleep(POLL_S)
     return table_document(platform.table, platform.gateway.admin_token_hashes, platform.table_version(),
-                          platform.leads(), platform.public_url)
+                          platform.leads(), platform.public_url, platform.leadership.settled)

@@ -23,12 +23,12 @@ from .._limits import UPLOAD_PATHS, limit_bodies
 from ..backends import FaultInjector, Isolation, make_backend
 from ..clouds import CloudConfig
 from ..config import workloads_root
-from ..control import DeploymentController, JobController, Leadership, Scheduler, stop_orphans
+from ..control import DeploymentController, JobController, Leadership, Scheduler, stop_on_retired_clouds, stop_orphans
 from ..errors import ConflictError, FermionError
 from ..gateway import Gateway, RoutingTable
 from ..photon.runtime import error_response, validation_error_response
 from ..security import SecretBox, hash_token, new_token
-from ..store import DEFAULT_PROJECT, CloudRow, ProjectRow, Store, TokenRow, UserRow
+from ..store import DEFAULT_PROJECT, CloudRow, DeploymentRow, JobRow, ProjectRow, Store, TokenRow, UserRow
 from ._access import router as access_router
 from ._audit import audit_requests
 from ._audit import router as audit_router
@@ -107,17 +107,34 @@ class Platform:
         self.jobs = JobController(self.store, self.scheduler, self.controller, owner=f"{server_id}/jobs",
                                   on_success=lambda s, job: on_job_success(self, s, job))
         self.leadership = Leadership(self.store, server_id, public_url, on_lead=self._lead, on_follow=self._follow,
-                                     follow_tick=self.controller.publish_from_store)
+                                     follow_tick=self.controller.publish_from_store,
+                                     every_step=self._sync_from_store)
 
     def _lead(self) -> None:
         """The loops, each settling once before returning (the first pass reads the ledger from the store)."""
+        # the sole controller now: a dead leader's leases on deployments and jobs are not waited out
+        self.store.release_others(DeploymentRow, self.controller.owner)
+        self.store.release_others(JobRow, self.jobs.owner)
+        # before the first pass replaces them elsewhere: what runs on a cloud no longer configured stops
+        stop_on_retired_clouds(self.store, self.clouds, lambda config: make_backend(
+            config, self.workloads_root, server_home=self.home, isolation=self.isolation))
         self.controller.start()
         self.jobs.start()
         stop_orphans(self.store, self.clouds)  # after the first pass: what no row knows now, no one ever will
 
     def _follow(self) -> None:
-        self.jobs.stop()
-        self.controller.stop()
+        try:
+            self.jobs.stop()
+        finally:
+            self.controller.stop()
+
+    def _sync_from_store(self) -> None:
+        """What another server may have changed: admin tokens (every gateway must see a revocation)
+        and injected outages."""
+        self.refresh_gateway_admins()
+        with self.store.session() as s:
+            outages = {row.name: bool(row.outage) for row in s.scalars(select(CloudRow))}
+        self.scheduler.sync_outages(outages)
 
     def observed_latency(self) -> dict[str, float]:
         """Mean gateway-measured latency per cloud, over the replicas serving now."""
@@ -159,8 +176,9 @@ class Platform:
             live = {t.token_hash: t.expires_at for t in s.scalars(select(TokenRow).where(
                 TokenRow.revoked_at.is_(None), TokenRow.project.is_(None), TokenRow.role == "admin")).all()
                 if t.user in admins}
-        self.gateway.admin_token_hashes = live  # one assignment: the gateway never sees a half-built map
-        self.table.touch()  # gateway processes follow the admin tokens too
+        if live != self.gateway.admin_token_hashes:
+            self.gateway.admin_token_hashes = live  # one assignment: the gateway never sees a half-built map
+            self.table.touch()  # gateway processes follow the admin tokens too
 
     def bootstrap_admin_token(self) -> str | None:
         """On the first start, create the admin token and return it (the only time it is seen)."""

@@ -21,13 +21,14 @@ from ..store import (
     check_database,
     display_url,
     keep_aside,
+    keep_database_aside,
     prior_use,
-    sidecars,
     sqlite_file,
 )
 
 log = logging.getLogger("fermion.store")
 
+SERVER_LOCK_FILE = "server.running"  # held alone by the server running on this home
 LOCK_FILE = "server.lock"
 RESTORE = "`fermion backup restore BACKUP`"
 NEW_DATABASE = "`fermion server start --new-database`"
@@ -59,29 +60,34 @@ def writable_home() -> Path:
     return home
 
 
-def hold_home(home: Path) -> None:
-    """Hold the home's lock shared while this server runs (servers may share a home; a restore,
-    which takes it exclusively, may not run beside one)."""
-    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+def _lock(path: Path, mode: int, refused: ConflictError) -> int:
+    """``path`` locked (``fcntl.LOCK_SH`` or ``LOCK_EX``) without waiting; ``refused`` if it is held."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ConflictError(f"a restore is running on {home}", hint="start the server once it has finished") from None
-    _held.append(fd)
+        raise refused from None
+    return fd
+
+
+def hold_home(home: Path) -> None:
+    """Hold the home's locks while this server runs: the restore lock, shared (a restore takes it
+    exclusively), and its own, alone (a second server on the same home would have the same
+    identity, so both would lead)."""
+    _held.append(_lock(home / LOCK_FILE, fcntl.LOCK_SH, ConflictError(
+        f"a restore is running on {home}", hint="start the server once it has finished")))
+    _held.append(_lock(home / SERVER_LOCK_FILE, fcntl.LOCK_EX, ConflictError(
+        f"a Fermion server is already running on {home}",
+        hint="give each server its own FERMION_HOME (servers share a database, not a home)")))
 
 
 def lock_home_exclusive(home: Path) -> int:
     """The home's lock, held alone (by a restore): refused while any server runs on the home."""
     home.mkdir(parents=True, exist_ok=True)
-    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ConflictError(f"a Fermion server is running on {home}: a restore would replace the database under it",
-                            hint="stop that server first, then restore") from None
-    return fd
+    return _lock(home / LOCK_FILE, fcntl.LOCK_EX, ConflictError(
+        f"a Fermion server is running on {home}: a restore would replace the database under it",
+        hint="stop that server first, then restore"))
 
 
 def prepare_database(home: Path, db_url: str, workloads_root: Path, *, new_database: bool) -> list[str]:
@@ -113,11 +119,11 @@ def prepare_database(home: Path, db_url: str, workloads_root: Path, *, new_datab
                  "aside, and workloads no database row knows are stopped)")
     if path is None:
         return []
-    if state == "missing":  # a new file would take in an old WAL left beside it (it may hold the last commits)
-        stale = [f for f in sidecars(path) if f.exists()]
-    else:  # empty or corrupt: aside only when asked to start anew, else an empty one is simply used
-        stale = [f for f in (path, *sidecars(path)) if f.exists()] if new_database else []
-    return [f"kept the old {f.name} as {keep_aside(f)}" for f in stale]
+    # missing: a new file would take in an old WAL left beside it (it may hold the last commits);
+    # empty or corrupt: aside only when asked to start anew, else an empty one is simply used
+    if state != "missing" and not new_database:
+        return []
+    return [f"kept the old {old.name} as {new}" for old, new in keep_database_aside(path)]
 
 
 def keep_credentials_aside(home: Path) -> Path | None:

@@ -4,7 +4,7 @@ and the controllers that reconcile one deployment or job per pass (the only writ
 from ._deployments import DeploymentController
 from ._jobs import JobController
 from ._leader import Leadership
-from ._orphans import stop_orphans
+from ._orphans import stop_on_retired_clouds, stop_orphans
 from ._planner import (
     TRANSITIONS,
     AttemptView,
@@ -37,5 +37,6 @@ __all__ = [
     "Scheduler",
     "plan_deployment",
     "plan_job",
+    "stop_on_retired_clouds",
     "stop_orphans",
 ]

@@ -111,7 +111,9 @@ class DeploymentController(ReconcileLoop):
         self.store.release_all(DeploymentRow, self.owner)
 
     def publish_from_store(self) -> None:
-        """Route as the store says, acting on nothing: what a server that does not lead serves."""
+        """Route as the store says, and count capacity as it says (for `cloud list`), acting on
+        nothing: what a server that does not lead does."""
+        self.scheduler.rebuild_every(LEDGER_RESYNC_S)
         with self.store.session() as s:
             deployments = {d.name: d for d in s.scalars(select(DeploymentRow))}
             replicas: dict[str, list[ReplicaRow]] = {n: [] for n in deployments}

@@ -24,16 +24,18 @@ INTERVAL_S = 1.0
 
 
 class Leadership:
-    """Hold or follow the controller lease; ``on_lead`` / ``on_follow`` run on each change, and
-    ``follow_tick`` on every interval while following."""
+    """Hold or follow the controller lease; ``on_lead`` / ``on_follow`` run on each change,
+    ``follow_tick`` on every interval while following, and ``every_step`` on every interval."""
 
     def __init__(self, store: Store, owner: str, url: str, *, on_lead: Callable[[], None],
                  on_follow: Callable[[], None], follow_tick: Callable[[], None],
+                 every_step: Callable[[], None] = lambda: None,
                  lease_s: float = LEASE_S, interval_s: float = INTERVAL_S) -> None:
         self.store, self.owner, self.url = store, owner, url
-        self.on_lead, self.on_follow, self.follow_tick = on_lead, on_follow, follow_tick
+        self.on_lead, self.on_follow, self.follow_tick, self.every_step = on_lead, on_follow, follow_tick, every_step
         self.lease_s, self.interval_s = lease_s, interval_s
         self.leading = False
+        self.settled = False  # whether its routing table is whole yet (a gateway ignores it until then)
         self._renewed_at = 0.0  # monotonic time of the last renewal this server saw succeed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -57,14 +59,17 @@ class Leadership:
             self._thread.join(15)
         if self.leading:
             self.leading = False
-            self.on_follow()
-            try:
-                with self.store.session() as s:
-                    row = s.get(ControllerLeaseRow, CONTROLLER_LEASE)
-                    if row is not None and row.lease_owner == self.owner:
-                        row.lease_owner, row.lease_until = None, 0.0
-            except SQLAlchemyError:
-                log.warning("could not free the controller lease; it expires in %.0f s", self.lease_s)
+            self._follow_safely()
+            self._free_lease()
+
+    def _free_lease(self) -> None:
+        try:
+            with self.store.session() as s:
+                row = s.get(ControllerLeaseRow, CONTROLLER_LEASE)
+                if row is not None and row.lease_owner == self.owner:
+                    row.lease_owner, row.lease_until = None, 0.0
+        except SQLAlchemyError:
+            log.warning("could not free the controller lease; it expires in %.0f s", self.lease_s)
 
     def leader_url(self) -> str:
         """Where the leader's API answers ('' if no server holds the lease now)."""
@@ -82,17 +87,31 @@ class Leadership:
                         "" if held or not self.leading else "; stepping down")
         if held and not self.leading:
             log.warning("this server leads: it runs the controllers")
-            self.leading = True
-            self.on_lead()
+            try:
+                self.on_lead()
+            except Exception:  # noqa: BLE001 - e.g. the store failed mid-start: follow, and try again
+                log.exception("starting the controllers failed; this server follows")
+                self._follow_safely()
+                self._free_lease()
+            else:
+                self.leading = self.settled = True
         elif not held and self.leading:
             log.warning("this server lost the controller lease: it follows")
             self.leading = False
-            self.on_follow()
-        if not self.leading:
-            try:
+            self._follow_safely()
+        try:
+            self.every_step()
+            if not self.leading:
                 self.follow_tick()
-            except SQLAlchemyError as exc:
-                log.warning("cannot read the routing table from the store (%s)", type(exc).__name__)
+                self.settled = True
+        except SQLAlchemyError as exc:
+            log.warning("cannot read the routing table from the store (%s)", type(exc).__name__)
+
+    def _follow_safely(self) -> None:
+        try:
+            self.on_follow()
+        except Exception:  # noqa: BLE001 - the loops are stopped first; only releasing leases may fail
+            log.exception("stopping the controllers did not finish cleanly")
 
     def _claim(self) -> bool:
         asked = time.monotonic()

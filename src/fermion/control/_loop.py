@@ -20,9 +20,12 @@ class ReconcileLoop:
         raise NotImplementedError
 
     def start(self) -> None:
-        self._stop.clear()  # a server that lost the controller lease and takes it back starts again
+        # a fresh event per start: a loop thread of an earlier start that outlived its stop's join
+        # still sees its own event set, and ends after its tick
+        self._stop = threading.Event()
         self.tick()  # settle (re-adopt, publish) before the first request arrives
-        self._thread = threading.Thread(target=self._loop, name=f"fermion-{type(self).__name__}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, args=(self._stop,), name=f"fermion-{type(self).__name__}",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -30,8 +33,8 @@ class ReconcileLoop:
         if self._thread is not None:
             self._thread.join(10)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval_s):
             try:
                 self.tick()
             except Exception:  # a bad tick must not kill the control loop

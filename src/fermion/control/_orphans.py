@@ -1,16 +1,19 @@
-"""Workloads no database row knows: what a lost, replaced or restored-from-an-older-backup
-database leaves running. Nothing would ever stop them, route to them or count their capacity, so
-they are stopped, each named in the log and recorded as an event."""
+"""Workloads nothing manages: those no database row knows (what a lost, replaced or restored-from-
+an-older-backup database leaves running), and those on a cloud dropped from clouds.yaml. Nothing
+would ever stop them, route to them or count their capacity, so they are stopped, each named in
+the log (and, for the first kind, recorded as an event)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from sqlalchemy import select
 
 from ..backends import Backend, Handle
-from ..store import AttemptRow, ReplicaRow, Store
+from ..clouds import CloudConfig
+from ..store import TERMINAL_STATES, AttemptRow, CloudRow, ReplicaRow, Store
+from ._scheduler import LIVE_ATTEMPT_STATES
 
 log = logging.getLogger("fermion.controller")
 
@@ -60,4 +63,42 @@ def _stop_orphans(store: Store, backends: Mapping[str, Backend]) -> list[tuple[s
             with store.session() as s:
                 store.record(s, "orphan", wid, "running", "stopped", reason)
             stopped.append((cloud, wid))
+    return stopped
+
+
+def stop_on_retired_clouds(store: Store, configured: Collection[str],
+                           open_backend: Callable[[CloudConfig], Backend]) -> list[tuple[str, str]]:
+    """Stop the live workloads of clouds dropped from (or renamed in) clouds.yaml, through a backend
+    opened from the configuration their cloud's row kept: the controllers replace them on a cloud
+    that is configured, and without this the old processes would run on, unmanaged. The (cloud,
+    id) pairs stopped."""
+    try:
+        with store.session() as s:
+            rows = [(r.cloud, r.id, r.handle) for r in s.scalars(select(ReplicaRow).where(
+                ReplicaRow.cloud.not_in(list(configured)), ReplicaRow.state.not_in(TERMINAL_STATES)))]
+            rows += [(a.cloud, a.id, a.handle) for a in s.scalars(select(AttemptRow).where(
+                AttemptRow.cloud.not_in(list(configured)), AttemptRow.state.in_(LIVE_ATTEMPT_STATES)))]
+            configs = {c.name: c.config for c in s.scalars(select(CloudRow).where(
+                CloudRow.name.in_({cloud for cloud, _, _ in rows if cloud})))}
+    except Exception:  # noqa: BLE001 - a failed sweep must not keep the controllers from running
+        log.exception("looking for workloads on clouds no longer configured failed")
+        return []
+    stopped = []
+    for cloud in sorted({c for c, _, _ in rows if c in configs}):
+        try:
+            backend = open_backend(CloudConfig.model_validate(configs[cloud]))
+        except Exception as exc:  # noqa: BLE001 - e.g. a Ray cluster gone with its cloud
+            log.warning("cannot reach cloud %s, dropped from clouds.yaml, to stop its workloads: %s", cloud, exc)
+            continue
+        try:
+            for _, wid, handle in (r for r in rows if r[0] == cloud):
+                try:
+                    backend.stop(handle or {"id": wid}, force=True)
+                except Exception as exc:  # noqa: BLE001
+                    log.error("stopping workload %s on cloud %s (no longer configured) failed: %s", wid, cloud, exc)
+                    continue
+                log.warning("stopped workload %s: its cloud %s is no longer configured", wid, cloud)
+                stopped.append((cloud, wid))
+        finally:
+            backend.close()
     return stopped

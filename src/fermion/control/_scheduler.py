@@ -219,6 +219,15 @@ class Scheduler:
         with self.store.session() as s:
             self._write_health(s, name, "unhealthy", reason, reason, outage=True)
 
+    def sync_outages(self, outages: dict[str, bool]) -> None:
+        """Injected outages as the store records them (another server may have failed or
+        recovered a cloud): each backend's fault injector follows."""
+        for name, down in outages.items():
+            backend = self.backends.get(name)
+            if backend is not None and backend.down != down:
+                backend.fail() if down else backend.recover()
+                self._ranked.clear()
+
     def recover(self, name: str) -> None:
         self.backends[name].recover()
         self._unhealthy_until[name] = 0.0

@@ -51,10 +51,11 @@ def route_from_json(doc: dict[str, Any]) -> Route:
 
 
 def table_document(table: RoutingTable, admins: dict[str, float | None], version: str, leader: bool,
-                   server: str) -> dict[str, Any]:
+                   server: str, settled: bool = True) -> dict[str, Any]:
     """The whole table as JSON: every route with its replicas' URLs and secrets, and the admin
-    token hashes that may call any deployment. Secret: only a server admin may read it."""
-    return {"version": version, "leader": leader, "server": server,
+    token hashes that may call any deployment. Secret: only a server admin may read it. A server
+    not ``settled`` has not built its whole table yet: gateways keep theirs."""
+    return {"version": version, "leader": leader, "server": server, "settled": settled,
             "routes": [route_to_json(r) for r in table.routes()], "admins": admins}
 
 
@@ -100,9 +101,11 @@ class TableFeed:
         self.version = str(doc["version"])
         self.source = doc.get("server")
         if save and self.state_file is not None:
-            # replica secrets and token hashes: the owner's alone
-            write_atomic(self.state_file, json.dumps({"format": STATE_FORMAT, "saved_at": time.time(), "table": doc}),
-                         0o600)
+            try:  # replica secrets and token hashes: the owner's alone
+                write_atomic(self.state_file, json.dumps({"format": STATE_FORMAT, "saved_at": time.time(),
+                                                          "table": doc}), 0o600)
+            except OSError as exc:  # e.g. a full disk: serving from memory goes on
+                log.warning("cannot save the routing table to %s: %s", self.state_file, exc.strerror or exc)
 
     async def run(self) -> None:
         """Poll until cancelled. A server that answers as a follower is left for the next one, so
@@ -114,17 +117,23 @@ class TableFeed:
                 try:
                     response = await http.get(server + FEED_PATH,
                                               params={"after": self.version, "wait": LONG_POLL_S})
+                    if response.status_code in (401, 403):
+                        # this gateway's token was revoked (or never was an admin's): the admin tokens
+                        # it knows may be revoked too, so it stops honouring them
+                        self.on_admins({})
                     if response.status_code != 200:
                         raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
                     doc = response.json()
-                except (httpx.HTTPError, RuntimeError, ValueError) as exc:
+                    if not doc.get("settled", True):
+                        raise RuntimeError("it has not built its routing table yet")
+                    if doc["version"] != self.version or doc.get("server") != self.source:
+                        self._apply(doc)
+                except Exception as exc:  # noqa: BLE001 - whatever a server answers, or a full disk: poll on
                     self._failed(server, exc)
                     await asyncio.sleep(RETRY_PAUSE_S)
                     continue
                 self.received_at = time.time()
                 self.last_error = ""
-                if doc["version"] != self.version or doc.get("server") != self.source:
-                    self._apply(doc)
                 if not doc.get("leader", True) and len(self.servers) > 1:
                     self._next += 1
                     await asyncio.sleep(RETRY_PAUSE_S)

@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 from .. import __version__
 from ..errors import ConflictError, FermionError, UserInputError
 from ._models import Base
-from ._safety import _plain_engine, check_database, keep_aside, sidecars, sqlite_file
+from ._safety import _plain_engine, check_database, keep_database_aside, sidecars, sqlite_file
 from ._store import Store, display_url
 
 FORMAT = "fermion-backup"
@@ -413,10 +413,7 @@ def _restore_sqlite(backup: Backup, path: Path, photon_store: Path, notes: list[
                 conn.exec_driver_sql("PRAGMA journal_mode=DELETE")
         finally:
             store.close()
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for old in (path, *sidecars(path)):
-            if old.exists():
-                notes.append(f"kept the previous {old.name} as {keep_aside(old, stamp)}")
+        notes += [f"kept the previous {old.name} as {new}" for old, new in keep_database_aside(path)]
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     finally:

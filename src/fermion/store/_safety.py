@@ -64,6 +64,24 @@ def keep_aside(path: Path, stamp: str | None = None) -> Path:
     return target
 
 
+def keep_database_aside(path: Path, stamp: str | None = None) -> list[tuple[Path, Path]]:
+    """A SQLite database and its sidecar files renamed aside together, the sidecars named after the
+    new file (``fermion.db.<stamp>.bak-wal``) so that SQLite still pairs them: the WAL may hold the
+    last commits. The (old, new) paths of what was moved."""
+    moved = []
+    if path.exists():
+        target = keep_aside(path, stamp)
+        moved.append((path, target))
+    else:  # only the sidecars are left: keep them under names no database will pair with by chance
+        return [(side, keep_aside(side, stamp)) for side in sidecars(path) if side.exists()]
+    for side in sidecars(path):
+        if side.exists():
+            new = target.with_name(target.name + side.name[len(path.name):])
+            os.rename(side, new)
+            moved.append((side, new))
+    return moved
+
+
 def check_database(url: str) -> DatabaseState:
     """Whether the database at ``url`` is missing, empty (never finished a first start: no token),
     or ready. Raises StoreUnusableError, naming the file and the way to restore, for a corrupt

@@ -106,6 +106,14 @@ class Store:
             s.execute(update(model).where(model.lease_owner == owner).values(lease_owner=None, lease_until=0.0)
                       .execution_options(synchronize_session=False))
 
+    def release_others(self, model: type[Base], owner: str) -> None:
+        """Free every lease not ``owner``'s: what the sole controller does when it takes over, so
+        that it need not wait for a dead controller's leases to expire. (A write-back of the old
+        holder still checks its lease, so it changes nothing.)"""
+        with self.session() as s:
+            s.execute(update(model).where(model.lease_owner.is_not(None), model.lease_owner != owner)
+                      .values(lease_owner=None, lease_until=0.0).execution_options(synchronize_session=False))
+
     @staticmethod
     def record(s: Session, kind: str, object_id: str, old: str, new: str, reason: str = "") -> None:
         s.add(EventRow(at=time.time(), kind=kind, object_id=object_id, old=old, new=new, reason=reason))

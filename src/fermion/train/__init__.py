@@ -1,6 +1,7 @@
 """Fine-tuning (transfer learning) of transformers encoders for classification."""
 
-from ._checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from typing import Any
+
 from ._data import LabelledText, load_labelled
 from ._finetune import EvalMetrics, FinetuneConfig, FinetuneResult, build_model, default_base, finetune
 
@@ -17,3 +18,13 @@ __all__ = [
     "load_labelled",
     "save_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # the checkpoint helpers import torch (seconds): only when asked for, not whenever the server
+    # imports this package for FinetuneConfig
+    if name in ("latest_checkpoint", "load_checkpoint", "save_checkpoint"):
+        from . import _checkpoint
+
+        return getattr(_checkpoint, name)
+    raise AttributeError(f"module 'fermion.train' has no attribute {name!r}")
