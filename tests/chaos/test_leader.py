@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from fermion.testing import Load, kill_workloads, start_gateway, start_server, stop
+from fermion.testing import Load, kill_workloads, start_gateway, start_server, stop, workload_processes
 from tests.chaos import CLOUDS, PHOTON
 from tests.support import report_fault
 
@@ -72,7 +72,7 @@ def test_the_follower_takes_over_when_the_leader_is_killed_under_load(tmp_path: 
             # the new leader's controllers act at once (the dead leader's leases are not waited
             # out): a replica killed now is replaced, on the cloud that is not down
             victim = sorted(replicas)[0]
-            for pid in [pid for pid, wid in _pids(workloads).items() if wid == victim]:
+            for pid in [pid for pid, wid in workload_processes(workloads).items() if wid == victim]:
                 os.kill(pid, signal.SIGKILL)
             after = second.wait_for(lambda api: (d := api.get("/deployments/ha").json())["ready"] == 2
                                     and victim not in {r["id"] for r in d["replica_list"]} and d, timeout=20)
@@ -89,21 +89,6 @@ def test_the_follower_takes_over_when_the_leader_is_killed_under_load(tmp_path: 
         stop(second.proc)
         stop(first.proc)
         kill_workloads(workloads)
-
-
-def _pids(workloads: Path) -> dict[int, str]:
-    """pid -> workload id of every process of the local-backend replicas under ``workloads`` (each
-    works in a folder named after its workload)."""
-    out = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cwd = Path(proc / "cwd").resolve()
-            except OSError:
-                continue
-            if cwd.is_relative_to(workloads.resolve()) and cwd.parent.parent == workloads.resolve():
-                out[int(proc.name)] = cwd.name
-    return out
 
 
 def _status_within(url: str, headers: dict[str, str], ok, timeout: float = 10) -> bool:  # noqa: ANN001

@@ -22,7 +22,7 @@ from .._files import write_atomic
 from .._limits import UPLOAD_PATHS, limit_bodies
 from ..backends import FaultInjector, Isolation, make_backend
 from ..clouds import CloudConfig
-from ..config import workloads_root
+from ..config import workloads_root as default_workloads_root
 from ..control import DeploymentController, JobController, Leadership, Scheduler, stop_on_retired_clouds, stop_orphans
 from ..errors import ConflictError, FermionError
 from ..gateway import Gateway, RoutingTable
@@ -40,11 +40,6 @@ from ._principal import Principal, live_token
 from ._routes import router
 from ._secrets import router as secrets_router
 from ._storage_errors import install_storage_error_handlers
-
-
-def default_workloads_root(home: Path) -> Path:
-    """``$FERMION_WORKLOADS`` or a folder beside the home, e.g. ~/.fermion-workloads."""
-    return workloads_root(home)
 
 
 def read_or_create_id(path: Path) -> str:

@@ -77,12 +77,7 @@ class DeploymentController(ReconcileLoop):
             self.scheduler.refresh()
             self.scheduler.rebuild_every(LEDGER_RESYNC_S)
             claimed = set(self._claim_all())
-            with self.store.session() as s:
-                deployments = {d.name: d for d in s.scalars(select(DeploymentRow))}
-                replicas: dict[str, list[ReplicaRow]] = {n: [] for n in deployments}
-                for r in s.scalars(select(ReplicaRow).where(ReplicaRow.state.not_in(TERMINAL_STATES))
-                                   .order_by(ReplicaRow.created_at)):
-                    replicas.setdefault(r.deployment, []).append(r)
+            deployments, replicas = self._snapshot(ReplicaRow.state.not_in(TERMINAL_STATES))
             backends = self.scheduler.backends
             observations = self.observer.observe_all(
                 [(r.id, backends.get(r.cloud or ""), r.handle) for n in claimed for r in replicas.get(n, []) if r.handle],
@@ -96,8 +91,7 @@ class DeploymentController(ReconcileLoop):
                     self._pass(d, replicas[name], observations, healthy)
                 except Exception:  # noqa: BLE001 - a bug in one deployment stays in that deployment
                     log.exception("reconciling deployment %s failed", name)
-            for gone in {r.deployment for r in self.table.routes()} - set(deployments):
-                self.table.set(gone, None)
+            self._unpublish_all_but(deployments)
 
     def start(self) -> None:
         if self.observer.closed:  # stopped before: leadership lost, then taken back
@@ -114,13 +108,22 @@ class DeploymentController(ReconcileLoop):
         """Route as the store says, and count capacity as it says (for `cloud list`), acting on
         nothing: what a server that does not lead does."""
         self.scheduler.rebuild_every(LEDGER_RESYNC_S)
+        deployments, replicas = self._snapshot(ReplicaRow.state == "READY")
+        for name, d in deployments.items():
+            self._publish(d, replicas[name], DeploymentPlan())
+        self._unpublish_all_but(deployments)
+
+    def _snapshot(self, replica_filter: Any) -> tuple[dict[str, DeploymentRow], dict[str, list[ReplicaRow]]]:
+        """Every deployment, and its replicas that match ``replica_filter``, oldest first."""
         with self.store.session() as s:
             deployments = {d.name: d for d in s.scalars(select(DeploymentRow))}
             replicas: dict[str, list[ReplicaRow]] = {n: [] for n in deployments}
-            for r in s.scalars(select(ReplicaRow).where(ReplicaRow.state == "READY").order_by(ReplicaRow.created_at)):
+            for r in s.scalars(select(ReplicaRow).where(replica_filter).order_by(ReplicaRow.created_at)):
                 replicas.setdefault(r.deployment, []).append(r)
-        for name, d in deployments.items():
-            self._publish(d, replicas[name], DeploymentPlan())
+        return deployments, replicas
+
+    def _unpublish_all_but(self, deployments: dict[str, DeploymentRow]) -> None:
+        """Drop the routes of deployments that no longer exist."""
         for gone in {r.deployment for r in self.table.routes()} - set(deployments):
             self.table.set(gone, None)
 

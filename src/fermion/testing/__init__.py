@@ -21,6 +21,7 @@ from ._servers import (
     start_server,
     stop,
     workload_pids,
+    workload_processes,
 )
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ __all__ = [
     "start_server",
     "stop",
     "workload_pids",
+    "workload_processes",
 ]
 
 

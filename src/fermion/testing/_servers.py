@@ -193,19 +193,34 @@ def kill_replicas(home: Path) -> None:
             pass
 
 
-def kill_workloads(root: Path) -> int:
-    """SIGKILL every process working in a folder under ``root`` (a workloads root): what a test
-    uses when the store is not the home's SQLite file. How many it killed."""
-    root, killed = root.resolve(), 0
+def workload_processes(root: Path) -> dict[int, str]:
+    """pid -> workload id of every process working in a folder ``<root>/<cloud>/<id>`` of a
+    workloads root ("" for one that names ``root`` only on its command line: a sandbox's)."""
+    root, found = root.resolve(), {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            # a sandboxed workload names its folder on its (bubblewrap) command line
-            if Path(proc / "cwd").resolve().is_relative_to(root) or str(root).encode() in (proc / "cmdline").read_bytes():
-                os.kill(int(proc.name), signal.SIGKILL)
-                killed += 1
-        except (OSError, ProcessLookupError):
+            cwd = Path(proc / "cwd").resolve()
+            if cwd.is_relative_to(root):
+                parts = cwd.relative_to(root).parts
+                found[int(proc.name)] = parts[1] if len(parts) > 1 else ""
+            elif str(root).encode() in (proc / "cmdline").read_bytes():
+                found[int(proc.name)] = ""
+        except OSError:
+            pass
+    return found
+
+
+def kill_workloads(root: Path) -> int:
+    """SIGKILL every process working under ``root`` (a workloads root): what a test uses when the
+    store is not the home's SQLite file. How many it killed."""
+    killed = 0
+    for pid in workload_processes(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except ProcessLookupError:
             pass
     return killed
 
