@@ -5,11 +5,15 @@ fermion.Client and shows adaptive batching. Part 2 starts a real two-node Ray cl
 machine and a Fermion server managing three priced local clouds and that Ray cluster as a fourth
 cloud; deploys the embedder with a replica on Ray and one on a local cloud, sends traffic through
 the gateway, kills a cloud and shows the traffic carrying on while the replica is re-placed; then
-fine-tunes a model as a job that starts on Ray, loses its cloud mid-run and resumes elsewhere.
+puts the support tickets in a dataset on one cloud's object store (a real S3 server on loopback),
+cleans out duplicate rows, syncs it to another cloud's store (GCS, or Azure Blob), finds and
+repairs a corrupted chunk; then fine-tunes a model as a job that starts on Ray, loses its cloud
+mid-run and resumes elsewhere.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -26,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from fermion import Client  # noqa: E402
 from fermion.photon.runtime import build_archive  # noqa: E402
-from fermion.testing import Load, local_ray_cluster, running_server, serve_photon  # noqa: E402
+from fermion.testing import Load, emulators, local_ray_cluster, running_server, serve_photon  # noqa: E402
 
 os.environ.setdefault("COLUMNS", "120")  # the CLI tables printed below are captured, not a TTY
 console = Console()
@@ -104,6 +108,51 @@ RAY_CLOUD = """
 """
 
 
+def with_stores(clouds: str, stores: dict) -> str:
+    """Each local cloud's store on the emulator of its kind (Azure's, where Node runs Azurite)."""
+    lines = clouds.splitlines()
+    out = []
+    for line in lines:
+        out.append(line)
+        for prefix, kind in (("aws", "s3"), ("gcp", "gcs"), ("azure", "azure")):
+            if line.strip().startswith(f"- name: {prefix}") and kind in stores:
+                out.append(f"    store: {json.dumps(stores[kind].store(f'fermion-{prefix}').model_dump(exclude_none=True))}")
+    return "\n".join(out) + "\n"
+
+
+def dataset_demo(server, stores: dict) -> None:  # noqa: ANN001
+    tickets = ROOT / "examples" / "data" / "tickets"
+    target = "azure-eastus" if "azure" in stores else "gcp-us-central1"
+    step("9. fermion dataset create tickets examples/data/tickets --cloud aws-us-east-1 --encrypt")
+    console.print(server.cli("dataset", "create", "tickets", str(tickets), "--cloud", "aws-us-east-1", "--encrypt",
+                             "-m", "support tickets as shipped").stdout)
+    step("10. fermion dataset dedup tickets: exact and near-duplicate rows out (MinHash), as version 2")
+    console.print(server.cli("dataset", "dedup", "tickets").stdout)
+    console.print(server.cli("dataset", "diff", "tickets", "1", "2").stdout)
+    step(f"11. fermion dataset sync tickets --to {target}: only the chunks its store lacks")
+    console.print(server.cli("dataset", "sync", "tickets", "--to", target).stdout)
+    console.print(server.cli("dataset", "show", "tickets").stdout)
+    step(f"12. a chunk rots in {target}'s store: verify names it, sync repairs it")
+    corrupt_one_chunk(server, target)
+    console.print(server.cli("dataset", "verify", "tickets", "--cloud", target, check=False).stdout)
+    console.print(server.cli("dataset", "sync", "tickets", "--to", target).stdout)
+    console.print(server.cli("dataset", "verify", "tickets", "--cloud", target).stdout)
+
+
+def corrupt_one_chunk(server, cloud: str) -> None:  # noqa: ANN001
+    """Flip a byte of one stored chunk, through the store's own client (as bit rot or a bad write would)."""
+    import yaml
+
+    from fermion.data import open_store
+
+    config = next(c for c in yaml.safe_load((server.home / "clouds.yaml").read_text())["clouds"] if c["name"] == cloud)
+    store = open_store(config["store"], cloud)
+    key = sorted(store.list("chunks"))[0]
+    blob = bytearray(store.get(key))
+    blob[len(blob) // 2] ^= 0xFF
+    store.put(key, bytes(blob))
+
+
 def replicas_table(server, title: str) -> Table:  # noqa: ANN001
     d = server.deployment("emb")
     table = Table("replica", "cloud", "state", "reason", title=f"{title} — deployment emb: {d['status']}")
@@ -120,9 +169,10 @@ def platform_demo(work: Path) -> None:
                                  capture_output=True, text=True).stdout)
     step("6. a Ray cluster (two nodes on this machine) and a Fermion server: three priced local clouds + Ray")
     t0 = time.perf_counter()
-    with local_ray_cluster({"onprem": 4}, node_memory_gb=8) as cluster, \
-            running_server(work / "server", CLOUDS + RAY_CLOUD.format(address=cluster.address)) as server:
-        console.print(f"Ray cluster at {cluster.address} up in {cluster.started_in_s:.1f}s; "
+    with emulators(work / "stores") as stores, local_ray_cluster({"onprem": 4}, node_memory_gb=8) as cluster, \
+            running_server(work / "server", with_stores(CLOUDS, stores) + RAY_CLOUD.format(address=cluster.address)) as server:
+        console.print(f"Ray cluster at {cluster.address} up in {cluster.started_in_s:.1f}s; object stores "
+                      f"{', '.join(f'{k} on {e.endpoint}' for k, e in stores.items())}; "
                       f"server up in {time.perf_counter() - t0:.1f}s")
         out = server.cli("cloud", "list")
         console.print(out.stdout)
@@ -151,24 +201,30 @@ def platform_demo(work: Path) -> None:
         console.print(events)
         server.cli("cloud", "recover", failing)
         server.cli("deployment", "delete", "emb")
+        dataset_demo(server, stores)
         finetune_demo(server)
 
 
 def finetune_demo(server) -> None:  # noqa: ANN001
-    tickets = ROOT / "examples" / "data" / "tickets"
-    step("9. fermion finetune: MiniLM + LoRA on support tickets, as a job on the cheapest cloud (Ray); it dies mid-run")
-    server.cli("finetune", "--name", "tickets", "--data", str(tickets / "train.csv"), "--eval-data",
-               str(tickets / "eval.csv"), "--epochs", "3", "--checkpoint-every", "5", "--no-follow")
+    step("13. fermion finetune: MiniLM + LoRA on the tickets dataset, as a job on the cheapest cloud (Ray); it dies mid-run")
+    # the cleaned version of the dataset (v2), fetched on the job's cloud from the nearest store that holds it
+    server.cli("finetune", "--name", "tickets", "--data", "dataset:tickets@2/train.csv", "--eval-data",
+               "dataset:tickets@2/eval.csv", "--epochs", "3", "--checkpoint-every", "5", "--no-follow")
     first = server.wait_for(lambda api: (j := api.get("/jobs/tickets").json())["status"] == "RUNNING" and j)
     cloud = first["attempts"][0]["cloud"]
     server.wait_for(lambda api: any(m.get("step", 0) >= 12 for m in api.get("/jobs/tickets").json()["metrics"]),
                     timeout=300)
     server.cli("cloud", "fail", cloud)
-    console.print(f"[red]{cloud} failed at step 12[/]; the job resumes elsewhere from its latest checkpoint (step 10)")
+    console.print(f"[red]{cloud} failed at step 12[/], its disk and store with it; the job resumes elsewhere from its "
+                  "latest checkpoint (step 10), kept in another cloud's store")
     server.wait_for(lambda api: api.get("/jobs/tickets").json()["status"] in ("SUCCEEDED", "FAILED"), timeout=600)
     server.cli("cloud", "recover", cloud)
     console.print(server.cli("job", "status", "tickets").stdout)
-    step("10. the registered model, its lineage, and serving it: fermion deploy --model tickets:1")
+    logs = server.api().get("/jobs/tickets/logs").json()
+    for line in "\n".join(logs.values()).splitlines():
+        if line.startswith("[fermion] dataset") or line.startswith("[fermion] restored"):
+            console.print(line, markup=False)
+    step("14. the registered model, its lineage, and serving it: fermion deploy --model tickets:1")
     console.print(server.cli("model", "list").stdout)
     deployed = server.cli("deploy", "--model", "tickets:1", "--name", "support-router", "--public",
                           "--timeout", "180", check=False)

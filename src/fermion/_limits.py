@@ -19,6 +19,13 @@ GATEWAY_MAX_BODY = 32 * 1024 * 1024
 API_MAX_BODY = 1024 * 1024
 API_MAX_UPLOAD = 256 * 1024 * 1024  # a photon archive (200 MiB of sources at most) in multipart
 UPLOAD_PATHS = frozenset({"/api/v1/photons"})
+# a dataset's chunks (4 MiB at most) and a version's list of files (a million files fit) come here
+UPLOAD_PREFIXES = ("/api/v1/datasets/",)
+
+
+def is_upload(path: str) -> bool:
+    """Whether a path takes a large body (checked against the token before it is read)."""
+    return path in UPLOAD_PATHS or path.startswith(UPLOAD_PREFIXES)
 
 
 class BodyTooLarge(Exception):
@@ -80,7 +87,7 @@ def limit_bodies(app: ASGIApp, *, limit: int = API_MAX_BODY, upload_limit: int =
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await app(scope, receive, send)
-        cap = upload_limit if scope["path"] in upload_paths else limit
+        cap = upload_limit if scope["path"] in upload_paths or scope["path"].startswith(UPLOAD_PREFIXES) else limit
         length = declared_length(scope["headers"])
         if length is not None and length > cap:
             return await send_error(send, 413, f"request body of {length} bytes is over the limit of {cap} bytes",

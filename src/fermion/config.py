@@ -19,5 +19,11 @@ def workloads_root(home: Path) -> Path:
     return Path(os.environ.get("FERMION_WORKLOADS") or home.parent / f"{home.name}-workloads")
 
 
+def stores_root(home: Path) -> Path:
+    """Where the default ``file://`` store of each local cloud lies: ``$FERMION_STORES``, else a
+    folder beside the home (e.g. ~/.fermion-stores), one subfolder per cloud."""
+    return Path(os.environ.get("FERMION_STORES") or home.parent / f"{home.name}-stores")
+
+
 def photon_cache_dir() -> Path:
     return fermion_home() / "photons"

@@ -8,6 +8,7 @@ missing from POLICY fails the suite, so no route ships without a declared policy
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +38,7 @@ class Caller:
 class Rule:
     method: str
     path: str
-    need: str  # "any" (authenticated), "viewer"/"editor"/"admin" in ml, "server" (server admin)
+    need: str  # "any" (authenticated), "viewer"/"editor"/"admin" in ml, "server" (server admin), "attempt" (a job attempt)
     body: Callable[[], dict] | None = None
     setup: Callable[[httpx.Client], None] | None = None  # recreate what a previous caller consumed
     listing: bool = False  # lists filter instead of refusing: callers without a role get 200
@@ -76,6 +77,18 @@ class World:
             assert api.post("/jobs", json={"name": "j", "command": ["sleep", "600"], "project": "ml",
                                            "resources": {"cpus": 0.25, "memory_gb": 0.25}}).status_code == 201
 
+    def dataset(self, api: httpx.Client) -> None:
+        """Dataset ds of project ml, with one version of one file, sent the way the CLI sends it."""
+        if api.get("/datasets/ds").status_code == 200:
+            return
+        assert api.post("/datasets", json={"name": "ds", "project": "ml"}).status_code == 201
+        data = b"rows of a dataset\n" * 100
+        sha = hashlib.sha256(data).hexdigest()
+        assert api.put(f"/datasets/ds/chunks/{sha}", content=data).status_code == 201
+        self.files = [{"path": "rows.txt", "size": len(data), "sha256": sha, "chunks": [[sha, len(data)]]}]
+        assert api.post("/datasets/ds/versions", json={"files": self.files}).status_code == 201
+        self.chunk = sha
+
     def model(self) -> None:
         db = self.server.home / "fermion.db"
         with sqlite3.connect(db) as conn:
@@ -105,6 +118,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, lis
             w.secret(api)
             w.job(api)
             w.model()
+            w.dataset(api)
         time.sleep(1.0)  # the short-lived token expires
         callers = [
             Caller("anonymous", None, None, valid=False),
@@ -148,6 +162,27 @@ def policy(w: World) -> list[Rule]:
         Rule("GET", "/models/m:1", "viewer"),
         Rule("POST", "/models/m:1/promote", "editor", body=lambda: {"stage": "staging"}),
         Rule("DELETE", "/models/m:1", "editor", setup=lambda api: w.model()),
+        Rule("GET", "/datasets", "viewer", listing=True),
+        Rule("POST", "/datasets", "editor", body=lambda: {"name": f"d{time.monotonic_ns()}", "project": "ml"}),
+        Rule("GET", "/datasets/ds", "viewer"),
+        Rule("POST", "/datasets/ds/missing", "editor", body=lambda: {"chunks": {w.chunk: 1800}}),
+        Rule("PUT", f"/datasets/ds/chunks/{'0' * 64}", "editor"),  # allowed callers get a 400: no body
+        Rule("GET", f"/datasets/ds/chunks/{w.chunk}", "viewer"),
+        Rule("POST", "/datasets/ds/versions", "editor", body=lambda: {"files": w.files}),
+        Rule("GET", "/datasets/ds/versions/1", "viewer"),
+        Rule("GET", "/datasets/ds/diff?a=1", "viewer"),
+        Rule("POST", "/datasets/ds/sync", "editor", body=lambda: {"to": "alpha"}),  # allowed: 409, nowhere to copy from
+        Rule("POST", "/datasets/ds/verify", "editor", body=lambda: {}),
+        Rule("POST", "/datasets/ds/dedup", "editor", body=lambda: {}),
+        Rule("DELETE", "/datasets/ds", "editor", setup=w.dataset),
+        # a job attempt's own routes: its token is the server's tag of its id, which no user holds
+        Rule("POST", "/attempts/self/checkpoints/missing", "attempt", body=lambda: {"chunks": {}}),
+        Rule("PUT", f"/attempts/self/checkpoints/chunks/{'0' * 64}", "attempt"),
+        Rule("POST", "/attempts/self/checkpoints", "attempt", body=lambda: {"files": []}),
+        Rule("GET", "/attempts/self/checkpoints/latest", "attempt"),
+        Rule("GET", f"/attempts/self/checkpoints/chunks/{'0' * 64}", "attempt"),
+        Rule("GET", "/attempts/self/datasets/ds", "attempt"),
+        Rule("GET", f"/attempts/self/datasets/ds/chunks/{'0' * 64}", "attempt"),
         Rule("GET", "/secrets", "viewer", listing=True),
         Rule("PUT", "/secrets/k", "editor", body=lambda: {"value": "new-v4lue", "project": "ml"}),
         Rule("DELETE", "/secrets/k?project=ml", "editor", setup=w.secret),
@@ -172,7 +207,7 @@ def policy(w: World) -> list[Rule]:
 
 def expected(rule: Rule, c: Caller) -> set[int] | None:
     """The statuses a refusal may have, or None when the call must be allowed."""
-    if not c.valid:
+    if not c.valid or rule.need == "attempt":
         return {401}
     if c.server_admin or rule.need == "any":
         return None

@@ -38,6 +38,8 @@ class JobSpec(BaseModel):
     max_restarts: int = Field(2, ge=0, le=100)
     finetune: dict[str, Any] | None = Field(None, description="FinetuneConfig fields; makes this a fine-tune job")
     model_name: str | None = Field(None, pattern=NAME_PATTERN, description="fine-tunes: the registry name of the result")
+    datasets: list[str] = Field(default_factory=list, max_length=16,
+                                description="NAME or NAME@VERSION: fetched into $FERMION_DATA_DIR/NAME on the job's cloud")
     project: str | None = Field(None, description="default: the token's project, else the user's only one, else default")
 
 
@@ -54,21 +56,33 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
     if unknown:
         raise UserInputError(f"unknown cloud(s) {', '.join(unknown)}", hint=f"known: {', '.join(sorted(p.clouds))}")
     out_dir = p.home / "jobs" / spec.name / "output"
-    ckpt_dir = p.home / "checkpoints" / spec.name
     kind, command, stored = "command", list(spec.command), {}
+    pinned = {ref: pin_dataset(p, me, ref) for ref in spec.datasets}
     if spec.finetune is not None:
+        settings = dict(spec.finetune)
+        for key in ("train_data", "eval_data"):  # dataset:NAME[@VERSION]/PATH: a file of a dataset version
+            value = settings.get(key)
+            if isinstance(value, str) and value.startswith("dataset:"):
+                ref, _, inner = value.removeprefix("dataset:").partition("/")
+                pin = pinned.setdefault(ref, pin_dataset(p, me, ref))
+                if inner not in pin["paths"]:
+                    raise UserInputError(f"{key}: dataset {pin['name']} v{pin['number']} has no file {shorten(inner)!r}",
+                                         hint=f"see `fermion dataset show {pin['name']}`")
+                settings[key] = f"data/{pin['name']}/{inner}"  # where the attempt's wrapper puts it, on its cloud
         try:
-            cfg = FinetuneConfig.model_validate({**spec.finetune, "output_dir": str(out_dir), "checkpoint_dir": None})
+            cfg = FinetuneConfig.model_validate({**settings, "output_dir": str(out_dir), "checkpoint_dir": None})
         except ValueError as exc:
             raise UserInputError(f"invalid fine-tune settings: {exc}") from exc
         for key in ("train_data", "eval_data"):
             value = getattr(cfg, key)
-            if value is not None and not Path(value).is_file():
+            if value is not None and not value.startswith("data/") and not Path(value).is_file():
                 raise UserInputError(f"{key} {value!r} is not a file on the server")
         kind, stored = "finetune", {**cfg.model_dump(), "model_name": spec.model_name or spec.name}
         command = ["python", "-m", "fermion.train", "--config", str(out_dir / "finetune.json")]
     elif not command:
         raise UserInputError("a job needs a command (after --) or fine-tune settings")
+    if pinned:
+        stored["datasets"] = [{k: v for k, v in pin.items() if k != "paths"} for pin in pinned.values()]
     if spec.workers > 1 and Path(command[0]).name not in ("python", "python3"):
         raise UserInputError("--workers needs a Python command", hint="e.g. -- python train.py")
     with p.store.session() as s:
@@ -81,16 +95,30 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
             raise ConflictError(f"model name {model!r} belongs to another project", hint="pick another --model-name")
         p.secrets.check_references(s, spec.env, project)
         out_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
         if kind == "finetune":
-            (out_dir / "finetune.json").write_text(json.dumps({k: v for k, v in stored.items() if k != "model_name"}))
+            (out_dir / "finetune.json").write_text(json.dumps({k: v for k, v in stored.items()
+                                                               if k not in ("model_name", "datasets")}))
         s.add(JobRow(name=spec.name, kind=kind, command=command, resources=spec.resources.model_dump(),
                      clouds=spec.clouds, env=p.secrets.seal_env(spec.env, env_purpose("job", spec.name)),
                      workers=spec.workers, spot=spec.spot, max_restarts=spec.max_restarts,
-                     checkpoint_dir=str(ckpt_dir), output_dir=str(out_dir), spec=stored, status="PENDING",
+                     checkpoint_dir="", output_dir=str(out_dir), spec=stored, status="PENDING",
                      project=project))
         p.store.record(s, "job", spec.name, "", "PENDING", f"{kind} job created")
     return job_out(p, spec.name)
+
+
+def pin_dataset(p, me: Principal, ref: str) -> dict[str, Any]:  # noqa: ANN001
+    """A job's dataset, NAME or NAME@VERSION, pinned to one version's digest when the job is made."""
+    from ._datasets import _dataset, _read, _resolve
+
+    name, _, version = ref.partition("@")
+    with p.store.session() as s:
+        row = _dataset(s, name, me)
+        v = _resolve(s, row, version or None)
+        s.expunge(row)
+        number, digest = v.number, v.digest
+    paths = {f.path for f in _read(p, row, digest).files}
+    return {"name": name, "number": number, "digest": digest, "paths": paths}
 
 
 def _require_job(p, name: str, me: Principal, role: str) -> None:  # noqa: ANN001
@@ -122,7 +150,7 @@ def job_out(p, name: str, me: Principal | None = None) -> dict[str, Any]:  # noq
         return {
             "name": job.name, "kind": job.kind, "status": job.status, "reason": job.reason, "command": job.command,
             "resources": job.resources, "workers": job.workers, "restarts": job.restarts,
-            "max_restarts": job.max_restarts, "checkpoint_dir": job.checkpoint_dir, "result": job.result,
+            "max_restarts": job.max_restarts, "result": job.result,
             "created_at": job.created_at, "updated_at": job.updated_at,
             "spot": job.spot, "project": job.project,
             "attempts": [{"number": a.number, "id": a.id, "cloud": a.cloud, "spot": a.spot, "state": a.state,
@@ -181,6 +209,8 @@ def on_job_success(p, s, job: JobRow) -> None:  # noqa: ANN001
     from .. import __version__
 
     lineage = {**result["lineage"], "job": job.name, "attempts": len(attempts),
+               "datasets": [{"name": d["name"], "version": d["number"], "digest": d["digest"]}
+                            for d in job.spec.get("datasets", [])],
                "clouds": [a.cloud for a in sorted(attempts, key=lambda a: a.number)],
                "code_version": f"fermion {__version__}", "python": sys.version.split()[0]}
     metrics = {"baseline": result["baseline"], "final": result["final"], "best": result["best"],

@@ -19,10 +19,12 @@ from starlette.routing import Match
 
 from .. import __version__
 from .._files import write_atomic
-from .._limits import UPLOAD_PATHS, limit_bodies
+from .._limits import is_upload, limit_bodies
 from ..backends import FaultInjector, Isolation, make_backend
 from ..clouds import CloudConfig
+from ..config import stores_root
 from ..config import workloads_root as default_workloads_root
+from ..data import ObjectStore, StoreConfig, open_store
 from ..control import DeploymentController, JobController, Leadership, Scheduler, stop_on_retired_clouds, stop_orphans
 from ..errors import ConflictError, FermionError
 from ..gateway import Gateway, RoutingTable
@@ -32,6 +34,10 @@ from ..store import DEFAULT_PROJECT, CloudRow, DeploymentRow, JobRow, ProjectRow
 from ._access import router as access_router
 from ._audit import audit_requests
 from ._audit import router as audit_router
+from ._checkpoints import attempt_token
+from ._checkpoints import datasets_router as attempt_datasets_router
+from ._checkpoints import router as checkpoints_router
+from ._datasets import router as datasets_router
 from ._gateway_feed import router as gateway_feed_router
 from ._auth import require_token
 from ._jobs import on_job_success
@@ -88,6 +94,9 @@ class Platform:
                     down.add(c.name)
                 else:
                     row.config, row.kind, row.health, row.health_reason = c.model_dump(), c.kind, "healthy", ""
+        # one object store per cloud: a local cloud's is a folder of its own beside the home by default
+        self.stores: dict[str, ObjectStore] = {
+            c.name: open_store(c.store or StoreConfig(url=f"file://{stores_root(home.resolve()) / c.name}"), c.name) for c in clouds}
         self.clouds: dict[str, FaultInjector] = {
             c.name: make_backend(c, self.workloads_root, server_home=home, isolation=self.isolation, down=c.name in down)
             for c in clouds}
@@ -100,10 +109,21 @@ class Platform:
                                                    s, env, purpose, project=project),
                                                owner=f"{server_id}/deployments")
         self.jobs = JobController(self.store, self.scheduler, self.controller, owner=f"{server_id}/jobs",
-                                  on_success=lambda s, job: on_job_success(self, s, job))
+                                  on_success=lambda s, job: on_job_success(self, s, job),
+                                  attempt_env=self.attempt_env)
         self.leadership = Leadership(self.store, server_id, public_url, on_lead=self._lead, on_follow=self._follow,
                                      follow_tick=self.controller.publish_from_store,
                                      every_step=self._sync_from_store)
+
+    def reachable_stores(self) -> list[str]:
+        """The clouds whose stores can be used now: a cloud that is down has taken its store with it."""
+        return [c for c in sorted(self.stores) if not self.clouds[c].down]
+
+    def attempt_env(self, attempt_id: str) -> dict[str, str]:
+        """How a job attempt reaches this server to send and fetch its checkpoints."""
+        if not self.public_url:
+            return {}
+        return {"FERMION_SERVER_URL": self.public_url, "FERMION_ATTEMPT_TOKEN": attempt_token(self, attempt_id)}
 
     def _lead(self) -> None:
         """The loops, each settling once before returning (the first pass reads the ledger from the store)."""
@@ -229,6 +249,9 @@ def create_app(platform: Platform) -> FastAPI:
 
     app.include_router(router)
     app.include_router(jobs_router)
+    app.include_router(datasets_router)
+    app.include_router(checkpoints_router)
+    app.include_router(attempt_datasets_router)
     app.include_router(secrets_router)
     app.include_router(audit_router)
     app.include_router(access_router)
@@ -268,7 +291,7 @@ def authenticate_uploads(app, platform: Platform):  # noqa: ANN001, ANN201 - ASG
     first, so an anonymous caller cannot make the server spool hundreds of MB to disk."""
 
     async def wrapped(scope, receive, send) -> None:  # noqa: ANN001
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT") and is_upload(scope["path"]):
             auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
             if not await anyio.to_thread.run_sync(live_token, platform.store, auth):
                 response = error_response(401, "missing, invalid, expired or revoked token", "AuthError")

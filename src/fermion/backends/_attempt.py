@@ -1,5 +1,7 @@
 """Runs one job attempt's command and records its exit code beside it (so that a server which
-restarted, and is no longer the parent, still learns how the attempt ended)."""
+restarted, and is no longer the parent, still learns how the attempt ended). Where the server
+gave the attempt a token, it also restores the job's newest checkpoint before the command starts
+and sends new ones to the stores while it runs (see _shipping.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +20,37 @@ def _record(code: int) -> None:
     os.replace(tmp, "exit_code")
 
 
+def _shipper():  # noqa: ANN202 - a Shipper, or None where checkpoints stay on this cloud
+    folder = os.environ.get("FERMION_CHECKPOINT_DIR")
+    server, token = os.environ.get("FERMION_SERVER_URL"), os.environ.pop("FERMION_ATTEMPT_TOKEN", None)
+    data, names = os.environ.get("FERMION_DATA_DIR"), os.environ.get("FERMION_DATASETS", "")
+    if data and names and server and token:
+        from ._shipping import fetch_datasets
+
+        os.environ["FERMION_DATA_DIR"] = str(Path(data).resolve())
+        fetch_datasets(server, token, names.split(","), Path(data).resolve())
+    if folder:  # the job sees an absolute folder on its own cloud, whatever the server named
+        os.environ["FERMION_CHECKPOINT_DIR"] = str(Path(folder).resolve())
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    if not (folder and server and token):
+        return None
+    from ._shipping import Shipper
+
+    shipper = Shipper(server, token, Path(folder).resolve())
+    shipper.restore()
+    shipper.start()
+    return shipper
+
+
 def main() -> None:
     command = sys.argv[sys.argv.index("--") + 1 :]
+    try:
+        shipper = _shipper()
+    except Exception as exc:  # noqa: BLE001 - starting over would silently redo the work: fail, the job retries
+        print(f"[fermion] cannot fetch the job's checkpoint or data: {type(exc).__name__}: {exc}", file=sys.stderr,
+              flush=True)
+        _record(1)
+        sys.exit(1)
     try:
         child = subprocess.Popen(command)
     except OSError as exc:  # the job's own fault (a wrong path, not executable): say so, with the cause
@@ -28,6 +59,8 @@ def main() -> None:
         sys.exit(NOT_RUNNABLE)
     signal.signal(signal.SIGTERM, lambda *_: child.terminate())
     code = child.wait()
+    if shipper is not None:
+        shipper.finish()
     _record(code)
     sys.exit(code if code >= 0 else 128 - code)
 

@@ -67,6 +67,8 @@ def job_run(
     workers: Annotated[int, typer.Option(help="torch distributed workers (torchrun, gloo on CPU).")] = 1,
     max_restarts: Annotated[int, typer.Option(help="Retries after the job's own failures.")] = 2,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeat).")] = None,
+    data: Annotated[list[str] | None, typer.Option(
+        help="dataset:NAME[@VERSION] (repeat): fetched into $FERMION_DATA_DIR/NAME on the job's cloud.")] = None,
     project: ProjectOpt = None,
     follow: Annotated[bool, typer.Option(help="Wait for the job to end, showing progress.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to follow.")] = 3600,
@@ -86,7 +88,12 @@ def job_run(
         if not isinstance(body, dict):
             raise UserInputError(f"job spec {spec} must be a mapping of job fields")
     env_map = dict(item.split("=", 1) for item in env or [] if "=" in item)
+    bad = [d for d in data or [] if not d.startswith("dataset:")]
+    if bad:
+        raise UserInputError(f"--data {bad[0]!r} is not a dataset", hint="use --data dataset:NAME or dataset:NAME@VERSION")
+    datasets = [d.removeprefix("dataset:") for d in data or []]
     flags = {"name": name, "command": command or None, "clouds": cloud or None, "env": env_map or None,
+             "datasets": datasets or None,
              "project": project}
     body.update({k: v for k, v in flags.items() if v is not None})
     body.setdefault("resources", {"cpus": cpus, "memory_gb": memory_gb})
@@ -100,8 +107,9 @@ def job_run(
 
 def finetune(
     name: Annotated[str, typer.Option(help="Job name (and, by default, the registered model's name).")],
-    data: Annotated[Path, typer.Option(help="Training data: .csv (text,label) or .jsonl.")],
-    eval_data: Annotated[Path | None, typer.Option(help="Evaluation data; default: 20% held out.")] = None,
+    data: Annotated[str, typer.Option(help="Training data: .csv (text,label) or .jsonl; a path, or a file of a "
+                                           "dataset version: dataset:NAME[@VERSION]/PATH.")],
+    eval_data: Annotated[str | None, typer.Option(help="Evaluation data (the same forms); default: 20% held out.")] = None,
     base: Annotated[str | None, typer.Option(help="Model directory or registry ref NAME:VER; default MiniLM.")] = None,
     task: Annotated[str, typer.Option(help="Only 'classification' for now.")] = "classification",
     method: Annotated[str, typer.Option(help="lora or full.")] = "lora",
@@ -129,7 +137,10 @@ def finetune(
     base_dir = base
     if base and ":" in base and not Path(base).exists():  # a registry reference
         base_dir = str(Path(Api().get(f"/models/{base}")["artifact_uri"]) / "encoder")
-    ft: dict[str, Any] = {"train_data": str(data.resolve()), "eval_data": str(eval_data.resolve()) if eval_data else None,
+    def where(value: str | None) -> str | None:  # a dataset's file is found on the job's cloud; a path, here
+        return value if value is None or value.startswith("dataset:") else str(Path(value).resolve())
+
+    ft: dict[str, Any] = {"train_data": where(data), "eval_data": where(eval_data),
                           "base": base_dir, "method": method, "epochs": epochs, "batch_size": batch_size,
                           "grad_accum": grad_accum, "lr": lr, "precision": precision,
                           "checkpoint_every": checkpoint_every, "seed": seed}

@@ -11,6 +11,7 @@ from ..errors import FermionError
 from ._access import project_app, token_app, user_app, whoami
 from ._audit import audit
 from ._backup import backup_app
+from ._datasets import dataset_app
 from ._deploy import cloud_app, deploy, deployment_app, events, login
 from ._gateway import gateway_app
 from ._jobs import finetune, job_app, model_app
@@ -35,6 +36,7 @@ app.add_typer(deployment_app, name="deployment")
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(job_app, name="job")
+app.add_typer(dataset_app, name="dataset")
 app.add_typer(model_app, name="model")
 app.add_typer(secret_app, name="secret")
 app.add_typer(token_app, name="token")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 import ssl
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -63,16 +65,38 @@ class Api:
         self._http = httpx.Client(base_url=f"{self.url}/api/v1", timeout=60, verify=verify,
                                   headers={"Authorization": f"Bearer {self.token}"})
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            hint = "is `fermion server start` running?"
-            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-                hint = "trust its certificate: `fermion login URL --ca CERT`, or set FERMION_CA"
-            raise TransportError(f"cannot reach the Fermion server at {self.url}: {exc}", hint=hint) from exc
+            raise self._unreachable(exc) from exc
         Client._raise_for(response)
-        return response.json()
+        return response
+
+    def _unreachable(self, exc: httpx.TransportError) -> TransportError:
+        hint = "is `fermion server start` running?"
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            hint = "trust its certificate: `fermion login URL --ca CERT`, or set FERMION_CA"
+        return TransportError(f"cannot reach the Fermion server at {self.url}: {exc}", hint=hint)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._send(method, path, **kwargs).json()
+
+    def raw(self, method: str, path: str, **kwargs: Any) -> bytes:
+        """The body of the answer as bytes (a dataset's chunk, say)."""
+        return self._send(method, path, **kwargs).content
+
+    @contextlib.contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[Iterator[str]]:
+        """The lines of a streamed answer, as they arrive (no read timeout: a transfer may be long)."""
+        try:
+            with self._http.stream(method, path, timeout=httpx.Timeout(60, read=None), **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    Client._raise_for(response)
+                yield response.iter_lines()
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params or None)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..data import StoreConfig
 from ..errors import UserInputError
 from ..types import NAME_PATTERN
 
@@ -52,6 +53,9 @@ class CloudConfig(BaseModel):
     # the custom resource that marks this cloud's node group (several clouds can share a cluster)
     address: str | None = None
     node_resource: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    # where what must outlive this cloud's machines is kept (datasets, checkpoints, artifacts);
+    # none given: a folder of its own beside the server's home (see fermion.config.stores_root)
+    store: StoreConfig | None = None
 
     @model_validator(mode="after")
     def _kind_fields(self) -> CloudConfig:

@@ -32,9 +32,12 @@ class JobController(ReconcileLoop):
     interval_s = 0.3
 
     def __init__(self, store: Store, scheduler: Scheduler, deployments: DeploymentController,
-                 on_success: Callable[[Session, JobRow], None] | None = None, owner: str | None = None) -> None:
+                 on_success: Callable[[Session, JobRow], None] | None = None, owner: str | None = None,
+                 attempt_env: Callable[[str], dict[str, str]] | None = None) -> None:
         super().__init__()
         self.store, self.scheduler, self.deployments = store, scheduler, deployments
+        # what lets an attempt send its checkpoints to the stores (the server's URL, its token)
+        self.attempt_env = attempt_env
         self.on_success = on_success  # called with (session, job) when a job succeeds
         self.owner = owner or f"jobs-{uuid.uuid4().hex[:12]}"
 
@@ -141,11 +144,15 @@ class JobController(ReconcileLoop):
         spot = job.spot and self.scheduler.capabilities(choice.cloud).spot
         s.add(AttemptRow(id=attempt_id, job=job.name, number=number, cloud=choice.cloud, resources=asdict(need),
                          spot=spot, state="STARTING", reason="starting"))
-        env = {**declared, "FERMION_CHECKPOINT_DIR": job.checkpoint_dir, "FERMION_JOB": job.name,
-               "FERMION_ATTEMPT": str(number), "FERMION_JOB_OUTPUT": job.output_dir}
+        # checkpoints: a folder of the attempt's own, on its own cloud; they reach another cloud
+        # only through the stores (the attempt's wrapper sends and restores them)
+        env = {**declared, "FERMION_CHECKPOINT_DIR": "checkpoints", "FERMION_JOB": job.name,
+               "FERMION_ATTEMPT": str(number), "FERMION_JOB_OUTPUT": job.output_dir,
+               **(self.attempt_env(attempt_id) if self.attempt_env else {})}
+        if job.spec.get("datasets"):  # fetched by the attempt's wrapper from the nearest store that holds them
+            env.update({"FERMION_DATA_DIR": "data", "FERMION_DATASETS": ",".join(d["name"] for d in job.spec["datasets"])})
         workload = Workload(id=attempt_id, kind="job", env=env, cpus=need.cpus, memory_gb=need.memory_gb, spot=spot,
-                            command=list(job.command), workers=job.workers,
-                            writable=[Path(job.checkpoint_dir), Path(job.output_dir)],
+                            command=list(job.command), workers=job.workers, writable=[Path(job.output_dir)],
                             read_only=self.deployments.artifact_mounts(s, job.spec.get("base"), job.project))
         return attempt_id, choice.cloud, workload
 

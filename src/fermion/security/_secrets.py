@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import os
 import re
 import stat
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from .._files import write_atomic
 from ..errors import ConflictError, FermionError, UserInputError
-from ..store import DEFAULT_PROJECT, DeploymentRow, JobRow, SecretRow, Store
+from ..store import DEFAULT_PROJECT, DatasetRow, DeploymentRow, JobRow, SecretRow, Store
 
 MASTER_KEY_ENV = "FERMION_MASTER_KEY"
 KEY_FILE = "master.key"
@@ -65,6 +66,11 @@ def env_purpose(kind: str, name: str) -> str:
     """The purpose of a stored env: ``env_purpose("deployment", "web")`` is ``"env:deployment:web"``;
     each value is bound to ``"<purpose>:<KEY>"``."""
     return f"env:{kind}:{name}"
+
+
+def dataset_key_purpose(name: str) -> str:
+    """What a dataset's sealed key is bound to: it opens for that dataset only."""
+    return f"dataset-key:{name}"
 
 
 def secret_ref(value: str) -> str | None:
@@ -159,6 +165,16 @@ class SecretBox:
         ct = AESGCM(self._keys[kid]).encrypt(nonce, value.encode(), f"{header}{purpose}".encode())
         return header + base64.urlsafe_b64encode(nonce + ct).decode()
 
+    def mac(self, purpose: str, message: str) -> str:
+        """A tag of ``message`` for ``purpose`` under the current key: a credential the server can
+        check again later without having stored it."""
+        return hmac.new(self._keys[self.key_id], f"mac:{purpose}:{message}".encode(), hashlib.sha256).hexdigest()
+
+    def check_mac(self, purpose: str, message: str, tag: str) -> bool:
+        """Whether ``tag`` is ``message``'s tag under any key this box holds (two during a rotation)."""
+        return any(hmac.compare_digest(hmac.new(k, f"mac:{purpose}:{message}".encode(), hashlib.sha256).hexdigest(), tag)
+                   for k in self._keys.values())
+
     def open(self, token: str, purpose: str) -> str:
         """Decrypt a sealed value; fails if it was sealed for another purpose or altered."""
         if not token.startswith(PREFIX):
@@ -249,8 +265,8 @@ class SecretBox:
 
     # -- rotation --------------------------------------------------------------------------------
     def _reseal_all(self, session: Session, key_id: str) -> dict[str, int]:
-        """Re-encrypt every secret and every stored env under ``key_id`` (legacy plain envs too)."""
-        counts = {"secrets": 0, "deployments": 0, "jobs": 0}
+        """Re-encrypt every secret, stored env and dataset key under ``key_id`` (legacy plain envs too)."""
+        counts = {"secrets": 0, "deployments": 0, "jobs": 0, "datasets": 0}
         for row in session.scalars(select(SecretRow)).all():
             if self.key_of(row.ciphertext) != key_id:
                 purpose = secret_purpose(row.project, row.name)
@@ -263,6 +279,11 @@ class SecretBox:
                     purpose = env_purpose(kind, row.name)
                     row.env = self.seal_env(self.plain_env(row.env, purpose), purpose, key_id=key_id)
                     counts[counter] += 1
+        for ds in session.scalars(select(DatasetRow).where(DatasetRow.key_sealed.is_not(None))).all():
+            if self.key_of(ds.key_sealed) != key_id:
+                purpose = dataset_key_purpose(ds.name)
+                ds.key_sealed = self.seal(self.open(ds.key_sealed, purpose), purpose, key_id=key_id)
+                counts["datasets"] += 1
         return counts
 
     def rotate(self, store: Store) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 DEFAULT_PROJECT = "default"
@@ -190,6 +190,36 @@ class ModelVersionRow(Base):
     lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
     project: Mapped[str] = mapped_column(String(100), default=DEFAULT_PROJECT, index=True)
+
+
+class DatasetRow(Base):
+    """A named dataset. Its versions live in the clouds' stores; an encrypted one's key is sealed
+    here by the server's master key and never leaves the server."""
+
+    __tablename__ = "datasets"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    project: Mapped[str] = mapped_column(String(100), default=DEFAULT_PROJECT, index=True)
+    home_cloud: Mapped[str] = mapped_column(String(100))  # where pushes land unless told otherwise
+    encrypted: Mapped[bool] = mapped_column(default=False)
+    key_sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class DatasetVersionRow(Base):
+    """One version of a dataset: its manifest's digest, numbered in the order versions were made."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (UniqueConstraint("dataset", "digest"),)
+    dataset: Mapped[str] = mapped_column(ForeignKey("datasets.name"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    parent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    files: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)
+    message: Mapped[str] = mapped_column(Text, default="")
+    origin: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # how it was made: push, dedup of v2, ...
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
 
 
 TERMINAL_STATES = frozenset({"TERMINATED", "FAILED"})

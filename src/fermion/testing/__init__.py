@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._closed_loop import LoadResult, closed_loop
+from ._emulators import Emulator, azurite_available, emulators, start_azurite, start_gcs_emulator, start_s3_emulator
 from ._gateways import GatewayProc, start_gateway
 from ._instant import InstantBackend
 from ._servers import (
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from ..backends import LocalRayCluster, local_ray_cluster
 
 __all__ = [
+    "Emulator",
     "GatewayProc",
     "InstantBackend",
     "Load",
@@ -35,14 +37,19 @@ __all__ = [
     "LocalRayCluster",
     "Served",
     "ServerProc",
+    "azurite_available",
     "closed_loop",
+    "emulators",
     "fermion_cmd",
     "kill_replicas",
     "kill_workloads",
     "local_ray_cluster",
     "running_server",
     "serve_photon",
+    "start_azurite",
     "start_gateway",
+    "start_gcs_emulator",
+    "start_s3_emulator",
     "start_server",
     "stop",
     "workload_pids",

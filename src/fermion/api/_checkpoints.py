@@ -1,0 +1,243 @@
+"""REST API v1 for job attempts: their checkpoints and datasets, through the clouds' stores.
+
+An attempt writes checkpoints to a folder on its own cloud; its wrapper sends each new snapshot
+of that folder here, with the attempt's own token (the server's tag of the attempt id, good only
+while the attempt lives). A snapshot lands in the store of the attempt's cloud and is copied to
+one more cloud's store, so the loss of a cloud loses none. A resumed attempt, wherever it runs,
+fetches the newest snapshot any store that is up still holds. An attempt reads the dataset
+versions its job was pinned to, from its own cloud's store where that holds them, else the next."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import anyio
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, Strict
+
+from ..control import Need
+from ..data import CHUNK_MAX, SHA256, CorruptChunk, DatasetView, FileEntry, Manifest, StoreError, sync
+from ..errors import AuthError, NotFoundError, UserInputError, shorten
+from ..store import AttemptRow, DatasetRow, JobRow
+from ._schemas import ERROR_RESPONSES
+
+if TYPE_CHECKING:
+    from ._server import Platform
+
+TOKEN_PREFIX = "fmt-"
+LIVE = ("STARTING", "RUNNING", "CANCELLING")
+KEEP = 3  # snapshots kept per job in each store
+
+
+def attempt_token(p: Platform, attempt_id: str) -> str:
+    """The credential an attempt gets in its environment (nothing is stored: the server checks its tag)."""
+    return f"{TOKEN_PREFIX}{attempt_id}.{p.secrets.mac('attempt', attempt_id)}"
+
+
+class Caller(BaseModel):
+    attempt: str
+    job: str
+    cloud: str
+
+
+def require_attempt(request: Request) -> Caller:
+    """The live attempt whose token this is, or a 401."""
+    p: Platform = request.app.state.platform
+    auth = request.headers.get("authorization", "")
+    token = auth.removeprefix("Bearer ").strip()
+    attempt_id, _, tag = token.removeprefix(TOKEN_PREFIX).partition(".")
+    refused = AuthError("missing, invalid or expired attempt token")
+    if not token.startswith(TOKEN_PREFIX) or not tag or not p.secrets.check_mac("attempt", attempt_id, tag):
+        raise refused
+    with p.store.session() as s:
+        row = s.get(AttemptRow, attempt_id)
+        if row is None or row.state not in LIVE:
+            raise refused
+        return Caller(attempt=row.id, job=row.job, cloud=row.cloud)
+
+
+router = APIRouter(prefix="/api/v1/attempts/self/checkpoints", responses=ERROR_RESPONSES)
+
+
+class ChunkList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    chunks: dict[str, Annotated[int, Strict()]] = Field(max_length=200_000)
+
+
+class Snapshot(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    files: list[FileEntry] = Field(max_length=100_000)
+    label: str = Field("", max_length=200)  # e.g. "step 40"
+
+
+def checkpoint_dataset(job: str) -> str:
+    """The name a job's checkpoints go by in a store (a dataset no user can name: it has a dot)."""
+    return f"checkpoints.{job}"
+
+
+def _view(p: Platform, cloud: str, job: str) -> DatasetView:
+    return DatasetView(p.stores[cloud], checkpoint_dataset(job))
+
+
+def _replica_cloud(p: Platform, me: Caller) -> str | None:
+    """The other cloud whose store keeps a copy: the one a resumed attempt would most likely run on."""
+    with p.store.session() as s:
+        job = s.get(JobRow, me.job)
+        allowed = job.clouds if job and job.clouds else list(p.stores)
+        resources = job.resources if job else {}
+    up = [c for c in p.reachable_stores() if c != me.cloud]
+    others = [c for c in allowed if c in up] or up
+    ranked = p.scheduler.rank(others, Need.of(resources))[0] if others else []
+    return (ranked or others or [None])[0]
+
+
+@router.post("/missing")
+def missing(request: Request, body: ChunkList, me: Caller = Depends(require_attempt)) -> dict[str, object]:
+    p = request.app.state.platform
+    bad = next((sha for sha, size in body.chunks.items() if not SHA256.match(sha) or not 0 < size <= CHUNK_MAX), None)
+    if bad is not None:
+        raise UserInputError(f"invalid chunk {shorten(bad)!r}")
+    return {"missing": _view(p, me.cloud, me.job).missing(body.chunks)}
+
+
+@router.put("/chunks/{sha}", status_code=201)
+async def put_chunk(request: Request, sha: str, me: Caller = Depends(require_attempt)) -> dict[str, object]:
+    if not SHA256.match(sha):
+        raise UserInputError(f"invalid chunk name {shorten(sha)!r}")
+    body = await request.body()
+    if not 0 < len(body) <= CHUNK_MAX:
+        raise UserInputError(f"a chunk is 1..{CHUNK_MAX} bytes, not {len(body)}")
+    p = request.app.state.platform
+    written = await anyio.to_thread.run_sync(lambda: _view(p, me.cloud, me.job).put_chunk(sha, body))
+    return {"chunk": sha, "stored_bytes": written}
+
+
+@router.post("", status_code=201)
+def commit(request: Request, body: Snapshot, me: Caller = Depends(require_attempt)) -> dict[str, object]:
+    """Seal a snapshot in the attempt's cloud's store, then copy it to one more cloud's store."""
+    import time
+
+    p = request.app.state.platform
+    view = _view(p, me.cloud, me.job)
+    manifest = Manifest(dataset=view.name, files=sorted(body.files, key=lambda f: f.path), created_at=time.time(),
+                        message=f"{body.label or 'snapshot'} by attempt {me.attempt} on {me.cloud}")
+    view.commit(manifest)
+    copies = [me.cloud]
+    other = _replica_cloud(p, me)
+    if other is not None:
+        try:
+            report = sync([view], _view(p, other, me.job), [manifest.digest])
+            if manifest.digest in report.versions:
+                copies.append(other)
+        except StoreError:
+            pass  # the snapshot is safe on its own cloud; the next one tries again
+    for cloud in copies:
+        _prune(_view(p, cloud, me.job))
+    with p.store.session() as s:
+        p.store.record(s, "job", me.job, "", "checkpoint", f"{body.label or 'snapshot'} of attempt {me.attempt} "
+                       f"({manifest.size} bytes) kept in the stores of {', '.join(copies)}")
+    return {"digest": manifest.digest, "stores": copies}
+
+
+def _prune(view: DatasetView, keep: int = KEEP) -> None:
+    """Drop all but the newest ``keep`` snapshots (their chunks stay until a garbage collection)."""
+    try:
+        old = view.versions()[:-keep]
+    except (StoreError, CorruptChunk, NotFoundError):
+        return
+    for m in old:
+        view.drop(m.digest)
+
+
+def newest(p: Platform, job: str) -> tuple[Manifest, str] | None:
+    """The newest snapshot of ``job`` that a reachable store holds, and that store's cloud."""
+    best: tuple[Manifest, str] | None = None
+    for cloud in p.reachable_stores():
+        view = _view(p, cloud, job)
+        try:
+            for digest in view.digests():
+                m = view.read(digest)
+                if best is None or (m.created_at, m.digest) > (best[0].created_at, best[0].digest):
+                    best = (m, cloud)
+        except (StoreError, CorruptChunk, NotFoundError):
+            continue
+    return best
+
+
+@router.get("/latest")
+def latest(request: Request, me: Caller = Depends(require_attempt)) -> dict[str, object]:
+    """The newest snapshot of the attempt's job any store that is up holds (404 if none)."""
+    p = request.app.state.platform
+    found = newest(p, me.job)
+    if found is None:
+        raise NotFoundError(f"job {me.job} has no checkpoint in any reachable store")
+    m, cloud = found
+    return {"digest": m.digest, "cloud": cloud, "message": m.message, "created_at": m.created_at,
+            "files": [f.model_dump() for f in m.files]}
+
+
+@router.get("/chunks/{sha}")
+def get_chunk(request: Request, sha: str, me: Caller = Depends(require_attempt)) -> Response:
+    """A chunk of the job's checkpoints, checked, from the attempt's own cloud's store if it holds it."""
+    if not SHA256.match(sha):
+        raise UserInputError(f"invalid chunk name {shorten(sha)!r}")
+    p = request.app.state.platform
+    up = p.reachable_stores()
+    for cloud in [c for c in dict.fromkeys([me.cloud, *up]) if c in up]:
+        try:
+            return Response(_view(p, cloud, me.job).get_chunk(sha), media_type="application/octet-stream",
+                            headers={"x-fermion-cloud": cloud})
+        except (NotFoundError, CorruptChunk, StoreError):
+            continue
+    raise NotFoundError(f"no reachable store holds chunk {sha[:12]}… of job {me.job}'s checkpoints")
+
+
+datasets_router = APIRouter(prefix="/api/v1/attempts/self/datasets", responses=ERROR_RESPONSES)
+
+
+def _pinned(p: Platform, me: Caller, name: str) -> tuple[DatasetRow, str]:
+    """The dataset row and the digest the attempt's job was pinned to; 404 for any other."""
+    with p.store.session() as s:
+        job = s.get(JobRow, me.job)
+        pin = next((d for d in (job.spec.get("datasets", []) if job else []) if d["name"] == name), None)
+        row = s.get(DatasetRow, name)
+        if pin is None or row is None:
+            raise NotFoundError(f"job {me.job} was not given dataset {shorten(name)!r}")
+        s.expunge(row)
+    return row, pin["digest"]
+
+
+@datasets_router.get("/{name}")
+def dataset_version(request: Request, name: str, me: Caller = Depends(require_attempt)) -> dict[str, object]:
+    """The files of the dataset version the job was pinned to, read from the nearest store."""
+    from ._datasets import _holders
+
+    p = request.app.state.platform
+    row, digest = _pinned(p, me, name)
+    for view in _holders(p, row, digest, me.cloud):
+        try:
+            m = view.read(digest)
+        except (NotFoundError, CorruptChunk, StoreError):
+            continue
+        return {"name": name, "digest": digest, "cloud": view.store.name, "files": [f.model_dump() for f in m.files]}
+    raise NotFoundError(f"no reachable store holds dataset {name} at {digest[:12]}",
+                        hint=f"`fermion dataset sync {name} --to {me.cloud}`")
+
+
+@datasets_router.get("/{name}/chunks/{sha}")
+def dataset_chunk(request: Request, name: str, sha: str, me: Caller = Depends(require_attempt)) -> Response:
+    from ._datasets import _key
+
+    if not SHA256.match(sha):
+        raise UserInputError(f"invalid chunk name {shorten(sha)!r}")
+    p = request.app.state.platform
+    row, _ = _pinned(p, me, name)
+    up = p.reachable_stores()
+    for cloud in [c for c in dict.fromkeys([me.cloud, *up]) if c in up]:
+        try:
+            data = DatasetView(p.stores[cloud], name, _key(p, row)).get_chunk(sha)
+        except (NotFoundError, CorruptChunk, StoreError):
+            continue
+        return Response(data, media_type="application/octet-stream", headers={"x-fermion-cloud": cloud})
+    raise NotFoundError(f"no reachable store holds chunk {sha[:12]}… of dataset {name}")

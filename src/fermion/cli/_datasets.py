@@ -1,0 +1,338 @@
+"""``fermion dataset …``: versioned datasets in the clouds' stores, sent and fetched through the server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import FermionError, UserInputError, remote_error_for
+from rich.console import Console
+
+from ._output import console, print_json, print_table
+from ._platform import Api
+
+dataset_app = typer.Typer(help="Versioned datasets across the clouds' stores: push, pull, sync, verify, dedup.",
+                          no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+CloudOpt = Annotated[str | None, typer.Option(help="The cloud whose store to use (default: the dataset's).")]
+WORKERS = 8
+progress_console = Console(stderr=True)  # bars on stderr: stdout stays the result (`--json` parses)
+
+
+def _ref(ref: str) -> tuple[str, str | None]:
+    name, _, version = ref.partition("@")
+    if not name:
+        raise UserInputError(f"invalid dataset reference {ref!r}", hint="use NAME or NAME@VERSION")
+    return name, version or None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+@contextlib.contextmanager
+def _bar(description: str, total: int | None) -> Iterator[Any]:
+    """A Rich bar of bytes with the rate; yields a callable that advances it by n bytes."""
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=progress_console, transient=False) as progress:
+        task = progress.add_task(description, total=total)
+        yield progress, task
+
+
+def _push(api: Api, name: str, path: Path, cloud: str | None, message: str, json_out: bool) -> None:
+    from ..data import plan_folder, send_chunks
+
+    import hashlib
+
+    from ..config import fermion_home
+
+    # what this machine read of the folder last time: unchanged files are not read again
+    cache = fermion_home() / "plans" / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.json"
+    with progress_console.status(f"chunking {path}…"):
+        plan = plan_folder(path, cache)
+    chunks = plan.chunks
+    missing: list[str] = []
+    items = list(chunks.items())
+    for i in range(0, len(items), 100_000):
+        missing += api.request("POST", f"/datasets/{name}/missing",
+                               json={"cloud": cloud, "chunks": dict(items[i:i + 100_000])})["missing"]
+    todo = sum(chunks[s] for s in missing)
+
+    def put(sha: str, data: bytes) -> int:
+        api.request("PUT", f"/datasets/{name}/chunks/{sha}", params={"cloud": cloud} if cloud else None, content=data,
+                    headers={"content-type": "application/octet-stream"})
+        return len(data)
+
+    from ..data import Progress
+
+    with _bar(f"push {name}", todo) as (progress, task):
+        report = send_chunks(plan, missing, put, workers=WORKERS,
+                             progress=Progress(lambda n: progress.advance(task, n)))
+    version = api.request("POST", f"/datasets/{name}/versions",
+                          json={"cloud": cloud, "message": message, "files": [e.model_dump() for e in plan.entries]})
+    if json_out:
+        print_json({**version, "sent_bytes": report.bytes_sent, "sent_chunks": report.chunks_sent,
+                    "skipped_bytes": report.bytes_skipped})
+        return
+    state = "new version" if version["new"] else "unchanged: the latest version holds these files already"
+    console.print(f"{name} v{version['number']} ({state}) on {version['cloud']}: {version['files']} files, "
+                  f"{_size(version['size'])}; sent {_size(report.bytes_sent)} in {report.chunks_sent} chunks, "
+                  f"{_size(report.bytes_skipped)} were there already")
+
+
+@dataset_app.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="The dataset's name (lowercase letters, digits, '-').")],
+    path: Annotated[Path | None, typer.Argument(help="A folder to push as the first version.")] = None,
+    cloud: Annotated[str | None, typer.Option(help="The cloud whose store holds it first (default: the first cloud).")] = None,
+    encrypt: Annotated[bool, typer.Option("--encrypt", help="Encrypt it in every store; the server keeps the key.")] = False,
+    project: Annotated[str | None, typer.Option(help="The project (default: your token's, or default).")] = None,
+    description: Annotated[str, typer.Option(help="What the data is.")] = "",
+    message: Annotated[str, typer.Option("-m", "--message", help="A note for the first version.")] = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a dataset, and push a folder as its first version."""
+    if path is not None and not path.is_dir():
+        raise UserInputError(f"{path} is not a folder", hint="give the folder that holds the dataset's files")
+    api = Api()
+    out = api.request("POST", "/datasets", json={"name": name, "cloud": cloud, "encrypted": encrypt,
+                                                  "project": project, "description": description})
+    if not json_out:
+        console.print(f"dataset {name} created on {out['cloud']}{' (encrypted)' if encrypt else ''}")
+    if path is not None:
+        _push(api, name, path, cloud, message, json_out)
+    elif json_out:
+        print_json(out)
+
+
+@dataset_app.command("push")
+def push(
+    name: Annotated[str, typer.Argument(help="The dataset.")],
+    path: Annotated[Path, typer.Argument(help="The folder that becomes the next version.")],
+    cloud: CloudOpt = None,
+    message: Annotated[str, typer.Option("-m", "--message", help="A note for this version.")] = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Push a folder as the next version: only chunks the store lacks are sent; an interrupted
+    push sends the rest when run again."""
+    _push(Api(), name, path, cloud, message, json_out)
+
+
+@dataset_app.command("pull")
+def pull(
+    ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION (a number or a digest prefix).")],
+    dest: Annotated[Path, typer.Argument(help="The folder to write the files to.")],
+    cloud: CloudOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a version's files to a folder; files already there and equal are kept."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .._files import write_atomic
+    from ..data import FileEntry, sha256_file
+
+    name, version = _ref(ref)
+    api = Api()
+    v = api.get(f"/datasets/{name}/versions/{version or 'latest'}")
+    entries = [FileEntry.model_validate(f) for f in v["files"]]
+    dest.mkdir(parents=True, exist_ok=True)
+    fetched = kept = 0
+    with _bar(f"pull {name} v{v['number']}", v["size"]) as (progress, task):
+        def fetch(entry: FileEntry) -> int:
+            import hashlib
+
+            path = dest / entry.path
+            if path.is_file() and not path.is_symlink() and path.stat().st_size == entry.size \
+                    and sha256_file(path) == entry.sha256:
+                progress.advance(task, entry.size)
+                return 0
+            parts = []
+            for sha, size in entry.chunks:
+                parts.append(api.raw("GET", f"/datasets/{name}/chunks/{sha}", params={"cloud": cloud} if cloud else None))
+                progress.advance(task, size)
+            data = b"".join(parts)
+            if hashlib.sha256(data).hexdigest() != entry.sha256:
+                raise FermionError(f"{entry.path} arrived corrupt", hint=f"`fermion dataset verify {name}`")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, data)
+            return 1
+
+        with ThreadPoolExecutor(WORKERS) as pool:
+            results = list(pool.map(fetch, entries))
+    fetched, kept = sum(results), len(results) - sum(results)
+    if json_out:
+        print_json({"number": v["number"], "digest": v["digest"], "files": len(entries), "fetched": fetched, "kept": kept})
+    else:
+        console.print(f"{name} v{v['number']} → {dest}: {fetched} files fetched, {kept} already there")
+
+
+def _stream(api: Api, path: str, body: dict[str, Any], description: str) -> dict[str, Any]:
+    """Follow a server-side transfer: its JSON lines drive a progress bar; the last is its result."""
+    with _bar(description, None) as (progress, task), api.stream("POST", path, json=body) as lines:
+        for raw in lines:
+            line = json.loads(raw)
+            if "total" in line:
+                progress.update(task, total=line["total"])
+            elif "done" in line:
+                progress.update(task, completed=line["done"])
+            elif "error" in line:
+                hint = f" ({line['hint']})" if line.get("hint") else ""
+                raise remote_error_for(int(line.get("status", 500)), f"{line['error']}{hint}")
+            elif "result" in line:
+                progress.update(task, completed=progress.tasks[0].total or 0)
+                return line["result"]
+    raise FermionError("the server ended the transfer without a result", hint="run it again: it resumes")
+
+
+@dataset_app.command("sync")
+def sync_cmd(
+    ref: Annotated[str, typer.Argument(help="NAME (every version) or NAME@VERSION.")],
+    to: Annotated[str, typer.Option("--to", help="The cloud whose store should hold it.")],
+    source: Annotated[str | None, typer.Option("--from", help="Prefer this cloud's store as the source.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy versions to another cloud's store: only the chunks it lacks, each from the nearest
+    store that holds it intact (so a sync also repairs what verify found)."""
+    name, version = _ref(ref)
+    result = _stream(Api(), f"/datasets/{name}/sync", {"to": to, "from": source, "version": version}, f"sync {name} → {to}")
+    if json_out:
+        print_json(result)
+        return
+    console.print(f"{name} → {to}: {result['chunks_sent']} of {result['chunks']} chunks sent "
+                  f"({_size(result['bytes_sent'])}, {result['server_side_copies']} copied by the store itself), "
+                  f"{_size(result['bytes_skipped'])} there already, in {result['seconds']:.1f}s; "
+                  f"{len(result['versions'])} versions there now")
+    if result["failed"]:
+        console.print(f"[red]{len(result['failed'])} chunks no store holds intact[/red], e.g. {result['failed'][0]}")
+        raise typer.Exit(1)
+
+
+@dataset_app.command("list")
+def list_cmd(json_out: JsonOpt = False) -> None:
+    """Every dataset you can see."""
+    rows = Api().get("/datasets")
+    if json_out:
+        print_json(rows)
+        return
+    print_table("datasets", ["name", "project", "cloud", "versions", "files", "size", "encrypted"],
+                [[r["name"], r["project"], r["cloud"], r["versions"], r["files"], _size(r["size"]),
+                  "yes" if r["encrypted"] else ""] for r in rows])
+
+
+@dataset_app.command("show")
+def show(name: Annotated[str, typer.Argument(help="The dataset.")], json_out: JsonOpt = False) -> None:
+    """A dataset's versions, and which clouds' stores hold each."""
+    d = Api().get(f"/datasets/{name}")
+    if json_out:
+        print_json(d)
+        return
+    held = {cloud: set(info.get("versions", [])) for cloud, info in d["stores"].items()}
+    console.print(f"[bold]{d['name']}[/bold] · project {d['project']} · home {d['cloud']}"
+                  f"{' · encrypted' if d['encrypted'] else ''}{' · ' + d['description'] if d['description'] else ''}")
+    print_table("versions", ["version", "digest", "files", "size", "stores", "message"],
+                [[v["number"], v["digest"][:12], v["files"], _size(v["size"]),
+                  ", ".join(c for c in held if v["number"] in held[c]) or "none", v["message"]] for v in d["versions"]])
+    for cloud, info in d["stores"].items():
+        if "error" in info:
+            console.print(f"[red]{cloud}[/red]: {info['error']}")
+
+
+@dataset_app.command("diff")
+def diff_cmd(
+    name: Annotated[str, typer.Argument(help="The dataset.")],
+    a: Annotated[str, typer.Argument(help="The older version.")],
+    b: Annotated[str, typer.Argument(help="The newer version (default: latest).")] = "latest",
+    json_out: JsonOpt = False,
+) -> None:
+    """Files added, removed and changed between two versions."""
+    d = Api().get(f"/datasets/{name}/diff", a=a, b=b)
+    if json_out:
+        print_json(d)
+        return
+    console.print(f"{name} v{d['from_version']} → v{d['to_version']}: {len(d['added'])} added, "
+                  f"{len(d['removed'])} removed, {len(d['changed'])} changed, {d['unchanged']} unchanged; "
+                  f"the newer adds {_size(d['new_chunk_bytes'])} of new chunks")
+    for mark, key in (("+", "added"), ("-", "removed"), ("~", "changed")):
+        for path in d[key][:50]:
+            console.print(f"  {mark} {path}", markup=False)
+
+
+@dataset_app.command("verify")
+def verify_cmd(
+    ref: Annotated[str, typer.Argument(help="NAME (every version) or NAME@VERSION.")],
+    cloud: Annotated[str | None, typer.Option(help="Only this cloud's store (default: every store that holds it).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Read back every chunk and check it; corrupt ones are named and moved aside (sync repairs them)."""
+    name, version = _ref(ref)
+    out = Api().request("POST", f"/datasets/{name}/verify", json={"cloud": cloud, "version": version}, timeout=None)
+    if json_out:
+        print_json(out)
+    else:
+        for c, r in out["stores"].items():
+            if "error" in r:
+                console.print(f"[red]{c}[/red]: {r['error']}")
+                continue
+            status = "[green]ok[/green]" if r["ok"] else "[red]damaged[/red]"
+            console.print(f"{c}: {status} · {r['chunks']} chunks, {_size(r['bytes'])} read back")
+            for kind in ("missing", "corrupt"):
+                for sha, files in r[kind].items():
+                    console.print(f"  {kind} chunk {sha} (in {', '.join(files[:3])}{'…' if len(files) > 3 else ''})",
+                                  markup=False)
+        if not out["ok"]:
+            console.print(f"repair: `fermion dataset sync {name} --to CLOUD` copies them back from a store that holds them")
+    if not out["ok"]:
+        raise typer.Exit(1)
+
+
+@dataset_app.command("dedup")
+def dedup(
+    ref: Annotated[str, typer.Argument(help="NAME (latest version) or NAME@VERSION.")],
+    threshold: Annotated[float, typer.Option(help="Jaccard similarity over which rows are near duplicates.")] = 0.85,
+    column: Annotated[str | None, typer.Option(help="For csv/jsonl: compare this column only.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove exact and near-duplicate rows (MinHash) of text and tabular files, as a new version."""
+    name, version = _ref(ref)
+    with progress_console.status(f"deduplicating {ref}…"):
+        out = Api().request("POST", f"/datasets/{name}/dedup", json={"version": version, "threshold": threshold,
+                                                                     "column": column}, timeout=None)
+    if json_out:
+        print_json(out)
+        return
+    r = out["report"]
+    console.print(f"{name} v{out['number']}: {r['rows_before']} rows → {r['rows_after']} "
+                  f"({r['exact_removed']} exact and {r['near_removed']} near duplicates removed, threshold {r['threshold']})")
+    for ex in r["examples"][:5]:
+        console.print(f"  removed {ex['removed']!r}\n     like {ex['kept']!r}", markup=False)
+
+
+@dataset_app.command("delete")
+def delete(
+    ref: Annotated[str, typer.Argument(help="NAME (the whole dataset) or NAME@VERSION.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete a version, or the dataset, from every store; unneeded chunks are collected."""
+    name, version = _ref(ref)
+    if not yes and not typer.confirm(f"delete {ref} from every store?"):
+        raise typer.Abort()
+    out = Api().request("DELETE", f"/datasets/{name}", params={"version": version} if version else None, timeout=None)
+    if json_out:
+        print_json(out)
+        return
+    freed = sum(f.get("bytes", 0) for f in out["freed"].values())
+    console.print(f"deleted {ref}: {len(out['deleted'])} versions, {_size(freed)} freed")

@@ -1,0 +1,294 @@
+"""One object store per cloud: ``s3://``, ``gs://``, ``az://`` through fsspec's maintained clients
+(s3fs, gcsfs, adlfs), and ``file://`` folders. Keys are relative to the store's root; the store
+knows nothing of datasets or checkpoints."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import FermionError, NotFoundError, UserInputError, shorten
+
+PROTOCOLS = {"s3": "s3", "gs": "gcs", "gcs": "gcs", "az": "abfs", "abfs": "abfs", "file": "file"}
+
+# gcsfs otherwise probes for hierarchical-namespace buckets, and stalls 60 s per call on a server without them
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+class StoreError(FermionError):
+    """A store could not be reached or refused a call: the cloud's storage, not the caller, is at fault."""
+
+    http_status = 502
+    exit_code = 7
+
+
+class StoreConfig(BaseModel):
+    """Where a cloud keeps what must outlive its machines.
+
+    ``options`` go to the fsspec filesystem as they are (credentials, region, a connection string);
+    ``endpoint`` points an ``s3://`` or ``gs://`` store at an S3- or GCS-compatible server."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(max_length=1000)
+    endpoint: str | None = Field(None, max_length=1000)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _known_protocol(cls, url: str) -> str:
+        parsed = urlparse(url)
+        if parsed.scheme not in PROTOCOLS:
+            raise ValueError(f"store url {shorten(url)!r}: use s3://BUCKET, gs://BUCKET, az://CONTAINER or file:///PATH")
+        if parsed.scheme == "file":
+            if not parsed.path.startswith("/") or parsed.netloc:
+                raise ValueError(f"store url {shorten(url)!r}: a file store is file:///ABSOLUTE/PATH")
+        elif not parsed.netloc:
+            raise ValueError(f"store url {shorten(url)!r} names no bucket or container")
+        return url.rstrip("/")
+
+    @property
+    def protocol(self) -> str:
+        return PROTOCOLS[urlparse(self.url).scheme]
+
+    def same_service(self, other: StoreConfig) -> bool:
+        """Whether one client can copy between the two stores server-side (same service, same credentials)."""
+        return (self.protocol, self.endpoint, self.options) == (other.protocol, other.endpoint, other.options)
+
+
+class ObjectStore:
+    """Put, get, list and delete whole objects under one root. Every call is safe from many
+    threads at once; a put is atomic (a reader sees the old object, the new one, or none)."""
+
+    def __init__(self, config: StoreConfig, name: str = "") -> None:
+        self.config = config
+        self.name = name or config.url
+        parsed = urlparse(config.url)
+        if config.protocol == "file":
+            self.root = parsed.path.rstrip("/")
+            self.fs = None
+        else:
+            self.root = f"{parsed.netloc}{parsed.path}".rstrip("/")
+            self.fs = _filesystem(config)
+        self._bucket = parsed.netloc
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ObjectStore({self.config.url})"
+
+    def _path(self, key: str) -> str:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise UserInputError(f"invalid store key {shorten(key)!r}")
+        return f"{self.root}/{key}"
+
+    def ensure(self) -> None:
+        """Create the bucket, container or folder if it is not there yet (once per process)."""
+        if self._ready:
+            return
+        with self._lock:
+            if self._ready:
+                return
+            try:
+                if self.fs is None:
+                    Path(self.root).mkdir(parents=True, exist_ok=True)
+                else:
+                    _probe(self.config)  # a server that is down fails here, not after minutes of retries
+                    if not self.fs.exists(self._bucket):
+                        self.fs.mkdir(self._bucket)
+            except FileExistsError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - every client raises its own kinds
+                raise self._error("cannot open", exc) from exc
+            self._ready = True
+
+    def _error(self, what: str, exc: BaseException) -> StoreError:
+        return StoreError(f"store {self.name} ({self.config.url}): {what}: {type(exc).__name__}: {shorten(str(exc), 300)}",
+                          hint="check the store's url, endpoint and credentials in clouds.yaml, and that it is up")
+
+    def put(self, key: str, data: bytes, *, create_only: bool = False) -> bool:
+        """Write ``key`` whole. With ``create_only`` an existing object is kept and False returned."""
+        self.ensure()
+        path = self._path(key)
+        try:
+            if self.fs is None:
+                return _local_put(Path(path), data, create_only)
+            if create_only:
+                try:
+                    self.fs.pipe_file(path, data, mode="create")
+                except FileExistsError:
+                    return False
+                return True
+            self.fs.pipe_file(path, data)
+            return True
+        except FileExistsError:
+            return False
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(f"cannot write {key}", exc) from exc
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; NotFoundError if there is none."""
+        self.ensure()
+        path = self._path(key)
+        try:
+            if self.fs is None:
+                return Path(path).read_bytes()
+            return self.fs.cat_file(path)
+        except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: a folder store, under an object's key
+            raise NotFoundError(f"store {self.name} has no object {key}") from None
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(f"cannot read {key}", exc) from exc
+
+    def exists(self, key: str) -> bool:
+        self.ensure()
+        path = self._path(key)
+        try:
+            if self.fs is None:
+                return Path(path).is_file()
+            self.fs.invalidate_cache(path)
+            return bool(self.fs.exists(path))
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(f"cannot look up {key}", exc) from exc
+
+    def size(self, key: str) -> int | None:
+        """The object's size, or None if there is none (one HEAD: cheaper than a listing for a few)."""
+        self.ensure()
+        path = self._path(key)
+        try:
+            if self.fs is None:
+                return os.path.getsize(path) if os.path.isfile(path) else None
+            self.fs.invalidate_cache(path)
+            info = self.fs.info(path)
+            return None if info.get("type") == "directory" else int(info.get("size") or 0)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(f"cannot look up {key}", exc) from exc
+
+    def list(self, prefix: str) -> dict[str, int]:
+        """Every object under ``prefix`` (a folder-like key; "" for the whole store), mapped to its size."""
+        self.ensure()
+        base = self._path(prefix.rstrip("/")) if prefix else self.root
+        try:
+            if self.fs is None:
+                out: dict[str, int] = {}
+                for dirpath, _dirs, files in os.walk(base):
+                    for f in files:
+                        if f.startswith(".") and f.endswith(".tmp"):
+                            continue  # a put under way
+                        full = os.path.join(dirpath, f)
+                        try:
+                            out[os.path.relpath(full, self.root)] = os.path.getsize(full)
+                        except FileNotFoundError:
+                            continue
+                return out
+            self.fs.invalidate_cache(base)
+            found = self.fs.find(base, detail=True)
+            cut = len(self.root) + 1
+            return {p[cut:]: int(info.get("size") or 0) for p, info in found.items() if info.get("type") != "directory"}
+        except FileNotFoundError:
+            return {}
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(f"cannot list {prefix}", exc) from exc
+
+    def delete(self, keys: list[str]) -> None:
+        """Remove the objects; one already gone is no error."""
+        if not keys:
+            return
+        self.ensure()
+        paths = [self._path(k) for k in keys]
+        try:
+            if self.fs is None:
+                for p in paths:
+                    Path(p).unlink(missing_ok=True)
+                return
+            self.fs.rm(paths)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(f"cannot delete {len(keys)} objects", exc) from exc
+
+    def copy_to(self, other: ObjectStore, key: str) -> int:
+        """Copy one object to ``other`` under the same key; returns the bytes that crossed this
+        process (0 when the service copied it itself)."""
+        if self.fs is not None and self.config.same_service(other.config) and self.config.protocol == "s3":
+            other.ensure()
+            try:
+                self.fs.copy(self._path(key), other._path(key))
+                return 0
+            except FileNotFoundError:
+                raise NotFoundError(f"store {self.name} has no object {key}") from None
+            except Exception as exc:  # noqa: BLE001
+                raise self._error(f"cannot copy {key} to {other.name}", exc) from exc
+        data = self.get(key)
+        other.put(key, data)
+        return len(data)
+
+
+def _filesystem(config: StoreConfig) -> Any:
+    import fsspec
+
+    options = dict(config.options)
+    if config.endpoint:
+        if config.protocol == "abfs":
+            raise UserInputError(f"store {config.url}: an az:// store takes its endpoint in options "
+                                 "(connection_string, or account_name with account_host)")
+        options.setdefault("endpoint_url", config.endpoint)
+    if config.protocol == "s3":
+        # a chunk is at most 4 MiB: one GET, no ranged parallel read, so no HEAD first for its size;
+        # and no CRC32 of every body, which each chunk's sha256 already checks
+        options.setdefault("max_concurrency", 1)
+        options.setdefault("config_kwargs", {"max_pool_connections": 64, "request_checksum_calculation": "when_required",
+                                             "response_checksum_validation": "when_required"})
+    # one filesystem object per store: fsspec's instance cache would share one across stores with equal options
+    return fsspec.filesystem(config.protocol, skip_instance_cache=True, **options)
+
+
+def _probe(config: StoreConfig, timeout: float = 5) -> None:
+    """Connect once to a store's own endpoint (an S3- or GCS-compatible server, Azurite), so that one
+    that is down fails at once: the clients retry a refused connection with backoff for one to three
+    minutes per call (gcsfs and adlfs offer no setting for it). Cloud endpoints are not probed."""
+    endpoint = config.endpoint
+    if config.protocol == "abfs":
+        conn = str(config.options.get("connection_string") or "")
+        parts = dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
+        endpoint = next((v for k, v in parts.items() if k.strip().lower() == "blobendpoint"), None)
+    if not endpoint:
+        return
+    url = urlparse(endpoint)
+    if url.hostname:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            pass
+
+
+def _local_put(path: Path, data: bytes, create_only: bool) -> bool:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "xb") as f:
+        f.write(data)
+    try:
+        if create_only:
+            try:
+                os.link(tmp, path)  # fails if the name exists: the first writer wins
+            except FileExistsError:
+                return False
+            return True
+        os.replace(tmp, path)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def open_store(config: StoreConfig | dict[str, Any] | str, name: str = "") -> ObjectStore:
+    """An :class:`ObjectStore` from a config, its dict, or a bare URL."""
+    if isinstance(config, str):
+        config = StoreConfig(url=config)
+    elif isinstance(config, dict):
+        config = StoreConfig.model_validate(config)
+    return ObjectStore(config, name)

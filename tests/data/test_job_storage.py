@@ -1,0 +1,89 @@
+"""A job's checkpoints outlive its cloud only through the stores: the cloud dies with its disk and
+its store, and the job resumes on another cloud from the copy in that cloud's store."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from fermion.testing import Emulator, running_server, start_s3_emulator
+from tests.support import EXAMPLES
+
+
+def test_a_job_resumes_from_a_checkpoint_it_could_only_get_through_the_stores(gcs_emulator: Emulator,
+                                                                            tmp_path: Path) -> None:
+    east_s3 = start_s3_emulator(tmp_path / "east-s3")  # east's store, lost with east
+    try:
+        def store(e: Emulator) -> str:
+            return json.dumps(e.store(f"ckpt-{uuid.uuid4().hex[:8]}").model_dump(exclude_none=True))
+
+        clouds = (f"clouds:\n  - name: east\n    pricing: {{price_per_hour: 0.1}}\n    store: {store(east_s3)}\n"
+                  f"  - name: west\n    pricing: {{price_per_hour: 0.2}}\n    store: {store(gcs_emulator)}\n")
+        with running_server(tmp_path / "home", clouds) as server:
+            server.cli("job", "run", "--name", "steps", "--", "python", str(EXAMPLES / "jobs" / "steps.py"), "60", "0.1")
+
+            def log(api, number: int = 0) -> str:  # noqa: ANN001
+                return list(api.get("/jobs/steps/logs").json().values())[number]
+
+            first = server.wait_for(lambda api: (j := api.get("/jobs/steps").json())["status"] == "RUNNING" and j)
+            attempt = first["attempts"][0]
+            assert attempt["cloud"] == "east"
+            # by step 15, snapshots (every 0.5 s, ~5 steps) from step 10 on are in both clouds' stores
+            server.wait_for(lambda api: "step 15 on" in (text := log(api)) and "kept in the stores of east, west" in text,
+                            timeout=60)
+
+            server.cli("cloud", "fail", "east")
+            east_s3.stop()  # the store goes with the cloud,
+            shutil.rmtree(server.workdir("east", attempt["id"]))  # and so does its disk
+            done = server.wait_for(lambda api: (j := api.get("/jobs/steps").json())["status"] in ("SUCCEEDED", "FAILED")
+                                   and j, timeout=120)
+            assert done["status"] == "SUCCEEDED", done
+            assert [(a["cloud"], a["state"]) for a in done["attempts"]] == [("east", "PREEMPTED"), ("west", "SUCCEEDED")]
+            with server.api() as api:
+                second = log(api, 1)
+            assert "restored checkpoint" in second and "from the store of west" in second, second
+            resumed = int(re.search(r"resumed from step (\d+) on west", second).group(1))
+            assert 10 <= resumed < 60
+            assert "done: sum of steps 1830" in second  # 1 + ... + 60: the state came back whole
+    finally:
+        east_s3.stop()
+
+
+READER = """
+import hashlib, os, pathlib
+root = pathlib.Path(os.environ["FERMION_DATA_DIR"]) / "rows"
+for p in sorted(root.rglob("*")):
+    if p.is_file():
+        print("FILE", p.relative_to(root).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest(), flush=True)
+"""
+
+
+def test_a_job_gets_its_pinned_dataset_version_from_the_nearest_store(tmp_path: Path) -> None:
+    import hashlib
+
+    data = tmp_path / "rows"
+    (data / "part").mkdir(parents=True)
+    files = {"a.csv": b"text,label\nhello,greeting\n", "part/b.bin": bytes(range(256)) * 4000}
+    for rel, body in files.items():
+        (data / rel).write_bytes(body)
+    clouds = "clouds:\n  - name: east\n  - name: west\n"
+    with running_server(tmp_path / "home", clouds) as server:
+        server.cli("dataset", "create", "rows", str(data), "--cloud", "east")
+        (data / "a.csv").write_bytes(b"text,label\nchanged,after the pin\n")
+        server.cli("dataset", "push", "rows", str(data))  # v2: the job was asked for v1
+        server.cli("job", "run", "--name", "reader", "--cloud", "west", "--data", "dataset:rows@1", "--",
+                   "python", "-c", READER)
+        done = server.wait_for(lambda api: (j := api.get("/jobs/reader").json())["status"] in ("SUCCEEDED", "FAILED")
+                               and j, timeout=60)
+        with server.api() as api:
+            log = next(iter(api.get("/jobs/reader/logs").json().values()))
+        assert done["status"] == "SUCCEEDED", log
+        assert "fetched from the store of east" in log  # west's store does not hold it
+        seen = dict(line.split()[1:] for line in log.splitlines() if line.startswith("FILE "))
+        assert seen == {rel: hashlib.sha256(body).hexdigest() for rel, body in files.items()}
+
+        bad = server.cli("job", "run", "--name", "nope", "--data", "dataset:missing", "--", "true", check=False)
+        assert bad.returncode != 0 and "no dataset named 'missing'" in " ".join(bad.stderr.split())
