@@ -19,13 +19,24 @@ GATEWAY_MAX_BODY = 32 * 1024 * 1024
 API_MAX_BODY = 1024 * 1024
 API_MAX_UPLOAD = 256 * 1024 * 1024  # a photon archive (200 MiB of sources at most) in multipart
 UPLOAD_PATHS = frozenset({"/api/v1/photons"})
-# a dataset's chunks (4 MiB at most) and a version's list of files (a million files fit) come here
-UPLOAD_PREFIXES = ("/api/v1/datasets/",)
+# datasets' and checkpoints' chunks (4 MiB at most) and lists of files come here
+UPLOAD_PREFIXES = ("/api/v1/datasets/", "/api/v1/attempts/self/")
+CHUNK_BODY = 4 * 1024 * 1024 + 64 * 1024  # a chunk (fermion.data: 4 MiB at most), with room to spare
+FILE_LIST_BODY = 64 * 1024 * 1024  # a version's list of files: about 200,000 files
 
 
 def is_upload(path: str) -> bool:
     """Whether a path takes a large body (checked against the token before it is read)."""
     return path in UPLOAD_PATHS or path.startswith(UPLOAD_PREFIXES)
+
+
+def body_cap(path: str, limit: int, upload_limit: int, upload_paths: frozenset[str]) -> int:
+    """The most a request to ``path`` may send."""
+    if path in upload_paths:
+        return upload_limit
+    if path.startswith(UPLOAD_PREFIXES):
+        return CHUNK_BODY if "/chunks/" in path else FILE_LIST_BODY
+    return limit
 
 
 class BodyTooLarge(Exception):
@@ -87,7 +98,7 @@ def limit_bodies(app: ASGIApp, *, limit: int = API_MAX_BODY, upload_limit: int =
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await app(scope, receive, send)
-        cap = upload_limit if scope["path"] in upload_paths or scope["path"].startswith(UPLOAD_PREFIXES) else limit
+        cap = body_cap(scope["path"], limit, upload_limit, upload_paths)
         length = declared_length(scope["headers"])
         if length is not None and length > cap:
             return await send_error(send, 413, f"request body of {length} bytes is over the limit of {cap} bytes",

@@ -101,9 +101,12 @@ def test_backup_while_running_then_the_database_deleted_under_the_server_and_res
             assert "a Fermion server is running on" in one_error(refused)
 
             # started after the backup: once the database is restored, no row knows it
-            assert api.post("/jobs", json={"name": "after", **SLEEPER}).status_code == 201
+            assert api.post("/jobs", json={**SLEEPER, "name": "after",
+                                           "command": ["sh", "-c", "echo started; exec sleep 600"]}).status_code == 201
             (after,) = wait("the job to run", lambda: api.get("/jobs/after").json()["attempts"])
             orphans.append(wait("its pid", lambda: workload_pids(home).get(after["id"])))
+            # its wrapper has asked the server for a checkpoint and started the command: it runs on its own now
+            wait("its command", lambda: "started" in "".join(api.get("/jobs/after/logs").json().values()))
 
         (home / "fermion.db").unlink()  # as `rm` would: its -wal and -shm stay
         began = time.monotonic()

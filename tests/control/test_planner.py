@@ -147,6 +147,8 @@ JOB_TABLE = [
     (Observation(alive=False, exit_code=1, last_line="boom"), "FAILED", "PENDING", False),
     (Observation(alive=False, exit_code=None), "PREEMPTED", "PENDING", False),  # killed with its cloud
     (Observation(alive=False, lost=True, note="spot capacity reclaimed on a"), "PREEMPTED", "PENDING", False),
+    # its wrapper could not fetch the checkpoint or data (server or store out of reach): no restart used
+    (Observation(alive=False, exit_code=75, last_line="cannot fetch"), "PREEMPTED", "PENDING", False),
 ]
 
 
@@ -155,6 +157,8 @@ def test_how_an_attempt_ended_decides_the_job(obs: Observation, attempt_state: s
                                               start: bool) -> None:
     plan = plan_job(JOB, RUNNING, obs, NOW)
     assert (plan.attempt_state, plan.status, plan.start) == (attempt_state, status, start)
+    if obs.exit_code == 75:
+        assert plan.restarts is None and plan.next_start_at > NOW  # restarts unchanged
 
 
 def test_an_own_error_is_retried_max_restarts_times() -> None:

@@ -28,13 +28,13 @@ from fermion.errors import ConflictError
 from fermion.testing import Emulator
 
 
-def make_files(root: Path, n: int = 24, seed: int = 0, big: int = 3) -> dict[str, bytes]:
+def make_files(root: Path, n: int = 16, seed: int = 0, big: int = 1) -> dict[str, bytes]:
     """Text and binary files of mixed sizes; ``big`` of them span several chunks."""
     rng = random.Random(seed)
     files = {}
     for i in range(n):
         if i < big:
-            data = rng.randbytes(rng.randint(CHUNK_MAX, 2 * CHUNK_MAX))
+            data = rng.randbytes(rng.randint(CHUNK_MAX, CHUNK_MAX + (1 << 20)))
         elif i % 3 == 0:
             data = "\n".join(f"ticket {seed}-{i}-{j}: the printer on floor {j % 7} is jammed" for j in range(200)).encode()
         else:
@@ -128,7 +128,7 @@ class FailingStore(ObjectStore):
 
 
 def test_an_interrupted_sync_resumes_with_what_is_missing(s3: ObjectStore, gcs: ObjectStore, tmp_path: Path) -> None:
-    make_files(tmp_path / "src", n=30)
+    make_files(tmp_path / "src", n=30, big=0)
     manifest, pushed = push_folder(DatasetView(s3, "d"), tmp_path / "src")
     broken = FailingStore(gcs, allowed=10)
     with pytest.raises(StoreError, match="broken"):

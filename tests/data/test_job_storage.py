@@ -53,7 +53,9 @@ def test_a_job_resumes_from_a_checkpoint_it_could_only_get_through_the_stores(gc
 
 
 READER = """
-import hashlib, os, pathlib
+import hashlib, os, pathlib, sys
+stores = pathlib.Path(sys.argv[1])
+print("STORES", sorted(p.name for p in stores.rglob("*")) if stores.exists() else "absent", flush=True)
 root = pathlib.Path(os.environ["FERMION_DATA_DIR"]) / "rows"
 for p in sorted(root.rglob("*")):
     if p.is_file():
@@ -74,14 +76,17 @@ def test_a_job_gets_its_pinned_dataset_version_from_the_nearest_store(tmp_path: 
         server.cli("dataset", "create", "rows", str(data), "--cloud", "east")
         (data / "a.csv").write_bytes(b"text,label\nchanged,after the pin\n")
         server.cli("dataset", "push", "rows", str(data))  # v2: the job was asked for v1
+        stores = tmp_path / "home-stores"  # the clouds' folder stores, beside the home
+        assert any(stores.rglob("*.json"))
         server.cli("job", "run", "--name", "reader", "--cloud", "west", "--data", "dataset:rows@1", "--",
-                   "python", "-c", READER)
+                   "python", "-c", READER, str(stores))
         done = server.wait_for(lambda api: (j := api.get("/jobs/reader").json())["status"] in ("SUCCEEDED", "FAILED")
                                and j, timeout=60)
         with server.api() as api:
             log = next(iter(api.get("/jobs/reader/logs").json().values()))
         assert done["status"] == "SUCCEEDED", log
         assert "fetched from the store of east" in log  # west's store does not hold it
+        assert "STORES []" in log  # the job sees no store's folder: its data came through the server
         seen = dict(line.split()[1:] for line in log.splitlines() if line.startswith("FILE "))
         assert seen == {rel: hashlib.sha256(body).hexdigest() for rel, body in files.items()}
 

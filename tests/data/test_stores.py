@@ -102,24 +102,6 @@ def test_many_threads_putting_at_once_all_land(any_store: ObjectStore) -> None:
         assert list(pool.map(any_store.get, blobs)) == list(blobs.values())
 
 
-@pytest.mark.parametrize(("source", "target", "crossing"), [
-    ("s3", "s3", 0),  # same service: S3 copies it itself
-    ("file", "s3", None),
-    ("s3", "gcs", None),
-    ("gcs", "gcs", None),
-    ("azure", "azure", None),
-])
-def test_copy_to_another_store(new_store: NewStore, source: str, target: str, crossing: int | None) -> None:
-    src, dst = new_store(source), new_store(target)
-    data = os.urandom(300_000)
-    src.put("chunks/ab/cdef", data)
-    assert src.copy_to(dst, "chunks/ab/cdef") == (len(data) if crossing is None else crossing)
-    assert dst.get("chunks/ab/cdef") == data
-    assert dst.list("chunks") == {"chunks/ab/cdef": len(data)}
-    with pytest.raises(NotFoundError):
-        src.copy_to(dst, "chunks/absent")
-
-
 def test_keys_that_leave_the_root_are_refused(any_store: ObjectStore) -> None:
     for key in ("..", "a/../b", "../escape", "a/..", "/abs", "/", ""):
         for call in (lambda: any_store.put(key, b"x"), lambda: any_store.get(key), lambda: any_store.exists(key),

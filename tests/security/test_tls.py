@@ -167,3 +167,18 @@ def test_ca_context_verifies_the_host_name(tmp_path: Path) -> None:
     cert_path, _ = self_signed_certificate(tmp_path, [])
     context = ssl_context_from(cert_path)
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_a_job_sends_its_checkpoints_to_an_https_server_it_verifies(server: ServerProc) -> None:
+    from tests.support import EXAMPLES
+
+    server.cli("job", "run", "--name", "tls-steps", "--", "python", str(EXAMPLES / "jobs" / "steps.py"), "8", "0.1")
+    with httpx.Client(base_url=f"{server.url}/api/v1", headers={"Authorization": f"Bearer {server.token}"},
+                      verify=ssl_context_from(cert_of(server)), timeout=30) as api:
+        deadline = time.monotonic() + 60
+        while (job := api.get("/jobs/tls-steps").json())["status"] not in ("SUCCEEDED", "FAILED"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+        log = next(iter(api.get("/jobs/tls-steps/logs").json().values()))
+    assert job["status"] == "SUCCEEDED", log
+    assert "checkpoint snapshot" in log and "CERTIFICATE_VERIFY_FAILED" not in log, log

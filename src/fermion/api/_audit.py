@@ -95,6 +95,13 @@ def _walk(session: Session) -> tuple[int | None, int]:
     return first_bad, count
 
 
+def _bulk(method: str, path: str) -> bool:
+    """The many small calls of one transfer: a chunk sent, or the question which chunks to send.
+    A push of a gigabyte is a thousand of them; its commit is what the audit log keeps."""
+    return ((method == "PUT" and "/chunks/" in path) or (method == "POST" and path.endswith("/missing"))) and \
+        path.startswith(("/api/v1/datasets/", "/api/v1/attempts/self/"))
+
+
 def audit_requests(app: ASGIApp, store: Store) -> ASGIApp:
     """Wrap ``app`` so each mutating /api/v1/ call is recorded once its answer has gone out."""
 
@@ -113,6 +120,8 @@ def audit_requests(app: ASGIApp, store: Store) -> ASGIApp:
         try:
             await app(scope, receive, watched_send)
         finally:
+            if status < 400 and _bulk(scope["method"], scope["path"]):
+                return  # the version they make is recorded; a refused one is recorded like any call
             # the first Authorization header, the one require_token reads
             authorization = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
             client = scope.get("client")

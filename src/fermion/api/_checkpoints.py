@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Annotated
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from ..control import Need
 from ..data import CHUNK_MAX, SHA256, CorruptChunk, DatasetView, FileEntry, Manifest, StoreError, sync
 from ..errors import AuthError, NotFoundError, UserInputError, shorten
-from ..store import AttemptRow, DatasetRow, JobRow
+from ..store import DEFAULT_PROJECT, AttemptRow, DatasetRow, JobRow
 from ._schemas import ERROR_RESPONSES
 
 if TYPE_CHECKING:
@@ -39,22 +39,36 @@ class Caller(BaseModel):
     attempt: str
     job: str
     cloud: str
+    project: str
+
+
+def _attempt_of(p: Platform, authorization: str) -> str | None:
+    """The attempt id an ``Authorization`` header's token was made for, if the server made it."""
+    token = authorization.removeprefix("Bearer ").strip()
+    attempt_id, _, tag = token.removeprefix(TOKEN_PREFIX).partition(".")
+    if not token.startswith(TOKEN_PREFIX) or not tag or not p.secrets.check_mac("attempt", attempt_id, tag):
+        return None
+    return attempt_id
+
+
+def attempt_token_valid(p: Platform, authorization: str) -> bool:
+    """A cheap check (no database) before a large body is read: the token is one the server made."""
+    return _attempt_of(p, authorization) is not None
 
 
 def require_attempt(request: Request) -> Caller:
     """The live attempt whose token this is, or a 401."""
     p: Platform = request.app.state.platform
-    auth = request.headers.get("authorization", "")
-    token = auth.removeprefix("Bearer ").strip()
-    attempt_id, _, tag = token.removeprefix(TOKEN_PREFIX).partition(".")
+    attempt_id = _attempt_of(p, request.headers.get("authorization", ""))
     refused = AuthError("missing, invalid or expired attempt token")
-    if not token.startswith(TOKEN_PREFIX) or not tag or not p.secrets.check_mac("attempt", attempt_id, tag):
+    if attempt_id is None:
         raise refused
     with p.store.session() as s:
         row = s.get(AttemptRow, attempt_id)
-        if row is None or row.state not in LIVE:
+        if row is None or row.state not in LIVE or row.cloud not in p.stores:
             raise refused
-        return Caller(attempt=row.id, job=row.job, cloud=row.cloud)
+        job = s.get(JobRow, row.job)
+        return Caller(attempt=row.id, job=row.job, cloud=row.cloud, project=job.project if job else DEFAULT_PROJECT)
 
 
 router = APIRouter(prefix="/api/v1/attempts/self/checkpoints", responses=ERROR_RESPONSES)
@@ -76,8 +90,9 @@ def checkpoint_dataset(job: str) -> str:
     return f"checkpoints.{job}"
 
 
-def _view(p: Platform, cloud: str, job: str) -> DatasetView:
-    return DatasetView(p.stores[cloud], checkpoint_dataset(job))
+def _view(p: Platform, cloud: str, me: Caller) -> DatasetView:
+    """The job's checkpoints in ``cloud``'s store; their chunks share the space of the job's project."""
+    return DatasetView(p.stores[cloud], checkpoint_dataset(me.job), space=me.project)
 
 
 def _replica_cloud(p: Platform, me: Caller) -> str | None:
@@ -98,7 +113,7 @@ def missing(request: Request, body: ChunkList, me: Caller = Depends(require_atte
     bad = next((sha for sha, size in body.chunks.items() if not SHA256.match(sha) or not 0 < size <= CHUNK_MAX), None)
     if bad is not None:
         raise UserInputError(f"invalid chunk {shorten(bad)!r}")
-    return {"missing": _view(p, me.cloud, me.job).missing(body.chunks)}
+    return {"missing": _view(p, me.cloud, me).lacking(body.chunks)}
 
 
 @router.put("/chunks/{sha}", status_code=201)
@@ -109,7 +124,7 @@ async def put_chunk(request: Request, sha: str, me: Caller = Depends(require_att
     if not 0 < len(body) <= CHUNK_MAX:
         raise UserInputError(f"a chunk is 1..{CHUNK_MAX} bytes, not {len(body)}")
     p = request.app.state.platform
-    written = await anyio.to_thread.run_sync(lambda: _view(p, me.cloud, me.job).put_chunk(sha, body))
+    written = await anyio.to_thread.run_sync(lambda: _view(p, me.cloud, me).put_chunk(sha, body))
     return {"chunk": sha, "stored_bytes": written}
 
 
@@ -119,21 +134,24 @@ def commit(request: Request, body: Snapshot, me: Caller = Depends(require_attemp
     import time
 
     p = request.app.state.platform
-    view = _view(p, me.cloud, me.job)
-    manifest = Manifest(dataset=view.name, files=sorted(body.files, key=lambda f: f.path), created_at=time.time(),
-                        message=f"{body.label or 'snapshot'} by attempt {me.attempt} on {me.cloud}")
+    view = _view(p, me.cloud, me)
+    try:
+        manifest = Manifest(dataset=view.name, files=sorted(body.files, key=lambda f: f.path), created_at=time.time(),
+                            message=f"{body.label or 'snapshot'} by attempt {me.attempt} on {me.cloud}", space=view.space)
+    except ValidationError as exc:
+        raise UserInputError(f"invalid files for a snapshot: {exc.errors()[0]['msg']}") from None
     view.commit(manifest)
     copies = [me.cloud]
     other = _replica_cloud(p, me)
     if other is not None:
         try:
-            report = sync([view], _view(p, other, me.job), [manifest.digest])
+            report = sync([view], _view(p, other, me), [manifest.digest])
             if manifest.digest in report.versions:
                 copies.append(other)
         except StoreError:
             pass  # the snapshot is safe on its own cloud; the next one tries again
     for cloud in copies:
-        _prune(_view(p, cloud, me.job))
+        _prune(_view(p, cloud, me))
     with p.store.session() as s:
         p.store.record(s, "job", me.job, "", "checkpoint", f"{body.label or 'snapshot'} of attempt {me.attempt} "
                        f"({manifest.size} bytes) kept in the stores of {', '.join(copies)}")
@@ -150,11 +168,11 @@ def _prune(view: DatasetView, keep: int = KEEP) -> None:
         view.drop(m.digest)
 
 
-def newest(p: Platform, job: str) -> tuple[Manifest, str] | None:
-    """The newest snapshot of ``job`` that a reachable store holds, and that store's cloud."""
+def newest(p: Platform, me: Caller) -> tuple[Manifest, str] | None:
+    """The newest snapshot of the attempt's job that a reachable store holds, and that store's cloud."""
     best: tuple[Manifest, str] | None = None
     for cloud in p.reachable_stores():
-        view = _view(p, cloud, job)
+        view = _view(p, cloud, me)
         try:
             for digest in view.digests():
                 m = view.read(digest)
@@ -169,7 +187,7 @@ def newest(p: Platform, job: str) -> tuple[Manifest, str] | None:
 def latest(request: Request, me: Caller = Depends(require_attempt)) -> dict[str, object]:
     """The newest snapshot of the attempt's job any store that is up holds (404 if none)."""
     p = request.app.state.platform
-    found = newest(p, me.job)
+    found = newest(p, me)
     if found is None:
         raise NotFoundError(f"job {me.job} has no checkpoint in any reachable store")
     m, cloud = found
@@ -186,7 +204,7 @@ def get_chunk(request: Request, sha: str, me: Caller = Depends(require_attempt))
     up = p.reachable_stores()
     for cloud in [c for c in dict.fromkeys([me.cloud, *up]) if c in up]:
         try:
-            return Response(_view(p, cloud, me.job).get_chunk(sha), media_type="application/octet-stream",
+            return Response(_view(p, cloud, me).get_chunk(sha), media_type="application/octet-stream",
                             headers={"x-fermion-cloud": cloud})
         except (NotFoundError, CorruptChunk, StoreError):
             continue
@@ -227,7 +245,7 @@ def dataset_version(request: Request, name: str, me: Caller = Depends(require_at
 
 @datasets_router.get("/{name}/chunks/{sha}")
 def dataset_chunk(request: Request, name: str, sha: str, me: Caller = Depends(require_attempt)) -> Response:
-    from ._datasets import _key
+    from ._datasets import _key, dataset_space
 
     if not SHA256.match(sha):
         raise UserInputError(f"invalid chunk name {shorten(sha)!r}")
@@ -236,7 +254,7 @@ def dataset_chunk(request: Request, name: str, sha: str, me: Caller = Depends(re
     up = p.reachable_stores()
     for cloud in [c for c in dict.fromkeys([me.cloud, *up]) if c in up]:
         try:
-            data = DatasetView(p.stores[cloud], name, _key(p, row)).get_chunk(sha)
+            data = DatasetView(p.stores[cloud], name, _key(p, row), dataset_space(row)).get_chunk(sha)
         except (NotFoundError, CorruptChunk, StoreError):
             continue
         return Response(data, media_type="application/octet-stream", headers={"x-fermion-cloud": cloud})

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -37,7 +37,7 @@ from ..data import (
 )
 from ..errors import ConflictError, FermionError, NotFoundError, UserInputError, shorten
 from ..security import dataset_key_purpose
-from ..store import DatasetRow, DatasetVersionRow
+from ..store import DatasetRow, DatasetVersionRow, JobRow
 from ..types import NAME_PATTERN
 from ._auth import caller, require_token
 from ._principal import Principal, require_project
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 router = APIRouter(prefix="/api/v1/datasets", responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
 MAX_CHUNKS_PER_CALL = 200_000
+JOB_ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 def _platform(request: Request) -> Platform:
@@ -113,11 +114,17 @@ def _key(p: Platform, row: DatasetRow) -> DatasetKey | None:
     return DatasetKey(bytes.fromhex(p.secrets.open(row.key_sealed, dataset_key_purpose(row.name))))
 
 
+def dataset_space(row: DatasetRow) -> str:
+    """Where in a store a dataset's chunks live: its project's space (shared by the project's plain
+    datasets and jobs), or one of its own when encrypted."""
+    return f"enc.{row.name}" if row.encrypted else row.project
+
+
 def _view(p: Platform, row: DatasetRow, cloud: str | None) -> DatasetView:
     cloud = cloud or row.home_cloud
     if cloud not in p.stores:
         raise UserInputError(f"unknown cloud {shorten(cloud)!r}", hint=f"known: {', '.join(sorted(p.stores))}")
-    return DatasetView(p.stores[cloud], row.name, _key(p, row))
+    return DatasetView(p.stores[cloud], row.name, _key(p, row), dataset_space(row))
 
 
 def _resolve(s: Session, row: DatasetRow, ref: str | None) -> DatasetVersionRow:
@@ -199,8 +206,11 @@ def commit_files(p: Platform, row: DatasetRow, view: DatasetView, files: list[Fi
     base = _base(view, latest)
     if base is not None and base.files == files:
         return latest, False  # type: ignore[return-value] - a base is the latest version
-    manifest = Manifest(dataset=row.name, files=files, parent=latest.digest if latest else None, created_at=time.time(),
-                        message=message, encrypted=row.encrypted)
+    try:
+        manifest = Manifest(dataset=row.name, files=files, parent=latest.digest if latest else None,
+                            created_at=time.time(), message=message, encrypted=row.encrypted, space=view.space)
+    except ValidationError as exc:
+        raise UserInputError(f"invalid files for a version: {exc.errors()[0]['msg']}") from None
     view.commit(manifest, base)
     return record_version(p, row.name, manifest, origin), True
 
@@ -238,7 +248,7 @@ def _read(p: Platform, row: DatasetRow, digest: str, cloud: str | None = None) -
 def create_dataset(request: Request, spec: DatasetCreate) -> dict[str, object]:
     """A new, empty dataset; ``encrypted`` gives it a key the server keeps."""
     p, me = _platform(request), caller(request)
-    cloud = spec.cloud or next(iter(p.stores))
+    cloud = spec.cloud or next(iter(p.stores), "")
     if cloud not in p.stores:
         raise UserInputError(f"unknown cloud {shorten(cloud)!r}", hint=f"known: {', '.join(sorted(p.stores))}")
     with p.store.session() as s:
@@ -361,9 +371,6 @@ def create_version(request: Request, name: str, spec: VersionCreate) -> dict[str
         row = _dataset(s, name, me, "editor")
         s.expunge(row)
     view = _view(p, row, spec.cloud)
-    paths = [f.path for f in spec.files]
-    if len(set(paths)) != len(paths):
-        raise UserInputError("a path appears twice in the version's files")
     version, new = commit_files(p, row, view, sorted(spec.files, key=lambda f: f.path), spec.message,
                                 {"by": "push", "cloud": view.store.name, "user": me.user})
     return {**_version_out(version), "new": new, "cloud": view.store.name}
@@ -521,16 +528,23 @@ def delete_dataset(request: Request, name: str, version: str | None = None) -> d
             select(DatasetVersionRow).where(DatasetVersionRow.dataset == name)).all()
         digests = [(t.number, t.digest) for t in targets]
         s.expunge(row)
+    with p.store.session() as s:
+        pins = {(d["name"], d["digest"]): j.name for j in s.scalars(select(JobRow).where(JobRow.status.not_in(JOB_ENDED)))
+                for d in j.spec.get("datasets", [])}
+    held = next(((n, job) for n, digest in digests if (name, digest) in pins for job in [pins[(name, digest)]]), None)
+    if held is not None:
+        raise ConflictError(f"version {held[0]} of {name} is pinned by job {held[1]}, which has not ended",
+                            hint=f"wait for it, or `fermion job cancel {held[1]}`")
     freed: dict[str, object] = {}
+    keys = {k: v for k, v in _all_keys(p).items() if k != name or version}
     for cloud, store in p.stores.items():
         view = _view(p, row, cloud)
         try:
             for _, digest in digests:
                 view.drop(digest)
-            keys = _all_keys(p)
             objects, nbytes = collect_garbage(store, keys)
             freed[cloud] = {"objects": objects, "bytes": nbytes}
-        except StoreError as exc:
+        except FermionError as exc:  # this store is cleaned at the next delete that reaches it
             freed[cloud] = {"error": exc.message}
     with p.store.session() as s:
         for number, _ in digests:

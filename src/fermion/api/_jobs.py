@@ -82,7 +82,14 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
     elif not command:
         raise UserInputError("a job needs a command (after --) or fine-tune settings")
     if pinned:
-        stored["datasets"] = [{k: v for k, v in pin.items() if k != "paths"} for pin in pinned.values()]
+        by_name: dict[str, set[str]] = {}
+        for pin in pinned.values():
+            by_name.setdefault(pin["name"], set()).add(pin["digest"])
+        twice = next((n for n, digests in by_name.items() if len(digests) > 1), None)
+        if twice is not None:
+            raise UserInputError(f"dataset {twice} is asked for at two versions", hint="give the job one version of it")
+        unique = {pin["name"]: pin for pin in pinned.values()}
+        stored["datasets"] = [{k: v for k, v in pin.items() if k != "paths"} for pin in unique.values()]
     if spec.workers > 1 and Path(command[0]).name not in ("python", "python3"):
         raise UserInputError("--workers needs a Python command", hint="e.g. -- python train.py")
     with p.store.session() as s:

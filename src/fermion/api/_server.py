@@ -34,7 +34,7 @@ from ..store import DEFAULT_PROJECT, CloudRow, DeploymentRow, JobRow, ProjectRow
 from ._access import router as access_router
 from ._audit import audit_requests
 from ._audit import router as audit_router
-from ._checkpoints import attempt_token
+from ._checkpoints import attempt_token, attempt_token_valid
 from ._checkpoints import datasets_router as attempt_datasets_router
 from ._checkpoints import router as checkpoints_router
 from ._datasets import router as datasets_router
@@ -61,8 +61,11 @@ class Platform:
     """Everything the server holds: the store, the clouds, the controller, the gateway."""
 
     def __init__(self, home: Path, db_url: str, clouds: list[CloudConfig], public_url: str = "",
-                 workloads_root: Path | None = None, isolation: Isolation | None = None) -> None:
+                 workloads_root: Path | None = None, isolation: Isolation | None = None,
+                 server_ca: str | None = None) -> None:
         self.home = home
+        # the certificate a job attempt verifies this server with, when it serves HTTPS (public: no secret)
+        self.server_ca_pem = Path(server_ca).read_text() if server_ca else None
         home.chmod(0o700)  # its database, keys and tokens are the server's alone
         self.secrets = SecretBox(self.home)  # before the store: a bad master key stops the start
         self.public_url = public_url
@@ -97,8 +100,15 @@ class Platform:
         # one object store per cloud: a local cloud's is a folder of its own beside the home by default
         self.stores: dict[str, ObjectStore] = {
             c.name: open_store(c.store or StoreConfig(url=f"file://{stores_root(home.resolve()) / c.name}"), c.name) for c in clouds}
+        # a folder store is the server's to read and write: no workload may see it (they go through the API)
+        default = stores_root(home.resolve())
+        self.store_folders = [default] + [Path(s.root) for s in self.stores.values()
+                                          if s.fs is None and not Path(s.root).is_relative_to(default)]
+        for folder in self.store_folders:
+            folder.mkdir(parents=True, exist_ok=True)
         self.clouds: dict[str, FaultInjector] = {
-            c.name: make_backend(c, self.workloads_root, server_home=home, isolation=self.isolation, down=c.name in down)
+            c.name: make_backend(c, self.workloads_root, server_home=home, isolation=self.isolation, down=c.name in down,
+                                 hidden=self.store_folders)
             for c in clouds}
         self.gateway = Gateway(self.table, self.registry, {})
         self.refresh_gateway_admins()
@@ -123,7 +133,10 @@ class Platform:
         """How a job attempt reaches this server to send and fetch its checkpoints."""
         if not self.public_url:
             return {}
-        return {"FERMION_SERVER_URL": self.public_url, "FERMION_ATTEMPT_TOKEN": attempt_token(self, attempt_id)}
+        env = {"FERMION_SERVER_URL": self.public_url, "FERMION_ATTEMPT_TOKEN": attempt_token(self, attempt_id)}
+        if self.server_ca_pem:
+            env["FERMION_SERVER_CA_PEM"] = self.server_ca_pem
+        return env
 
     def _lead(self) -> None:
         """The loops, each settling once before returning (the first pass reads the ledger from the store)."""
@@ -132,7 +145,7 @@ class Platform:
         self.store.release_others(JobRow, self.jobs.owner)
         # before the first pass replaces them elsewhere: what runs on a cloud no longer configured stops
         stop_on_retired_clouds(self.store, self.clouds, lambda config: make_backend(
-            config, self.workloads_root, server_home=self.home, isolation=self.isolation))
+            config, self.workloads_root, server_home=self.home, isolation=self.isolation, hidden=self.store_folders))
         self.controller.start()
         self.jobs.start()
         stop_orphans(self.store, self.clouds)  # after the first pass: what no row knows now, no one ever will
@@ -293,7 +306,7 @@ def authenticate_uploads(app, platform: Platform):  # noqa: ANN001, ANN201 - ASG
     async def wrapped(scope, receive, send) -> None:  # noqa: ANN001
         if scope["type"] == "http" and scope["method"] in ("POST", "PUT") and is_upload(scope["path"]):
             auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
-            if not await anyio.to_thread.run_sync(live_token, platform.store, auth):
+            if not (attempt_token_valid(platform, auth) or await anyio.to_thread.run_sync(live_token, platform.store, auth)):
                 response = error_response(401, "missing, invalid, expired or revoked token", "AuthError")
                 response.headers["connection"] = "close"
                 return await response(scope, receive, send)

@@ -3,6 +3,7 @@ Ray engines, and fault injection as a wrapper around any of them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..clouds import CloudConfig
@@ -13,15 +14,16 @@ from ._sandbox import Isolation, read_untrusted
 
 
 def make_backend(config: CloudConfig, workloads_root: Path, *, server_home: Path,
-                 isolation: Isolation | None = None, down: bool = False) -> FaultInjector:
-    """The backend ``config`` names, wrapped with the faults it declares."""
+                 isolation: Isolation | None = None, down: bool = False, hidden: Sequence[Path] = ()) -> FaultInjector:
+    """The backend ``config`` names, wrapped with the faults it declares. ``hidden``: more folders
+    of this machine no workload may see (the clouds' folder stores)."""
     if config.kind == "ray":
         from ._ray import RayBackend  # imports ray: only for clusters that use it
 
         # a node of the cluster may be this machine: its workloads must not see the server's files
-        inner: Backend = RayBackend(config, hidden=[server_home, workloads_root], isolation=isolation)
+        inner: Backend = RayBackend(config, hidden=[server_home, workloads_root, *hidden], isolation=isolation)
     else:
-        inner = LocalBackend(config, workloads_root, server_home=server_home, isolation=isolation)
+        inner = LocalBackend(config, workloads_root, server_home=server_home, isolation=isolation, hidden=hidden)
     return FaultInjector(inner, config.inject, down=down)
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 NOT_RUNNABLE = 127  # the shell's code for "command not found"
+FETCH_FAILED = 75  # EX_TEMPFAIL: the job's checkpoint or data could not be fetched (the planner retries)
 
 
 def _record(code: int) -> None:
@@ -46,11 +47,11 @@ def main() -> None:
     command = sys.argv[sys.argv.index("--") + 1 :]
     try:
         shipper = _shipper()
-    except Exception as exc:  # noqa: BLE001 - starting over would silently redo the work: fail, the job retries
+    except Exception as exc:  # noqa: BLE001 - starting without them would silently redo or skew the work
         print(f"[fermion] cannot fetch the job's checkpoint or data: {type(exc).__name__}: {exc}", file=sys.stderr,
               flush=True)
-        _record(1)
-        sys.exit(1)
+        _record(FETCH_FAILED)
+        sys.exit(FETCH_FAILED)
     try:
         child = subprocess.Popen(command)
     except OSError as exc:  # the job's own fault (a wrong path, not executable): say so, with the cause

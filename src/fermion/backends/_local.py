@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from .._files import write_atomic
@@ -28,13 +29,14 @@ class LocalBackend:
     kind = "local"
 
     def __init__(self, config: CloudConfig, workloads_root: Path, *, server_home: Path,
-                 isolation: Isolation | None = None) -> None:
+                 isolation: Isolation | None = None, hidden: Sequence[Path] = ()) -> None:
         self.name = config.name
         self.config = config
         self.workloads_root = workloads_root
         self.root = workloads_root / config.name
         self.root.mkdir(parents=True, exist_ok=True)
         self.server_home = server_home
+        self.hidden = list(hidden)  # e.g. the clouds' folder stores: reached through the server only
         self.isolation = isolation or Isolation(sandbox=False, memory_limits=False)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[int, int] = {}  # learnt when a child is reaped; asked for later
@@ -64,7 +66,8 @@ class LocalBackend:
             env = workload_env(declared, facts, workdir)
             mounts = [Mount(m, writable=True) for m in workload.writable] + [Mount(m) for m in workload.read_only]
         # hide the server's home and every workload folder; show this one (and its mounts) again
-        confinement = Confinement(workdir=workdir, hidden=[self.server_home, self.workloads_root], mounts=mounts,
+        confinement = Confinement(workdir=workdir, hidden=[self.server_home, self.workloads_root, *self.hidden],
+                                  mounts=mounts,
                                   memory_bytes=int(workload.memory_gb * (1 << 30)) if workload.memory_gb else None)
         try:
             proc, pid = self.isolation.start(command, env, confinement, workdir / log_name,

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,11 @@ def local_ray_cluster(node_groups: dict[str, float], *, head_cpus: float = 0,
     # A short private folder: Ray's unix sockets live under it (paths are limited to 107 bytes), and
     # a private one never mixes with another cluster's session files on the same machine.
     temp_dir = tempfile.mkdtemp(prefix="fermion-ray-", dir="/tmp")
+    # Ray also records the cluster's address in its default folder, whatever temp_dir says, and
+    # fails if that folder is missing (a fresh /tmp, or one cleaned since)
+    from ray._private.utils import get_ray_address_file
+
+    Path(get_ray_address_file(None)).parent.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     local = LocalRayCluster(cluster=Cluster(shutdown_at_exit=True), temp_dir=temp_dir)
     try:

@@ -8,17 +8,17 @@ the chunks the store lacks, so an unchanged model costs nothing to send again.""
 
 from __future__ import annotations
 
-import hashlib
+import shutil
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
-from .._files import write_atomic
-from ..data import FolderPlan, plan_folder, send_chunks
+from ..data import FolderPlan, plan_folder, safe_relpath, send_chunks, write_chunks
 
 SHIP_EVERY_S = 0.5
 API = "/api/v1/attempts/self/checkpoints"
@@ -28,6 +28,21 @@ def _say(message: str) -> None:
     print(f"[fermion] {message}", file=sys.stderr, flush=True)
 
 
+def server_client(server: str, token: str) -> httpx.Client:
+    """A client of the server for this attempt: its token, and the server's certificate where it
+    serves HTTPS with one of its own (given in the environment)."""
+    import os
+    import ssl
+
+    verify: ssl.SSLContext | bool = True
+    pem = os.environ.get("FERMION_SERVER_CA_PEM")
+    if pem:
+        verify = ssl.create_default_context(cadata=pem)
+        verify.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the server's own (leaf) certificate as the anchor
+    return httpx.Client(base_url=server.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
+                        timeout=httpx.Timeout(60), verify=verify)
+
+
 def _visible(rel: str) -> bool:
     return not any(part.startswith(".") for part in rel.split("/")) and not rel.endswith(".tmp")
 
@@ -35,27 +50,22 @@ def _visible(rel: str) -> bool:
 def fetch_files(http: httpx.Client, files: list[dict], chunks_url: str, dest: Path) -> int:
     """Write a manifest's files under ``dest``, each chunk fetched from ``chunks_url`` and each file
     checked against its sha256. Returns the bytes written."""
-    total = 0
-    for f in files:
-        parts = []
-        for sha, _ in f["chunks"]:
+    def chunks(entry: dict) -> Iterator[bytes]:
+        for sha, _ in entry["chunks"]:
             r = http.get(f"{chunks_url}/{sha}")
             r.raise_for_status()
-            parts.append(r.content)
-        data = b"".join(parts)
-        if hashlib.sha256(data).hexdigest() != f["sha256"]:
-            raise RuntimeError(f"{f['path']} arrived corrupt")
-        path = dest / f["path"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, data)
-        total += len(data)
+            yield r.content
+
+    total = 0
+    for f in files:
+        path = dest / safe_relpath(f["path"])  # a path from the server, still never a way out of dest
+        total += write_chunks(path, chunks(f), f["sha256"])
     return total
 
 
 def fetch_datasets(server: str, token: str, names: list[str], root: Path) -> None:
     """Put each dataset version the job was given under ``root/NAME``, from the nearest store."""
-    with httpx.Client(base_url=server.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
-                      timeout=httpx.Timeout(60)) as http:
+    with server_client(server, token) as http:
         for name in names:
             r = http.get(f"/api/v1/attempts/self/datasets/{name}")
             r.raise_for_status()
@@ -71,10 +81,10 @@ class Shipper:
 
     def __init__(self, server: str, token: str, folder: Path) -> None:
         self.folder = folder
-        self.http = httpx.Client(base_url=server.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
-                                 timeout=httpx.Timeout(60))
+        self.http = server_client(server, token)
         self._last: tuple | None = None
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # one snapshot at a time: an older one never lands after a newer
         self._thread: threading.Thread | None = None
 
     def restore(self) -> None:
@@ -105,12 +115,13 @@ class Shipper:
         if not signature or signature == self._last:
             return False
         with tempfile.TemporaryDirectory(prefix=".snapshot-", dir=self.folder.parent) as tmp:
-            # hard links freeze the snapshot: the job may replace a file while it is sent
+            # copies freeze the snapshot: the job may replace or rewrite a file while it is sent (a
+            # hard link would share the inode, and chunking maps the file: a truncation would fault)
             frozen = Path(tmp)
             for rel, _, _ in signature:
                 (frozen / rel).parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    (frozen / rel).hardlink_to(self.folder / rel)
+                    shutil.copyfile(self.folder / rel, frozen / rel)
                 except FileNotFoundError:
                     continue  # replaced or removed just now: the next snapshot has it
             plan: FolderPlan = plan_folder(frozen)
@@ -132,14 +143,15 @@ class Shipper:
         return True
 
     def _run(self) -> None:
-        while not self._stop.wait(SHIP_EVERY_S):
-            self._ship_safely()
-
-    def _ship_safely(self) -> None:
-        try:
-            self.ship()
-        except Exception as exc:  # noqa: BLE001 - sending checkpoints must never stop the job
-            _say(f"checkpoint not sent this time: {type(exc).__name__}: {exc}")
+        delay = SHIP_EVERY_S
+        while not self._stop.wait(delay):
+            try:
+                with self._lock:
+                    self.ship()
+                delay = SHIP_EVERY_S
+            except Exception as exc:  # noqa: BLE001 - sending checkpoints must never stop the job
+                delay = min(delay * 2, 30.0)  # a server or store in trouble is not asked twice a second
+                _say(f"checkpoint not sent this time ({type(exc).__name__}: {exc}); next try in {delay:g}s")
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="checkpoint-shipper", daemon=True)
@@ -153,7 +165,8 @@ class Shipper:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                self.ship()
+                with self._lock:
+                    self.ship()
                 return
             except Exception as exc:  # noqa: BLE001
                 _say(f"last checkpoint not sent yet: {type(exc).__name__}: {exc}")

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-from ..errors import FermionError, UserInputError, remote_error_for
 from rich.console import Console
 
+from ..errors import FermionError, UserInputError, remote_error_for
 from ._output import console, print_json, print_table
 from ._platform import Api
 
@@ -141,8 +140,7 @@ def pull(
     """Write a version's files to a folder; files already there and equal are kept."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .._files import write_atomic
-    from ..data import FileEntry, sha256_file
+    from ..data import CorruptChunk, FileEntry, sha256_file, write_chunks
 
     name, version = _ref(ref)
     api = Api()
@@ -152,22 +150,21 @@ def pull(
     fetched = kept = 0
     with _bar(f"pull {name} v{v['number']}", v["size"]) as (progress, task):
         def fetch(entry: FileEntry) -> int:
-            import hashlib
-
-            path = dest / entry.path
+            path = dest / entry.path  # FileEntry refuses a path that leaves dest
             if path.is_file() and not path.is_symlink() and path.stat().st_size == entry.size \
                     and sha256_file(path) == entry.sha256:
                 progress.advance(task, entry.size)
                 return 0
-            parts = []
-            for sha, size in entry.chunks:
-                parts.append(api.raw("GET", f"/datasets/{name}/chunks/{sha}", params={"cloud": cloud} if cloud else None))
-                progress.advance(task, size)
-            data = b"".join(parts)
-            if hashlib.sha256(data).hexdigest() != entry.sha256:
-                raise FermionError(f"{entry.path} arrived corrupt", hint=f"`fermion dataset verify {name}`")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, data)
+
+            def chunks() -> Iterator[bytes]:
+                for sha, size in entry.chunks:
+                    yield api.raw("GET", f"/datasets/{name}/chunks/{sha}", params={"cloud": cloud} if cloud else None)
+                    progress.advance(task, size)
+
+            try:
+                write_chunks(path, chunks(), entry.sha256)
+            except CorruptChunk:
+                raise FermionError(f"{entry.path} arrived corrupt", hint=f"`fermion dataset verify {name}`") from None
             return 1
 
         with ThreadPoolExecutor(WORKERS) as pool:
@@ -212,8 +209,8 @@ def sync_cmd(
         print_json(result)
         return
     console.print(f"{name} → {to}: {result['chunks_sent']} of {result['chunks']} chunks sent "
-                  f"({_size(result['bytes_sent'])}, {result['server_side_copies']} copied by the store itself), "
-                  f"{_size(result['bytes_skipped'])} there already, in {result['seconds']:.1f}s; "
+                  f"({_size(result['bytes_sent'])}), {_size(result['bytes_skipped'])} there already, "
+                  f"in {result['seconds']:.1f}s; "
                   f"{len(result['versions'])} versions there now")
     if result["failed"]:
         console.print(f"[red]{len(result['failed'])} chunks no store holds intact[/red], e.g. {result['failed'][0]}")

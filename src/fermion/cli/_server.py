@@ -146,7 +146,7 @@ def start(
             print(f"fermion: {note}", file=sys.stderr, flush=True)
         from ..api import Platform, create_asgi  # seconds to import (torch): after the checks that refuse at once
 
-        platform = Platform(home, db_url, cloud_configs, public_url=url)
+        platform = Platform(home, db_url, cloud_configs, public_url=url, server_ca=ca)
         token = platform.bootstrap_admin_token()
     except DBAPIError as exc:  # cannot connect, or the database refused: one line, never the password
         reason = (str(exc.orig or exc).strip().splitlines() or ["no reason given"])[0]

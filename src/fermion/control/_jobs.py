@@ -149,10 +149,14 @@ class JobController(ReconcileLoop):
         env = {**declared, "FERMION_CHECKPOINT_DIR": "checkpoints", "FERMION_JOB": job.name,
                "FERMION_ATTEMPT": str(number), "FERMION_JOB_OUTPUT": job.output_dir,
                **(self.attempt_env(attempt_id) if self.attempt_env else {})}
+        writable = [Path(job.output_dir)]
+        if job.checkpoint_dir:  # a job made before checkpoints went through the stores keeps its folder
+            env["FERMION_CHECKPOINT_DIR"] = job.checkpoint_dir
+            writable.append(Path(job.checkpoint_dir))
         if job.spec.get("datasets"):  # fetched by the attempt's wrapper from the nearest store that holds them
             env.update({"FERMION_DATA_DIR": "data", "FERMION_DATASETS": ",".join(d["name"] for d in job.spec["datasets"])})
         workload = Workload(id=attempt_id, kind="job", env=env, cpus=need.cpus, memory_gb=need.memory_gb, spot=spot,
-                            command=list(job.command), workers=job.workers, writable=[Path(job.output_dir)],
+                            command=list(job.command), workers=job.workers, writable=writable,
                             read_only=self.deployments.artifact_mounts(s, job.spec.get("base"), job.project))
         return attempt_id, choice.cloud, workload
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+FETCH_FAILED = 75  # an attempt's wrapper could not fetch its checkpoint or data (fermion.backends._attempt)
+FETCH_RETRY_S = 10.0
+
 MAX_CRASHES = 5  # consecutive crashes before a deployment is FAILED
 STARTUP_TIMEOUT_S = 300.0
 DRAIN_TIMEOUT_S = 30.0
@@ -378,6 +381,12 @@ def plan_job(job: JobView, attempt: AttemptView | None, obs: Observation | None,
             plan.attempt_state, plan.attempt_reason = "PREEMPTED", cause
             plan.status = "PENDING"
             plan.reason = f"attempt {attempt.number} lost ({cause}): resuming from the latest checkpoint on another cloud"
+            return plan
+        if obs.exit_code == FETCH_FAILED:  # the server or a store was out of reach: not the job's fault
+            plan.attempt_state = "PREEMPTED"
+            plan.attempt_reason = f"could not fetch its checkpoint or data: {obs.last_line}".strip().rstrip(":")
+            plan.status, plan.next_start_at = "PENDING", now + FETCH_RETRY_S
+            plan.reason = f"attempt {attempt.number} could not fetch its checkpoint or data: trying again"
             return plan
         if obs.exit_code == 0:
             plan.attempt_state, plan.attempt_reason, plan.succeeded = "SUCCEEDED", "exit 0", True

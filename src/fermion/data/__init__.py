@@ -18,9 +18,10 @@ from ._datasets import (
     store_lock,
     sync,
     verify,
+    write_chunks,
 )
 from ._dedup import DedupReport, dedup_folder
-from ._manifest import CHUNK_MAX, SHA256, FileEntry, Manifest, diff, scan_folder
+from ._manifest import CHUNK_MAX, SHA256, FileEntry, Manifest, diff, safe_relpath, scan_folder
 from ._stores import ObjectStore, StoreConfig, StoreError, open_store
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "open_store",
     "plan_folder",
     "pull",
+    "safe_relpath",
     "push_folder",
     "scan_folder",
     "send_chunks",
@@ -53,4 +55,5 @@ __all__ = [
     "store_lock",
     "sync",
     "verify",
+    "write_chunks",
 ]

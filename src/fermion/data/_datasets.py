@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +29,13 @@ from pydantic import ValidationError
 from .._files import write_atomic
 from ..errors import ConflictError, FermionError, NotFoundError, UserInputError, shorten
 from ._crypto import OVERHEAD, DatasetKey, DecryptError
-from ._manifest import FileEntry, Manifest, chunker, iter_chunks, scan_folder
-from ._stores import ObjectStore
+from ._manifest import DEFAULT_SPACE, FileEntry, Manifest, chunker, iter_chunks, scan_folder
+from ._stores import ObjectStore, StoreError
 
 WORKERS = 16
-LOOKUPS_OVER_LISTING = 256  # past this many chunks to look up, one listing (1,000 keys a page) is cheaper
+MAX_NAMED_FILES = 20  # files named per bad chunk in a verify report
+GC_GRACE_S = 3600.0  # a chunk younger than this may belong to a version being committed right now
+FOLDERS_OVER_LISTING = 64  # past this many chunk folders to look in, one listing of the whole space is cheaper
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -72,7 +76,6 @@ class TransferReport:
     chunks_sent: int = 0
     bytes_sent: int = 0  # payload bytes written to the target (after encryption)
     bytes_skipped: int = 0  # bytes the target had already
-    server_side_copies: int = 0
     seconds: float = 0.0
     versions: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # chunks no source could give intact
@@ -88,8 +91,8 @@ class CorruptChunk(FermionError):
 class DatasetView:
     """One dataset in one store, with its key when it is encrypted."""
 
-    def __init__(self, store: ObjectStore, name: str, key: DatasetKey | None = None) -> None:
-        self.store, self.name, self.key = store, name, key
+    def __init__(self, store: ObjectStore, name: str, key: DatasetKey | None = None, space: str = DEFAULT_SPACE) -> None:
+        self.store, self.name, self.key, self.space = store, name, key, space
 
     def __repr__(self) -> str:
         return f"DatasetView({self.name} in {self.store.name})"
@@ -97,7 +100,11 @@ class DatasetView:
     # -- names -------------------------------------------------------------------------------
     def chunk_key(self, sha: str) -> str:
         oid = self.key.object_id(sha) if self.key else sha
-        return f"chunks/{oid[:2]}/{oid}"
+        return f"chunks/{self.space}/{oid[:2]}/{oid}"
+
+    def of(self, manifest: Manifest) -> DatasetView:
+        """This dataset in the space ``manifest`` keeps its chunks in."""
+        return self if manifest.space == self.space else DatasetView(self.store, self.name, self.key, manifest.space)
 
     def stored_size(self, size: int) -> int:
         return size + OVERHEAD if self.key else size
@@ -107,8 +114,8 @@ class DatasetView:
 
     # -- chunks ------------------------------------------------------------------------------
     def present(self) -> dict[str, int]:
-        """The store's chunk objects, key → size (one listing, not a call per chunk)."""
-        return self.store.list("chunks")
+        """The chunk objects of this view's space, key → size (one listing, not a call per chunk)."""
+        return self.store.list(f"chunks/{self.space}")
 
     def missing(self, chunks: dict[str, int], present: dict[str, int] | None = None) -> list[str]:
         """The chunks (sha → size) this store lacks or holds with the wrong size."""
@@ -117,17 +124,19 @@ class DatasetView:
 
     def lacking(self, chunks: dict[str, int], base: Manifest | None = None) -> list[str]:
         """Like ``missing``, trusting the chunks of ``base`` if that version is here: a version in a
-        store has all its chunks there (commit, verify and garbage collection keep it so). A few
-        chunks left are looked up one by one, many by one listing."""
-        if base is not None and base.dataset == self.name and self.has(base.digest):
+        store has all its chunks there (commit, verify and garbage collection keep it so). The
+        chunks left are looked up in their folders when those are few, else in one listing."""
+        if base is not None and (base.dataset, base.space) == (self.name, self.space) and self.has(base.digest):
             known = base.chunk_sizes()
             chunks = {sha: size for sha, size in chunks.items() if known.get(sha) != size}
-        if len(chunks) > LOOKUPS_OVER_LISTING:
+        folders = sorted({self.chunk_key(sha).rsplit("/", 1)[0] for sha in chunks})
+        if len(folders) > FOLDERS_OVER_LISTING:
             return self.missing(chunks)
-        shas = list(chunks)
+        present: dict[str, int] = {}  # a chunk's folder holds 1/256 of its space: one listing each
         with ThreadPoolExecutor(WORKERS, thread_name_prefix="lookup") as pool:
-            sizes = list(pool.map(lambda sha: self.store.size(self.chunk_key(sha)), shas))
-        return [sha for sha, got in zip(shas, sizes) if got != self.stored_size(chunks[sha])]
+            for listed in pool.map(self.store.list, folders):
+                present.update(listed)
+        return self.missing(chunks, present)
 
     def put_chunk(self, sha: str, data: bytes | memoryview, *, check: bool = True) -> int:
         """Store one chunk; with ``check`` its bytes must hash to ``sha``. Returns the bytes written."""
@@ -157,7 +166,7 @@ class DatasetView:
         """Make a version visible: only once every chunk it names is here (looked up afresh, under
         the store's lock, so a garbage collection cannot take one away meanwhile; those of ``base``,
         a version already here, need no look-up). False if it already was."""
-        if manifest.dataset != self.name or manifest.encrypted != bool(self.key):
+        if manifest.dataset != self.name or manifest.encrypted != bool(self.key) or manifest.space != self.space:
             raise UserInputError(f"manifest is for dataset {shorten(manifest.dataset)} "
                                  f"({'encrypted' if manifest.encrypted else 'plain'}), not {self.name}")
         with store_lock(self.store):
@@ -312,7 +321,7 @@ def push_folder(view: DatasetView, root: Path, *, parent: str | None = None, mes
     report = send_chunks(plan, lacking, lambda sha, data: view.put_chunk(sha, data, check=False),
                          progress=progress, workers=workers)
     manifest = Manifest(dataset=view.name, files=plan.entries, parent=parent, created_at=time.time(), message=message,
-                        encrypted=bool(view.key))
+                        encrypted=bool(view.key), space=view.space)
     view.commit(manifest, base)
     report.versions = [manifest.digest]
     report.seconds = time.perf_counter() - started
@@ -331,16 +340,8 @@ def sync(sources: list[DatasetView], target: DatasetView, digests: Iterable[str]
     there = set(target.digests())  # versions the target holds whole already: nothing to check
     manifests: list[Manifest] = []
     for d in wanted:
-        if d in there:
-            continue
-        for src in sources:
-            try:
-                manifests.append(src.read(d))
-                break
-            except NotFoundError:
-                continue
-        else:
-            raise NotFoundError(f"no store holds version {d} of {primary.name}")
+        if d not in there:
+            manifests.append(_read_any(sources, d))
     manifests.sort(key=lambda m: (m.created_at, m.digest))  # parents first: each is the next one's base
     bases = {m.digest: m for m in manifests}
     for m in manifests:  # a parent the target holds vouches for its chunks there
@@ -361,21 +362,14 @@ def sync(sources: list[DatasetView], target: DatasetView, digests: Iterable[str]
 
     def copy(sha: str) -> None:
         for src in sources:
-            try:
-                if src.store.config.same_service(target.store.config) and src.store.config.protocol == "s3":
-                    # the service copies it; nothing crosses this process, nothing to check here
-                    src.store.copy_to(target.store, src.chunk_key(sha))
-                    n, server_side = target.stored_size(needed[sha]), True
-                else:
-                    blob = src.store.get(src.chunk_key(sha))
-                    plain = src.open_chunk(sha, blob)
-                    n, server_side = target.put_chunk(sha, plain, check=False), False
-            except (NotFoundError, CorruptChunk):
+            try:  # through this process, checked: a bad copy in one source is passed over for the next
+                plain = src.get_chunk(sha)
+            except (NotFoundError, CorruptChunk, StoreError):
                 continue
+            n = target.put_chunk(sha, plain, check=False)
             with lock:
                 report.chunks_sent += 1
-                report.bytes_sent += 0 if server_side else n
-                report.server_side_copies += server_side
+                report.bytes_sent += n
             progress.advance(needed[sha])
             return
         with lock:
@@ -395,12 +389,13 @@ def sync(sources: list[DatasetView], target: DatasetView, digests: Iterable[str]
 
 
 def _read_any(views: list[DatasetView], digest: str) -> Manifest:
+    """A version's manifest from the first of ``views`` that holds it intact."""
     for view in views:
         try:
             return view.read(digest)
-        except NotFoundError:
+        except (NotFoundError, CorruptChunk, StoreError):
             continue
-    raise NotFoundError(f"no store holds version {digest} of {views[0].name}")
+    raise NotFoundError(f"no reachable store holds version {digest} of {views[0].name} intact")
 
 
 def pull(view: DatasetView, manifest: Manifest, dest: Path, *, progress: Progress = NO_PROGRESS,
@@ -419,18 +414,15 @@ def pull(view: DatasetView, manifest: Manifest, dest: Path, *, progress: Progres
                 report.bytes_skipped += entry.size
             progress.advance(entry.size)
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        parts = []
-        for sha, size in entry.chunks:
-            parts.append(view.get_chunk(sha))
-            progress.advance(size)
-        data = b"".join(parts)
-        if hashlib.sha256(data).hexdigest() != entry.sha256:
-            raise CorruptChunk(f"file {entry.path} of {view.name} does not match its sha256")
-        write_atomic(path, data)
+        def chunks() -> Iterator[bytes]:
+            for sha, size in entry.chunks:
+                yield view.get_chunk(sha)
+                progress.advance(size)
+
+        n = write_chunks(path, chunks(), entry.sha256)
         with lock:
             report.chunks_sent += len(entry.chunks)
-            report.bytes_sent += len(data)
+            report.bytes_sent += n
 
     with ThreadPoolExecutor(workers, thread_name_prefix="pull") as pool:
         _run_all(pool, [pool.submit(fetch, f) for f in manifest.files])
@@ -464,14 +456,12 @@ def verify(view: DatasetView, digests: Iterable[str] | None = None, *, quarantin
     need either are taken down in this store until a sync brings them back whole."""
     wanted = list(digests) if digests is not None else view.digests()
     report = VerifyReport(store=view.store.name, versions=wanted)
-    users: dict[str, list[str]] = {}
+    users: dict[str, dict[str, None]] = {}  # chunk → the files that need it, in order, each once
     sizes: dict[str, int] = {}
     for d in wanted:
         for f in view.read(d).files:
             for sha, size in f.chunks:
-                users.setdefault(sha, [])
-                if f.path not in users[sha]:
-                    users[sha].append(f.path)
+                users.setdefault(sha, {})[f.path] = None
                 sizes[sha] = size
     report.chunks, report.bytes = len(sizes), sum(sizes.values())
     progress.total(report.bytes)
@@ -487,10 +477,10 @@ def verify(view: DatasetView, digests: Iterable[str] | None = None, *, quarantin
             view.open_chunk(sha, blob)
         except NotFoundError:
             with lock:
-                report.missing[sha] = users[sha]
+                report.missing[sha] = list(users[sha])[:MAX_NAMED_FILES]
         except CorruptChunk:
             with lock:
-                report.corrupt[sha] = users[sha]
+                report.corrupt[sha] = list(users[sha])[:MAX_NAMED_FILES]
             if quarantine:
                 view.store.put(f"quarantine/{key.rsplit('/', 1)[-1]}.{int(time.time())}", blob)
                 view.store.delete([key])
@@ -515,7 +505,7 @@ def withdraw(view: DatasetView, bad: set[str]) -> list[str]:
         views = [view]
         if view.key is None:
             names = {k.split("/", 2)[1] for k in view.store.list("datasets") if k.count("/") >= 3}
-            views += [DatasetView(view.store, n) for n in sorted(names) if n != view.name]
+            views += [DatasetView(view.store, n, None, view.space) for n in sorted(names) if n != view.name]
         out = []
         for v in views:
             for digest in v.digests():
@@ -523,33 +513,60 @@ def withdraw(view: DatasetView, bad: set[str]) -> list[str]:
                     m = v.read(digest)
                 except CorruptChunk:
                     continue  # another dataset's encrypted manifest: its chunks are not these
-                if any(v.chunk_key(sha) in bad for sha in m.chunk_sizes()):
+                if any(v.of(m).chunk_key(sha) in bad for sha in m.chunk_sizes()):
                     v.drop(digest)
                     out.append(digest)
         return out
 
 
-def collect_garbage(store: ObjectStore, keys: Mapping[str, DatasetKey | None]) -> tuple[int, int]:
-    """Delete the chunks no version of any dataset in ``store`` names; ``keys`` holds the key of
-    each encrypted one. A dataset whose manifests cannot be read stops the collection: deleting
-    what it might need is never a guess. Returns (objects deleted, bytes freed). Holds the
-    store's lock, so no commit runs meanwhile."""
+def collect_garbage(store: ObjectStore, keys: Mapping[str, DatasetKey | None], *,
+                    grace_s: float = GC_GRACE_S) -> tuple[int, int]:
+    """Delete the chunks that no version of any dataset in ``store`` names and that are older than
+    ``grace_s`` (a chunk sent for a version not committed yet, by this server or another, is
+    young). ``keys`` maps every dataset the server knows to its key (None: plain). A dataset it
+    does not know and cannot read (encrypted, its key gone with it) is garbage whole; one it knows
+    but cannot read stops the collection: deleting what it might need is never a guess. Returns
+    (objects deleted, bytes freed)."""
     with store_lock(store):
         names = {k.split("/", 2)[1] for k in store.list("datasets") if k.count("/") >= 3}
         keep: set[str] = set()
         for name in sorted(names):
             view = DatasetView(store, name, keys.get(name))
-            try:
-                manifests = view.versions()
-            except CorruptChunk as exc:
-                raise ConflictError(f"not collecting garbage in store {store.name}: {exc}",
-                                    hint="every dataset in a store must be readable by this server first") from None
-            for m in manifests:
-                keep.update(view.chunk_key(sha) for sha in m.chunk_sizes())
-        chunks = store.list("chunks")
-        garbage = [k for k in chunks if k not in keep]
+            for digest in view.digests():
+                try:
+                    m = view.read(digest)
+                except CorruptChunk as exc:
+                    if name in keys:
+                        raise ConflictError(f"not collecting garbage in store {store.name}: {exc}",
+                                            hint="every dataset this server knows must be readable first") from None
+                    view.drop(digest)  # unreadable by anyone: a deleted encrypted dataset's leftover
+                    continue
+                keep.update(view.of(m).chunk_key(sha) for sha in m.chunk_sizes())
+        young = time.time() - grace_s
+        chunks = store.list_modified("chunks")
+        garbage = [k for k, (_, modified) in chunks.items() if k not in keep and modified < young]
         store.delete(garbage)
-        return len(garbage), sum(chunks[k] for k in garbage)
+        return len(garbage), sum(chunks[k][0] for k in garbage)
+
+
+def write_chunks(path: Path, chunks: Iterable[bytes], sha256: str) -> int:
+    """Write a file from its chunks, one in memory at a time, through a temporary file beside it
+    that is renamed into place only if the whole hashes to ``sha256``. Returns the bytes written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
+    whole, n = hashlib.sha256(), 0
+    try:
+        with open(tmp, "xb") as f:
+            for data in chunks:
+                whole.update(data)
+                f.write(data)
+                n += len(data)
+        if whole.hexdigest() != sha256:
+            raise CorruptChunk(f"{path.name} does not match its sha256 (a chunk changed on the way)")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n
 
 
 def sha256_file(path: Path) -> str:

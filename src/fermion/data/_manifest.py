@@ -21,6 +21,9 @@ from ..errors import UserInputError, shorten
 CHUNK_AVG, CHUNK_MIN, CHUNK_MAX = 1 << 20, 1 << 18, 1 << 22
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 FORMAT = 1
+# chunks are shared within a space only: a project's plain datasets and jobs share one, and each
+# encrypted dataset has its own, so no one learns from a store whether another project holds a chunk
+DEFAULT_SPACE = "default"
 
 
 class FileEntry(BaseModel):
@@ -61,6 +64,27 @@ class Manifest(BaseModel):
     created_at: float
     message: str = Field("", max_length=2000)
     encrypted: bool = False
+    space: str = Field(DEFAULT_SPACE, pattern=r"^[a-z0-9][a-z0-9.-]{0,200}$")  # where in the store its chunks are
+
+    @model_validator(mode="after")
+    def _one_tree(self) -> Manifest:
+        """Files that can all be written out: each path once, none inside another file, and a chunk
+        the same size wherever it appears."""
+        paths = {f.path for f in self.files}
+        if len(paths) != len(self.files):
+            raise ValueError("a path appears twice in the version's files")
+        for path in paths:
+            parent = path.rpartition("/")[0]
+            while parent:
+                if parent in paths:
+                    raise ValueError(f"{shorten(parent)} is a file and a folder of {shorten(path)}")
+                parent = parent.rpartition("/")[0]
+        sizes: dict[str, int] = {}
+        for f in self.files:
+            for sha, size in f.chunks:
+                if sizes.setdefault(sha, size) != size:
+                    raise ValueError(f"chunk {sha[:12]}… is given two sizes")
+        return self
 
     def canonical(self) -> bytes:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()

@@ -57,10 +57,6 @@ class StoreConfig(BaseModel):
     def protocol(self) -> str:
         return PROTOCOLS[urlparse(self.url).scheme]
 
-    def same_service(self, other: StoreConfig) -> bool:
-        """Whether one client can copy between the two stores server-side (same service, same credentials)."""
-        return (self.protocol, self.endpoint, self.options) == (other.protocol, other.endpoint, other.options)
-
 
 class ObjectStore:
     """Put, get, list and delete whole objects under one root. Every call is safe from many
@@ -156,21 +152,6 @@ class ObjectStore:
         except Exception as exc:  # noqa: BLE001
             raise self._error(f"cannot look up {key}", exc) from exc
 
-    def size(self, key: str) -> int | None:
-        """The object's size, or None if there is none (one HEAD: cheaper than a listing for a few)."""
-        self.ensure()
-        path = self._path(key)
-        try:
-            if self.fs is None:
-                return os.path.getsize(path) if os.path.isfile(path) else None
-            self.fs.invalidate_cache(path)
-            info = self.fs.info(path)
-            return None if info.get("type") == "directory" else int(info.get("size") or 0)
-        except FileNotFoundError:
-            return None
-        except Exception as exc:  # noqa: BLE001
-            raise self._error(f"cannot look up {key}", exc) from exc
-
     def list(self, prefix: str) -> dict[str, int]:
         """Every object under ``prefix`` (a folder-like key; "" for the whole store), mapped to its size."""
         self.ensure()
@@ -197,6 +178,30 @@ class ObjectStore:
         except Exception as exc:  # noqa: BLE001
             raise self._error(f"cannot list {prefix}", exc) from exc
 
+    def list_modified(self, prefix: str) -> dict[str, tuple[int, float]]:
+        """Like ``list``, with each object's last modification time (seconds since the epoch)."""
+        self.ensure()
+        base = self._path(prefix.rstrip("/")) if prefix else self.root
+        try:
+            if self.fs is None:
+                out: dict[str, tuple[int, float]] = {}
+                for key in self.list(prefix):
+                    try:
+                        st = os.stat(os.path.join(self.root, key))
+                    except FileNotFoundError:
+                        continue
+                    out[key] = (st.st_size, st.st_mtime)
+                return out
+            self.fs.invalidate_cache(base)
+            found = self.fs.find(base, detail=True)
+            cut = len(self.root) + 1
+            return {p[cut:]: (int(info.get("size") or 0), _modified(info)) for p, info in found.items()
+                    if info.get("type") != "directory"}
+        except FileNotFoundError:
+            return {}
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(f"cannot list {prefix}", exc) from exc
+
     def delete(self, keys: list[str]) -> None:
         """Remove the objects; one already gone is no error."""
         if not keys:
@@ -214,21 +219,24 @@ class ObjectStore:
         except Exception as exc:  # noqa: BLE001
             raise self._error(f"cannot delete {len(keys)} objects", exc) from exc
 
-    def copy_to(self, other: ObjectStore, key: str) -> int:
-        """Copy one object to ``other`` under the same key; returns the bytes that crossed this
-        process (0 when the service copied it itself)."""
-        if self.fs is not None and self.config.same_service(other.config) and self.config.protocol == "s3":
-            other.ensure()
+
+def _modified(info: dict[str, Any]) -> float:
+    """An object's modification time from a listing entry (each client names it its own way);
+    0.0 (as old as can be) where none is given."""
+    import datetime
+
+    for name in ("LastModified", "last_modified", "updated", "mtime", "timeCreated"):
+        value = info.get(name)
+        if isinstance(value, datetime.datetime):
+            return value.timestamp()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
             try:
-                self.fs.copy(self._path(key), other._path(key))
-                return 0
-            except FileNotFoundError:
-                raise NotFoundError(f"store {self.name} has no object {key}") from None
-            except Exception as exc:  # noqa: BLE001
-                raise self._error(f"cannot copy {key} to {other.name}", exc) from exc
-        data = self.get(key)
-        other.put(key, data)
-        return len(data)
+                return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return 0.0
 
 
 def _filesystem(config: StoreConfig) -> Any:

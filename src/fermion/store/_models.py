@@ -151,6 +151,7 @@ class JobRow(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     restarts: Mapped[int] = mapped_column(Integer, default=0)  # attempts that failed by the job's own error
     next_start_at: Mapped[float] = mapped_column(Float, default=0.0)
+    # a server folder mounted into every attempt, for jobs made before checkpoints went through the stores
     checkpoint_dir: Mapped[str] = mapped_column(Text, default="")
     output_dir: Mapped[str] = mapped_column(Text, default="")
     spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # e.g. the fine-tune config
