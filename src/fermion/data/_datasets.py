@@ -162,15 +162,21 @@ class DatasetView:
         return blob
 
     # -- manifests ---------------------------------------------------------------------------
-    def commit(self, manifest: Manifest, base: Manifest | None = None) -> bool:
+    def commit(self, manifest: Manifest, base: Manifest | None = None, *, sent: Iterable[str] = (),
+               since: float | None = None) -> bool:
         """Make a version visible: only once every chunk it names is here (looked up afresh, under
-        the store's lock, so a garbage collection cannot take one away meanwhile; those of ``base``,
-        a version already here, need no look-up). False if it already was."""
+        the store's lock, so a garbage collection cannot take one away meanwhile). Those of ``base``,
+        a version already here, need no look-up, nor those this process ``sent`` (written since
+        ``since``, a time.time(): younger than the collection's grace period). False if it already was."""
         if manifest.dataset != self.name or manifest.encrypted != bool(self.key) or manifest.space != self.space:
             raise UserInputError(f"manifest is for dataset {shorten(manifest.dataset)} "
                                  f"({'encrypted' if manifest.encrypted else 'plain'}), not {self.name}")
+        chunks = manifest.chunk_sizes()
+        if since is not None and time.time() - since < GC_GRACE_S / 2:
+            written = set(sent)
+            chunks = {sha: size for sha, size in chunks.items() if sha not in written}
         with store_lock(self.store):
-            lacking = self.lacking(manifest.chunk_sizes(), base)
+            lacking = self.lacking(chunks, base)
             if lacking:
                 raise ConflictError(f"store {self.store.name} lacks {len(lacking)} chunks of this version "
                                     f"(first: {lacking[0]})", hint="send the missing chunks, then commit again")
@@ -313,7 +319,7 @@ def push_folder(view: DatasetView, root: Path, *, parent: str | None = None, mes
     the version is committed once they are all there. Running it again after an interruption
     sends what did not arrive. ``parent``, a version in the store, vouches for its chunks there;
     ``cache`` (see plan_folder) spares re-reading the files that did not change."""
-    started = time.perf_counter()
+    started, began = time.perf_counter(), time.time()
     plan = plan_folder(root, cache)
     base = view.read(parent) if parent and view.has(parent) else None
     lacking = view.lacking(plan.chunks, base)
@@ -322,7 +328,7 @@ def push_folder(view: DatasetView, root: Path, *, parent: str | None = None, mes
                          progress=progress, workers=workers)
     manifest = Manifest(dataset=view.name, files=plan.entries, parent=parent, created_at=time.time(), message=message,
                         encrypted=bool(view.key), space=view.space)
-    view.commit(manifest, base)
+    view.commit(manifest, base, sent=lacking, since=began)
     report.versions = [manifest.digest]
     report.seconds = time.perf_counter() - started
     return manifest, report
@@ -333,7 +339,7 @@ def sync(sources: list[DatasetView], target: DatasetView, digests: Iterable[str]
     """Bring ``digests`` (default: every version of the first source) to ``target``, copying only
     the chunks it lacks, each from the first source that holds it intact. A version is committed
     on the target only when all its chunks arrived; chunks no source holds intact are reported."""
-    started = time.perf_counter()
+    started, began = time.perf_counter(), time.time()
     report = TransferReport()
     primary = sources[0]
     wanted = list(digests) if digests is not None else primary.digests()
@@ -381,7 +387,7 @@ def sync(sources: list[DatasetView], target: DatasetView, digests: Iterable[str]
     for m in manifests:
         if failed & set(m.chunk_sizes()):
             continue
-        target.commit(m, bases.get(m.parent) if m.parent in there else None)
+        target.commit(m, bases.get(m.parent) if m.parent in there else None, sent=lacking, since=began)
         there.add(m.digest)
     report.versions = [d for d in wanted if d in there]
     report.seconds = time.perf_counter() - started
