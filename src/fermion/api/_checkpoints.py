@@ -198,17 +198,10 @@ def latest(request: Request, me: Caller = Depends(require_attempt)) -> dict[str,
 @router.get("/chunks/{sha}")
 def get_chunk(request: Request, sha: str, me: Caller = Depends(require_attempt)) -> Response:
     """A chunk of the job's checkpoints, checked, from the attempt's own cloud's store if it holds it."""
-    if not SHA256.match(sha):
-        raise UserInputError(f"invalid chunk name {shorten(sha)!r}")
+    from ._datasets import nearest_chunk
+
     p = request.app.state.platform
-    up = p.reachable_stores()
-    for cloud in [c for c in dict.fromkeys([me.cloud, *up]) if c in up]:
-        try:
-            return Response(_view(p, cloud, me).get_chunk(sha), media_type="application/octet-stream",
-                            headers={"x-fermion-cloud": cloud})
-        except (NotFoundError, CorruptChunk, StoreError):
-            continue
-    raise NotFoundError(f"no reachable store holds chunk {sha[:12]}… of job {me.job}'s checkpoints")
+    return nearest_chunk(p, [me.cloud], lambda cloud: _view(p, cloud, me), sha, f"job {me.job}'s checkpoints")
 
 
 datasets_router = APIRouter(prefix="/api/v1/attempts/self/datasets", responses=ERROR_RESPONSES)
@@ -245,17 +238,10 @@ def dataset_version(request: Request, name: str, me: Caller = Depends(require_at
 
 @datasets_router.get("/{name}/chunks/{sha}")
 def dataset_chunk(request: Request, name: str, sha: str, me: Caller = Depends(require_attempt)) -> Response:
-    from ._datasets import _key, dataset_space
+    from ._datasets import _key, dataset_space, nearest_chunk
 
-    if not SHA256.match(sha):
-        raise UserInputError(f"invalid chunk name {shorten(sha)!r}")
     p = request.app.state.platform
     row, _ = _pinned(p, me, name)
-    up = p.reachable_stores()
-    for cloud in [c for c in dict.fromkeys([me.cloud, *up]) if c in up]:
-        try:
-            data = DatasetView(p.stores[cloud], name, _key(p, row), dataset_space(row)).get_chunk(sha)
-        except (NotFoundError, CorruptChunk, StoreError):
-            continue
-        return Response(data, media_type="application/octet-stream", headers={"x-fermion-cloud": cloud})
-    raise NotFoundError(f"no reachable store holds chunk {sha[:12]}… of dataset {name}")
+    key, space = _key(p, row), dataset_space(row)
+    return nearest_chunk(p, [me.cloud], lambda cloud: DatasetView(p.stores[cloud], name, key, space), sha,
+                         f"dataset {name}")

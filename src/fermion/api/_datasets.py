@@ -8,7 +8,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -345,22 +345,30 @@ async def put_chunk(request: Request, name: str, sha: str, cloud: str | None = N
 @router.get("/{name}/chunks/{sha}")
 def get_chunk(request: Request, name: str, sha: str, cloud: str | None = None) -> Response:
     """A chunk's plain bytes, checked, from ``cloud``'s store or else the first store that holds it intact."""
-    if not SHA256.match(sha):
-        raise UserInputError(f"invalid chunk name {shorten(sha)!r}")
     p, me = _platform(request), caller(request)
     with p.store.session() as s:
         row = _dataset(s, name, me)
         s.expunge(row)
-    errors = []
+    return nearest_chunk(p, [cloud, row.home_cloud], lambda c: _view(p, row, c), sha, f"dataset {name}",
+                         hint=f"`fermion dataset verify {name}`, then `fermion dataset sync`")
+
+
+def nearest_chunk(p: Platform, first: list[str | None], view_of: Callable[[str], DatasetView], sha: str, what: str,
+                  hint: str | None = None) -> Response:
+    """A chunk's plain bytes, checked, from the first reachable store that holds it intact: the
+    clouds of ``first`` before the others."""
+    if not SHA256.match(sha):
+        raise UserInputError(f"invalid chunk name {shorten(sha)!r}", hint="a chunk is named by the sha256 of its bytes")
     up = p.reachable_stores()
-    for c in [c for c in dict.fromkeys([cloud, row.home_cloud, *up]) if c in up]:
+    errors = []
+    for cloud in [c for c in dict.fromkeys([*first, *up]) if c in up]:
         try:
-            return Response(_view(p, row, c).get_chunk(sha), media_type="application/octet-stream",
-                            headers={"x-fermion-cloud": c})
+            return Response(view_of(cloud).get_chunk(sha), media_type="application/octet-stream",
+                            headers={"x-fermion-cloud": cloud})
         except (NotFoundError, CorruptChunk, StoreError) as exc:
-            errors.append(f"{c}: {exc.message}")
-    raise NotFoundError(f"no store holds chunk {sha[:12]}… of {name} intact ({'; '.join(errors)})",
-                        hint=f"`fermion dataset verify {name}`, then `fermion dataset sync`")
+            errors.append(f"{cloud}: {exc.message}")
+    raise NotFoundError(f"no reachable store holds chunk {sha[:12]}… of {what} intact ({'; '.join(errors) or 'none up'})",
+                        hint=hint)
 
 
 @router.post("/{name}/versions", status_code=201)
