@@ -131,7 +131,7 @@ def _resolve(s: Session, row: DatasetRow, ref: str | None) -> DatasetVersionRow:
     """A version by number (3, v3), digest or digest prefix (8+ hex digits), or the latest."""
     q = select(DatasetVersionRow).where(DatasetVersionRow.dataset == row.name)
     if ref in (None, "", "latest"):
-        found = s.scalars(q.order_by(DatasetVersionRow.number.desc()).limit(1)).first()
+        found = _latest(s, row.name)
         if found is None:
             raise NotFoundError(f"dataset {row.name} has no version yet", hint=f"`fermion dataset push {row.name} PATH`")
         return found
@@ -215,6 +215,14 @@ def commit_files(p: Platform, row: DatasetRow, view: DatasetView, files: list[Fi
     return record_version(p, row.name, manifest, origin), True
 
 
+def _versions(s: Session, row: DatasetRow, ref: str | None) -> list[DatasetVersionRow]:
+    """The version ``ref`` names, or every version of the dataset, oldest first."""
+    if ref:
+        return [_resolve(s, row, ref)]
+    return list(s.scalars(select(DatasetVersionRow).where(DatasetVersionRow.dataset == row.name)
+                          .order_by(DatasetVersionRow.number)).all())
+
+
 def _latest(s: Session, name: str) -> DatasetVersionRow | None:
     latest = s.scalars(select(DatasetVersionRow).where(DatasetVersionRow.dataset == name)
                        .order_by(DatasetVersionRow.number.desc()).limit(1)).first()
@@ -273,8 +281,7 @@ def list_datasets(request: Request) -> list[dict[str, object]]:
         for row in s.scalars(select(DatasetRow).order_by(DatasetRow.name)).all():
             if not me.visible(row.project):
                 continue
-            latest = s.scalars(select(DatasetVersionRow).where(DatasetVersionRow.dataset == row.name)
-                               .order_by(DatasetVersionRow.number.desc()).limit(1)).first()
+            latest = _latest(s, row.name)
             out.append({"name": row.name, "project": row.project, "cloud": row.home_cloud, "encrypted": row.encrypted,
                         "versions": latest.number if latest else 0, "files": latest.files if latest else 0,
                         "size": latest.size if latest else 0, "latest": latest.digest if latest else None})
@@ -287,9 +294,7 @@ def show_dataset(request: Request, name: str) -> dict[str, object]:
     p, me = _platform(request), caller(request)
     with p.store.session() as s:
         row = _dataset(s, name, me)
-        versions = s.scalars(select(DatasetVersionRow).where(DatasetVersionRow.dataset == name)
-                             .order_by(DatasetVersionRow.number)).all()
-        out_versions = [_version_out(v) for v in versions]
+        out_versions = [_version_out(v) for v in _versions(s, row, None)]
         s.expunge(row)
     stores: dict[str, object] = {}
     for cloud in p.stores:
@@ -445,8 +450,7 @@ def sync_dataset(request: Request, name: str, spec: SyncSpec) -> StreamingRespon
     p, me = _platform(request), caller(request)
     with p.store.session() as s:
         row = _dataset(s, name, me, "editor")
-        wanted = [_resolve(s, row, spec.version)] if spec.version else s.scalars(
-            select(DatasetVersionRow).where(DatasetVersionRow.dataset == name).order_by(DatasetVersionRow.number)).all()
+        wanted = _versions(s, row, spec.version)
         s.expunge(row)
         digests = [v.digest for v in wanted]
     target = _view(p, row, spec.to)
@@ -478,8 +482,7 @@ def verify_dataset(request: Request, name: str, spec: VerifySpec) -> dict[str, o
     p, me = _platform(request), caller(request)
     with p.store.session() as s:
         row = _dataset(s, name, me, "editor")
-        wanted = [_resolve(s, row, spec.version)] if spec.version else s.scalars(
-            select(DatasetVersionRow).where(DatasetVersionRow.dataset == name)).all()
+        wanted = _versions(s, row, spec.version)
         s.expunge(row)
         digests = [v.digest for v in wanted]
     clouds = [spec.cloud] if spec.cloud else list(p.stores)
@@ -532,8 +535,7 @@ def delete_dataset(request: Request, name: str, version: str | None = None) -> d
     p, me = _platform(request), caller(request)
     with p.store.session() as s:
         row = _dataset(s, name, me, "editor")
-        targets = [_resolve(s, row, version)] if version else s.scalars(
-            select(DatasetVersionRow).where(DatasetVersionRow.dataset == name)).all()
+        targets = _versions(s, row, version)
         digests = [(t.number, t.digest) for t in targets]
         s.expunge(row)
     with p.store.session() as s:

@@ -502,6 +502,11 @@ def verify(view: DatasetView, digests: Iterable[str] | None = None, *, quarantin
     return report
 
 
+def dataset_names(store: ObjectStore) -> list[str]:
+    """Every dataset (and job's checkpoints) with a manifest in ``store``."""
+    return sorted({k.split("/", 2)[1] for k in store.list("datasets") if k.count("/") >= 3})
+
+
 def withdraw(view: DatasetView, bad: set[str]) -> list[str]:
     """Take down every version in the store that needs one of the ``bad`` chunk objects: a version
     in a store has all its chunks there, so a sync (which trusts that) sends them again. Plain
@@ -510,8 +515,7 @@ def withdraw(view: DatasetView, bad: set[str]) -> list[str]:
     with store_lock(view.store):
         views = [view]
         if view.key is None:
-            names = {k.split("/", 2)[1] for k in view.store.list("datasets") if k.count("/") >= 3}
-            views += [DatasetView(view.store, n, None, view.space) for n in sorted(names) if n != view.name]
+            views += [DatasetView(view.store, n, None, view.space) for n in dataset_names(view.store) if n != view.name]
         out = []
         for v in views:
             for digest in v.digests():
@@ -534,9 +538,8 @@ def collect_garbage(store: ObjectStore, keys: Mapping[str, DatasetKey | None], *
     but cannot read stops the collection: deleting what it might need is never a guess. Returns
     (objects deleted, bytes freed)."""
     with store_lock(store):
-        names = {k.split("/", 2)[1] for k in store.list("datasets") if k.count("/") >= 3}
         keep: set[str] = set()
-        for name in sorted(names):
+        for name in dataset_names(store):
             view = DatasetView(store, name, keys.get(name))
             for digest in view.digests():
                 try:
