@@ -19,8 +19,8 @@ GATEWAY_MAX_BODY = 32 * 1024 * 1024
 API_MAX_BODY = 1024 * 1024
 API_MAX_UPLOAD = 256 * 1024 * 1024  # a photon archive (200 MiB of sources at most) in multipart
 UPLOAD_PATHS = frozenset({"/api/v1/photons"})
-# datasets' and checkpoints' chunks (4 MiB at most) and lists of files come here
-UPLOAD_PREFIXES = ("/api/v1/datasets/", "/api/v1/attempts/self/")
+# datasets', jobs' code's and checkpoints' chunks (4 MiB at most) and lists of files come here
+UPLOAD_PREFIXES = ("/api/v1/datasets/", "/api/v1/code", "/api/v1/attempts/self/")
 CHUNK_BODY = 4 * 1024 * 1024 + 64 * 1024  # a chunk (fermion.data: 4 MiB at most), with room to spare
 FILE_LIST_BODY = 64 * 1024 * 1024  # a version's list of files: about 200,000 files
 

@@ -183,6 +183,11 @@ def policy(w: World) -> list[Rule]:
         Rule("GET", f"/attempts/self/checkpoints/chunks/{'0' * 64}", "attempt"),
         Rule("GET", "/attempts/self/datasets/ds", "attempt"),
         Rule("GET", f"/attempts/self/datasets/ds/chunks/{'0' * 64}", "attempt"),
+        Rule("POST", "/code/missing", "editor", body=lambda: {"project": "ml", "chunks": {w.chunk: 1800}}),
+        Rule("PUT", f"/code/chunks/{'0' * 64}?project=ml", "editor"),  # allowed callers get a 400: no body
+        Rule("POST", "/code", "editor", body=lambda: {"project": "ml", "files": w.files}),
+        Rule("GET", "/attempts/self/code", "attempt"),
+        Rule("GET", f"/attempts/self/code/chunks/{'0' * 64}", "attempt"),
         Rule("GET", "/secrets", "viewer", listing=True),
         Rule("PUT", "/secrets/k", "editor", body=lambda: {"value": "new-v4lue", "project": "ml"}),
         Rule("DELETE", "/secrets/k?project=ml", "editor", setup=w.secret),

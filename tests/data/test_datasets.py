@@ -241,3 +241,49 @@ def test_the_cli_moves_a_dataset_between_clouds_through_the_server(s3_emulator: 
         assert bad.returncode == 2 and "is not a folder" in said and "Traceback" not in said
         bad = server.cli("dataset", "sync", "tickets", "--to", "mars", check=False)
         assert bad.returncode != 0 and "unknown cloud 'mars'" in " ".join((bad.stderr + bad.stdout).split())
+
+
+def test_a_dataset_is_created_from_a_bucket_url_and_from_an_http_url(s3_emulator: Emulator, tmp_path: Path) -> None:
+    """`dataset create NAME URL` reads a bucket prefix (here moto's S3, with this machine's
+    credentials for it) or an HTTP file, and pushes it like a folder; a bad URL leaves no dataset."""
+    import functools
+    import http.server
+
+    from fermion.testing import running_server
+
+    name = bucket()
+    outside = open_store(s3_emulator.store(name, "raw/2026"), "someone-elses")
+    rows = {"a.csv": b"text,label\nhello,greeting\n", "deep/b.jsonl": b'{"text": "bye"}\n' * 5000}
+    for key, body in rows.items():
+        outside.put(key, body)
+    open_store(s3_emulator.store(name), "x").put("other/skipped.txt", b"outside the prefix")
+    served = tmp_path / "web"
+    served.mkdir()
+    (served / "iris.csv").write_bytes(b"sepal,petal\n5.1,1.4\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    creds = ["--endpoint", s3_emulator.endpoint, "--source-option", "key=testing", "--source-option", "secret=testing"]
+    try:
+        with running_server(tmp_path / "home", "clouds:\n  - name: east\n") as server:
+            made = json.loads(server.cli("dataset", "create", "raw", f"s3://{name}/raw/2026", *creds, "--json").stdout)
+            assert made["files"] == 2 and made["size"] == sum(map(len, rows.values()))
+            assert made["message"] == f"imported from s3://{name}/raw/2026"
+            server.cli("dataset", "pull", "raw", str(tmp_path / "out"))
+            assert read_tree(tmp_path / "out") == rows
+
+            url = f"http://127.0.0.1:{web.server_address[1]}/iris.csv"
+            made = json.loads(server.cli("dataset", "create", "iris", url, "--json").stdout)
+            assert made["files"] == 1 and made["size"] == 20
+
+            for bad_url, said in ((f"s3://nope-{name}", "no bucket or container"),
+                                  (f"s3://{name}/empty", "holds no objects"),
+                                  (url.replace("iris", "missing"), "answered HTTP 404"),
+                                  ("ftp://host/x", "use s3://BUCKET")):
+                bad = server.cli("dataset", "create", "broken", bad_url, *creds, check=False)
+                text = " ".join((bad.stderr + bad.stdout).split())
+                assert bad.returncode != 0 and said in text and "Traceback" not in text, text
+            with server.api() as api:
+                assert api.get("/datasets/broken").status_code == 404  # nothing half made
+    finally:
+        web.shutdown()

@@ -92,3 +92,81 @@ def test_a_job_gets_its_pinned_dataset_version_from_the_nearest_store(tmp_path: 
 
         bad = server.cli("job", "run", "--name", "nope", "--data", "dataset:missing", "--", "true", check=False)
         assert bad.returncode != 0 and "no dataset named 'missing'" in " ".join(bad.stderr.split())
+
+
+TRAIN = """
+import json, os, pathlib
+here = pathlib.Path.cwd()
+print("FILES", sorted(p.relative_to(here).as_posix() for p in here.rglob("*") if p.is_file()), flush=True)
+print("PARAMS", json.loads(pathlib.Path("config/params.json").read_text())["lr"], flush=True)
+print("CHECKPOINTS", pathlib.Path(os.environ["FERMION_CHECKPOINT_DIR"]).is_absolute(), flush=True)
+"""
+
+
+def test_a_job_runs_in_the_code_sent_with_it_which_it_gets_through_the_stores(tmp_path: Path) -> None:
+    import os
+
+    project = tmp_path / "project"
+    (project / "config").mkdir(parents=True)
+    (project / "train.py").write_text(TRAIN)
+    (project / "config" / "params.json").write_text('{"lr": 0.25}')
+    (project / ".gitignore").write_text("weights.bin\n")
+    (project / "weights.bin").write_bytes(b"w" * 1000)  # ignored
+    (project / ".env").write_text("API_KEY=secret\n")  # a secret: never sent
+    clouds = "clouds:\n  - name: east\n  - name: west\n"
+    with running_server(tmp_path / "home", clouds) as server:
+        said = " ".join(server.cli("job", "run", "--name", "coded", "--cloud", "west", "--workdir", str(project), "--",
+                                   "python", "train.py").stderr.split())
+        assert "kept in the stores of east, west; left out as secrets: .env" in said, said
+        digest = re.search(r"code ([0-9a-f]{12}): 2 files", said)
+        assert digest, said
+        moved = tmp_path / "elsewhere"
+        project.rename(moved)  # the job cannot be reading the sender's folder
+        done = server.wait_for(lambda api: (j := api.get("/jobs/coded").json())["status"] in ("SUCCEEDED", "FAILED")
+                               and j, timeout=60)
+        with server.api() as api:
+            log = next(iter(api.get("/jobs/coded/logs").json().values()))
+        assert done["status"] == "SUCCEEDED", log
+        assert f"code {digest.group(1)} (2 files" in log and "fetched from the store of west" in log, log
+        assert "FILES ['config/params.json', 'train.py']" in log and "PARAMS 0.25" in log and "CHECKPOINTS True" in log
+        # each store keeps its manifest, as a code version of the project
+        for cloud in ("east", "west"):
+            assert list((tmp_path / "home-stores" / cloud).rglob("code.default/versions/*.json")), cloud
+
+        again = " ".join(server.cli("job", "run", "--name", "coded-again", "--workdir", str(moved), "--",
+                                    "python", "train.py").stderr.split())
+        assert f"code {digest.group(1)}: 2 files" in again and "(0 sent)" in again, again
+
+        # a command naming a file of the sender's folder, sent without it, would not find it there
+        script = os.path.relpath(moved / "train.py")
+        bad = server.cli("job", "run", "--name", "forgot", "--", "python", script, check=False)
+        assert bad.returncode != 0 and "--workdir ." in bad.stderr, bad.stderr
+        with server.api() as api:
+            r = api.post("/jobs", json={"name": "ghost", "command": ["true"], "code": "ab" * 32})
+        assert r.status_code == 400 and "no reachable store holds code abababababab" in r.json()["error"]["message"], r.text
+
+
+def test_placement_weighs_the_egress_of_bringing_a_jobs_data_to_a_cloud(tmp_path: Path) -> None:
+    data = tmp_path / "rows"
+    data.mkdir()
+    (data / "rows.bin").write_bytes(bytes(range(256)) * 8000)  # 2 MB, in west's store only
+    # east is cheaper by $0.02/h, but bringing 2 MB out of west at $50/GB costs $0.10 once
+    clouds = ("clouds:\n  - name: east\n    pricing: {price_per_hour: 0.10}\n"
+              "  - name: west\n    pricing: {price_per_hour: 0.12, egress_per_gb: 50}\n")
+    with running_server(tmp_path / "home", clouds) as server:
+        server.cli("dataset", "create", "rows", str(data), "--cloud", "west")
+        for name, extra in (("near-data", ["--data", "dataset:rows"]), ("no-data", [])):
+            server.cli("job", "run", "--name", name, *extra, "--", "true")
+        with server.api() as api:
+            def placed(name: str) -> tuple[str, str]:
+                attempt = server.wait_for(lambda api: (j := api.get(f"/jobs/{name}").json())["attempts"] and
+                                          j["attempts"][0])
+                events = api.get("/events", params={"object_id": attempt["id"]}).json()
+                return attempt["cloud"], next(e["reason"] for e in events if "placed on" in e["reason"])
+
+            cloud, why = placed("near-data")
+            assert cloud == "west", why
+            assert "next best east" in why and "$0.1000/h + $0.1024 once to bring 0.00205 GB of rows from west's store" \
+                in why, why
+            cloud, why = placed("no-data")
+            assert cloud == "east" and "once" not in why, why

@@ -119,3 +119,19 @@ def test_shipped_catalogs_have_dates_sources_and_gpus() -> None:
     assert {o.cloud for o in a100} == {"aws", "gcp", "azure", "lambda"}
     assert [o.price for o in a100] == sorted(o.price for o in a100)
     assert all(o.spot_price is not None for o in list_offerings(spot=True))
+
+
+def test_the_egress_of_a_jobs_data_counts_once_spread_over_its_hours() -> None:
+    """50 GB in aws's store: a cheaper gcp offering must pay 50 GB of aws egress (the catalog's
+    $0.09/GB, $4.50) to run there; worth it for a long run only, and the plan says why."""
+    aws_gb = builtin_catalogs()["aws"].egress_per_gb
+    assert aws_gb == 0.09
+    offers = [offering("aws", 0.192), offering("gcp", 0.15)]
+    states = {"gcp": CloudState(one_time_cost=50 * aws_gb, one_time_note="bring 50 GB of corpus from aws's store")}
+    short = optimize(PlacementRequest(objective=Objective(hours=1)), offers, states)
+    assert short.clouds() == {"aws": 1}
+    why = {r.cloud: r.reason for r in short.rejected}["gcp"]
+    assert "$0.1500/h + $4.5000 once to bring 50 GB of corpus from aws's store vs $0.1920/h" in why, why
+    long = optimize(PlacementRequest(objective=Objective(hours=200)), offers, states)
+    assert long.clouds() == {"gcp": 1}  # 0.15 + 4.5/200 = 0.1725 < 0.192
+    assert long.placements[0].one_time_cost == 4.5 and long.placements[0].note.startswith("bring 50 GB")

@@ -99,7 +99,7 @@ def _bulk(method: str, path: str) -> bool:
     """The many small calls of one transfer: a chunk sent, or the question which chunks to send.
     A push of a gigabyte is a thousand of them; its commit is what the audit log keeps."""
     return ((method == "PUT" and "/chunks/" in path) or (method == "POST" and path.endswith("/missing"))) and \
-        path.startswith(("/api/v1/datasets/", "/api/v1/attempts/self/"))
+        path.startswith(("/api/v1/datasets/", "/api/v1/code/", "/api/v1/attempts/self/"))
 
 
 def audit_requests(app: ASGIApp, store: Store) -> ASGIApp:

@@ -170,6 +170,38 @@ def _holders(p: Platform, row: DatasetRow, digest: str, first: str | None = None
     return out
 
 
+def data_moves(p: Platform, pinned: list[dict[str, object]]) -> dict[str, tuple[float, str]]:
+    """What bringing a job's pinned dataset versions to each cloud costs: per cloud whose store
+    lacks one, its bytes times the egress price of the cheapest cloud whose store holds it
+    ($ once, and what moves from where), for the optimizer to weigh against the hourly price."""
+    needs: list[tuple[str, int, dict[str, float]]] = []  # (name, bytes, holder cloud -> $/GB out of it)
+    for pin in pinned:
+        with p.store.session() as s:
+            row = s.get(DatasetRow, str(pin["name"]))
+            v = s.scalars(select(DatasetVersionRow).where(DatasetVersionRow.dataset == str(pin["name"]),
+                                                          DatasetVersionRow.digest == str(pin["digest"]))).first()
+            if row is None or v is None:
+                continue
+            s.expunge(row)
+            size = v.size
+        held = {view.store.name: p.configs[view.store.name].egress_per_gb()
+                for view in _holders(p, row, str(pin["digest"])) if view.store.name in p.configs}
+        if held:
+            needs.append((row.name, size, held))
+    moves: dict[str, tuple[float, str]] = {}
+    for cloud in p.stores:
+        dollars, notes = 0.0, []
+        for name, size, held in needs:
+            if cloud in held:
+                continue
+            source = min(held, key=lambda c: (held[c], c))
+            dollars += size / 1e9 * held[source]
+            notes.append(f"{size / 1e9:.3g} GB of {name} from {source}'s store (${held[source]:g}/GB)")
+        if notes:
+            moves[cloud] = (dollars, "bring " + ", ".join(notes))
+    return moves
+
+
 def record_version(p: Platform, name: str, manifest: Manifest, origin: dict[str, object]) -> DatasetVersionRow:
     """Number a committed manifest (the same manifest twice keeps its number)."""
     for _ in range(5):  # two commits at once may pick the same number: the loser takes the next

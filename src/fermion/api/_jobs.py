@@ -40,6 +40,8 @@ class JobSpec(BaseModel):
     model_name: str | None = Field(None, pattern=NAME_PATTERN, description="fine-tunes: the registry name of the result")
     datasets: list[str] = Field(default_factory=list, max_length=16,
                                 description="NAME or NAME@VERSION: fetched into $FERMION_DATA_DIR/NAME on the job's cloud")
+    code: str | None = Field(None, pattern="^[0-9a-f]{64}$",
+                             description="the digest of code sent to POST /api/v1/code: the command runs in it")
     project: str | None = Field(None, description="default: the token's project, else the user's only one, else default")
 
 
@@ -90,6 +92,15 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
             raise UserInputError(f"dataset {twice} is asked for at two versions", hint="give the job one version of it")
         unique = {pin["name"]: pin for pin in pinned.values()}
         stored["datasets"] = [{k: v for k, v in pin.items() if k != "paths"} for pin in unique.values()]
+    if spec.code is not None:
+        from ._code import holders
+
+        with p.store.session() as s:
+            require_project(s, project, me, "editor")  # before a word on what the project's stores hold
+        if not holders(p, project, spec.code):
+            raise UserInputError(f"no reachable store holds code {spec.code[:12]} of project {project}",
+                                 hint="send the folder with `fermion job run --workdir PATH`")
+        stored["code"] = spec.code
     if spec.workers > 1 and Path(command[0]).name not in ("python", "python3"):
         raise UserInputError("--workers needs a Python command", hint="e.g. -- python train.py")
     with p.store.session() as s:

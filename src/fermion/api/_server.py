@@ -37,6 +37,9 @@ from ._audit import router as audit_router
 from ._checkpoints import attempt_token, attempt_token_valid
 from ._checkpoints import datasets_router as attempt_datasets_router
 from ._checkpoints import router as checkpoints_router
+from ._code import attempt_router as attempt_code_router
+from ._code import router as code_router
+from ._datasets import data_moves
 from ._datasets import router as datasets_router
 from ._gateway_feed import router as gateway_feed_router
 from ._auth import require_token
@@ -120,7 +123,7 @@ class Platform:
                                                owner=f"{server_id}/deployments")
         self.jobs = JobController(self.store, self.scheduler, self.controller, owner=f"{server_id}/jobs",
                                   on_success=lambda s, job: on_job_success(self, s, job),
-                                  attempt_env=self.attempt_env)
+                                  attempt_env=self.attempt_env, data_moves=lambda pinned: data_moves(self, pinned))
         self.leadership = Leadership(self.store, server_id, public_url, on_lead=self._lead, on_follow=self._follow,
                                      follow_tick=self.controller.publish_from_store,
                                      every_step=self._sync_from_store)
@@ -265,6 +268,8 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(datasets_router)
     app.include_router(checkpoints_router)
     app.include_router(attempt_datasets_router)
+    app.include_router(code_router)
+    app.include_router(attempt_code_router)
     app.include_router(secrets_router)
     app.include_router(audit_router)
     app.include_router(access_router)

@@ -1,7 +1,8 @@
 """Runs one job attempt's command and records its exit code beside it (so that a server which
 restarted, and is no longer the parent, still learns how the attempt ended). Where the server
 gave the attempt a token, it also restores the job's newest checkpoint before the command starts
-and sends new ones to the stores while it runs (see _shipping.py)."""
+and sends new ones to the stores while it runs (see _shipping.py); where the job was sent with
+code, it fetches that into ``code/`` and runs the command there."""
 
 from __future__ import annotations
 
@@ -21,10 +22,19 @@ def _record(code: int) -> None:
     os.replace(tmp, "exit_code")
 
 
+CODE_DIR = "code"
+
+
 def _shipper():  # noqa: ANN202 - a Shipper, or None where checkpoints stay on this cloud
     folder = os.environ.get("FERMION_CHECKPOINT_DIR")
     server, token = os.environ.get("FERMION_SERVER_URL"), os.environ.pop("FERMION_ATTEMPT_TOKEN", None)
     data, names = os.environ.get("FERMION_DATA_DIR"), os.environ.get("FERMION_DATASETS", "")
+    if os.environ.get("FERMION_CODE"):
+        if not (server and token):
+            raise RuntimeError("the job has code to fetch, but no way to reach the server")
+        from ._shipping import fetch_code
+
+        fetch_code(server, token, Path(CODE_DIR).resolve())
     if data and names and server and token:
         from ._shipping import fetch_datasets
 
@@ -52,8 +62,9 @@ def main() -> None:
               flush=True)
         _record(FETCH_FAILED)
         sys.exit(FETCH_FAILED)
+    cwd = CODE_DIR if os.environ.get("FERMION_CODE") else None
     try:
-        child = subprocess.Popen(command)
+        child = subprocess.Popen(command, cwd=cwd)
     except OSError as exc:  # the job's own fault (a wrong path, not executable): say so, with the cause
         print(f"cannot run {command[0]!r}: {exc.strerror or exc}", file=sys.stderr, flush=True)
         _record(NOT_RUNNABLE)

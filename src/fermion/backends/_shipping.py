@@ -76,6 +76,19 @@ def fetch_datasets(server: str, token: str, names: list[str], root: Path) -> Non
                  f"fetched from the store of {version['cloud']} in {time.perf_counter() - started:.1f}s")
 
 
+def fetch_code(server: str, token: str, dest: Path) -> None:
+    """Put the job's code in ``dest``, from the nearest store that holds it."""
+    with server_client(server, token) as http:
+        r = http.get("/api/v1/attempts/self/code")
+        r.raise_for_status()
+        code = r.json()
+        started = time.perf_counter()
+        dest.mkdir(parents=True, exist_ok=True)
+        size = fetch_files(http, code["files"], "/api/v1/attempts/self/code/chunks", dest)
+        _say(f"code {code['digest'][:12]} ({len(code['files'])} files, {size} bytes) fetched from the store of "
+             f"{code['cloud']} in {time.perf_counter() - started:.1f}s")
+
+
 class Shipper:
     """Sends new snapshots of ``folder`` while the job runs; ``restore`` fills it first."""
 

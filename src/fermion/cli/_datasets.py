@@ -51,35 +51,45 @@ def _bar(description: str, total: int | None) -> Iterator[Any]:
         yield progress, task
 
 
-def _push(api: Api, name: str, path: Path, cloud: str | None, message: str, json_out: bool) -> None:
-    from ..data import plan_folder, send_chunks
+def send_plan(api: Api, plan: Any, description: str, missing_path: str, chunk_path: str,
+              where: dict[str, str | None]) -> Any:
+    """Send the chunks of a planned folder that the server's store lacks, with a bar of bytes;
+    ``where`` (the cloud, or the project) goes with each call. Returns the TransferReport."""
+    from ..data import Progress, send_chunks
 
-    import hashlib
-
-    from ..config import fermion_home
-
-    # what this machine read of the folder last time: unchanged files are not read again
-    cache = fermion_home() / "plans" / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.json"
-    with progress_console.status(f"chunking {path}…"):
-        plan = plan_folder(path, cache)
     chunks = plan.chunks
     missing: list[str] = []
     items = list(chunks.items())
     for i in range(0, len(items), 100_000):
-        missing += api.request("POST", f"/datasets/{name}/missing",
-                               json={"cloud": cloud, "chunks": dict(items[i:i + 100_000])})["missing"]
-    todo = sum(chunks[s] for s in missing)
+        missing += api.request("POST", missing_path, json={**where, "chunks": dict(items[i:i + 100_000])})["missing"]
+    params = {k: v for k, v in where.items() if v} or None
 
     def put(sha: str, data: bytes) -> int:
-        api.request("PUT", f"/datasets/{name}/chunks/{sha}", params={"cloud": cloud} if cloud else None, content=data,
+        api.request("PUT", f"{chunk_path}/{sha}", params=params, content=data,
                     headers={"content-type": "application/octet-stream"})
         return len(data)
 
-    from ..data import Progress
+    with _bar(description, sum(chunks[s] for s in missing)) as (progress, task):
+        return send_chunks(plan, missing, put, workers=WORKERS, progress=Progress(lambda n: progress.advance(task, n)))
 
-    with _bar(f"push {name}", todo) as (progress, task):
-        report = send_chunks(plan, missing, put, workers=WORKERS,
-                             progress=Progress(lambda n: progress.advance(task, n)))
+
+def plan_cache(path: Path) -> Path:
+    """What this machine read of a folder last time: unchanged files are not read again."""
+    import hashlib
+
+    from ..config import fermion_home
+
+    return fermion_home() / "plans" / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.json"
+
+
+def _push(api: Api, name: str, path: Path, cloud: str | None, message: str, json_out: bool,
+          cache: bool = True) -> None:
+    from ..data import plan_folder
+
+    with progress_console.status(f"chunking {path}…"):
+        plan = plan_folder(path, plan_cache(path) if cache else None)
+    report = send_plan(api, plan, f"push {name}", f"/datasets/{name}/missing", f"/datasets/{name}/chunks",
+                       {"cloud": cloud})
     version = api.request("POST", f"/datasets/{name}/versions",
                           json={"cloud": cloud, "message": message, "files": [e.model_dump() for e in plan.entries]})
     if json_out:
@@ -92,42 +102,134 @@ def _push(api: Api, name: str, path: Path, cloud: str | None, message: str, json
                   f"{_size(report.bytes_skipped)} were there already")
 
 
+SourceArg = Annotated[str | None, typer.Argument(
+    help="A folder, or a URL to import: s3://BUCKET/PREFIX, gs://..., az://..., file:///PATH, or http(s)://FILE.")]
+EndpointOpt = Annotated[str | None, typer.Option(help="For a source URL: an S3- or GCS-compatible server to read it from.")]
+SourceOptionOpt = Annotated[list[str] | None, typer.Option(
+    "--source-option", help="For a source URL: KEY=VALUE for its client, e.g. anon=true (repeat).")]
+
+
+@contextlib.contextmanager
+def _fetched(source: str, endpoint: str | None, options: list[str] | None) -> Iterator[tuple[Path, bool]]:
+    """The folder to push from ``source``: a folder as it is (and its plan cache is used), or a URL's
+    objects downloaded into a temporary one, with this machine's credentials for it (the server
+    never sees them), removed afterwards."""
+    import shutil
+    import tempfile
+    from urllib.parse import urlparse
+
+    if "://" not in source:
+        if not Path(source).is_dir():
+            raise UserInputError(f"{source} is not a folder", hint="give the folder that holds the dataset's files, or a URL")
+        yield Path(source), True
+        return
+    from ..config import fermion_home
+
+    tmp = Path(tempfile.mkdtemp(prefix="import-", dir=fermion_home()))
+    try:
+        scheme = urlparse(source).scheme
+        if scheme in ("http", "https"):
+            _download_http(source, tmp)
+        else:
+            _download_objects(source, endpoint, options, tmp)
+        yield tmp, False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _download_http(url: str, dest: Path) -> None:
+    import httpx
+    from urllib.parse import unquote, urlparse
+
+    name = unquote(urlparse(url).path.rstrip("/").rsplit("/", 1)[-1]) or "download"
+    try:
+        from ..data import safe_relpath
+
+        target = dest / safe_relpath(name)
+        with httpx.stream("GET", url, follow_redirects=True, timeout=60) as r:
+            if r.status_code != 200:
+                raise UserInputError(f"{url} answered HTTP {r.status_code}", hint="check the URL")
+            total = int(r.headers.get("content-length") or 0) or None
+            with _bar(f"fetch {name}", total) as (progress, task), open(target, "wb") as f:
+                for piece in r.iter_bytes(1 << 20):
+                    f.write(piece)
+                    progress.advance(task, len(piece))
+    except (httpx.HTTPError, ValueError) as exc:
+        raise UserInputError(f"cannot fetch {url}: {exc}", hint="check the URL and that this machine can reach it") from None
+
+
+def _download_objects(url: str, endpoint: str | None, options: list[str] | None, dest: Path) -> None:
+    from ..data import ObjectStore, StoreConfig, safe_relpath
+
+    opts: dict[str, Any] = {}
+    for item in options or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserInputError(f"--source-option {item!r} is not KEY=VALUE")
+        opts[key] = {"true": True, "false": False}.get(value.lower(), value)
+    try:
+        config = StoreConfig(url=url, endpoint=endpoint, options=opts)
+    except ValueError as exc:
+        raise UserInputError(f"invalid source URL: {exc}") from None
+    source = ObjectStore(config, url, create=False)
+    with progress_console.status(f"listing {url}…"):
+        objects = source.list("")
+    if not objects:
+        raise UserInputError(f"{url} holds no objects", hint="check the bucket, the prefix and the credentials")
+    with _bar(f"fetch {url}", sum(objects.values())) as (progress, task):
+        for key, size in sorted(objects.items()):
+            try:
+                target = dest / safe_relpath(key)
+            except ValueError as exc:
+                raise UserInputError(f"{url}: object {key!r} cannot be a file of a dataset: {exc}") from None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source.download(key, target)
+            progress.advance(task, size)
+
+
 @dataset_app.command("create")
 def create(
     name: Annotated[str, typer.Argument(help="The dataset's name (lowercase letters, digits, '-').")],
-    path: Annotated[Path | None, typer.Argument(help="A folder to push as the first version.")] = None,
+    source: SourceArg = None,
     cloud: Annotated[str | None, typer.Option(help="The cloud whose store holds it first (default: the first cloud).")] = None,
     encrypt: Annotated[bool, typer.Option("--encrypt", help="Encrypt it in every store; the server keeps the key.")] = False,
     project: Annotated[str | None, typer.Option(help="The project (default: your token's, or default).")] = None,
     description: Annotated[str, typer.Option(help="What the data is.")] = "",
     message: Annotated[str, typer.Option("-m", "--message", help="A note for the first version.")] = "",
+    endpoint: EndpointOpt = None,
+    source_option: SourceOptionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Create a dataset, and push a folder as its first version."""
-    if path is not None and not path.is_dir():
-        raise UserInputError(f"{path} is not a folder", hint="give the folder that holds the dataset's files")
-    api = Api()
-    out = api.request("POST", "/datasets", json={"name": name, "cloud": cloud, "encrypted": encrypt,
-                                                  "project": project, "description": description})
-    if not json_out:
-        console.print(f"dataset {name} created on {out['cloud']}{' (encrypted)' if encrypt else ''}")
-    if path is not None:
-        _push(api, name, path, cloud, message, json_out)
-    elif json_out:
-        print_json(out)
+    """Create a dataset, and push a folder or a URL's objects as its first version."""
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(_fetched(source, endpoint, source_option)) if source is not None else None
+        api = Api()  # the source is read first: a bad one leaves no empty dataset behind
+        out = api.request("POST", "/datasets", json={"name": name, "cloud": cloud, "encrypted": encrypt,
+                                                      "project": project, "description": description})
+        if not json_out:
+            console.print(f"dataset {name} created on {out['cloud']}{' (encrypted)' if encrypt else ''}")
+        if folder is not None:
+            _push(api, name, folder[0], cloud, message or (f"imported from {source}" if not folder[1] else ""),
+                  json_out, cache=folder[1])
+        elif json_out:
+            print_json(out)
 
 
 @dataset_app.command("push")
 def push(
     name: Annotated[str, typer.Argument(help="The dataset.")],
-    path: Annotated[Path, typer.Argument(help="The folder that becomes the next version.")],
+    source: Annotated[str, typer.Argument(help="The folder (or a URL, as for create) that becomes the next version.")],
     cloud: CloudOpt = None,
     message: Annotated[str, typer.Option("-m", "--message", help="A note for this version.")] = "",
+    endpoint: EndpointOpt = None,
+    source_option: SourceOptionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Push a folder as the next version: only chunks the store lacks are sent; an interrupted
     push sends the rest when run again."""
-    _push(Api(), name, path, cloud, message, json_out)
+    with _fetched(source, endpoint, source_option) as (folder, local):
+        _push(Api(), name, folder, cloud, message or (f"imported from {source}" if not local else ""), json_out,
+              cache=local)
 
 
 @dataset_app.command("pull")

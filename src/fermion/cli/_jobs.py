@@ -42,8 +42,7 @@ def _follow(api: Api, name: str, timeout: float) -> dict[str, Any]:
             time.sleep(0.5)
 
 
-def _submit(spec: dict[str, Any], follow: bool, timeout: float, json_out: bool) -> None:
-    api = Api()
+def _submit(api: Api, spec: dict[str, Any], follow: bool, timeout: float, json_out: bool) -> None:
     job = api.request("POST", "/jobs", json=spec)
     if follow:
         job = _follow(api, spec["name"], timeout)
@@ -69,12 +68,15 @@ def job_run(
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeat).")] = None,
     data: Annotated[list[str] | None, typer.Option(
         help="dataset:NAME[@VERSION] (repeat): fetched into $FERMION_DATA_DIR/NAME on the job's cloud.")] = None,
+    workdir: Annotated[Path | None, typer.Option(
+        help="A folder to send with the job (.gitignore, .fermionignore and secrets left out): the command runs "
+             "in a copy of it on the job's cloud.")] = None,
     project: ProjectOpt = None,
     follow: Annotated[bool, typer.Option(help="Wait for the job to end, showing progress.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to follow.")] = 3600,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run a command as a job: `fermion job run --name train -- python train.py`, or `--spec job.yaml`."""
+    """Run a command as a job: `fermion job run --name train --workdir . -- python train.py`, or `--spec job.yaml`."""
     from ..errors import UserInputError
 
     body: dict[str, Any] = {}
@@ -102,7 +104,44 @@ def job_run(
             body[key] = value
     if not body.get("name"):
         raise UserInputError("a job needs a name", hint="--name NAME, or name: in the spec")
-    _submit(body, follow, timeout, json_out)
+    folder = workdir if workdir is not None else body.pop("workdir", None)
+    if folder is not None and workdir is None and spec is not None:
+        folder = spec.parent / str(folder)  # a spec's workdir is relative to the spec
+    body.pop("workdir", None)
+    api = Api()
+    if folder is not None:
+        body["code"] = ship_code(api, Path(folder), body.get("project"), json_out)["digest"]
+    else:
+        local = next((a for a in body.get("command") or [] if isinstance(a, str) and not a.startswith("-")
+                      and not Path(a).is_absolute() and Path(a).is_file()), None)
+        if local is not None:  # it would not be there: the job runs on another machine
+            raise UserInputError(f"the command names {local}, a file of this folder, but the job runs on its cloud, "
+                                 "where only what is sent with it is", hint="send this folder with it: --workdir .")
+    _submit(api, body, follow, timeout, json_out)
+
+
+def ship_code(api: Api, root: Path, project: str | None, quiet: bool = False) -> dict[str, Any]:
+    """Send ``root``'s sources (as a photon's are picked) to the server as a job's code: only
+    the chunks its store lacks. Returns the code's digest, files, size and stores."""
+    from ..data import plan_folder
+    from ..errors import UserInputError
+    from ..photon.runtime import source_files
+    from ._datasets import plan_cache, progress_console, send_plan
+
+    if not root.is_dir():
+        raise UserInputError(f"--workdir {root} is not a folder", hint="give the folder that holds the job's code")
+    with progress_console.status(f"reading {root}…"):
+        selection = source_files(root.resolve(), kind="job")
+        plan = plan_folder(root, plan_cache(root), files=sorted(selection.files.items()))
+    if not plan.entries:
+        raise UserInputError(f"--workdir {root} holds no file to send", hint="check its .gitignore and .fermionignore")
+    report = send_plan(api, plan, f"code {root.name or root}", "/code/missing", "/code/chunks", {"project": project})
+    code = api.request("POST", "/code", json={"project": project, "files": [e.model_dump() for e in plan.entries]})
+    if not quiet:
+        skipped = f"; left out as secrets: {', '.join(selection.skipped)}" if selection.skipped else ""
+        progress_console.print(f"code {code['digest'][:12]}: {code['files']} files, {code['size']} bytes "
+                               f"({report.bytes_sent} sent), kept in the stores of {', '.join(code['stores'])}{skipped}")
+    return code
 
 
 def finetune(
@@ -144,7 +183,7 @@ def finetune(
                           "base": base_dir, "method": method, "epochs": epochs, "batch_size": batch_size,
                           "grad_accum": grad_accum, "lr": lr, "precision": precision,
                           "checkpoint_every": checkpoint_every, "seed": seed}
-    _submit({"name": name, "finetune": ft, "model_name": model_name, "clouds": cloud or [],
+    _submit(Api(), {"name": name, "finetune": ft, "model_name": model_name, "clouds": cloud or [],
              "resources": {"cpus": cpus, "memory_gb": 2}, "max_restarts": max_restarts, "project": project},
             follow, timeout, json_out)
 

@@ -39,6 +39,7 @@ class Pricing(BaseModel):
     instance_type: str | None = None
     price_per_hour: float | None = Field(None, ge=0)
     spot_price_per_hour: float | None = Field(None, ge=0)
+    egress_per_gb: float | None = Field(None, ge=0)  # $ per GB leaving this cloud; default: the catalog's, else 0
 
 
 class CloudConfig(BaseModel):
@@ -73,6 +74,18 @@ class CloudConfig(BaseModel):
         return Offering(cloud=self.name, region=self.regions[0], instance_type=itype, vcpus=self.capacity.cpus,
                         memory_gb=self.capacity.memory_gb, price=price, spot_price=spot,
                         latency_ms=self.inject.latency_ms)
+
+    def egress_per_gb(self) -> float:
+        """$ per GB that leaves this cloud (its store read by another cloud's workload)."""
+        p = self.pricing
+        if p.egress_per_gb is not None:
+            return p.egress_per_gb
+        if p.catalog:
+            from ..placement import builtin_catalogs
+
+            info = builtin_catalogs().get(p.catalog)
+            return info.egress_per_gb if info else 0.0
+        return 0.0
 
     def prices(self) -> tuple[float, float | None, str]:
         """(on-demand $/h, spot $/h or None, instance type) per replica on this cloud."""

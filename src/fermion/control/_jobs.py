@@ -22,7 +22,7 @@ from ..store import AttemptRow, JobRow, Store
 from ._deployments import LEASE_S, DeploymentController, StartFailed, start_or_clean_up
 from ._loop import ReconcileLoop
 from ._planner import AttemptView, JobPlan, JobView, Observation, plan_job
-from ._scheduler import LIVE_ATTEMPT_STATES, Need, Scheduler
+from ._scheduler import LIVE_ATTEMPT_STATES, Moves, Need, Scheduler
 
 log = logging.getLogger("fermion.controller")
 JOB_TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
@@ -33,11 +33,13 @@ class JobController(ReconcileLoop):
 
     def __init__(self, store: Store, scheduler: Scheduler, deployments: DeploymentController,
                  on_success: Callable[[Session, JobRow], None] | None = None, owner: str | None = None,
-                 attempt_env: Callable[[str], dict[str, str]] | None = None) -> None:
+                 attempt_env: Callable[[str], dict[str, str]] | None = None,
+                 data_moves: Callable[[list[dict]], Moves] | None = None) -> None:
         super().__init__()
         self.store, self.scheduler, self.deployments = store, scheduler, deployments
         # what lets an attempt send its checkpoints to the stores (the server's URL, its token)
         self.attempt_env = attempt_env
+        self.data_moves = data_moves  # what bringing a job's datasets to each cloud costs (asked of the stores)
         self.on_success = on_success  # called with (session, job) when a job succeeds
         self.owner = owner or f"jobs-{uuid.uuid4().hex[:12]}"
 
@@ -136,14 +138,18 @@ class JobController(ReconcileLoop):
             return None
         attempt_id = f"a-{uuid.uuid4().hex[:10]}"
         preempted = last is not None and last.state == "PREEMPTED"
+        moves = self.data_moves(job.spec["datasets"]) if self.data_moves and job.spec.get("datasets") else None
         choice = self.scheduler.choose(attempt_id, need, job.clouds or list(self.scheduler.backends), spot=job.spot,
-                                       last=last.cloud if preempted and last is not None else None)
+                                       last=last.cloud if preempted and last is not None else None, moves=moves)
         if choice.cloud is None:
             job.reason = "waiting for a cloud: " + "; ".join(choice.why_not or ["none allowed"])
             return None
         spot = job.spot and self.scheduler.capabilities(choice.cloud).spot
         s.add(AttemptRow(id=attempt_id, job=job.name, number=number, cloud=choice.cloud, resources=asdict(need),
                          spot=spot, state="STARTING", reason="starting"))
+        if choice.why:  # the plan's reasons: price, score, the data it must bring, the next best cloud
+            self.store.record(s, "attempt", attempt_id, "", "STARTING", f"attempt {number} of {job.name} placed on "
+                              f"{choice.cloud}: {choice.why}")
         # checkpoints: a folder of the attempt's own, on its own cloud; they reach another cloud
         # only through the stores (the attempt's wrapper sends and restores them)
         env = {**declared, "FERMION_CHECKPOINT_DIR": "checkpoints", "FERMION_JOB": job.name,
@@ -153,6 +159,8 @@ class JobController(ReconcileLoop):
         if job.checkpoint_dir:  # a job made before checkpoints went through the stores keeps its folder
             env["FERMION_CHECKPOINT_DIR"] = job.checkpoint_dir
             writable.append(Path(job.checkpoint_dir))
+        if job.spec.get("code"):  # the command runs in the job's code, fetched onto the cloud the same way
+            env["FERMION_CODE"] = job.spec["code"]
         if job.spec.get("datasets"):  # fetched by the attempt's wrapper from the nearest store that holds them
             env.update({"FERMION_DATA_DIR": "data", "FERMION_DATASETS": ",".join(d["name"] for d in job.spec["datasets"])})
         workload = Workload(id=attempt_id, kind="job", env=env, cpus=need.cpus, memory_gb=need.memory_gb, spot=spot,

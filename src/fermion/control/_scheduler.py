@@ -25,6 +25,7 @@ LIVE_ATTEMPT_STATES = ("STARTING", "RUNNING", "CANCELLING")
 CAPACITY_TTL_S = 5.0
 UNRECORDED_GRACE_S = 60.0  # longer than any write of a start's intent
 RANK_TTL_S = 1.0  # observed latencies move slowly; health changes clear the cache at once
+Moves = dict[str, tuple[float, str]]  # cloud -> ($ once to bring a workload's data there, what moves)
 
 
 @dataclass(frozen=True)
@@ -237,38 +238,47 @@ class Scheduler:
 
     # -- ranking ----------------------------------------------------------------------------
     def rank(self, names: Iterable[str], need: Need, *, spot: bool = False,
-             caps: dict[str, int] | None = None) -> tuple[list[str], str]:
-        """Healthy clouds among ``names``, best first by the optimizer's score (price, latency),
-        with at most ``caps[cloud]`` more replicas where given; and the optimizer's explanation.
-        Remembered for a moment: a pass places many alike replicas, and health changes forget it."""
+             caps: dict[str, int] | None = None, moves: Moves | None = None) -> tuple[list[str], str]:
+        """Healthy clouds among ``names``, best first by the optimizer's score (price, latency,
+        and the one-time cost of ``moves``: what bringing the workload's data to a cloud costs,
+        with what it is), with at most ``caps[cloud]`` more replicas where given; and the
+        optimizer's explanation. Remembered for a moment: a pass places many alike replicas, and
+        health changes forget it."""
         healthy = [n for n in sorted(set(names)) if self.healthy(n)]
         if not healthy:
             return [], ""
-        key = (tuple(healthy), need, spot, tuple(sorted(caps.items())) if caps is not None else None)
+        key = (tuple(healthy), need, spot, tuple(sorted(caps.items())) if caps is not None else None,
+               tuple(sorted((moves or {}).items())))
         now = time.monotonic()
         cached = self._ranked.get(key)
         if cached is not None and now - cached[0] < RANK_TTL_S:
             return list(cached[1]), cached[2]
-        order, why = self._rank(healthy, need, spot, caps)
+        order, why = self._rank(healthy, need, spot, caps, moves or {})
         if len(self._ranked) > 1000:
             self._ranked.clear()
         self._ranked[key] = (now, order, why)
         return list(order), why
 
-    def _rank(self, healthy: list[str], need: Need, spot: bool, caps: dict[str, int] | None) -> tuple[list[str], str]:
+    def _rank(self, healthy: list[str], need: Need, spot: bool, caps: dict[str, int] | None,
+              moves: Moves) -> tuple[list[str], str]:
         observed = self.observed_latency()
         offerings = [self.offering(n) for n in healthy]
         request = PlacementRequest(cpus=need.cpus, memory_gb=need.memory_gb, replicas=1,
                                    constraints=Constraints(spot_share=1.0 if spot else 0.0))
-        states = {n: CloudState(max_replicas=None if caps is None else max(0, caps.get(n, 0)),
-                                observed_latency_ms=observed.get(n)) for n in healthy}
+
+        def state(n: str, most: int | None) -> CloudState:
+            dollars, note = moves.get(n, (0.0, ""))
+            return CloudState(max_replicas=most, observed_latency_ms=observed.get(n), one_time_cost=dollars,
+                              one_time_note=note)
+
+        states = {n: state(n, None if caps is None else max(0, caps.get(n, 0))) for n in healthy}
         plan = optimize(request, offerings, states)
         if not plan.feasible and caps is not None:  # the spread cap is full everywhere: any healthy cloud
             plan = optimize(request, offerings, {k: v.model_copy(update={"max_replicas": None}) for k, v in states.items()})
         chosen = [p.cloud for p in plan.placements]
         rest = optimize(PlacementRequest(cpus=need.cpus, memory_gb=need.memory_gb, replicas=len(healthy),
                                          constraints=Constraints(spot_share=1.0 if spot else 0.0)),
-                        offerings, {n: CloudState(max_replicas=1, observed_latency_ms=observed.get(n)) for n in healthy})
+                        offerings, {n: state(n, 1) for n in healthy})
         ranked = [p.cloud for p in sorted(rest.placements, key=lambda p: (p.score, p.cloud))]
         order = chosen + [n for n in ranked + healthy if n not in chosen]
         order = list(dict.fromkeys(order))
@@ -276,18 +286,21 @@ class Scheduler:
         if plan.placements:
             p = plan.placements[0]
             why = f"${p.price_per_hour:.4f}/h, score {p.score:.4f}"
+            if p.one_time_cost > 0 or p.note:
+                why += f", ${p.one_time_cost:.4f} once to {p.note}"
             alt = next((x for x in plan.rejected if x.cloud in healthy), None)
             if alt is not None:
                 why += f"; next best {alt.cloud}: {alt.reason}"
         return order, why
 
     def choose(self, workload_id: str, need: Need, allowed: Iterable[str], *, spot: bool = False,
-               caps: dict[str, int] | None = None, only: str | None = None, last: str | None = None) -> Choice:
+               caps: dict[str, int] | None = None, only: str | None = None, last: str | None = None,
+               moves: Moves | None = None) -> Choice:
         """The best cloud with room for ``need``, its capacity reserved for ``workload_id``.
         ``last`` (the cloud that just lost this workload) goes to the back of the line."""
         allowed = list(allowed)
         why_not = [f"{n}: unhealthy" for n in sorted(allowed) if n in self.backends and not self.healthy(n)]
-        order, why = self.rank(allowed, need, spot=spot, caps=caps)
+        order, why = self.rank(allowed, need, spot=spot, caps=caps, moves=moves)
         if caps is not None:  # within the spread cap first: over it only where nothing else has room
             order = [n for n in order if caps.get(n, 0) > 0] + [n for n in order if caps.get(n, 0) <= 0]
         if only is not None and only in order:

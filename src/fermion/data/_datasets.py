@@ -242,8 +242,9 @@ class FolderPlan:
         return sum(e.size for e in self.entries)
 
 
-def plan_folder(root: Path, cache: Path | None = None) -> FolderPlan:
-    """Chunk and hash every file under ``root`` (nothing is sent yet). With ``cache`` (a JSON file
+def plan_folder(root: Path, cache: Path | None = None, files: list[tuple[str, Path]] | None = None) -> FolderPlan:
+    """Chunk and hash every file under ``root``, or just ``files`` (relative path, path), nothing
+    sent yet. With ``cache`` (a JSON file
     of this machine's), a file whose size, modification time, inode and change time are those
     recorded there is not read again: its entry is taken from the cache, as rsync trusts size and
     time. A file that changes later is still checked again when its chunks are sent."""
@@ -257,7 +258,7 @@ def plan_folder(root: Path, cache: Path | None = None) -> FolderPlan:
         except (OSError, ValueError):
             known = {}
     seen: dict[str, object] = {}
-    for rel, path in scan_folder(root):
+    for rel, path in scan_folder(root) if files is None else files:
         st = path.stat()
         stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
         cached = known.get(rel)

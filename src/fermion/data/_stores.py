@@ -62,8 +62,9 @@ class ObjectStore:
     """Put, get, list and delete whole objects under one root. Every call is safe from many
     threads at once; a put is atomic (a reader sees the old object, the new one, or none)."""
 
-    def __init__(self, config: StoreConfig, name: str = "") -> None:
+    def __init__(self, config: StoreConfig, name: str = "", *, create: bool = True) -> None:
         self.config = config
+        self.create = create  # make the bucket, container or folder if it is missing (not for a source to read)
         self.name = name or config.url
         parsed = urlparse(config.url)
         if config.protocol == "file":
@@ -93,10 +94,15 @@ class ObjectStore:
                 return
             try:
                 if self.fs is None:
-                    Path(self.root).mkdir(parents=True, exist_ok=True)
+                    if self.create:
+                        Path(self.root).mkdir(parents=True, exist_ok=True)
+                    elif not Path(self.root).is_dir():
+                        raise FileNotFoundError(self.root)
                 else:
                     _probe(self.config)  # a server that is down fails here, not after minutes of retries
                     if not self.fs.exists(self._bucket):
+                        if not self.create:
+                            raise FileNotFoundError(f"no bucket or container {self._bucket}")
                         self.fs.mkdir(self._bucket)
             except FileExistsError:
                 pass
@@ -137,6 +143,23 @@ class ObjectStore:
                 return Path(path).read_bytes()
             return self.fs.cat_file(path)
         except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: a folder store, under an object's key
+            raise NotFoundError(f"store {self.name} has no object {key}") from None
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(f"cannot read {key}", exc) from exc
+
+    def download(self, key: str, dest: Path) -> int:
+        """Write the object to the file ``dest`` without holding it in memory; returns its size."""
+        self.ensure()
+        path = self._path(key)
+        try:
+            if self.fs is None:
+                import shutil
+
+                shutil.copyfile(path, dest)
+            else:
+                self.fs.get_file(path, str(dest))
+            return dest.stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
             raise NotFoundError(f"store {self.name} has no object {key}") from None
         except Exception as exc:  # noqa: BLE001
             raise self._error(f"cannot read {key}", exc) from exc

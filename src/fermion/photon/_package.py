@@ -133,12 +133,13 @@ def _file_sha256(path: Path) -> str:
         return _stream_sha256(f)
 
 
-def _source_files(root: Path, include: Sequence[str | Path] = ()) -> Selection:
-    """Pick the files to pack under ``root``: not junk, not ignored, not secret, plus whatever ``include`` names."""
-    if is_fermion_home(root):  # its token and database sit beside the photon: nothing here is safe to pack
+def source_files(root: Path, include: Sequence[str | Path] = (), kind: str = "photon") -> Selection:
+    """Pick the files to pack under ``root``: not junk, not ignored, not secret, plus whatever
+    ``include`` names. ``kind`` (photon, job) names what is packed in the errors."""
+    if is_fermion_home(root):  # its token and database sit beside the sources: nothing here is safe to pack
         raise PhotonLoadError(
             f"{root} looks like a Fermion home (it holds cli.json or fermion.db); refusing to pack it",
-            hint="move the photon into a folder of its own",
+            hint=f"move the {kind} into a folder of its own",
         )
     sel = Selection()
     rules = IgnoreRules()
@@ -151,8 +152,9 @@ def _source_files(root: Path, include: Sequence[str | Path] = ()) -> Selection:
         total += sel.sizes[rel]
         if total > MAX_ARCHIVE_BYTES:  # checked as we go, so a huge tree fails fast
             raise PhotonLoadError(
-                f"the photon directory {root} holds more than {MAX_ARCHIVE_BYTES >> 20} MiB",
-                hint="keep weights out of the photon (load them in init()) or move the photon to its own folder",
+                f"the {kind} directory {root} holds more than {MAX_ARCHIVE_BYTES >> 20} MiB",
+                hint=f"keep weights and data out of the {kind} (a dataset, a .fermionignore) or move it to a folder "
+                     "of its own",
             )
 
     for dirpath, dirnames, filenames in os.walk(root):  # top-down, so a folder's ignore files load before its files
@@ -227,7 +229,7 @@ def build_archive(
         raise PhotonLoadError(f"{target} has no source file to package")
     source = Path(module_file).resolve()
     root = source.parent
-    selection = _source_files(root, [*include, source.name])  # the entry file is packed even if ignored
+    selection = source_files(root, [*include, source.name])  # the entry file is packed even if ignored
     paths = selection.files
     digests = {rel: _file_sha256(p) for rel, p in paths.items()}
     identity = {

@@ -3,7 +3,7 @@ archives, load a photon class, serve it, and the error shapes replicas answer wi
 from ``fermion.photon`` so that writing a photon does not import the server stack.)"""
 
 from ._loader import load_photon_class
-from ._package import build_archive, load_from_archive, read_manifest, verify_archive
+from ._package import build_archive, load_from_archive, read_manifest, source_files, verify_archive
 from ._replica_auth import read_secret_file
 from ._routes import error_response, validation_error_response
 from ._serve import DrainingServer, bind_socket, serve, write_port_file
@@ -18,6 +18,7 @@ __all__ = [
     "read_manifest",
     "read_secret_file",
     "serve",
+    "source_files",
     "validation_error_response",
     "verify_archive",
     "write_port_file",

@@ -36,6 +36,7 @@ class CatalogInfo(BaseModel):
     taken: str
     source: str
     offerings: list[Offering]
+    egress_per_gb: float = 0.0  # $ per GB leaving this cloud
 
 
 def _parse(data: dict[str, Any]) -> CatalogInfo:
@@ -45,7 +46,8 @@ def _parse(data: dict[str, Any]) -> CatalogInfo:
                  accelerator_count=r[5], price=r[6], spot_price=r[7])
         for r in data["offerings"]
     ]
-    return CatalogInfo(cloud=cloud, taken=str(data["taken"]), source=data["source"].strip(), offerings=rows)
+    return CatalogInfo(cloud=cloud, taken=str(data["taken"]), source=data["source"].strip(), offerings=rows,
+                       egress_per_gb=float(data.get("egress_per_gb", 0.0)))
 
 
 @cache

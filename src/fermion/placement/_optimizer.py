@@ -33,6 +33,7 @@ class Objective(BaseModel):
     alpha: float = Field(1.0, ge=0, description="weight of the performance penalty (per 100 ms of latency)")
     beta: float = Field(1.0, ge=0, description="weight of cost (per $/hour)")
     spot_penalty: float = Field(0.05, ge=0, description="added penalty of a spot replica (preemption risk)")
+    hours: float = Field(1.0, gt=0, description="the run time one-time costs (moving data in) are spread over")
 
 
 class PlacementRequest(BaseModel):
@@ -55,6 +56,8 @@ class CloudState(BaseModel):
     max_replicas: int | None = None  # free capacity or quota, in replicas of this request
     observed_latency_ms: float | None = None  # measured by the gateway; overrides catalog defaults
     failure_rate: float = 0.0  # measured share of failed requests / attempts
+    one_time_cost: float = Field(0.0, ge=0)  # $ once per replica placed here, e.g. egress to bring its data
+    one_time_note: str = ""  # what that cost is, for the plan's explanation
 
 
 class Placement(BaseModel):
@@ -66,6 +69,8 @@ class Placement(BaseModel):
     price_per_hour: float  # per replica
     performance_penalty: float
     score: float  # per replica
+    one_time_cost: float = 0.0  # per replica, spread over objective.hours in its score
+    note: str = ""  # what the one-time cost pays for
 
 
 class Rejection(BaseModel):
@@ -98,6 +103,8 @@ class _Variant:
     penalty: float
     score: float
     cap: int
+    once: float = 0.0  # $ once, per replica
+    note: str = ""
 
     @property
     def cloud(self) -> str:
@@ -152,7 +159,9 @@ def _solve(req: PlacementRequest, offerings: list[Offering], states: dict[str, C
             if price is None or (spot and spot_cap == 0):
                 continue
             pen = penalty + (obj.spot_penalty if spot else 0.0)
-            v = _Variant(o, spot, price, pen, obj.alpha * pen + obj.beta * price, n)
+            hourly = price + state.one_time_cost / obj.hours  # data moved in costs as if spread over the run
+            v = _Variant(o, spot, price, pen, obj.alpha * pen + obj.beta * hourly, n, state.one_time_cost,
+                         state.one_time_note)
             groups.setdefault((o.cloud, spot), []).append(v)
 
     cloud_cap: dict[str, int] = {}
@@ -204,18 +213,20 @@ def _solve(req: PlacementRequest, offerings: list[Offering], states: dict[str, C
             return infeasible("spread, capacity and spot share cannot all be met together")
     placements = [
         Placement(cloud=v.cloud, region=v.offering.region, instance_type=v.offering.instance_type, spot=v.spot,
-                  count=k, price_per_hour=v.price, performance_penalty=round(v.penalty, 6), score=round(v.score, 6))
+                  count=k, price_per_hour=v.price, performance_penalty=round(v.penalty, 6), score=round(v.score, 6),
+                  one_time_cost=round(v.once, 6), note=v.note)
         for v, k in zip(variants, counts, strict=True) if k > 0
     ]
     placements.sort(key=lambda p: (p.score, p.cloud))
     used = {p.cloud for p in placements}
-    worst = max(p.score for p in placements)
+    worst_p = max(placements, key=lambda p: p.score)
+    worst, top_price = worst_p.score, max(p.price_per_hour for p in placements)
     for v in sorted(variants, key=lambda v: v.score):
         if v.cloud in used or v.cloud in rejected:
             continue
         rejected[v.cloud] = (
             f"scores {v.score - worst:.4f} worse than the worst chosen placement "
-            f"(${v.price:.4f}/h vs ${max(p.price_per_hour for p in placements):.4f}/h)"
+            f"(${v.price:.4f}/h{_once(v.once, v.note)} vs ${top_price:.4f}/h{_once(worst_p.one_time_cost, worst_p.note)})"
         )
     return Plan(
         feasible=True, placements=placements,
@@ -223,6 +234,10 @@ def _solve(req: PlacementRequest, offerings: list[Offering], states: dict[str, C
         score=round(sum(p.score * p.count for p in placements), 6),
         rejected=[Rejection(cloud=k, reason=v) for k, v in sorted(rejected.items())], method=method,
     )
+
+
+def _once(dollars: float, note: str) -> str:
+    return f" + ${dollars:.4f} once to {note}" if dollars > 0 else ""
 
 
 def _greedy(variants: list[_Variant], cloud_cap: dict[str, int], n: int) -> list[int]:
