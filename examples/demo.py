@@ -226,6 +226,10 @@ def finetune_demo(server) -> None:  # noqa: ANN001
             console.print(line, markup=False)
     step("14. the registered model, its lineage, and serving it: fermion deploy --model tickets:1")
     console.print(server.cli("model", "list").stdout)
+    model = json.loads(server.cli("model", "show", "tickets:1", "--json").stdout)
+    console.print(f"tickets:1 is {model['artifact_uri'][:18]}…, {model['lineage']['bytes'] / 1e6:.1f} MB kept in the "
+                  f"stores of {', '.join(model['lineage']['stores'])} (the job's output went there; the server's "
+                  "disk holds no copy); each replica fetches it onto its own cloud")
     deployed = server.cli("deploy", "--model", "tickets:1", "--name", "support-router", "--public",
                           "--timeout", "180", check=False)
     if deployed.returncode != 0 or "READY" not in deployed.stdout:

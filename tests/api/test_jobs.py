@@ -131,6 +131,9 @@ def test_finetune_job_registers_a_model_that_serves(server: ServerProc, tmp_path
     assert j["result"]["accuracy"] > j["result"]["baseline_accuracy"] + 0.3
     assert len([m for m in j["metrics"] if "eval_accuracy" in m]) == 2
     model = json.loads(server.cli("model", "show", "tickets:1", "--json").stdout)
+    # the model is kept in the stores (the job's output went there), never in the server's home
+    assert model["artifact_uri"].startswith("store:") and model["lineage"]["stores"], model
+    assert not (server.home / "artifacts").exists()
     lineage = model["lineage"]
     assert Path(lineage["base_model"]).name == "model" and len(lineage["train_sha256"]) == 64
     assert lineage["job"] == "tickets" and lineage["attempts"] == 1 and lineage["code_version"].startswith("fermion")
@@ -142,5 +145,19 @@ def test_finetune_job_registers_a_model_that_serves(server: ServerProc, tmp_path
         "Dear support, my parcel arrived damaged. Please fix this."]}, timeout=30).json()
     assert answer[0]["label"] in {"account", "billing", "shipping", "technical"}
     assert abs(sum(answer[0]["probabilities"].values()) - 1) < 1e-3
+    with server.api() as api:  # the replica fetched the model onto its cloud, through the server
+        said = api.get("/deployments/tickets/logs").json()
+    digest = model["artifact_uri"].removeprefix("store:")[:12]
+    assert any(f"model {digest} (6 files" in text and "fetched from the store of" in text for text in said.values()), said
     refused = server.cli("model", "delete", "tickets:1", check=False)
     assert refused.returncode == 4 and "served by tickets" in refused.stderr
+
+    # a fine-tune from the registered model: its attempt fetches the base from the stores too
+    server.cli("finetune", "--name", "tickets-more", "--base", "tickets:1", "--model-name", "tickets", "--data",
+               str(train), "--eval-data", str(EXAMPLES / "data/tickets/eval.csv"), "--epochs", "1", "--batch-size", "8",
+               "--timeout", "300")
+    j2 = job(server, "tickets-more")
+    assert j2["status"] == "SUCCEEDED" and j2["result"]["model"] == "tickets:2", j2
+    assert f"model {digest} (6 files" in next(iter(logs(server, "tickets-more").values()))
+    second = json.loads(server.cli("model", "show", "tickets:2", "--json").stdout)
+    assert second["lineage"]["base_model"] == "tickets:1" and second["lineage"]["base_model_digest"].startswith(digest)

@@ -187,6 +187,16 @@ def policy(w: World) -> list[Rule]:
         Rule("PUT", f"/code/chunks/{'0' * 64}?project=ml", "editor"),  # allowed callers get a 400: no body
         Rule("POST", "/code", "editor", body=lambda: {"project": "ml", "files": w.files}),
         Rule("GET", "/attempts/self/code", "attempt"),
+        Rule("POST", "/attempts/self/output/missing", "attempt", body=lambda: {"chunks": {}}),
+        Rule("PUT", f"/attempts/self/output/chunks/{'0' * 64}", "attempt"),
+        Rule("POST", "/attempts/self/output", "attempt", body=lambda: {"files": []}),
+        Rule("GET", "/attempts/self/output/latest", "attempt"),
+        Rule("GET", f"/attempts/self/output/chunks/{'0' * 64}", "attempt"),
+        Rule("POST", "/attempts/self/metrics", "attempt", body=lambda: {"lines": ['{"step": 1}']}),
+        Rule("GET", "/attempts/self/model", "attempt"),
+        Rule("GET", f"/attempts/self/model/chunks/{'0' * 64}", "attempt"),
+        Rule("GET", "/replicas/self/model", "attempt"),  # a replica's own token only: every API token is refused
+        Rule("GET", f"/replicas/self/model/chunks/{'0' * 64}", "attempt"),
         Rule("GET", f"/attempts/self/code/chunks/{'0' * 64}", "attempt"),
         Rule("GET", "/secrets", "viewer", listing=True),
         Rule("PUT", "/secrets/k", "editor", body=lambda: {"value": "new-v4lue", "project": "ml"}),

@@ -9,6 +9,7 @@ versions its job was pinned to, from its own cloud's store where that holds them
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 import anyio
@@ -71,9 +72,6 @@ def require_attempt(request: Request) -> Caller:
         return Caller(attempt=row.id, job=row.job, cloud=row.cloud, project=job.project if job else DEFAULT_PROJECT)
 
 
-router = APIRouter(prefix="/api/v1/attempts/self/checkpoints", responses=ERROR_RESPONSES)
-
-
 class ChunkList(BaseModel):
     model_config = ConfigDict(extra="forbid")
     chunks: dict[str, Annotated[int, Strict()]] = Field(max_length=200_000)
@@ -90,9 +88,15 @@ def checkpoint_dataset(job: str) -> str:
     return f"checkpoints.{job}"
 
 
-def _view(p: Platform, cloud: str, me: Caller) -> DatasetView:
-    """The job's checkpoints in ``cloud``'s store; their chunks share the space of the job's project."""
-    return DatasetView(p.stores[cloud], checkpoint_dataset(me.job), space=me.project)
+def output_dataset(job: str) -> str:
+    """The name of a job's output (the folder $FERMION_JOB_OUTPUT as its last attempt left it)."""
+    return f"outputs.{job}"
+
+
+def job_view(p: Platform, cloud: str, name: str, project: str) -> DatasetView:
+    """A job's snapshots (checkpoints, output) in ``cloud``'s store; their chunks share the space of
+    the job's project."""
+    return DatasetView(p.stores[cloud], name, space=project)
 
 
 def _replica_cloud(p: Platform, me: Caller) -> str | None:
@@ -107,55 +111,126 @@ def _replica_cloud(p: Platform, me: Caller) -> str | None:
     return (ranked or others or [None])[0]
 
 
-@router.post("/missing")
-def missing(request: Request, body: ChunkList, me: Caller = Depends(require_attempt)) -> dict[str, object]:
-    p = request.app.state.platform
-    bad = next((sha for sha, size in body.chunks.items() if not SHA256.match(sha) or not 0 < size <= CHUNK_MAX), None)
-    if bad is not None:
-        raise UserInputError(f"invalid chunk {shorten(bad)!r}")
-    return {"missing": _view(p, me.cloud, me).lacking(body.chunks)}
+def snapshot_router(prefix: str, name_of: Callable[[str], str], keep: int, kind: str) -> APIRouter:
+    """The routes by which an attempt sends snapshots of one of its folders (``kind``: checkpoint,
+    output) to the stores, and fetches the newest back. Each store keeps a job's newest ``keep``."""
+    router = APIRouter(prefix=prefix, responses=ERROR_RESPONSES)
 
+    def view(p: Platform, cloud: str, me: Caller) -> DatasetView:
+        return job_view(p, cloud, name_of(me.job), me.project)
 
-@router.put("/chunks/{sha}", status_code=201)
-async def put_chunk(request: Request, sha: str, me: Caller = Depends(require_attempt)) -> dict[str, object]:
-    if not SHA256.match(sha):
-        raise UserInputError(f"invalid chunk name {shorten(sha)!r}")
-    body = await request.body()
-    if not 0 < len(body) <= CHUNK_MAX:
-        raise UserInputError(f"a chunk is 1..{CHUNK_MAX} bytes, not {len(body)}")
-    p = request.app.state.platform
-    written = await anyio.to_thread.run_sync(lambda: _view(p, me.cloud, me).put_chunk(sha, body))
-    return {"chunk": sha, "stored_bytes": written}
+    @router.post("/missing")
+    def missing(request: Request, body: ChunkList, me: Caller = Depends(require_attempt)) -> dict[str, object]:
+        p = request.app.state.platform
+        bad = next((sha for sha, size in body.chunks.items() if not SHA256.match(sha) or not 0 < size <= CHUNK_MAX), None)
+        if bad is not None:
+            raise UserInputError(f"invalid chunk {shorten(bad)!r}")
+        return {"missing": view(p, me.cloud, me).lacking(body.chunks)}
 
+    @router.put("/chunks/{sha}", status_code=201)
+    async def put_chunk(request: Request, sha: str, me: Caller = Depends(require_attempt)) -> dict[str, object]:
+        if not SHA256.match(sha):
+            raise UserInputError(f"invalid chunk name {shorten(sha)!r}")
+        body = await request.body()
+        if not 0 < len(body) <= CHUNK_MAX:
+            raise UserInputError(f"a chunk is 1..{CHUNK_MAX} bytes, not {len(body)}")
+        p = request.app.state.platform
+        written = await anyio.to_thread.run_sync(lambda: view(p, me.cloud, me).put_chunk(sha, body))
+        return {"chunk": sha, "stored_bytes": written}
 
-@router.post("", status_code=201)
-def commit(request: Request, body: Snapshot, me: Caller = Depends(require_attempt)) -> dict[str, object]:
-    """Seal a snapshot in the attempt's cloud's store, then copy it to one more cloud's store."""
-    import time
+    @router.post("", status_code=201)
+    def commit(request: Request, body: Snapshot, me: Caller = Depends(require_attempt)) -> dict[str, object]:
+        """Seal a snapshot in the attempt's cloud's store, then copy it to one more cloud's store."""
+        import time
 
-    p = request.app.state.platform
-    view = _view(p, me.cloud, me)
-    try:
-        manifest = Manifest(dataset=view.name, files=sorted(body.files, key=lambda f: f.path), created_at=time.time(),
-                            message=f"{body.label or 'snapshot'} by attempt {me.attempt} on {me.cloud}", space=view.space)
-    except ValidationError as exc:
-        raise UserInputError(f"invalid files for a snapshot: {exc.errors()[0]['msg']}") from None
-    view.commit(manifest)
-    copies = [me.cloud]
-    other = _replica_cloud(p, me)
-    if other is not None:
+        p = request.app.state.platform
+        here = view(p, me.cloud, me)
         try:
-            report = sync([view], _view(p, other, me), [manifest.digest])
-            if manifest.digest in report.versions:
-                copies.append(other)
-        except StoreError:
-            pass  # the snapshot is safe on its own cloud; the next one tries again
-    for cloud in copies:
-        _prune(_view(p, cloud, me))
+            manifest = Manifest(dataset=here.name, files=sorted(body.files, key=lambda f: f.path), created_at=time.time(),
+                                message=f"{body.label or kind} by attempt {me.attempt} on {me.cloud}", space=here.space)
+        except ValidationError as exc:
+            raise UserInputError(f"invalid files for a {kind}: {exc.errors()[0]['msg']}") from None
+        here.commit(manifest)
+        copies = [me.cloud]
+        other = _replica_cloud(p, me)
+        if other is not None:
+            try:
+                report = sync([here], view(p, other, me), [manifest.digest])
+                if manifest.digest in report.versions:
+                    copies.append(other)
+            except StoreError:
+                pass  # the snapshot is safe on its own cloud; the next one tries again
+        for cloud in copies:
+            _prune(view(p, cloud, me), keep)
+        with p.store.session() as s:
+            p.store.record(s, "job", me.job, "", kind, f"{body.label or kind} of attempt {me.attempt} "
+                           f"({manifest.size} bytes) kept in the stores of {', '.join(copies)}")
+        return {"digest": manifest.digest, "stores": copies}
+
+    @router.get("/latest")
+    def latest(request: Request, me: Caller = Depends(require_attempt)) -> dict[str, object]:
+        """The newest snapshot of the attempt's job any store that is up holds (404 if none)."""
+        p = request.app.state.platform
+        found = newest(p, name_of(me.job), me.project)
+        if found is None:
+            raise NotFoundError(f"job {me.job} has no {kind} in any reachable store")
+        m, cloud = found
+        return {"digest": m.digest, "cloud": cloud, "message": m.message, "created_at": m.created_at,
+                "files": [f.model_dump() for f in m.files]}
+
+    @router.get("/chunks/{sha}")
+    def get_chunk(request: Request, sha: str, me: Caller = Depends(require_attempt)) -> Response:
+        """A chunk of the job's snapshots, checked, from the attempt's own cloud's store if it holds it."""
+        from ._datasets import nearest_chunk
+
+        p = request.app.state.platform
+        return nearest_chunk(p, [me.cloud], lambda cloud: view(p, cloud, me), sha, f"job {me.job}'s {kind}s")
+
+    return router
+
+
+router = snapshot_router("/api/v1/attempts/self/checkpoints", checkpoint_dataset, KEEP, "checkpoint")
+output_router = snapshot_router("/api/v1/attempts/self/output", output_dataset, 1, "output")
+
+
+metrics_router = APIRouter(prefix="/api/v1/attempts/self/metrics", responses=ERROR_RESPONSES)
+METRICS_CAP = 16 << 20  # a job's metrics.jsonl on the server: past this, lines are dropped (and said so)
+
+
+class MetricLines(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lines: list[Annotated[str, Field(max_length=16_384)]] = Field(max_length=1000)
+
+
+@metrics_router.post("")
+def add_metrics(request: Request, body: MetricLines, me: Caller = Depends(require_attempt)) -> dict[str, object]:
+    """Lines the job wrote to $FERMION_JOB_OUTPUT/metrics.jsonl, sent on by its wrapper as they
+    come: the server keeps the job's metrics itself (a job never writes to the server's disk)."""
+    import json
+    from pathlib import Path
+
+    p = request.app.state.platform
+    kept = []
+    for line in body.lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            kept.append(json.dumps(row, separators=(",", ":")) + "\n")
     with p.store.session() as s:
-        p.store.record(s, "job", me.job, "", "checkpoint", f"{body.label or 'snapshot'} of attempt {me.attempt} "
-                       f"({manifest.size} bytes) kept in the stores of {', '.join(copies)}")
-    return {"digest": manifest.digest, "stores": copies}
+        job = s.get(JobRow, me.job)
+        folder = Path(job.output_dir) if job and job.output_dir else None
+    if folder is None or not kept:
+        return {"kept": 0}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "metrics.jsonl"
+    size = path.stat().st_size if path.exists() else 0
+    if size + sum(map(len, kept)) > METRICS_CAP:
+        raise UserInputError(f"job {me.job} has sent {size} bytes of metrics, the most the server keeps")
+    with path.open("a") as f:
+        f.writelines(kept)
+    return {"kept": len(kept)}
 
 
 def _prune(view: DatasetView, keep: int = KEEP) -> None:
@@ -168,11 +243,12 @@ def _prune(view: DatasetView, keep: int = KEEP) -> None:
         view.drop(m.digest)
 
 
-def newest(p: Platform, me: Caller) -> tuple[Manifest, str] | None:
-    """The newest snapshot of the attempt's job that a reachable store holds, and that store's cloud."""
+def newest(p: Platform, name: str, project: str) -> tuple[Manifest, str] | None:
+    """The newest snapshot named ``name`` (a job's checkpoints or output) that a reachable store
+    holds, and that store's cloud."""
     best: tuple[Manifest, str] | None = None
     for cloud in p.reachable_stores():
-        view = _view(p, cloud, me)
+        view = job_view(p, cloud, name, project)
         try:
             for digest in view.digests():
                 m = view.read(digest)
@@ -181,27 +257,6 @@ def newest(p: Platform, me: Caller) -> tuple[Manifest, str] | None:
         except (StoreError, CorruptChunk, NotFoundError):
             continue
     return best
-
-
-@router.get("/latest")
-def latest(request: Request, me: Caller = Depends(require_attempt)) -> dict[str, object]:
-    """The newest snapshot of the attempt's job any store that is up holds (404 if none)."""
-    p = request.app.state.platform
-    found = newest(p, me)
-    if found is None:
-        raise NotFoundError(f"job {me.job} has no checkpoint in any reachable store")
-    m, cloud = found
-    return {"digest": m.digest, "cloud": cloud, "message": m.message, "created_at": m.created_at,
-            "files": [f.model_dump() for f in m.files]}
-
-
-@router.get("/chunks/{sha}")
-def get_chunk(request: Request, sha: str, me: Caller = Depends(require_attempt)) -> Response:
-    """A chunk of the job's checkpoints, checked, from the attempt's own cloud's store if it holds it."""
-    from ._datasets import nearest_chunk
-
-    p = request.app.state.platform
-    return nearest_chunk(p, [me.cloud], lambda cloud: _view(p, cloud, me), sha, f"job {me.job}'s checkpoints")
 
 
 datasets_router = APIRouter(prefix="/api/v1/attempts/self/datasets", responses=ERROR_RESPONSES)

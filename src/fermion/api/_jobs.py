@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from .. import registry
 from ..backends import read_untrusted
-from ..errors import ConflictError, NotFoundError, UserInputError, shorten
+from ..errors import ConflictError, FermionError, NotFoundError, UserInputError, shorten
 from ..security import env_purpose
 from ..store import AttemptRow, JobRow, ModelVersionRow
 from ..train import FinetuneConfig
@@ -71,16 +71,25 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
                     raise UserInputError(f"{key}: dataset {pin['name']} v{pin['number']} has no file {shorten(inner)!r}",
                                          hint=f"see `fermion dataset show {pin['name']}`")
                 settings[key] = f"data/{pin['name']}/{inner}"  # where the attempt's wrapper puts it, on its cloud
-        try:
-            cfg = FinetuneConfig.model_validate({**settings, "output_dir": str(out_dir), "checkpoint_dir": None})
+        base_model = None
+        base = settings.get("base")
+        if isinstance(base, str) and ":" in base and not base.startswith("/"):  # a registry reference
+            base_model = pin_model(p, me, base, project)
+            # the wrapper puts a model of the stores there, on the attempt's cloud; an older one is shown read-only
+            settings["base"] = str(Path(base_model["folder"]) / "encoder") if "folder" in base_model else "base/encoder"
+        try:  # the output: a folder of each attempt's, on its cloud, sent to the stores when it succeeds
+            cfg = FinetuneConfig.model_validate({**settings, "output_dir": "output", "checkpoint_dir": None})
         except ValueError as exc:
             raise UserInputError(f"invalid fine-tune settings: {exc}") from exc
         for key in ("train_data", "eval_data"):
             value = getattr(cfg, key)
             if value is not None and not value.startswith("data/") and not Path(value).is_file():
                 raise UserInputError(f"{key} {value!r} is not a file on the server")
-        kind, stored = "finetune", {**cfg.model_dump(), "model_name": spec.model_name or spec.name}
-        command = ["python", "-m", "fermion.train", "--config", str(out_dir / "finetune.json")]
+        kind = "finetune"
+        stored = {"config": cfg.model_dump(), "model_name": spec.model_name or spec.name, "outputs": "stores"}
+        if base_model is not None:
+            stored["base_model"] = base_model
+        command = ["python", "-m", "fermion.train", "--config-env", "FERMION_FINETUNE_CONFIG"]
     elif not command:
         raise UserInputError("a job needs a command (after --) or fine-tune settings")
     if pinned:
@@ -112,10 +121,7 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
         if kind == "finetune" and other is not None and other != project:
             raise ConflictError(f"model name {model!r} belongs to another project", hint="pick another --model-name")
         p.secrets.check_references(s, spec.env, project)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if kind == "finetune":
-            (out_dir / "finetune.json").write_text(json.dumps({k: v for k, v in stored.items()
-                                                               if k not in ("model_name", "datasets")}))
+        out_dir.mkdir(parents=True, exist_ok=True)  # the server's own: the metrics its attempts send
         s.add(JobRow(name=spec.name, kind=kind, command=command, resources=spec.resources.model_dump(),
                      clouds=spec.clouds, env=p.secrets.seal_env(spec.env, env_purpose("job", spec.name)),
                      workers=spec.workers, spot=spec.spot, max_restarts=spec.max_restarts,
@@ -123,6 +129,18 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
                      project=project))
         p.store.record(s, "job", spec.name, "", "PENDING", f"{kind} job created")
     return job_out(p, spec.name)
+
+
+def pin_model(p, me: Principal, ref: str, project: str) -> dict[str, str]:  # noqa: ANN001
+    """A fine-tune's base: a registry version of its project's, pinned by digest (or, registered
+    before models went to the stores, by its folder)."""
+    from ._artifacts import resolve_model, stored_digest
+
+    with p.store.session() as s:
+        require_project(s, project, me, "viewer")
+        row = resolve_model(s, ref, project)
+        digest, pinned, folder = stored_digest(row.artifact_uri), f"{row.name}:{row.version}", row.artifact_uri
+    return {"ref": pinned, "digest": digest} if digest else {"ref": pinned, "folder": folder}
 
 
 def pin_dataset(p, me: Principal, ref: str) -> dict[str, Any]:  # noqa: ANN001
@@ -215,14 +233,21 @@ def cancel_job(request: Request, name: str) -> dict[str, Any]:
 
 
 def on_job_success(p, s, job: JobRow) -> None:  # noqa: ANN001
-    """A finished fine-tune becomes a new model version with its metrics and lineage."""
+    """A finished fine-tune becomes a new model version with its metrics and lineage: its model
+    kept in the stores that hold the job's output (or, for a job from before, copied from its folder)."""
     if job.kind != "finetune":
         return
-    output = Path(job.output_dir).resolve()
-    result = json.loads(read_untrusted(output / "result.json", 4 << 20))
-    artifact = Path(result["artifact"]).resolve()
-    if not artifact.is_relative_to(output) or artifact.is_symlink():  # the job says where: only its own output
-        raise UserInputError(f"the job's artifact {shorten(str(artifact))} is not inside its output folder")
+    if job.spec.get("outputs") == "stores":
+        from ._artifacts import job_result, register_output
+
+        result, output, holders = job_result(p, job)
+        artifact_uri, size, kept = register_output(p, job, output, holders)
+    else:
+        output_dir = Path(job.output_dir).resolve()
+        result = json.loads(read_untrusted(output_dir / "result.json", 4 << 20))
+        artifact = Path(result["artifact"]).resolve()
+        if not artifact.is_relative_to(output_dir) or artifact.is_symlink():  # the job says where: only its own output
+            raise UserInputError(f"the job's artifact {shorten(str(artifact))} is not inside its output folder")
     attempts = s.scalars(select(AttemptRow).where(AttemptRow.job == job.name)).all()
     from .. import __version__
 
@@ -231,11 +256,18 @@ def on_job_success(p, s, job: JobRow) -> None:  # noqa: ANN001
                             for d in job.spec.get("datasets", [])],
                "clouds": [a.cloud for a in sorted(attempts, key=lambda a: a.number)],
                "code_version": f"fermion {__version__}", "python": sys.version.split()[0]}
+    if job.spec.get("base_model"):  # a registry version, not the folder the attempt found it in
+        lineage["base_model"] = job.spec["base_model"]["ref"]
+        lineage["base_model_digest"] = job.spec["base_model"].get("digest")
     metrics = {"baseline": result["baseline"], "final": result["final"], "best": result["best"],
                "steps": result["steps"], "epochs": result["epochs_done"], "precision": result["precision"],
                "samples_per_second": result["samples_per_second"]}
-    row = registry.register(s, p.store, p.home, job.spec["model_name"], artifact, metrics, lineage,
-                            project=job.project)
+    name = job.spec["model_name"]
+    if job.spec.get("outputs") == "stores":
+        row = registry.record(s, p.store, name, registry.next_version(s, name), artifact_uri, metrics,
+                              {**lineage, "stores": kept, "bytes": size}, project=job.project)
+    else:
+        row = registry.register(s, p.store, p.home, name, artifact, metrics, lineage, project=job.project)
     job.result = {"model": f"{row.name}:{row.version}", "accuracy": result["final"]["accuracy"],
                   "baseline_accuracy": result["baseline"]["accuracy"]}
 
@@ -284,9 +316,20 @@ def promote_model(request: Request, ref: str, spec: PromoteSpec) -> dict[str, An
 
 @router.delete("/models/{ref}")
 def delete_model(request: Request, ref: str) -> dict[str, str]:
+    from ._artifacts import models_view, stored_digest
+
     p = _platform(request)
     with p.store.session() as s:
-        _model(s, ref, caller(request), "editor")
+        row = _model(s, ref, caller(request), "editor")
+        digest, project = stored_digest(row.artifact_uri), row.project
         registry.delete(s, p.store, ref, lambda d: p.secrets.open_env(
             s, d.env, env_purpose("deployment", d.name), missing_ok=True, project=d.project))
+        s.flush()
+        shared = s.scalars(select(ModelVersionRow).where(ModelVersionRow.artifact_uri == row.artifact_uri)).first()
+    if digest and shared is None:  # its manifest leaves the stores; its chunks go at a garbage collection
+        for cloud in p.reachable_stores():
+            try:
+                models_view(p, cloud, project).drop(digest)
+            except FermionError:
+                continue
     return {"deleted": ref, "at": str(time.time())}

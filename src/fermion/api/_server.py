@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -26,7 +27,7 @@ from ..config import stores_root
 from ..config import workloads_root as default_workloads_root
 from ..data import ObjectStore, StoreConfig, open_store
 from ..control import DeploymentController, JobController, Leadership, Scheduler, stop_on_retired_clouds, stop_orphans
-from ..errors import ConflictError, FermionError
+from ..errors import ConflictError, FermionError, UserInputError
 from ..gateway import Gateway, RoutingTable
 from ..photon.runtime import error_response, validation_error_response
 from ..security import SecretBox, hash_token, new_token
@@ -34,8 +35,12 @@ from ..store import DEFAULT_PROJECT, CloudRow, DeploymentRow, JobRow, ProjectRow
 from ._access import router as access_router
 from ._audit import audit_requests
 from ._audit import router as audit_router
+from ._artifacts import attempt_router as attempt_model_router
+from ._artifacts import replica_router as replica_model_router
 from ._checkpoints import attempt_token, attempt_token_valid
 from ._checkpoints import datasets_router as attempt_datasets_router
+from ._checkpoints import metrics_router as attempt_metrics_router
+from ._checkpoints import output_router as attempt_output_router
 from ._checkpoints import router as checkpoints_router
 from ._code import attempt_router as attempt_code_router
 from ._code import router as code_router
@@ -120,7 +125,7 @@ class Platform:
         self.controller = DeploymentController(self.store, self.scheduler, self.table,
                                                open_env=lambda s, env, purpose, project: self.secrets.open_env(
                                                    s, env, purpose, project=project),
-                                               owner=f"{server_id}/deployments")
+                                               owner=f"{server_id}/deployments", model_env=self.model_env)
         self.jobs = JobController(self.store, self.scheduler, self.controller, owner=f"{server_id}/jobs",
                                   on_success=lambda s, job: on_job_success(self, s, job),
                                   attempt_env=self.attempt_env, data_moves=lambda pinned: data_moves(self, pinned))
@@ -131,6 +136,26 @@ class Platform:
     def reachable_stores(self) -> list[str]:
         """The clouds whose stores can be used now: a cloud that is down has taken its store with it."""
         return [c for c in sorted(self.stores) if not self.clouds[c].down]
+
+    def model_env(self, s: Session, ref: str, project: str, replica_id: str) -> dict[str, str]:
+        """How a replica that serves registry model ``ref`` fetches it from the stores: the digest,
+        this server's URL (and certificate), and a token of the replica's own (when one is named)."""
+        from ._artifacts import replica_token, resolve_model, stored_digest
+
+        row = resolve_model(s, ref, project)
+        digest = stored_digest(row.artifact_uri)
+        if digest is None:
+            raise UserInputError(f"model {ref} is kept in a folder, not in the stores",
+                                 hint=f"deploy it with FERMION_MODEL_DIR={row.artifact_uri}")
+        if not self.public_url:
+            raise UserInputError("this server has no URL its replicas could fetch the model from",
+                                 hint="start it with --public-url")
+        env = {"FERMION_MODEL_DIGEST": digest, "FERMION_SERVER_URL": self.public_url}
+        if replica_id:
+            env["FERMION_REPLICA_TOKEN"] = replica_token(self, replica_id)
+        if self.server_ca_pem:
+            env["FERMION_SERVER_CA_PEM"] = self.server_ca_pem
+        return env
 
     def attempt_env(self, attempt_id: str) -> dict[str, str]:
         """How a job attempt reaches this server to send and fetch its checkpoints."""
@@ -268,6 +293,10 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(datasets_router)
     app.include_router(checkpoints_router)
     app.include_router(attempt_datasets_router)
+    app.include_router(attempt_output_router)
+    app.include_router(attempt_metrics_router)
+    app.include_router(attempt_model_router)
+    app.include_router(replica_model_router)
     app.include_router(code_router)
     app.include_router(attempt_code_router)
     app.include_router(secrets_router)

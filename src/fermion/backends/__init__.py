@@ -37,6 +37,10 @@ def __getattr__(name: str) -> object:
         from . import _ray_cluster
 
         return getattr(_ray_cluster, name)
+    if name == "fetch_model":  # what a replica runs before its photon loads: only where it serves a model
+        from ._shipping import fetch_model
+
+        return fetch_model
     raise AttributeError(f"module 'fermion.backends' has no attribute {name!r}")
 
 
@@ -53,6 +57,7 @@ __all__ = [
     "Status",
     "Workload",
     "local_ray_cluster",
+    "fetch_model",
     "make_backend",
     "read_untrusted",
 ]

@@ -22,6 +22,8 @@ from ..data import FolderPlan, plan_folder, safe_relpath, send_chunks, write_chu
 
 SHIP_EVERY_S = 0.5
 API = "/api/v1/attempts/self/checkpoints"
+OUTPUT_API = "/api/v1/attempts/self/output"
+METRICS_API = "/api/v1/attempts/self/metrics"
 
 
 def _say(message: str) -> None:
@@ -76,24 +78,37 @@ def fetch_datasets(server: str, token: str, names: list[str], root: Path) -> Non
                  f"fetched from the store of {version['cloud']} in {time.perf_counter() - started:.1f}s")
 
 
-def fetch_code(server: str, token: str, dest: Path) -> None:
-    """Put the job's code in ``dest``, from the nearest store that holds it."""
+def fetch_version(server: str, token: str, dest: Path, route: str, what: str) -> dict:
+    """Put the files ``route`` names (a job's code, a model) in ``dest``, each chunk from the nearest
+    store that holds it (``route``/chunks/SHA), each file checked against its sha256."""
     with server_client(server, token) as http:
-        r = http.get("/api/v1/attempts/self/code")
+        r = http.get(route)
         r.raise_for_status()
-        code = r.json()
+        found = r.json()
         started = time.perf_counter()
         dest.mkdir(parents=True, exist_ok=True)
-        size = fetch_files(http, code["files"], "/api/v1/attempts/self/code/chunks", dest)
-        _say(f"code {code['digest'][:12]} ({len(code['files'])} files, {size} bytes) fetched from the store of "
-             f"{code['cloud']} in {time.perf_counter() - started:.1f}s")
+        size = fetch_files(http, found["files"], f"{route}/chunks", dest)
+        _say(f"{what} {found['digest'][:12]} ({len(found['files'])} files, {size} bytes) fetched from the store of "
+             f"{found['cloud']} in {time.perf_counter() - started:.1f}s")
+        return found
+
+
+def fetch_code(server: str, token: str, dest: Path) -> None:
+    """Put the job's code in ``dest``, from the nearest store that holds it."""
+    fetch_version(server, token, dest, "/api/v1/attempts/self/code", "code")
+
+
+def fetch_model(server: str, token: str, dest: Path, route: str) -> None:
+    """Put a registered model's files in ``dest`` (a fine-tune's base, a replica's model)."""
+    fetch_version(server, token, dest, route, "model")
 
 
 class Shipper:
     """Sends new snapshots of ``folder`` while the job runs; ``restore`` fills it first."""
 
-    def __init__(self, server: str, token: str, folder: Path) -> None:
+    def __init__(self, server: str, token: str, folder: Path, api: str = API, what: str = "checkpoint") -> None:
         self.folder = folder
+        self.api, self.what = api, what
         self.http = server_client(server, token)
         self._last: tuple | None = None
         self._stop = threading.Event()
@@ -103,12 +118,12 @@ class Shipper:
     def restore(self) -> None:
         """Fetch the newest snapshot any reachable store holds (none yet: a first attempt)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        r = self.http.get(f"{API}/latest")
+        r = self.http.get(f"{self.api}/latest")
         if r.status_code == 404:
             return
         r.raise_for_status()
         snap = r.json()
-        fetch_files(self.http, snap["files"], f"{API}/chunks", self.folder)
+        fetch_files(self.http, snap["files"], f"{self.api}/chunks", self.folder)
         self._last = self._signature()
         _say(f"restored checkpoint {snap['message']!r} from the store of {snap['cloud']} "
              f"({sum(f['size'] for f in snap['files'])} bytes)")
@@ -138,20 +153,20 @@ class Shipper:
                 except FileNotFoundError:
                     continue  # replaced or removed just now: the next snapshot has it
             plan: FolderPlan = plan_folder(frozen)
-            missing = self.http.post(f"{API}/missing", json={"chunks": plan.chunks})
+            missing = self.http.post(f"{self.api}/missing", json={"chunks": plan.chunks})
             missing.raise_for_status()
 
             def put(sha: str, data: bytes) -> int:
-                r = self.http.put(f"{API}/chunks/{sha}", content=data)
+                r = self.http.put(f"{self.api}/chunks/{sha}", content=data)
                 r.raise_for_status()
                 return len(data)
 
             report = send_chunks(plan, missing.json()["missing"], put, workers=4)
             label = f"{len(plan.entries)} files"
-            r = self.http.post(API, json={"files": [e.model_dump() for e in plan.entries], "label": label})
+            r = self.http.post(self.api, json={"files": [e.model_dump() for e in plan.entries], "label": label})
             r.raise_for_status()
         self._last = signature
-        _say(f"checkpoint snapshot of {label} sent ({report.bytes_sent} new bytes), kept in the stores of "
+        _say(f"{self.what} snapshot of {label} sent ({report.bytes_sent} new bytes), kept in the stores of "
              f"{', '.join(r.json()['stores'])}")
         return True
 
@@ -164,14 +179,14 @@ class Shipper:
                 delay = SHIP_EVERY_S
             except Exception as exc:  # noqa: BLE001 - sending checkpoints must never stop the job
                 delay = min(delay * 2, 30.0)  # a server or store in trouble is not asked twice a second
-                _say(f"checkpoint not sent this time ({type(exc).__name__}: {exc}); next try in {delay:g}s")
+                _say(f"{self.what} not sent this time ({type(exc).__name__}: {exc}); next try in {delay:g}s")
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="checkpoint-shipper", daemon=True)
         self._thread.start()
 
-    def finish(self) -> None:
-        """Stop the loop and send what the job wrote last."""
+    def finish(self) -> bool:
+        """Stop the loop and send what the job wrote last. False if it could not be sent."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -180,7 +195,63 @@ class Shipper:
             try:
                 with self._lock:
                     self.ship()
-                return
+                return True
             except Exception as exc:  # noqa: BLE001
-                _say(f"last checkpoint not sent yet: {type(exc).__name__}: {exc}")
+                _say(f"last {self.what} not sent yet: {type(exc).__name__}: {exc}")
                 time.sleep(1)
+        return False
+
+
+class OutputShipper:
+    """The job's output folder ($FERMION_JOB_OUTPUT, on its own cloud): the lines of its
+    ``metrics.jsonl`` go to the server as they are written, and once the command succeeds the
+    folder goes to the stores, as a snapshot, for the server to take the job's result from."""
+
+    def __init__(self, server: str, token: str, folder: Path) -> None:
+        self.folder = folder
+        self.http = server_client(server, token)
+        self.snapshots = Shipper(server, token, folder, OUTPUT_API, "output")
+        self._sent = 0  # bytes of metrics.jsonl sent on
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def forward_metrics(self) -> None:
+        try:
+            with open(self.folder / "metrics.jsonl", "rb") as f:
+                f.seek(self._sent)
+                data = f.read(4 << 20)
+        except FileNotFoundError:
+            return
+        whole = data[: data.rfind(b"\n") + 1]  # complete lines only: the job may be writing the next
+        if not whole:
+            return
+        lines = whole.decode(errors="replace").splitlines()
+        for i in range(0, len(lines), 1000):
+            self.http.post(METRICS_API, json={"lines": lines[i:i + 1000]}).raise_for_status()
+        self._sent += len(whole)
+
+    def _run(self) -> None:
+        delay = SHIP_EVERY_S
+        while not self._stop.wait(delay):
+            try:
+                self.forward_metrics()
+                delay = SHIP_EVERY_S
+            except Exception:  # noqa: BLE001 - the metrics wait; the job goes on
+                delay = min(delay * 2, 30.0)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="metrics-forwarder", daemon=True)
+        self._thread.start()
+
+    def finish(self, code: int) -> bool:
+        """The last metrics, and (the command succeeded) the folder. False if they could not be sent."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        try:
+            self.forward_metrics()
+        except Exception as exc:  # noqa: BLE001
+            _say(f"the job's last metrics were not sent: {type(exc).__name__}: {exc}")
+        if code != 0 or not any(p.is_file() for p in self.folder.rglob("*")):
+            return True
+        return self.snapshots.finish()

@@ -46,7 +46,10 @@ def deploy(
     env = list(env or [])
     if model is not None:
         version = api.get(f"/models/{model}")
-        env.append(f"FERMION_MODEL_DIR={version['artifact_uri']}")
+        if version["artifact_uri"].startswith("store:"):  # each replica fetches it from the stores
+            env.append(f"FERMION_MODEL={version['name']}:{version['version']}")
+        else:  # registered before models went to the stores: its folder, shown read-only
+            env.append(f"FERMION_MODEL_DIR={version['artifact_uri']}")
         ref = ref or f"{Path(__file__).resolve().parents[1] / 'photons' / 'classifier' / 'photon.py'}:Classifier"
     if ref is None:
         raise UserInputError("give a photon to deploy, or --model NAME:VERSION")

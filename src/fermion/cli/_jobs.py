@@ -173,9 +173,9 @@ def finetune(
 
     if task != "classification":
         raise UserInputError(f"task {task!r} is not supported", hint="use --task classification")
-    base_dir = base
-    if base and ":" in base and not Path(base).exists():  # a registry reference
-        base_dir = str(Path(Api().get(f"/models/{base}")["artifact_uri"]) / "encoder")
+    # a folder is named by its absolute path; a registry reference NAME:VERSION, as it is (the
+    # server pins it, and each attempt fetches it from the stores)
+    base_dir = str(Path(base).resolve()) if base and Path(base).exists() else base
     def where(value: str | None) -> str | None:  # a dataset's file is found on the job's cloud; a path, here
         return value if value is None or value.startswith("dataset:") else str(Path(value).resolve())
 
@@ -195,7 +195,8 @@ def _show_job(job: dict[str, Any]) -> None:
         console.print(f"result: {job['result']}")
     print_table("attempts", ["#", "cloud", "state", "exit", "reason"],
                 [(a["number"], a["cloud"], a["state"], a["exit_code"], a["reason"]) for a in job["attempts"]])
-    evals = [m for m in job["metrics"] if "eval_accuracy" in m]
+    # per epoch, the last word: an attempt resumed from a checkpoint before an epoch's end evaluates it again
+    evals = list({m["epoch"]: m for m in job["metrics"] if "eval_accuracy" in m}.values())
     if evals:
         print_table("training curve (per epoch)", ["epoch", "step", "eval loss", "accuracy", "macro F1"],
                     [(m["epoch"], m["step"], f"{m['eval_loss']:.4f}", f"{m['eval_accuracy']:.3f}",

@@ -41,6 +41,7 @@ def run(
     from ..photon.runtime import serve
 
     secret = read_secret_file(auth_secret_file) if auth_secret_file is not None else None
+    _fetch_model()
     code = serve(
         resolve_photon(ref),
         auth_secret=secret,
@@ -51,6 +52,21 @@ def run(
         graceful_timeout_s=graceful_timeout,
     )
     raise typer.Exit(code)
+
+
+def _fetch_model() -> None:
+    """A replica that serves a registry model fetches it onto its cloud first, from the nearest
+    store that holds it, and finds it at $FERMION_MODEL_DIR (its token is gone before the photon loads)."""
+    import os
+
+    token = os.environ.pop("FERMION_REPLICA_TOKEN", None)
+    if not os.environ.get("FERMION_MODEL_DIGEST") or not token:
+        return
+    from ..backends import fetch_model
+
+    dest = Path("model").resolve()
+    fetch_model(os.environ["FERMION_SERVER_URL"], token, dest, "/api/v1/replicas/self/model")
+    os.environ["FERMION_MODEL_DIR"] = str(dest)
 
 
 @photon_app.command("build")

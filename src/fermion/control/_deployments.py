@@ -60,8 +60,11 @@ class _Start:
 
 class DeploymentController(ReconcileLoop):
     def __init__(self, store: Store, scheduler: Scheduler, table: RoutingTable, interval_s: float = 0.25,
-                 *, open_env: EnvOpener = plain_env, owner: str | None = None) -> None:
+                 *, open_env: EnvOpener = plain_env, owner: str | None = None,
+                 model_env: Callable[[Session, str, str, str], dict[str, str]] | None = None) -> None:
         super().__init__()
+        # (session, model ref, project, replica id) -> how that replica fetches the model from the stores
+        self.model_env = model_env
         self.store = store
         self.scheduler = scheduler
         self.table = table
@@ -282,6 +285,12 @@ class DeploymentController(ReconcileLoop):
         need = Need.of(d.resources)
         allowed = [n for n in self.scheduler.backends if not d.clouds or n in d.clouds]
         mounts = self.artifact_mounts(s, env.get("FERMION_MODEL_DIR"), d.project) if not why_not_at_all else []
+        model = env.get("FERMION_MODEL") if not why_not_at_all else None
+        if model and self.model_env is not None:
+            try:  # checked once per pass: a model deleted since stops every start with the reason
+                self.model_env(s, model, d.project, "")
+            except FermionError as exc:
+                why_not_at_all = f"cannot start: {exc}"
         starts, inserts, updates = [], [], []
         for rid, secret, state, created_for in pending:
             if state == "":
@@ -302,8 +311,9 @@ class DeploymentController(ReconcileLoop):
                 events.add("replica", rid, state or "PENDING", "PROVISIONING", reason)
                 row = {"id": rid, "state": "PROVISIONING", "reason": reason, "state_since": now,
                        "cloud": choice.cloud, "auth_secret": secret, "handle": None, "url": None}
+                fetch = self.model_env(s, model, d.project, rid) if model and self.model_env is not None else {}
                 starts.append(_Start(rid, choice.cloud, Workload(
-                    id=rid, kind="replica", env=dict(env), cpus=need.cpus, memory_gb=need.memory_gb,
+                    id=rid, kind="replica", env={**env, **fetch}, cpus=need.cpus, memory_gb=need.memory_gb,
                     archive=archive, secret=secret, read_only=mounts), choice.why))
             if state == "":
                 inserts.append({"deployment": d.name, "generation": d.generation, "photon_sha256": d.photon_sha256,

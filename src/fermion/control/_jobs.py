@@ -5,6 +5,7 @@ at most ``max_restarts`` times."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -155,7 +156,16 @@ class JobController(ReconcileLoop):
         env = {**declared, "FERMION_CHECKPOINT_DIR": "checkpoints", "FERMION_JOB": job.name,
                "FERMION_ATTEMPT": str(number), "FERMION_JOB_OUTPUT": job.output_dir,
                **(self.attempt_env(attempt_id) if self.attempt_env else {})}
-        writable = [Path(job.output_dir)]
+        writable = []
+        if job.spec.get("outputs") == "stores":  # the job writes its output on its cloud; the wrapper sends it
+            env["FERMION_JOB_OUTPUT"] = "output"
+        else:  # a job made before outputs went through the stores keeps its folder
+            writable.append(Path(job.output_dir))
+        if job.spec.get("config") is not None:  # a fine-tune's settings, read by `python -m fermion.train`
+            env["FERMION_FINETUNE_CONFIG"] = json.dumps(job.spec["config"])
+        base = job.spec.get("base_model") or {}
+        if base.get("digest"):  # a registered model in the stores: fetched onto the cloud like the data
+            env["FERMION_BASE_MODEL"] = base["digest"]
         if job.checkpoint_dir:  # a job made before checkpoints went through the stores keeps its folder
             env["FERMION_CHECKPOINT_DIR"] = job.checkpoint_dir
             writable.append(Path(job.checkpoint_dir))
@@ -165,7 +175,9 @@ class JobController(ReconcileLoop):
             env.update({"FERMION_DATA_DIR": "data", "FERMION_DATASETS": ",".join(d["name"] for d in job.spec["datasets"])})
         workload = Workload(id=attempt_id, kind="job", env=env, cpus=need.cpus, memory_gb=need.memory_gb, spot=spot,
                             command=list(job.command), workers=job.workers, writable=writable,
-                            read_only=self.deployments.artifact_mounts(s, job.spec.get("base"), job.project))
+                            read_only=[] if base.get("digest") else
+                            self.deployments.artifact_mounts(s, (job.spec.get("config") or job.spec).get("base"),
+                                                             job.project))
         return attempt_id, choice.cloud, workload
 
     def _write_start(self, name: str, attempt_id: str, cloud: str, result: Handle | ProvisionError) -> None:

@@ -20,18 +20,30 @@ STAGES = ("none", "staging", "production", "archived")
 MAX_VERSION = 2**31 - 1  # versions are stored as 32-bit integers (SQLite/PostgreSQL INTEGER)
 
 
+def next_version(s: Session, name: str) -> int:
+    if not re.match(NAME_PATTERN, name):  # it names a folder or a store key: never a path
+        raise UserInputError(f"invalid model name {shorten(name)!r}", hint="use lowercase letters, digits and '-'")
+    return (s.scalar(select(func.max(ModelVersionRow.version)).where(ModelVersionRow.name == name)) or 0) + 1
+
+
 def register(s: Session, store: Store, home: Path, name: str, artifact: Path, metrics: dict[str, Any],
              lineage: dict[str, Any], project: str = DEFAULT_PROJECT) -> ModelVersionRow:
-    """Copy ``artifact`` into the artifact store as the next version of ``name``."""
-    if not re.match(NAME_PATTERN, name):  # it names a folder: never a path
-        raise UserInputError(f"invalid model name {shorten(name)!r}", hint="use lowercase letters, digits and '-'")
-    version = (s.scalar(select(func.max(ModelVersionRow.version)).where(ModelVersionRow.name == name)) or 0) + 1
+    """Copy ``artifact`` into the server's artifact folder as the next version of ``name`` (a job
+    made before outputs went through the stores)."""
+    version = next_version(s, name)
     dest = home / "artifacts" / name / f"v{version}"
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(artifact, dest, symlinks=True)  # a link the job left stays a link, never the file it points at
-    row = ModelVersionRow(name=name, version=version, project=project, artifact_uri=str(dest), metrics=metrics, lineage=lineage,
-                          created_at=time.time())
+    return record(s, store, name, version, str(dest), metrics, lineage, project)
+
+
+def record(s: Session, store: Store, name: str, version: int, artifact_uri: str, metrics: dict[str, Any],
+           lineage: dict[str, Any], project: str = DEFAULT_PROJECT) -> ModelVersionRow:
+    """Register version ``version`` of ``name``, whose artifact is at ``artifact_uri`` (a folder, or
+    store:DIGEST for one kept in the clouds' stores)."""
+    row = ModelVersionRow(name=name, version=version, project=project, artifact_uri=artifact_uri, metrics=metrics,
+                          lineage=lineage, created_at=time.time())
     s.add(row)
     store.record(s, "model", f"{name}:{version}", "", "none", f"registered from {lineage.get('job', 'a job')}")
     return row
@@ -84,11 +96,14 @@ def promote(s: Session, store: Store, ref: str, stage: str) -> ModelVersionRow:
 def delete(s: Session, store: Store, ref: str, env_of: Callable[[DeploymentRow], dict[str, str]]) -> None:
     """Delete a version, unless a deployment serves it (``env_of`` gives a deployment's opened env)."""
     row = get_version(s, ref)
+    refs = {f"{row.name}:{row.version}", f"{row.name}:v{row.version}"}
     users = [d.name for d in s.scalars(select(DeploymentRow)).all()
-             if d.status != "DELETING" and env_of(d).get("FERMION_MODEL_DIR") == row.artifact_uri]
+             if d.status != "DELETING" and (env_of(d).get("FERMION_MODEL_DIR") == row.artifact_uri
+                                            or env_of(d).get("FERMION_MODEL") in refs)]
     if users:
         raise ConflictError(f"model {row.name}:{row.version} is served by {', '.join(users)}",
                             hint="delete or redeploy those deployments first")
-    shutil.rmtree(row.artifact_uri, ignore_errors=True)
+    if not row.artifact_uri.startswith("store:"):  # one in the stores: its chunks go at a garbage collection
+        shutil.rmtree(row.artifact_uri, ignore_errors=True)
     store.record(s, "model", f"{row.name}:{row.version}", row.stage, "deleted", "deleted by user")
     s.delete(row)

@@ -1,9 +1,11 @@
-"""`python -m fermion.train --config config.json`: one fine-tune attempt (as a job runs it)."""
+"""`python -m fermion.train --config config.json` (or ``--config-env NAME``, the JSON in that
+environment variable, as a job's attempt gets it): one fine-tune attempt."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,9 +14,12 @@ from . import FinetuneConfig, finetune
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True, help="a JSON file of FinetuneConfig fields")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="a JSON file of FinetuneConfig fields")
+    source.add_argument("--config-env", help="an environment variable holding that JSON")
     args = parser.parse_args()
-    cfg = FinetuneConfig.model_validate(json.loads(Path(args.config).read_text()))
+    text = Path(args.config).read_text() if args.config else os.environ[args.config_env]
+    cfg = FinetuneConfig.model_validate(json.loads(text))
 
     def progress(row: dict) -> None:
         print(json.dumps(row), flush=True)
