@@ -100,6 +100,9 @@ here = pathlib.Path.cwd()
 print("FILES", sorted(p.relative_to(here).as_posix() for p in here.rglob("*") if p.is_file()), flush=True)
 print("PARAMS", json.loads(pathlib.Path("config/params.json").read_text())["lr"], flush=True)
 print("CHECKPOINTS", pathlib.Path(os.environ["FERMION_CHECKPOINT_DIR"]).is_absolute(), flush=True)
+out = pathlib.Path(os.environ["FERMION_JOB_OUTPUT"])  # the attempt's own, on its cloud
+(out / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\\n' + "x" * 20000 + '\\n[1, 2]\\n{"step": 2}\\n')
+(out / "report.txt").write_text("done")
 """
 
 
@@ -129,6 +132,11 @@ def test_a_job_runs_in_the_code_sent_with_it_which_it_gets_through_the_stores(tm
         assert done["status"] == "SUCCEEDED", log
         assert f"code {digest.group(1)} (2 files" in log and "fetched from the store of west" in log, log
         assert "FILES ['config/params.json', 'train.py']" in log and "PARAMS 0.25" in log and "CHECKPOINTS True" in log
+        # its metrics reached the server line by line (what is not a JSON object dropped), its output the stores
+        assert done["metrics"] == [{"step": 1, "loss": 0.5}, {"step": 2}], done["metrics"]
+        with server.api() as api:
+            events = [e["reason"] for e in api.get("/events", params={"object_id": "coded"}).json()]
+        assert any(r.startswith("2 files of attempt") and "kept in the stores of west, east" in r for r in events), events
         # each store keeps its manifest, as a code version of the project
         for cloud in ("east", "west"):
             assert list((tmp_path / "home-stores" / cloud).rglob("code.default/versions/*.json")), cloud

@@ -102,14 +102,26 @@ def register_output(p: Platform, job: JobRow, output: Manifest, holders: list[st
     return f"{STORE_URI}{manifest.digest}", manifest.size, kept
 
 
-def _model_files(p: Platform, project: str, digest: str, first: str | None, ref: str) -> dict[str, object]:
+def _read_model(p: Platform, project: str, digest: str, first: str | None, ref: str) -> tuple[Manifest, str]:
     for cloud in model_holders(p, project, digest, first):
         try:
-            m = models_view(p, cloud, project).read(digest)
+            return models_view(p, cloud, project).read(digest), cloud
         except (NotFoundError, CorruptChunk, StoreError):
             continue
-        return {"model": ref, "digest": digest, "cloud": cloud, "files": [f.model_dump() for f in m.files]}
     raise NotFoundError(f"no reachable store holds model {ref} ({digest[:12]})")
+
+
+def _model_files(p: Platform, project: str, digest: str, first: str | None, ref: str) -> dict[str, object]:
+    m, cloud = _read_model(p, project, digest, first, ref)
+    return {"model": ref, "digest": digest, "cloud": cloud, "files": [f.model_dump() for f in m.files]}
+
+
+def _model_chunk(p: Platform, project: str, digest: str, first: str, ref: str, sha: str) -> Response:
+    """A chunk of that model version (and of nothing else its project's space holds)."""
+    from ._datasets import named_chunks, nearest_chunk
+
+    allowed = named_chunks((f"models.{project}", digest), lambda: _read_model(p, project, digest, first, ref)[0])
+    return nearest_chunk(p, [first], lambda c: models_view(p, c, project), sha, f"model {ref}", allowed=allowed)
 
 
 # -- a fine-tune's base model, for its attempts ----------------------------------------------------
@@ -134,11 +146,9 @@ def attempt_model(request: Request, me: Caller = Depends(require_attempt)) -> di
 
 @attempt_router.get("/chunks/{sha}")
 def attempt_model_chunk(request: Request, sha: str, me: Caller = Depends(require_attempt)) -> Response:
-    from ._datasets import nearest_chunk
-
     p = request.app.state.platform
-    ref, _ = _base_of(p, me)
-    return nearest_chunk(p, [me.cloud], lambda c: models_view(p, c, me.project), sha, f"model {ref}")
+    ref, digest = _base_of(p, me)
+    return _model_chunk(p, me.project, digest, me.cloud, ref, sha)
 
 
 # -- the model a replica serves ----------------------------------------------------------------------
@@ -200,7 +210,4 @@ def replica_model(request: Request, me: ReplicaCaller = Depends(require_replica)
 
 @replica_router.get("/chunks/{sha}")
 def replica_model_chunk(request: Request, sha: str, me: ReplicaCaller = Depends(require_replica)) -> Response:
-    from ._datasets import nearest_chunk
-
-    p = request.app.state.platform
-    return nearest_chunk(p, [me.cloud], lambda c: models_view(p, c, me.project), sha, f"model {me.ref}")
+    return _model_chunk(request.app.state.platform, me.project, me.digest, me.cloud, me.ref, sha)

@@ -195,23 +195,29 @@ output_router = snapshot_router("/api/v1/attempts/self/output", output_dataset, 
 
 metrics_router = APIRouter(prefix="/api/v1/attempts/self/metrics", responses=ERROR_RESPONSES)
 METRICS_CAP = 16 << 20  # a job's metrics.jsonl on the server: past this, lines are dropped (and said so)
+METRIC_LINE_MAX = 16_384
 
 
 class MetricLines(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    lines: list[Annotated[str, Field(max_length=16_384)]] = Field(max_length=1000)
+    lines: list[str] = Field(max_length=1000)
 
 
 @metrics_router.post("")
 def add_metrics(request: Request, body: MetricLines, me: Caller = Depends(require_attempt)) -> dict[str, object]:
     """Lines the job wrote to $FERMION_JOB_OUTPUT/metrics.jsonl, sent on by its wrapper as they
-    come: the server keeps the job's metrics itself (a job never writes to the server's disk)."""
+    come: the server keeps the job's metrics in a folder of its own, which no workload sees. A line
+    that is not a JSON object, or is longer than 16 KiB, is dropped; past 16 MiB, all are."""
     import json
+    import os
+    import stat
     from pathlib import Path
 
     p = request.app.state.platform
     kept = []
     for line in body.lines:
+        if len(line) > METRIC_LINE_MAX:
+            continue
         try:
             row = json.loads(line)
         except ValueError:
@@ -220,17 +226,22 @@ def add_metrics(request: Request, body: MetricLines, me: Caller = Depends(requir
             kept.append(json.dumps(row, separators=(",", ":")) + "\n")
     with p.store.session() as s:
         job = s.get(JobRow, me.job)
-        folder = Path(job.output_dir) if job and job.output_dir else None
-    if folder is None or not kept:
-        return {"kept": 0}
+        # a job made before outputs went through the stores has that folder mounted: never written here
+        folder = Path(job.output_dir) if job and job.output_dir and job.spec.get("outputs") == "stores" else None
+    if folder is None:
+        raise NotFoundError(f"job {me.job} sends no metrics this way")
+    if not kept:
+        return {"kept": 0, "full": False}
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "metrics.jsonl"
-    size = path.stat().st_size if path.exists() else 0
-    if size + sum(map(len, kept)) > METRICS_CAP:
-        raise UserInputError(f"job {me.job} has sent {size} bytes of metrics, the most the server keeps")
-    with path.open("a") as f:
+    fd = os.open(folder / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    with os.fdopen(fd, "a") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UserInputError(f"job {me.job}'s metrics file is not a file")
+        if st.st_size + sum(map(len, kept)) > METRICS_CAP:
+            return {"kept": 0, "full": True}
         f.writelines(kept)
-    return {"kept": len(kept)}
+    return {"kept": len(kept), "full": False}
 
 
 def _prune(view: DatasetView, keep: int = KEEP) -> None:
@@ -295,8 +306,11 @@ def dataset_version(request: Request, name: str, me: Caller = Depends(require_at
 def dataset_chunk(request: Request, name: str, sha: str, me: Caller = Depends(require_attempt)) -> Response:
     from ._datasets import _key, dataset_space, nearest_chunk
 
+    from ._datasets import _read, named_chunks
+
     p = request.app.state.platform
-    row, _ = _pinned(p, me, name)
+    row, digest = _pinned(p, me, name)
     key, space = _key(p, row), dataset_space(row)
+    allowed = named_chunks((name, digest), lambda: _read(p, row, digest, me.cloud))
     return nearest_chunk(p, [me.cloud], lambda cloud: DatasetView(p.stores[cloud], name, key, space), sha,
-                         f"dataset {name}")
+                         f"dataset {name}", allowed=allowed)

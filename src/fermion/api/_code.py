@@ -28,6 +28,7 @@ router = APIRouter(prefix="/api/v1/code", responses=ERROR_RESPONSES, dependencie
 attempt_router = APIRouter(prefix="/api/v1/attempts/self/code", responses=ERROR_RESPONSES)
 MAX_FILES = 100_000
 COPIES = 2  # the stores that keep a job's code: the loss of one cloud loses none
+MAX_CODE_BYTES = 200 * 1024 * 1024  # as a photon's sources
 
 
 def code_view(p: Platform, cloud: str, project: str) -> DatasetView:
@@ -100,6 +101,9 @@ def commit(request: Request, body: CodeCommit) -> dict[str, object]:
                             space=view.space)
     except ValidationError as exc:
         raise UserInputError(f"invalid files for a job's code: {exc.errors()[0]['msg']}") from None
+    if manifest.size > MAX_CODE_BYTES:
+        raise UserInputError(f"a job's code is {MAX_CODE_BYTES >> 20} MiB at most, not {manifest.size >> 20} MiB",
+                             hint="keep data and weights out of it: a dataset, a .fermionignore")
     if not view.has(manifest.digest):
         view.commit(manifest)
     kept = [homes[0]]
@@ -136,25 +140,31 @@ def _job_code(p: Platform, me: Caller) -> str:
     return digest
 
 
+def _read_code(p: Platform, me: Caller, digest: str) -> tuple[Manifest, str]:
+    for cloud in holders(p, me.project, digest, me.cloud):
+        try:
+            return code_view(p, cloud, me.project).read(digest), cloud
+        except (NotFoundError, CorruptChunk, StoreError):
+            continue
+    raise NotFoundError(f"no reachable store holds the code of job {me.job} ({digest[:12]})",
+                        hint="send the job again (`fermion job run --workdir ...`) once a store that held it is back")
+
+
 @attempt_router.get("")
 def attempt_code(request: Request, me: Caller = Depends(require_attempt)) -> dict[str, object]:
     """The files of the attempt's job's code, from the nearest store that holds them."""
     p = request.app.state.platform
     digest = _job_code(p, me)
-    for cloud in holders(p, me.project, digest, me.cloud):
-        try:
-            m = code_view(p, cloud, me.project).read(digest)
-        except (NotFoundError, CorruptChunk, StoreError):
-            continue
-        return {"digest": digest, "cloud": cloud, "files": [f.model_dump() for f in m.files]}
-    raise NotFoundError(f"no reachable store holds the code of job {me.job} ({digest[:12]})",
-                        hint="send the job again (`fermion job run --workdir ...`) once a store that held it is back")
+    m, cloud = _read_code(p, me, digest)
+    return {"digest": digest, "cloud": cloud, "files": [f.model_dump() for f in m.files]}
 
 
 @attempt_router.get("/chunks/{sha}")
 def attempt_code_chunk(request: Request, sha: str, me: Caller = Depends(require_attempt)) -> Response:
-    from ._datasets import nearest_chunk
+    from ._datasets import named_chunks, nearest_chunk
 
     p = request.app.state.platform
-    _job_code(p, me)
-    return nearest_chunk(p, [me.cloud], lambda cloud: code_view(p, cloud, me.project), sha, f"job {me.job}'s code")
+    digest = _job_code(p, me)
+    allowed = named_chunks((f"code.{me.project}", digest), lambda: _read_code(p, me, digest)[0])
+    return nearest_chunk(p, [me.cloud], lambda cloud: code_view(p, cloud, me.project), sha, f"job {me.job}'s code",
+                         allowed=allowed)

@@ -170,10 +170,26 @@ def _holders(p: Platform, row: DatasetRow, digest: str, first: str | None = None
     return out
 
 
+_MOVES: dict[tuple[int, tuple[str, ...]], tuple[float, dict[str, tuple[float, str]]]] = {}
+MOVES_TTL_S = 10.0  # a job waiting for a cloud asks on every pass: the stores are asked this often at most
+
+
 def data_moves(p: Platform, pinned: list[dict[str, object]]) -> dict[str, tuple[float, str]]:
     """What bringing a job's pinned dataset versions to each cloud costs: per cloud whose store
     lacks one, its bytes times the egress price of the cheapest cloud whose store holds it
     ($ once, and what moves from where), for the optimizer to weigh against the hourly price."""
+    key = (id(p), tuple(sorted(f"{pin['name']}@{pin['digest']}" for pin in pinned)))
+    cached = _MOVES.get(key)
+    if cached is not None and time.monotonic() - cached[0] < MOVES_TTL_S:
+        return cached[1]
+    moves = _data_moves(p, pinned)
+    if len(_MOVES) > 1000:
+        _MOVES.clear()
+    _MOVES[key] = (time.monotonic(), moves)
+    return moves
+
+
+def _data_moves(p: Platform, pinned: list[dict[str, object]]) -> dict[str, tuple[float, str]]:
     needs: list[tuple[str, int, dict[str, float]]] = []  # (name, bytes, holder cloud -> $/GB out of it)
     for pin in pinned:
         with p.store.session() as s:
@@ -390,12 +406,30 @@ def get_chunk(request: Request, name: str, sha: str, cloud: str | None = None) -
                          hint=f"`fermion dataset verify {name}`, then `fermion dataset sync`")
 
 
+_NAMED_CHUNKS: dict[tuple[str, str], frozenset[str]] = {}
+
+
+def named_chunks(key: tuple[str, str], read: Callable[[], Manifest]) -> frozenset[str]:
+    """The chunks a manifest names (``key``: its view's name and its digest), remembered: a manifest
+    is named by its digest, so what it names never changes."""
+    found = _NAMED_CHUNKS.get(key)
+    if found is None:
+        found = frozenset(read().chunk_sizes())
+        if len(_NAMED_CHUNKS) > 1000:
+            _NAMED_CHUNKS.clear()
+        _NAMED_CHUNKS[key] = found
+    return found
+
+
 def nearest_chunk(p: Platform, first: list[str | None], view_of: Callable[[str], DatasetView], sha: str, what: str,
-                  hint: str | None = None) -> Response:
+                  hint: str | None = None, allowed: frozenset[str] | None = None) -> Response:
     """A chunk's plain bytes, checked, from the first reachable store that holds it intact: the
-    clouds of ``first`` before the others."""
+    clouds of ``first`` before the others. With ``allowed``, only a chunk of those (a workload
+    reads the chunks of what it was given, not whatever else its project's space holds)."""
     if not SHA256.match(sha):
         raise UserInputError(f"invalid chunk name {shorten(sha)!r}", hint="a chunk is named by the sha256 of its bytes")
+    if allowed is not None and sha not in allowed:
+        raise NotFoundError(f"{what} has no chunk {sha[:12]}…")
     up = p.reachable_stores()
     errors = []
     for cloud in [c for c in dict.fromkeys([*first, *up]) if c in up]:

@@ -92,6 +92,13 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
         command = ["python", "-m", "fermion.train", "--config-env", "FERMION_FINETUNE_CONFIG"]
     elif not command:
         raise UserInputError("a job needs a command (after --) or fine-tune settings")
+    else:  # the output: a folder of each attempt's, on its cloud, sent to the stores when it succeeds
+        stored["outputs"] = "stores"
+    if kind == "finetune" and spec.code is not None:
+        raise UserInputError("a fine-tune runs Fermion's trainer: it takes no code", hint="leave out --workdir")
+    if not p.public_url:  # its wrapper could send and fetch nothing
+        raise UserInputError("this server has no URL its job attempts could reach it by",
+                             hint="run it with `fermion server start`, which serves at that URL")
     if pinned:
         by_name: dict[str, set[str]] = {}
         for pin in pinned.values():

@@ -149,7 +149,7 @@ class Platform:
                                  hint=f"deploy it with FERMION_MODEL_DIR={row.artifact_uri}")
         if not self.public_url:
             raise UserInputError("this server has no URL its replicas could fetch the model from",
-                                 hint="start it with --public-url")
+                                 hint="run it with `fermion server start`, which serves at that URL")
         env = {"FERMION_MODEL_DIGEST": digest, "FERMION_SERVER_URL": self.public_url}
         if replica_id:
             env["FERMION_REPLICA_TOKEN"] = replica_token(self, replica_id)

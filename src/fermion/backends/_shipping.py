@@ -212,23 +212,39 @@ class OutputShipper:
         self.http = server_client(server, token)
         self.snapshots = Shipper(server, token, folder, OUTPUT_API, "output")
         self._sent = 0  # bytes of metrics.jsonl sent on
+        self._full = False
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def forward_metrics(self) -> None:
+    def forward_metrics(self) -> bool:
+        """Send the complete lines written since the last call (4 MiB at most). True if there may be more."""
+        with self._lock:  # the loop's last call may still be under way when the job ends
+            return self._forward()
+
+    def _forward(self) -> bool:
         try:
             with open(self.folder / "metrics.jsonl", "rb") as f:
                 f.seek(self._sent)
                 data = f.read(4 << 20)
         except FileNotFoundError:
-            return
-        whole = data[: data.rfind(b"\n") + 1]  # complete lines only: the job may be writing the next
-        if not whole:
-            return
-        lines = whole.decode(errors="replace").splitlines()
+            return False
+        end = data.rfind(b"\n") + 1  # complete lines only: the job may be writing the next
+        if end == 0:
+            if len(data) == 4 << 20:  # one line longer than a read: skipped (the server keeps none that long)
+                self._sent += len(data)
+                return True
+            return False
+        lines = data[:end].split(b"\n")[:-1]
         for i in range(0, len(lines), 1000):
-            self.http.post(METRICS_API, json={"lines": lines[i:i + 1000]}).raise_for_status()
-        self._sent += len(whole)
+            batch = lines[i:i + 1000]
+            r = self.http.post(METRICS_API, json={"lines": [x.decode(errors="replace") for x in batch]})
+            r.raise_for_status()
+            self._sent += sum(len(x) + 1 for x in batch)  # each batch once: a failed one is sent again, not those before
+            if r.json().get("full") and not self._full:
+                self._full = True
+                _say("the server keeps no more of this job's metrics (16 MiB of them)")
+        return len(data) == 4 << 20
 
     def _run(self) -> None:
         delay = SHIP_EVERY_S
@@ -236,7 +252,9 @@ class OutputShipper:
             try:
                 self.forward_metrics()
                 delay = SHIP_EVERY_S
-            except Exception:  # noqa: BLE001 - the metrics wait; the job goes on
+            except Exception as exc:  # noqa: BLE001 - the metrics wait; the job goes on
+                if delay == SHIP_EVERY_S:
+                    _say(f"metrics not sent this time ({type(exc).__name__}: {exc}); trying again")
                 delay = min(delay * 2, 30.0)
 
     def start(self) -> None:
@@ -249,7 +267,8 @@ class OutputShipper:
         if self._thread is not None:
             self._thread.join(timeout=30)
         try:
-            self.forward_metrics()
+            while self.forward_metrics():  # to the end of the file
+                pass
         except Exception as exc:  # noqa: BLE001
             _say(f"the job's last metrics were not sent: {type(exc).__name__}: {exc}")
         if code != 0 or not any(p.is_file() for p in self.folder.rglob("*")):

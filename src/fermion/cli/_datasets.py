@@ -141,7 +141,7 @@ def _download_http(url: str, dest: Path) -> None:
     import httpx
     from urllib.parse import unquote, urlparse
 
-    name = unquote(urlparse(url).path.rstrip("/").rsplit("/", 1)[-1]) or "download"
+    name = unquote(urlparse(url).path.rstrip("/").rsplit("/", 1)[-1]).replace("/", "_") or "download"
     try:
         from ..data import safe_relpath
 
@@ -154,12 +154,22 @@ def _download_http(url: str, dest: Path) -> None:
                 for piece in r.iter_bytes(1 << 20):
                     f.write(piece)
                     progress.advance(task, len(piece))
-    except (httpx.HTTPError, ValueError) as exc:
-        raise UserInputError(f"cannot fetch {url}: {exc}", hint="check the URL and that this machine can reach it") from None
+    except (httpx.HTTPError, ValueError, OSError) as exc:
+        raise UserInputError(f"cannot fetch {public_url(url)}: {exc}",
+                             hint="check the URL and that this machine can reach it") from None
+
+
+def public_url(url: str) -> str:
+    """``url`` without what may be a credential: a user and password, a (presigned) query."""
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    return u._replace(netloc=u.hostname + (f":{u.port}" if u.port else "") if u.hostname else u.netloc,
+                      query="", fragment="").geturl()
 
 
 def _download_objects(url: str, endpoint: str | None, options: list[str] | None, dest: Path) -> None:
-    from ..data import ObjectStore, StoreConfig, safe_relpath
+    from ..data import ObjectStore, StoreConfig, StoreError, safe_relpath
 
     opts: dict[str, Any] = {}
     for item in options or []:
@@ -172,19 +182,22 @@ def _download_objects(url: str, endpoint: str | None, options: list[str] | None,
     except ValueError as exc:
         raise UserInputError(f"invalid source URL: {exc}") from None
     source = ObjectStore(config, url, create=False)
-    with progress_console.status(f"listing {url}…"):
-        objects = source.list("")
-    if not objects:
-        raise UserInputError(f"{url} holds no objects", hint="check the bucket, the prefix and the credentials")
-    with _bar(f"fetch {url}", sum(objects.values())) as (progress, task):
-        for key, size in sorted(objects.items()):
-            try:
-                target = dest / safe_relpath(key)
-            except ValueError as exc:
-                raise UserInputError(f"{url}: object {key!r} cannot be a file of a dataset: {exc}") from None
-            target.parent.mkdir(parents=True, exist_ok=True)
-            source.download(key, target)
-            progress.advance(task, size)
+    try:
+        with progress_console.status(f"listing {url}…"):
+            objects = source.list("")
+        if not objects:
+            raise UserInputError(f"{url} holds no objects", hint="check the bucket, the prefix and the credentials")
+        with _bar(f"fetch {url}", sum(objects.values())) as (progress, task):
+            for key, size in sorted(objects.items()):
+                try:
+                    target = dest / safe_relpath(key)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    source.download(key, target)
+                except (ValueError, OSError) as exc:  # e.g. both "a" and "a/b": a file cannot be a folder too
+                    raise UserInputError(f"{url}: object {key!r} cannot be a file of a dataset: {exc}") from None
+                progress.advance(task, size)
+    except StoreError as exc:
+        raise StoreError(exc.message, hint="check the URL, --endpoint and the --source-option credentials") from None
 
 
 @dataset_app.command("create")
@@ -209,8 +222,8 @@ def create(
         if not json_out:
             console.print(f"dataset {name} created on {out['cloud']}{' (encrypted)' if encrypt else ''}")
         if folder is not None:
-            _push(api, name, folder[0], cloud, message or (f"imported from {source}" if not folder[1] else ""),
-                  json_out, cache=folder[1])
+            note = message or ("" if folder[1] else f"imported from {public_url(source)}")
+            _push(api, name, folder[0], cloud, note, json_out, cache=folder[1])
         elif json_out:
             print_json(out)
 
@@ -228,8 +241,8 @@ def push(
     """Push a folder as the next version: only chunks the store lacks are sent; an interrupted
     push sends the rest when run again."""
     with _fetched(source, endpoint, source_option) as (folder, local):
-        _push(Api(), name, folder, cloud, message or (f"imported from {source}" if not local else ""), json_out,
-              cache=local)
+        note = message or ("" if local else f"imported from {public_url(source)}")
+        _push(Api(), name, folder, cloud, note, json_out, cache=local)
 
 
 @dataset_app.command("pull")

@@ -56,7 +56,8 @@ def run(
 
 def _fetch_model() -> None:
     """A replica that serves a registry model fetches it onto its cloud first, from the nearest
-    store that holds it, and finds it at $FERMION_MODEL_DIR (its token is gone before the photon loads)."""
+    store that holds it, and finds it at $FERMION_MODEL_DIR (the photon's environment no longer
+    holds the token; it is good for that model alone)."""
     import os
 
     token = os.environ.pop("FERMION_REPLICA_TOKEN", None)

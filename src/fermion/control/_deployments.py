@@ -472,7 +472,8 @@ class DeploymentController(ReconcileLoop):
             return []
         resolved = Path(path).resolve()
         versions = s.scalars(select(ModelVersionRow.artifact_uri).where(ModelVersionRow.project == project)).all()
-        if resolved.is_dir() and any(resolved.is_relative_to(Path(uri).resolve()) for uri in versions):
+        folders = [Path(uri).resolve() for uri in versions if not uri.startswith("store:")]  # not the stores' ones
+        if resolved.is_dir() and any(resolved.is_relative_to(folder) for folder in folders):
             return [resolved]
         return []
 

@@ -13,10 +13,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..errors import ConflictError, NotFoundError, UserInputError, shorten
-from ..store import DEFAULT_PROJECT, DeploymentRow, ModelVersionRow, Store
+from ..store import DEFAULT_PROJECT, DeploymentRow, JobRow, ModelVersionRow, Store
 from ..types import NAME_PATTERN
 
 STAGES = ("none", "staging", "production", "archived")
+JOB_ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
 MAX_VERSION = 2**31 - 1  # versions are stored as 32-bit integers (SQLite/PostgreSQL INTEGER)
 
 
@@ -94,16 +95,27 @@ def promote(s: Session, store: Store, ref: str, stage: str) -> ModelVersionRow:
 
 
 def delete(s: Session, store: Store, ref: str, env_of: Callable[[DeploymentRow], dict[str, str]]) -> None:
-    """Delete a version, unless a deployment serves it (``env_of`` gives a deployment's opened env)."""
+    """Delete a version, unless a deployment serves it (``env_of`` gives a deployment's opened env)
+    or an unfinished fine-tune starts from it."""
     row = get_version(s, ref)
-    refs = {f"{row.name}:{row.version}", f"{row.name}:v{row.version}"}
-    users = [d.name for d in s.scalars(select(DeploymentRow)).all()
-             if d.status != "DELETING" and (env_of(d).get("FERMION_MODEL_DIR") == row.artifact_uri
-                                            or env_of(d).get("FERMION_MODEL") in refs)]
+
+    def serves(d: DeploymentRow) -> bool:
+        env = env_of(d)
+        if env.get("FERMION_MODEL_DIR") == row.artifact_uri:
+            return True
+        try:  # a reference (NAME, NAME:3) that names this version now
+            return bool(env.get("FERMION_MODEL")) and get_version(s, env["FERMION_MODEL"]) is row
+        except (NotFoundError, UserInputError):
+            return False
+
+    users = [d.name for d in s.scalars(select(DeploymentRow)).all() if d.status != "DELETING" and serves(d)]
+    ref = f"{row.name}:{row.version}"
+    users += [f"job {j.name}" for j in s.scalars(select(JobRow).where(JobRow.status.not_in(JOB_ENDED))).all()
+              if (j.spec.get("base_model") or {}).get("ref") == ref]
     if users:
         raise ConflictError(f"model {row.name}:{row.version} is served by {', '.join(users)}",
-                            hint="delete or redeploy those deployments first")
-    if not row.artifact_uri.startswith("store:"):  # one in the stores: its chunks go at a garbage collection
+                            hint="delete or redeploy those deployments (and let those jobs end) first")
+    if not row.artifact_uri.startswith("store:"):  # one in the stores: the API takes its manifest out of them
         shutil.rmtree(row.artifact_uri, ignore_errors=True)
     store.record(s, "model", f"{row.name}:{row.version}", row.stage, "deleted", "deleted by user")
     s.delete(row)
