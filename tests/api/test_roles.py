@@ -202,6 +202,7 @@ def policy(w: World) -> list[Rule]:
         Rule("PUT", "/secrets/k", "editor", body=lambda: {"value": "new-v4lue", "project": "ml"}),
         Rule("DELETE", "/secrets/k?project=ml", "editor", setup=w.secret),
         Rule("POST", "/secrets/rotate", "server"),
+        Rule("POST", "/stores/gc", "server"),
         Rule("GET", "/audit", "server"),
         Rule("GET", "/audit/verify", "server"),
         Rule("GET", "/gateway/table", "server"),  # replica secrets: for gateway processes only

@@ -48,6 +48,10 @@ def test_a_job_resumes_from_a_checkpoint_it_could_only_get_through_the_stores(gc
             resumed = int(re.search(r"resumed from step (\d+) on west", second).group(1))
             assert 10 <= resumed < 60
             assert "done: sum of steps 1830" in second  # 1 + ... + 60: the state came back whole
+            # the job has ended: a collection drops its checkpoints (east, down, is not asked)
+            first_gc = json.loads(server.cli("cloud", "gc", "--json").stdout)["stores"]
+            assert set(first_gc) == {"west"} and first_gc["west"]["checkpoints_dropped"] >= 1, first_gc
+            assert json.loads(server.cli("cloud", "gc", "--json").stdout)["stores"]["west"]["checkpoints_dropped"] == 0
     finally:
         east_s3.stop()
 
@@ -178,3 +182,19 @@ def test_placement_weighs_the_egress_of_bringing_a_jobs_data_to_a_cloud(tmp_path
                 in why, why
             cloud, why = placed("no-data")
             assert cloud == "east" and "once" not in why, why
+
+
+def test_a_photon_archive_lost_from_the_servers_disk_comes_back_from_the_stores(tmp_path: Path) -> None:
+    from tests.support import TEXT_PHOTON
+
+    clouds = "clouds:\n  - name: east\n  - name: west\n"
+    with running_server(tmp_path / "home", clouds) as server:
+        assert "READY" in server.cli("deploy", TEXT_PHOTON, "--name", "text", "--public").stdout
+        for cloud in ("east", "west"):  # kept in two clouds' stores as it was uploaded
+            assert list((tmp_path / "home-stores" / cloud).rglob("photons.*/versions/*.json")), cloud
+        (archive,) = (tmp_path / "home" / "photon-store").glob("*.photon")
+        archive.unlink()  # the server's disk loses it
+        server.cli("deployment", "scale", "text", "3")
+        server.wait_for(lambda api: len([r for r in api.get("/deployments/text").json()["replica_list"]
+                                         if r["state"] == "READY"]) == 3, timeout=90)
+        assert archive.is_file()  # fetched back from a store, checked, and the new replicas started from it

@@ -7,6 +7,7 @@ nearest store that holds it, with a token good only for that: no workload reads 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -211,3 +212,57 @@ def replica_model(request: Request, me: ReplicaCaller = Depends(require_replica)
 @replica_router.get("/chunks/{sha}")
 def replica_model_chunk(request: Request, sha: str, me: ReplicaCaller = Depends(require_replica)) -> Response:
     return _model_chunk(request.app.state.platform, me.project, me.digest, me.cloud, me.ref, sha)
+
+
+# -- photon archives ---------------------------------------------------------------------------------
+PHOTON_SPACE = "photons"  # archives are the server's, shared by every project that deploys them
+
+
+def archive_view(p: Platform, cloud: str, sha256: str) -> DatasetView:
+    return DatasetView(p.stores[cloud], f"photons.{sha256}", space=PHOTON_SPACE)
+
+
+def keep_archive(p: Platform, sha256: str, path: Path) -> list[str]:
+    """Put an uploaded photon archive in the stores of two clouds, as content-defined chunks (the
+    same archive, or one that differs by a file, costs nothing, or about that file). Returns where
+    it is kept; none reachable keeps it on the server alone, and says so."""
+    import time
+
+    from ..data import plan_folder, send_chunks, sync
+
+    up = p.reachable_stores()
+    if not up:
+        return []
+    plan = plan_folder(path.parent, files=[("photon.photon", path)])
+    first = archive_view(p, up[0], sha256)
+    try:
+        if not first.digests():
+            send_chunks(plan, first.lacking(plan.chunks), lambda sha, data: first.put_chunk(sha, data, check=False))
+            first.commit(Manifest(dataset=first.name, files=plan.entries, created_at=time.time(), space=PHOTON_SPACE))
+    except StoreError:
+        return []
+    kept = [up[0]]
+    for other in up[1:2]:
+        try:
+            sync([first], archive_view(p, other, sha256))
+            kept.append(other)
+        except StoreError:
+            continue
+    return kept
+
+
+def fetch_archive(p: Platform, sha256: str, dest: Path) -> bool:
+    """Write a photon's archive to ``dest`` from the first reachable store that holds it intact (a
+    server whose disk lost it, or another server on the same database). False if none does."""
+    from ..data import write_chunks
+
+    for cloud in p.reachable_stores():
+        view = archive_view(p, cloud, sha256)
+        try:
+            for digest in view.digests():
+                entry = view.read(digest).files[0]
+                write_chunks(dest, (view.get_chunk(sha) for sha, _ in entry.chunks), entry.sha256)
+                return True
+        except (FermionError, ValueError, OSError, IndexError):
+            continue
+    return False

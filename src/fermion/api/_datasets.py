@@ -31,6 +31,7 @@ from ..data import (
     Progress,
     StoreError,
     collect_garbage,
+    dataset_names,
     diff,
     sync,
     verify,
@@ -632,6 +633,41 @@ def delete_dataset(request: Request, name: str, version: str | None = None) -> d
             s.delete(s.get(DatasetRow, name))
         p.store.record(s, "dataset", name if not version else f"{name}:{digests[0][0]}", "", "deleted", "")
     return {"deleted": [n for n, _ in digests], "dataset_deleted": not version, "freed": freed}
+
+
+stores_router = APIRouter(prefix="/api/v1/stores", responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
+
+
+@stores_router.post("/gc")
+def collect_store_garbage(request: Request) -> dict[str, object]:
+    """In each reachable store: drop the checkpoints of jobs that have ended (their output and
+    models stay), then delete the chunks nothing names any more and that are over an hour old."""
+    from ._checkpoints import checkpoint_dataset, job_view
+
+    p, me = _platform(request), caller(request)
+    me.require_admin()
+    with p.store.session() as s:
+        ended = [(j.name, j.project) for j in s.scalars(select(JobRow).where(JobRow.status.in_(JOB_ENDED)))]
+    keys = _all_keys(p)
+    out: dict[str, object] = {}
+    for cloud in p.reachable_stores():
+        try:
+            held = set(dataset_names(p.stores[cloud]))
+            dropped = 0
+            for job, project in ended:
+                if checkpoint_dataset(job) in held:
+                    view = job_view(p, cloud, checkpoint_dataset(job), project)
+                    for digest in view.digests():
+                        view.drop(digest)
+                        dropped += 1
+            objects, nbytes = collect_garbage(p.stores[cloud], keys)
+            out[cloud] = {"checkpoints_dropped": dropped, "objects": objects, "bytes": nbytes}
+        except FermionError as exc:
+            out[cloud] = {"error": exc.message}
+    with p.store.session() as s:
+        p.store.record(s, "store", "all", "", "collected", ", ".join(
+            f"{c}: {v.get('bytes', 0)} bytes freed" if isinstance(v, dict) else c for c, v in out.items()))
+    return {"stores": out}
 
 
 def _all_keys(p: Platform) -> dict[str, DatasetKey | None]:

@@ -75,11 +75,14 @@ def upload_photon(request: Request, file: UploadFile) -> dict[str, object]:
             Path(tmp.name).replace(final)
     finally:
         Path(tmp.name).unlink(missing_ok=True)
+    from ._artifacts import keep_archive
+
+    kept = keep_archive(p, manifest.sha256, final)  # what outlives this server's disk
     with p.store.session() as s:
         if s.get(PhotonRow, manifest.sha256) is None:
             s.add(PhotonRow(sha256=manifest.sha256, name=manifest.name, archive_path=str(final),
                             manifest=manifest.model_dump()))
-    return {"sha256": manifest.sha256, "name": manifest.name, "handlers": list(manifest.handlers)}
+    return {"sha256": manifest.sha256, "name": manifest.name, "handlers": list(manifest.handlers), "stores": kept}
 
 
 @router.get("/photons")

@@ -44,7 +44,7 @@ from ._checkpoints import output_router as attempt_output_router
 from ._checkpoints import router as checkpoints_router
 from ._code import attempt_router as attempt_code_router
 from ._code import router as code_router
-from ._datasets import data_moves
+from ._datasets import data_moves, stores_router
 from ._datasets import router as datasets_router
 from ._gateway_feed import router as gateway_feed_router
 from ._auth import require_token
@@ -125,7 +125,8 @@ class Platform:
         self.controller = DeploymentController(self.store, self.scheduler, self.table,
                                                open_env=lambda s, env, purpose, project: self.secrets.open_env(
                                                    s, env, purpose, project=project),
-                                               owner=f"{server_id}/deployments", model_env=self.model_env)
+                                               owner=f"{server_id}/deployments", model_env=self.model_env,
+                                               fetch_archive=self.fetch_archive)
         self.jobs = JobController(self.store, self.scheduler, self.controller, owner=f"{server_id}/jobs",
                                   on_success=lambda s, job: on_job_success(self, s, job),
                                   attempt_env=self.attempt_env, data_moves=lambda pinned: data_moves(self, pinned))
@@ -136,6 +137,13 @@ class Platform:
     def reachable_stores(self) -> list[str]:
         """The clouds whose stores can be used now: a cloud that is down has taken its store with it."""
         return [c for c in sorted(self.stores) if not self.clouds[c].down]
+
+    def fetch_archive(self, sha256: str) -> Path | None:
+        """A photon's archive this server's disk lacks, fetched from the stores into its photon store."""
+        from ._artifacts import fetch_archive
+
+        dest = self.photon_store / f"{sha256}.photon"
+        return dest if dest.is_file() or fetch_archive(self, sha256, dest) else None
 
     def model_env(self, s: Session, ref: str, project: str, replica_id: str) -> dict[str, str]:
         """How a replica that serves registry model ``ref`` fetches it from the stores: the digest,
@@ -298,6 +306,7 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(attempt_model_router)
     app.include_router(replica_model_router)
     app.include_router(code_router)
+    app.include_router(stores_router)
     app.include_router(attempt_code_router)
     app.include_router(secrets_router)
     app.include_router(audit_router)

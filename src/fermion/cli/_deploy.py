@@ -208,6 +208,18 @@ def cloud_recover(name: str) -> None:
     console.print(f"cloud {name}: healthy")
 
 
+@cloud_app.command("gc")
+def cloud_gc(json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Collect garbage in every reachable store: ended jobs' checkpoints, then chunks nothing names."""
+    out = Api().request("POST", "/stores/gc")
+    if json_out:
+        print_json(out)
+        return
+    rows = [(cloud, v.get("checkpoints_dropped", ""), v.get("objects", ""), v.get("bytes", ""), v.get("error", ""))
+            for cloud, v in out["stores"].items()]
+    print_table("stores", ["cloud", "checkpoints dropped", "objects deleted", "bytes freed", "error"], rows)
+
+
 def login(url: Annotated[str, typer.Argument(help="Server URL")],
           token: Annotated[str, typer.Option(help="API token", prompt=True, hide_input=True)],
           ca: Annotated[Path | None, typer.Option(

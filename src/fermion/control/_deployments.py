@@ -61,8 +61,10 @@ class _Start:
 class DeploymentController(ReconcileLoop):
     def __init__(self, store: Store, scheduler: Scheduler, table: RoutingTable, interval_s: float = 0.25,
                  *, open_env: EnvOpener = plain_env, owner: str | None = None,
-                 model_env: Callable[[Session, str, str, str], dict[str, str]] | None = None) -> None:
+                 model_env: Callable[[Session, str, str, str], dict[str, str]] | None = None,
+                 fetch_archive: Callable[[str], Path | None] | None = None) -> None:
         super().__init__()
+        self.fetch_archive = fetch_archive  # a photon's archive from the stores, onto this server's disk
         # (session, model ref, project, replica id) -> how that replica fetches the model from the stores
         self.model_env = model_env
         self.store = store
@@ -329,13 +331,19 @@ class DeploymentController(ReconcileLoop):
         return starts
 
     def _archive(self, s: Session, sha256: str) -> Path | None:
-        """A photon's archive (content-addressed: the answer for a digest never changes)."""
-        if sha256 not in self._archives:
-            photon = s.get(PhotonRow, sha256)
-            if photon is None:
-                return None
-            self._archives[sha256] = Path(photon.archive_path)
-        return self._archives[sha256]
+        """A photon's archive on this server's disk (content-addressed: the answer for a digest never
+        changes); where the disk lacks it (lost, or another server's upload), fetched from the stores."""
+        known = self._archives.get(sha256)
+        if known is not None and known.is_file():
+            return known
+        photon = s.get(PhotonRow, sha256)
+        if photon is None:
+            return None
+        path = Path(photon.archive_path)
+        if not path.is_file() and self.fetch_archive is not None:
+            path = self.fetch_archive(sha256) or path
+        self._archives[sha256] = path
+        return path
 
     def _write_starts(self, name: str, results: list[tuple[_Start, Handle | ProvisionError]]) -> None:
         """Write back what the starts gave: handles (one statement for all), or back to PENDING."""
