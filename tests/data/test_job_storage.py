@@ -185,6 +185,8 @@ def test_placement_weighs_the_egress_of_bringing_a_jobs_data_to_a_cloud(tmp_path
 
 
 def test_a_photon_archive_lost_from_the_servers_disk_comes_back_from_the_stores(tmp_path: Path) -> None:
+    from fermion.data import DatasetView, open_store, push_folder
+    from fermion.photon.runtime import build_archive
     from tests.support import TEXT_PHOTON
 
     clouds = "clouds:\n  - name: east\n  - name: west\n"
@@ -193,8 +195,27 @@ def test_a_photon_archive_lost_from_the_servers_disk_comes_back_from_the_stores(
         for cloud in ("east", "west"):  # kept in two clouds' stores as it was uploaded
             assert list((tmp_path / "home-stores" / cloud).rglob("photons.*/versions/*.json")), cloud
         (archive,) = (tmp_path / "home" / "photon-store").glob("*.photon")
-        archive.unlink()  # the server's disk loses it
+        good = archive.read_bytes()
+        sha = archive.stem
+        # the stores hold another photon's archive under this one's name: it is never started
+        other = tmp_path / "other"
+        other.mkdir()
+        build_archive(f"{EXAMPLES / 'embedder' / 'photon.py'}:Embedder", other / "photon.photon")
+        views = [DatasetView(open_store(f"file://{tmp_path / 'home-stores' / cloud}"), f"photons.{sha}", space="photons")
+                 for cloud in ("east", "west")]
+        for view in views:
+            for digest in view.digests():
+                view.drop(digest)
+            push_folder(view, other)
+        archive.unlink()  # and the server's disk loses the right one
         server.cli("deployment", "scale", "text", "3")
+        waiting = server.wait_for(lambda api: [r["reason"] for r in api.get("/deployments/text").json()["replica_list"]
+                                               if "waiting for the photon's archive" in r["reason"]], timeout=30)
+        assert waiting and not archive.exists()
+        (other / "photon.photon").write_bytes(good)  # a good copy comes back to a store
+        for digest in views[0].digests():
+            views[0].drop(digest)
+        push_folder(views[0], other)
         server.wait_for(lambda api: len([r for r in api.get("/deployments/text").json()["replica_list"]
                                          if r["state"] == "READY"]) == 3, timeout=90)
-        assert archive.is_file()  # fetched back from a store, checked, and the new replicas started from it
+        assert archive.read_bytes() == good  # fetched back, checked, and the new replicas started from it

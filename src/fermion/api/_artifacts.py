@@ -225,44 +225,61 @@ def archive_view(p: Platform, cloud: str, sha256: str) -> DatasetView:
 def keep_archive(p: Platform, sha256: str, path: Path) -> list[str]:
     """Put an uploaded photon archive in the stores of two clouds, as content-defined chunks (the
     same archive, or one that differs by a file, costs nothing, or about that file). Returns where
-    it is kept; none reachable keeps it on the server alone, and says so."""
+    it is kept; none reachable keeps it on the server alone (the upload still succeeds)."""
     import time
 
     from ..data import plan_folder, send_chunks, sync
 
-    up = p.reachable_stores()
-    if not up:
-        return []
     plan = plan_folder(path.parent, files=[("photon.photon", path)])
-    first = archive_view(p, up[0], sha256)
-    try:
-        if not first.digests():
-            send_chunks(plan, first.lacking(plan.chunks), lambda sha, data: first.put_chunk(sha, data, check=False))
-            first.commit(Manifest(dataset=first.name, files=plan.entries, created_at=time.time(), space=PHOTON_SPACE))
-    except StoreError:
-        return []
-    kept = [up[0]]
-    for other in up[1:2]:
+    kept: list[str] = []
+    for cloud in p.reachable_stores():
+        view = archive_view(p, cloud, sha256)
         try:
-            sync([first], archive_view(p, other, sha256))
-            kept.append(other)
-        except StoreError:
+            if not kept:  # the first copy, sent from this disk
+                if not view.digests():
+                    send_chunks(plan, view.lacking(plan.chunks), lambda sha, data: view.put_chunk(sha, data, check=False))
+                    view.commit(Manifest(dataset=view.name, files=plan.entries, created_at=time.time(),
+                                         space=PHOTON_SPACE))
+            else:  # the second, copied from the first store
+                first = archive_view(p, kept[0], sha256)
+                digests = first.digests()
+                if not set(sync([first], view, digests).versions) >= set(digests):
+                    continue
+        except FermionError:  # this store is out of reach or refused: the next one
             continue
+        kept.append(cloud)
+        if len(kept) == 2:
+            break
     return kept
 
 
 def fetch_archive(p: Platform, sha256: str, dest: Path) -> bool:
-    """Write a photon's archive to ``dest`` from the first reachable store that holds it intact (a
-    server whose disk lost it, or another server on the same database). False if none does."""
+    """Write a photon's archive to ``dest`` from the first reachable store that holds one whose
+    contents are that photon's (a server whose disk lost it, or another server on the same
+    database). Checked as an upload is before it lands: a store's wrong archive is never used."""
+    import tempfile
+
     from ..data import write_chunks
+    from ..photon.runtime import verify_archive
 
     for cloud in p.reachable_stores():
         view = archive_view(p, cloud, sha256)
         try:
-            for digest in view.digests():
-                entry = view.read(digest).files[0]
-                write_chunks(dest, (view.get_chunk(sha) for sha, _ in entry.chunks), entry.sha256)
-                return True
-        except (FermionError, ValueError, OSError, IndexError):
+            digests = view.digests()
+        except FermionError:
             continue
+        for digest in digests:
+            with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
+                try:
+                    files = view.read(digest).files
+                    if [f.path for f in files] != ["photon.photon"]:
+                        continue
+                    got = Path(tmp) / "photon.photon"
+                    write_chunks(got, (view.get_chunk(sha) for sha, _ in files[0].chunks), files[0].sha256)
+                    if verify_archive(got).sha256 != sha256:
+                        continue
+                    got.replace(dest)
+                    return True
+                except (FermionError, ValueError, OSError):
+                    continue
     return False

@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from ..data import CHUNK_MAX, SHA256, CorruptChunk, DatasetView, FileEntry, Manifest, StoreError, sync
-from ..errors import NotFoundError, UserInputError, shorten
+from ..errors import FermionError, NotFoundError, UserInputError, shorten
 from ..store import JobRow
 from ._auth import caller, require_token
 from ._checkpoints import Caller, require_attempt
@@ -109,9 +109,9 @@ def commit(request: Request, body: CodeCommit) -> dict[str, object]:
     kept = [homes[0]]
     for other in homes[1:]:
         try:
-            sync([view], code_view(p, other, project), [manifest.digest])
-            kept.append(other)
-        except StoreError:
+            if manifest.digest in sync([view], code_view(p, other, project), [manifest.digest]).versions:
+                kept.append(other)
+        except FermionError:
             pass  # kept in one store: a job still runs, and says where its code is
     return {"digest": manifest.digest, "files": len(manifest.files), "size": manifest.size, "stores": kept,
             "at": time.time()}

@@ -651,9 +651,9 @@ def collect_store_garbage(request: Request) -> dict[str, object]:
     keys = _all_keys(p)
     out: dict[str, object] = {}
     for cloud in p.reachable_stores():
+        dropped = 0
         try:
             held = set(dataset_names(p.stores[cloud]))
-            dropped = 0
             for job, project in ended:
                 if checkpoint_dataset(job) in held:
                     view = job_view(p, cloud, checkpoint_dataset(job), project)
@@ -663,10 +663,11 @@ def collect_store_garbage(request: Request) -> dict[str, object]:
             objects, nbytes = collect_garbage(p.stores[cloud], keys)
             out[cloud] = {"checkpoints_dropped": dropped, "objects": objects, "bytes": nbytes}
         except FermionError as exc:
-            out[cloud] = {"error": exc.message}
+            out[cloud] = {"checkpoints_dropped": dropped, "error": exc.message}
     with p.store.session() as s:
-        p.store.record(s, "store", "all", "", "collected", ", ".join(
-            f"{c}: {v.get('bytes', 0)} bytes freed" if isinstance(v, dict) else c for c, v in out.items()))
+        p.store.record(s, "store", "all", "", "collected", "; ".join(
+            f"{c}: {v['error']}" if "error" in v else f"{c}: {v['checkpoints_dropped']} checkpoints dropped, "
+            f"{v['bytes']} bytes freed" for c, v in out.items()) or "no store reachable")
     return {"stores": out}
 
 

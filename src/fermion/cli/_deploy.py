@@ -211,7 +211,10 @@ def cloud_recover(name: str) -> None:
 @cloud_app.command("gc")
 def cloud_gc(json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Collect garbage in every reachable store: ended jobs' checkpoints, then chunks nothing names."""
-    out = Api().request("POST", "/stores/gc")
+    import httpx
+
+    with console.status("collecting garbage in the clouds' stores…"):  # one listing of each store: minutes on a big one
+        out = Api().request("POST", "/stores/gc", timeout=httpx.Timeout(60, read=None))
     if json_out:
         print_json(out)
         return

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from ._scheduler import Need, Scheduler, max_per_cloud
 log = logging.getLogger("fermion.controller")
 LEASE_S = 30.0
 LEDGER_RESYNC_S = 5.0  # how often the capacity ledger is read again from the store
+ARCHIVE_RETRY_S = 10.0  # a photon archive no reachable store held is looked for again after this
 
 EnvOpener = Callable[[Session, dict[str, str], str, str], dict[str, str]]  # (session, env, purpose, project)
 
@@ -65,6 +67,9 @@ class DeploymentController(ReconcileLoop):
                  fetch_archive: Callable[[str], Path | None] | None = None) -> None:
         super().__init__()
         self.fetch_archive = fetch_archive  # a photon's archive from the stores, onto this server's disk
+        self._fetch_lock = threading.Lock()
+        self._fetching: set[str] = set()
+        self._fetch_after: dict[str, float] = {}  # a failed fetch is tried again after ARCHIVE_RETRY_S
         # (session, model ref, project, replica id) -> how that replica fetches the model from the stores
         self.model_env = model_env
         self.store = store
@@ -284,6 +289,9 @@ class DeploymentController(ReconcileLoop):
             env, why_not_at_all = {}, f"cannot start: {exc}"
         else:
             why_not_at_all = ""
+        if archive is None and not why_not_at_all:
+            why_not_at_all = "waiting for the photon's archive: this server's disk lacks it, and it is being fetched " \
+                             "from the clouds' stores"
         need = Need.of(d.resources)
         allowed = [n for n in self.scheduler.backends if not d.clouds or n in d.clouds]
         mounts = self.artifact_mounts(s, env.get("FERMION_MODEL_DIR"), d.project) if not why_not_at_all else []
@@ -332,7 +340,8 @@ class DeploymentController(ReconcileLoop):
 
     def _archive(self, s: Session, sha256: str) -> Path | None:
         """A photon's archive on this server's disk (content-addressed: the answer for a digest never
-        changes); where the disk lacks it (lost, or another server's upload), fetched from the stores."""
+        changes). Where the disk lacks it (lost, or another server's upload), None while it is fetched
+        from the stores in the background: never inside a pass, which holds a transaction open."""
         known = self._archives.get(sha256)
         if known is not None and known.is_file():
             return known
@@ -340,10 +349,34 @@ class DeploymentController(ReconcileLoop):
         if photon is None:
             return None
         path = Path(photon.archive_path)
-        if not path.is_file() and self.fetch_archive is not None:
-            path = self.fetch_archive(sha256) or path
-        self._archives[sha256] = path
-        return path
+        if path.is_file() or self.fetch_archive is None:
+            self._archives[sha256] = path
+            return path
+        self._fetch_archive_later(sha256)
+        return None
+
+    def _fetch_archive_later(self, sha256: str) -> None:
+        with self._fetch_lock:
+            if sha256 in self._fetching or time.monotonic() < self._fetch_after.get(sha256, 0.0):
+                return
+            self._fetching.add(sha256)
+
+        def fetch() -> None:
+            try:
+                path = self.fetch_archive(sha256) if self.fetch_archive else None
+            except Exception:  # noqa: BLE001 - said below, and tried again
+                log.exception("fetching the archive of photon %s failed", sha256[:12])
+                path = None
+            with self._fetch_lock:
+                self._fetching.discard(sha256)
+                if path is not None:
+                    self._archives[sha256] = path
+                else:
+                    self._fetch_after[sha256] = time.monotonic() + ARCHIVE_RETRY_S
+                    log.warning("no reachable store holds a good archive of photon %s; trying again in %gs",
+                                sha256[:12], ARCHIVE_RETRY_S)
+
+        threading.Thread(target=fetch, name=f"fetch-photon-{sha256[:8]}", daemon=True).start()
 
     def _write_starts(self, name: str, results: list[tuple[_Start, Handle | ProvisionError]]) -> None:
         """Write back what the starts gave: handles (one statement for all), or back to PENDING."""

@@ -540,6 +540,8 @@ def collect_garbage(store: ObjectStore, keys: Mapping[str, DatasetKey | None], *
     (objects deleted, bytes freed)."""
     with store_lock(store):
         keep: set[str] = set()
+        kept_spaces: list[str] = []  # chunk prefixes kept whole: a young manifest no one here can read
+        young = time.time() - grace_s
         for name in dataset_names(store):
             view = DatasetView(store, name, keys.get(name))
             for digest in view.digests():
@@ -549,12 +551,16 @@ def collect_garbage(store: ObjectStore, keys: Mapping[str, DatasetKey | None], *
                     if name in keys:
                         raise ConflictError(f"not collecting garbage in store {store.name}: {exc}",
                                             hint="every dataset this server knows must be readable first") from None
-                    view.drop(digest)  # unreadable by anyone: a deleted encrypted dataset's leftover
+                    made = store.list_modified(f"datasets/{name}/versions").get(view.manifest_key(digest), (0, 0.0))[1]
+                    if made < young:
+                        view.drop(digest)  # unreadable by anyone: a deleted encrypted dataset's leftover
+                    else:  # an encrypted dataset made since the keys were read (here or by another server)
+                        kept_spaces.append(f"chunks/enc.{name}/")
                     continue
                 keep.update(view.of(m).chunk_key(sha) for sha in m.chunk_sizes())
-        young = time.time() - grace_s
         chunks = store.list_modified("chunks")
-        garbage = [k for k, (_, modified) in chunks.items() if k not in keep and modified < young]
+        garbage = [k for k, (_, modified) in chunks.items() if k not in keep and modified < young
+                   and not k.startswith(tuple(kept_spaces))]
         store.delete(garbage)
         return len(garbage), sum(chunks[k][0] for k in garbage)
 
