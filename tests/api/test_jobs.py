@@ -127,6 +127,9 @@ def test_finetune_job_registers_a_model_that_serves(server: ServerProc, tmp_path
                "--timeout", "300")
     j = job(server, "tickets")
     assert j["status"] == "SUCCEEDED", j
+    # the data files of the machine the job was sent from went with it, through the stores
+    first_log = next(iter(logs(server, "tickets").values()))
+    assert re.search(r"code [0-9a-f]{12} \(2 files, \d+ bytes\) fetched from the store of", first_log), first_log
     assert j["result"]["model"] == "tickets:1"
     assert j["result"]["accuracy"] > j["result"]["baseline_accuracy"] + 0.3
     assert len([m for m in j["metrics"] if "eval_accuracy" in m]) == 2

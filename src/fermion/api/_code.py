@@ -131,6 +131,17 @@ def holders(p: Platform, project: str, digest: str, first: str | None = None) ->
     return out
 
 
+def code_files_of(p: Platform, project: str, digest: str) -> set[str]:
+    """The paths of code the project sent, from the first reachable store that holds it; a 400 if none."""
+    for cloud in holders(p, project, digest):
+        try:
+            return {f.path for f in code_view(p, cloud, project).read(digest).files}
+        except (NotFoundError, CorruptChunk, StoreError):
+            continue
+    raise UserInputError(f"no reachable store holds code {digest[:12]} of project {project}",
+                         hint="send the folder with `fermion job run --workdir PATH`")
+
+
 def _job_code(p: Platform, me: Caller) -> str:
     with p.store.session() as s:
         job = s.get(JobRow, me.job)

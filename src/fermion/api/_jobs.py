@@ -59,6 +59,13 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
         raise UserInputError(f"unknown cloud(s) {', '.join(unknown)}", hint=f"known: {', '.join(sorted(p.clouds))}")
     out_dir = p.home / "jobs" / spec.name / "output"
     kind, command, stored = "command", list(spec.command), {}
+    code_files: set[str] = set()
+    if spec.code is not None:
+        from ._code import code_files_of
+
+        with p.store.session() as s:
+            require_project(s, project, me, "editor")  # before a word on what the project's stores hold
+        code_files = code_files_of(p, project, spec.code)
     pinned = {ref: pin_dataset(p, me, ref) for ref in spec.datasets}
     if spec.finetune is not None:
         settings = dict(spec.finetune)
@@ -83,7 +90,12 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
             raise UserInputError(f"invalid fine-tune settings: {exc}") from exc
         for key in ("train_data", "eval_data"):
             value = getattr(cfg, key)
-            if value is not None and not value.startswith("data/") and not Path(value).is_file():
+            if value is None or value.startswith("data/"):
+                continue
+            if value.startswith("code/"):  # a file sent with the job (the CLI sends local files so)
+                if value.removeprefix("code/") not in code_files:
+                    raise UserInputError(f"{key} {shorten(value)!r} is not a file of the code sent with the job")
+            elif not Path(value).is_file():
                 raise UserInputError(f"{key} {value!r} is not a file on the server")
         kind = "finetune"
         stored = {"config": cfg.model_dump(), "model_name": spec.model_name or spec.name, "outputs": "stores"}
@@ -94,8 +106,8 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
         raise UserInputError("a job needs a command (after --) or fine-tune settings")
     else:  # the output: a folder of each attempt's, on its cloud, sent to the stores when it succeeds
         stored["outputs"] = "stores"
-    if kind == "finetune" and spec.code is not None:
-        raise UserInputError("a fine-tune runs Fermion's trainer: it takes no code", hint="leave out --workdir")
+    if spec.code is not None:
+        stored["code"] = spec.code
     if not p.public_url:  # its wrapper could send and fetch nothing
         raise UserInputError("this server has no URL its job attempts could reach it by",
                              hint="run it with `fermion server start`, which serves at that URL")
@@ -108,15 +120,6 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
             raise UserInputError(f"dataset {twice} is asked for at two versions", hint="give the job one version of it")
         unique = {pin["name"]: pin for pin in pinned.values()}
         stored["datasets"] = [{k: v for k, v in pin.items() if k != "paths"} for pin in unique.values()]
-    if spec.code is not None:
-        from ._code import holders
-
-        with p.store.session() as s:
-            require_project(s, project, me, "editor")  # before a word on what the project's stores hold
-        if not holders(p, project, spec.code):
-            raise UserInputError(f"no reachable store holds code {spec.code[:12]} of project {project}",
-                                 hint="send the folder with `fermion job run --workdir PATH`")
-        stored["code"] = spec.code
     if spec.workers > 1 and Path(command[0]).name not in ("python", "python3"):
         raise UserInputError("--workers needs a Python command", hint="e.g. -- python train.py")
     with p.store.session() as s:

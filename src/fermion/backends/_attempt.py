@@ -79,7 +79,7 @@ def main() -> None:
               flush=True)
         _record(FETCH_FAILED)
         sys.exit(FETCH_FAILED)
-    cwd = CODE_DIR if os.environ.get("FERMION_CODE") else None
+    cwd = CODE_DIR if os.environ.get("FERMION_CODE") and os.environ.get("FERMION_CODE_CWD") != "no" else None
     try:
         child = subprocess.Popen(command, cwd=cwd)
     except OSError as exc:  # the job's own fault (a wrong path, not executable): say so, with the cause

@@ -120,9 +120,10 @@ def job_run(
     _submit(api, body, follow, timeout, json_out)
 
 
-def ship_code(api: Api, root: Path, project: str | None, quiet: bool = False) -> dict[str, Any]:
-    """Send ``root``'s sources (as a photon's are picked) to the server as a job's code: only
-    the chunks its store lacks. Returns the code's digest, files, size and stores."""
+def ship_code(api: Api, root: Path, project: str | None, quiet: bool = False, pick: bool = True) -> dict[str, Any]:
+    """Send ``root``'s sources (as a photon's are picked; with ``pick`` False, every file) to the
+    server as a job's code: only the chunks its store lacks. Returns the code's digest, files,
+    size and stores."""
     from ..data import plan_folder
     from ..errors import UserInputError
     from ..photon.runtime import source_files
@@ -131,14 +132,15 @@ def ship_code(api: Api, root: Path, project: str | None, quiet: bool = False) ->
     if not root.is_dir():
         raise UserInputError(f"--workdir {root} is not a folder", hint="give the folder that holds the job's code")
     with progress_console.status(f"reading {root}…"):
-        selection = source_files(root.resolve(), kind="job")
-        plan = plan_folder(root, plan_cache(root), files=sorted(selection.files.items()))
+        selection = source_files(root.resolve(), kind="job") if pick else None
+        plan = plan_folder(root, plan_cache(root) if pick else None,
+                           files=sorted(selection.files.items()) if selection else None)
     if not plan.entries:
         raise UserInputError(f"--workdir {root} holds no file to send", hint="check its .gitignore and .fermionignore")
     report = send_plan(api, plan, f"code {root.name or root}", "/code/missing", "/code/chunks", {"project": project})
     code = api.request("POST", "/code", json={"project": project, "files": [e.model_dump() for e in plan.entries]})
     if not quiet:
-        skipped = f"; left out as secrets: {', '.join(selection.skipped)}" if selection.skipped else ""
+        skipped = f"; left out as secrets: {', '.join(selection.skipped)}" if selection and selection.skipped else ""
         progress_console.print(f"code {code['digest'][:12]}: {code['files']} files, {code['size']} bytes "
                                f"({report.bytes_sent} sent), kept in the stores of {', '.join(code['stores'])}{skipped}")
     return code
@@ -176,16 +178,32 @@ def finetune(
     # a folder is named by its absolute path; a registry reference NAME:VERSION, as it is (the
     # server pins it, and each attempt fetches it from the stores)
     base_dir = str(Path(base).resolve()) if base and Path(base).exists() else base
-    def where(value: str | None) -> str | None:  # a dataset's file is found on the job's cloud; a path, here
-        return value if value is None or value.startswith("dataset:") else str(Path(value).resolve())
-
-    ft: dict[str, Any] = {"train_data": where(data), "eval_data": where(eval_data),
+    ft: dict[str, Any] = {"train_data": data, "eval_data": eval_data,
                           "base": base_dir, "method": method, "epochs": epochs, "batch_size": batch_size,
                           "grad_accum": grad_accum, "lr": lr, "precision": precision,
                           "checkpoint_every": checkpoint_every, "seed": seed}
-    _submit(Api(), {"name": name, "finetune": ft, "model_name": model_name, "clouds": cloud or [],
-             "resources": {"cpus": cpus, "memory_gb": 2}, "max_restarts": max_restarts, "project": project},
-            follow, timeout, json_out)
+    api = Api()
+    spec: dict[str, Any] = {"name": name, "finetune": ft, "model_name": model_name, "clouds": cloud or [],
+                            "resources": {"cpus": cpus, "memory_gb": 2}, "max_restarts": max_restarts,
+                            "project": project}
+    # a file of this machine's goes with the job, as a job's code does: its cloud has no other way to it
+    local = {key: value for key, value in (("train_data", data), ("eval_data", eval_data))
+             if value is not None and not value.startswith("dataset:")}
+    if local:
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for key, value in local.items():
+                if not Path(value).is_file():
+                    raise UserInputError(f"--{key.replace('_', '-')}: {value} is not a file",
+                                         hint="give a .csv or .jsonl file, or dataset:NAME@VERSION/PATH")
+                rel = f"{key.split('_')[0]}/{Path(value).name}"
+                (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(value, Path(tmp) / rel)
+                ft[key] = f"code/{rel}"
+            spec["code"] = ship_code(api, Path(tmp), project, json_out, pick=False)["digest"]
+    _submit(api, spec, follow, timeout, json_out)
 
 
 def _show_job(job: dict[str, Any]) -> None:

@@ -171,6 +171,8 @@ class JobController(ReconcileLoop):
             writable.append(Path(job.checkpoint_dir))
         if job.spec.get("code"):  # the command runs in the job's code, fetched onto the cloud the same way
             env["FERMION_CODE"] = job.spec["code"]
+            if job.kind == "finetune":  # the trainer's paths are the attempt folder's (code/..., data/..., base/...)
+                env["FERMION_CODE_CWD"] = "no"
         if job.spec.get("datasets"):  # fetched by the attempt's wrapper from the nearest store that holds them
             env.update({"FERMION_DATA_DIR": "data", "FERMION_DATASETS": ",".join(d["name"] for d in job.spec["datasets"])})
         workload = Workload(id=attempt_id, kind="job", env=env, cpus=need.cpus, memory_gb=need.memory_gb, spot=spot,
