@@ -192,12 +192,13 @@ class DatasetView:
                 body = self.key.open(body, digest)
             except DecryptError:
                 raise CorruptChunk(f"manifest {digest} of {self.name} in store {self.store.name} is corrupt") from None
+        if hashlib.sha256(body).hexdigest() != digest:  # the body is the canonical JSON its digest names
+            raise CorruptChunk(f"manifest {digest} of {self.name} in store {self.store.name} is corrupt")
         try:
             manifest = Manifest.model_validate_json(body)
         except ValidationError:
             raise CorruptChunk(f"manifest {digest} of {self.name} in store {self.store.name} is corrupt") from None
-        if manifest.digest != digest:
-            raise CorruptChunk(f"manifest {digest} of {self.name} in store {self.store.name} is corrupt")
+        manifest.__dict__["digest"] = digest  # checked above: no need to serialize it again
         return manifest
 
     def digests(self) -> list[str]:

@@ -3,6 +3,7 @@ addressed by sha256. Versions and files share chunks, so a second version stores
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -54,9 +55,10 @@ class FileEntry(BaseModel):
 
 
 class Manifest(BaseModel):
-    """One version of a dataset. Its digest (sha256 of its canonical JSON) is its identity."""
+    """One version of a dataset. Its digest (sha256 of its canonical JSON) is its identity. Frozen:
+    the digest is computed once (a manifest of 100,000 files takes a second to serialize)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
     format: int = FORMAT
     dataset: str
     files: list[FileEntry]
@@ -89,9 +91,14 @@ class Manifest(BaseModel):
     def canonical(self) -> bytes:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         return hashlib.sha256(self.canonical()).hexdigest()
+
+    def model_copy(self, *, update: dict | None = None, deep: bool = False) -> Manifest:  # type: ignore[override]
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("digest", None)  # other fields, another identity
+        return copied
 
     @property
     def size(self) -> int:
