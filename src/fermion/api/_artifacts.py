@@ -7,6 +7,7 @@ nearest store that holds it, with a token good only for that: no workload reads 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,19 +44,12 @@ def stored_digest(artifact_uri: str) -> str | None:
 
 def model_holders(p: Platform, project: str, digest: str, first: str | None = None) -> list[str]:
     """The reachable clouds whose stores hold this model version, ``first`` first."""
-    up = p.reachable_stores()
-    out = []
-    for cloud in dict.fromkeys([first, *up]):
-        if cloud in up:
-            try:
-                if models_view(p, cloud, project).has(digest):
-                    out.append(cloud)
-            except StoreError:
-                continue
-    return out
+    from ._datasets import clouds_holding
+
+    return clouds_holding(p, lambda cloud: models_view(p, cloud, project), digest, first)
 
 
-def read_file(p: Platform, view_of: Any, entry: FileEntry, first: str | None = None) -> bytes:
+def read_file(p: Platform, view_of: Callable[[str], DatasetView], entry: FileEntry, first: str | None = None) -> bytes:
     """One file of a manifest, whole, each chunk from the first reachable store that holds it intact."""
     from ._datasets import nearest_chunk
 
@@ -64,6 +58,11 @@ def read_file(p: Platform, view_of: Any, entry: FileEntry, first: str | None = N
 
 def job_result(p: Platform, job: JobRow) -> tuple[dict[str, Any], Manifest, list[str]]:
     """A finished job's result.json and output manifest, from the stores, and the clouds holding it."""
+    from ._datasets import clouds_holding
+
+    def view_of(cloud: str) -> DatasetView:
+        return job_view(p, cloud, output_dataset(job.name), job.project)
+
     found = newest(p, output_dataset(job.name), job.project)
     if found is None:
         raise NotFoundError(f"job {job.name}'s output is in no reachable store")
@@ -71,15 +70,8 @@ def job_result(p: Platform, job: JobRow) -> tuple[dict[str, Any], Manifest, list
     entry = next((f for f in manifest.files if f.path == "result.json"), None)
     if entry is None or entry.size > 4 << 20:
         raise UserInputError(f"job {job.name}'s output has no result.json")
-    result = json.loads(read_file(p, lambda c: job_view(p, c, output_dataset(job.name), job.project), entry, cloud))
-    holders = []
-    for c in p.reachable_stores():
-        try:
-            if job_view(p, c, output_dataset(job.name), job.project).has(manifest.digest):
-                holders.append(c)
-        except StoreError:
-            continue
-    return result, manifest, holders
+    result = json.loads(read_file(p, view_of, entry, cloud))
+    return result, manifest, clouds_holding(p, view_of, manifest.digest)
 
 
 def register_output(p: Platform, job: JobRow, output: Manifest, holders: list[str]) -> tuple[str, int, list[str]]:

@@ -119,16 +119,9 @@ def commit(request: Request, body: CodeCommit) -> dict[str, object]:
 
 def holders(p: Platform, project: str, digest: str, first: str | None = None) -> list[str]:
     """The reachable clouds whose stores hold this code, ``first`` first."""
-    up = p.reachable_stores()
-    out = []
-    for cloud in dict.fromkeys([first, *up]):
-        if cloud in up:
-            try:
-                if code_view(p, cloud, project).has(digest):
-                    out.append(cloud)
-            except StoreError:
-                continue
-    return out
+    from ._datasets import clouds_holding
+
+    return clouds_holding(p, lambda cloud: code_view(p, cloud, project), digest, first)
 
 
 def code_files_of(p: Platform, project: str, digest: str) -> set[str]:

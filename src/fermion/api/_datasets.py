@@ -156,6 +156,20 @@ def _version_out(v: DatasetVersionRow) -> dict[str, object]:
             "message": v.message, "origin": v.origin, "created_at": v.created_at}
 
 
+def clouds_holding(p: Platform, view_of: Callable[[str], DatasetView], digest: str, first: str | None = None) -> list[str]:
+    """The reachable clouds whose stores hold version ``digest`` of ``view_of(cloud)``, ``first`` first."""
+    up = p.reachable_stores()
+    out = []
+    for cloud in dict.fromkeys([first, *up]):
+        if cloud in up:
+            try:
+                if view_of(cloud).has(digest):
+                    out.append(cloud)
+            except StoreError:
+                continue
+    return out
+
+
 def _holders(p: Platform, row: DatasetRow, digest: str, first: str | None = None) -> list[DatasetView]:
     """The stores that hold a version, ``first`` first, then the dataset's home, then the rest."""
     up = p.reachable_stores()

@@ -75,8 +75,8 @@ def main() -> None:
     try:
         shipper, output = _prepare()
     except Exception as exc:  # noqa: BLE001 - starting without them would silently redo or skew the work
-        print(f"[fermion] cannot fetch the job's checkpoint or data: {type(exc).__name__}: {exc}", file=sys.stderr,
-              flush=True)
+        print(f"[fermion] cannot fetch what the job needs (code, data, model or checkpoint): {type(exc).__name__}: "
+              f"{exc}", file=sys.stderr, flush=True)
         _record(FETCH_FAILED)
         sys.exit(FETCH_FAILED)
     cwd = CODE_DIR if os.environ.get("FERMION_CODE") and os.environ.get("FERMION_CODE_CWD") != "no" else None
