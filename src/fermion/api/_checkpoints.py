@@ -121,10 +121,10 @@ def snapshot_router(prefix: str, name_of: Callable[[str], str], keep: int, kind:
 
     @router.post("/missing")
     def missing(request: Request, body: ChunkList, me: Caller = Depends(require_attempt)) -> dict[str, object]:
+        from ._datasets import check_chunk_list
+
         p = request.app.state.platform
-        bad = next((sha for sha, size in body.chunks.items() if not SHA256.match(sha) or not 0 < size <= CHUNK_MAX), None)
-        if bad is not None:
-            raise UserInputError(f"invalid chunk {shorten(bad)!r}")
+        check_chunk_list(body.chunks)
         return {"missing": view(p, me.cloud, me).lacking(body.chunks)}
 
     @router.put("/chunks/{sha}", status_code=201)

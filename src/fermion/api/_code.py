@@ -68,9 +68,9 @@ class CodeCommit(BaseModel):
 @router.post("/missing")
 def missing(request: Request, body: CodeChunks) -> dict[str, object]:
     """Which of these chunks (sha256 → size) the store that takes new code lacks."""
-    bad = next((sha for sha, size in body.chunks.items() if not SHA256.match(sha) or not 0 < size <= CHUNK_MAX), None)
-    if bad is not None:
-        raise UserInputError(f"invalid chunk {shorten(bad)!r}", hint=f"a chunk is named by its sha256 and is 1..{CHUNK_MAX} bytes")
+    from ._datasets import check_chunk_list
+
+    check_chunk_list(body.chunks)
     p = request.app.state.platform
     return {"missing": code_view(p, _homes(p)[0], _project(request, body.project)).lacking(body.chunks)}
 

@@ -156,6 +156,13 @@ def _version_out(v: DatasetVersionRow) -> dict[str, object]:
             "message": v.message, "origin": v.origin, "created_at": v.created_at}
 
 
+def check_chunk_list(chunks: dict[str, int]) -> None:
+    """A 400 for a list of chunks (sha256 → size) that names one wrongly."""
+    bad = next((sha for sha, size in chunks.items() if not SHA256.match(sha) or not 0 < size <= CHUNK_MAX), None)
+    if bad is not None:
+        raise UserInputError(f"invalid chunk {shorten(bad)!r}", hint=f"a chunk is named by its sha256 and is 1..{CHUNK_MAX} bytes")
+
+
 def clouds_holding(p: Platform, view_of: Callable[[str], DatasetView], digest: str, first: str | None = None) -> list[str]:
     """The reachable clouds whose stores hold version ``digest`` of ``view_of(cloud)``, ``first`` first."""
     up = p.reachable_stores()
@@ -376,9 +383,7 @@ def show_dataset(request: Request, name: str) -> dict[str, object]:
 def missing_chunks(request: Request, name: str, query: ChunkQuery) -> dict[str, object]:
     """Which of these chunks (sha256 → size) the cloud's store lacks: a push sends only those."""
     p, me = _platform(request), caller(request)
-    bad = next((sha for sha, size in query.chunks.items() if not SHA256.match(sha) or not 0 < size <= CHUNK_MAX), None)
-    if bad is not None:
-        raise UserInputError(f"invalid chunk {shorten(bad)!r}", hint=f"a chunk is named by its sha256 and is 1..{CHUNK_MAX} bytes")
+    check_chunk_list(query.chunks)
     with p.store.session() as s:
         row = _dataset(s, name, me, "editor")
         latest = _latest(s, name)
