@@ -4,8 +4,8 @@ Part 1 packages the MiniLM embedder photon (a real model, offline), serves it, c
 fermion.Client and shows adaptive batching. Part 2 starts a real two-node Ray cluster on this
 machine and a Fermion server managing three priced local clouds and that Ray cluster as a fourth
 cloud; deploys the embedder with a replica on Ray and one on a local cloud, sends traffic through
-the gateway, kills a cloud and shows the traffic carrying on while the replica is re-placed; then
-puts the support tickets in a dataset on one cloud's object store (a real S3 server on loopback),
+the gateway, kills a cloud and shows the traffic carrying on while the replica is re-placed;
+autoscales a deployment from zero up a load ramp and back to zero; then puts the support tickets in a dataset on one cloud's object store (a real S3 server on loopback),
 cleans out duplicate rows, syncs it to another cloud's store (GCS, or Azure Blob), finds and
 repairs a corrupted chunk; then fine-tunes a model as a job that starts on Ray, loses its cloud
 mid-run and resumes elsewhere.
@@ -35,6 +35,7 @@ from fermion.testing import Load, emulators, local_ray_cluster, running_server, 
 os.environ.setdefault("COLUMNS", "120")  # the CLI tables printed below are captured, not a TTY
 console = Console()
 EMBEDDER = f"{ROOT / 'examples/embedder/photon.py'}:Embedder"
+TEXT = f"{ROOT / 'examples/text/photon.py'}:TextTools"
 
 
 def step(title: str) -> None:
@@ -123,16 +124,16 @@ def with_stores(clouds: str, stores: dict) -> str:
 def dataset_demo(server, stores: dict) -> None:  # noqa: ANN001
     tickets = ROOT / "examples" / "data" / "tickets"
     target = "azure-eastus" if "azure" in stores else "gcp-us-central1"
-    step("9. fermion dataset create tickets examples/data/tickets --cloud aws-us-east-1 --encrypt")
+    step("10. fermion dataset create tickets examples/data/tickets --cloud aws-us-east-1 --encrypt")
     console.print(server.cli("dataset", "create", "tickets", str(tickets), "--cloud", "aws-us-east-1", "--encrypt",
                              "-m", "support tickets as shipped").stdout)
-    step("10. fermion dataset dedup tickets: exact and near-duplicate rows out (MinHash), as version 2")
+    step("11. fermion dataset dedup tickets: exact and near-duplicate rows out (MinHash), as version 2")
     console.print(server.cli("dataset", "dedup", "tickets").stdout)
     console.print(server.cli("dataset", "diff", "tickets", "1", "2").stdout)
-    step(f"11. fermion dataset sync tickets --to {target}: only the chunks its store lacks")
+    step(f"12. fermion dataset sync tickets --to {target}: only the chunks its store lacks")
     console.print(server.cli("dataset", "sync", "tickets", "--to", target).stdout)
     console.print(server.cli("dataset", "show", "tickets").stdout)
-    step(f"12. a chunk rots in {target}'s store: verify names it, sync repairs it")
+    step(f"13. a chunk rots in {target}'s store: verify names it, sync repairs it")
     corrupt_one_chunk(server, target)
     console.print(server.cli("dataset", "verify", "tickets", "--cloud", target, check=False).stdout)
     console.print(server.cli("dataset", "sync", "tickets", "--to", target).stdout)
@@ -201,12 +202,45 @@ def platform_demo(work: Path) -> None:
         console.print(events)
         server.cli("cloud", "recover", failing)
         server.cli("deployment", "delete", "emb")
+        autoscale_demo(server)
         dataset_demo(server, stores)
         finetune_demo(server)
 
 
+def autoscale_demo(server) -> None:  # noqa: ANN001
+    step("9. autoscaling: fermion deploy ... --min-replicas 0 --max-replicas 3; a wake from zero, a load ramp, "
+         "back to zero")
+    server.cli("deploy", TEXT, "--name", "text", "--public", "--replicas", "0", "--min-replicas", "0",
+               "--max-replicas", "3", "--upscale-delay", "1", "--downscale-delay", "4", "--scale-to-zero-delay", "6",
+               "--cloud", "aws-us-east-1", "--cloud", "gcp-us-central1", "--cloud", "azure-eastus")
+    console.print(f"deployment text: {server.deployment('text')['status']}, no replica running")
+    url = f"{server.url}/d/text/upper"
+    t0 = time.perf_counter()
+    answer = Client(f"{server.url}/d/text", timeout=60).upper(texts=["wake up"])
+    console.print(f"first request held by the gateway while a replica started: {answer} after "
+                  f"[bold]{time.perf_counter() - t0:.2f}s[/]")
+    for workers in (2, 8):
+        with Load(url, {"texts": ["load"]}, workers=workers) as load:
+            time.sleep(6)
+        d = server.deployment("text")
+        console.print(f"{workers} clients for 6s: {load.ok} answers, {len(load.failures)} failed; "
+                      f"{d['replicas']} replicas wanted, {d['ready']} ready")
+    console.print("load stopped; waiting for the scale-down and the stop at zero…")
+    server.wait_for(lambda api: api.get("/deployments/text").json()["status"] == "IDLE", timeout=60)
+    rows = server.api().get("/events", params={"limit": 500}).json()
+    table = Table("time", "decision", title="deployment text: every decision, with its numbers")
+    for e in sorted(rows, key=lambda e: e["at"]):
+        if e["object_id"] == "text" and e["reason"].startswith("autoscale"):
+            table.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), e["reason"][len("autoscale "):])
+    console.print(table)
+    cold = [e["reason"] for e in rows if e["kind"] == "replica" and "cold start" in e["reason"]]
+    if cold:
+        console.print(f"a replica's start, by phase: {cold[0][cold[0].index('cold start'):].rstrip(')')}")
+    server.cli("deployment", "delete", "text")
+
+
 def finetune_demo(server) -> None:  # noqa: ANN001
-    step("13. fermion finetune: MiniLM + LoRA on the tickets dataset, as a job on the cheapest cloud (Ray); it dies mid-run")
+    step("14. fermion finetune: MiniLM + LoRA on the tickets dataset, as a job on the cheapest cloud (Ray); it dies mid-run")
     # the cleaned version of the dataset (v2), fetched on the job's cloud from the nearest store that holds it
     server.cli("finetune", "--name", "tickets", "--data", "dataset:tickets@2/train.csv", "--eval-data",
                "dataset:tickets@2/eval.csv", "--epochs", "3", "--checkpoint-every", "5", "--no-follow")
@@ -224,7 +258,7 @@ def finetune_demo(server) -> None:  # noqa: ANN001
     for line in "\n".join(logs.values()).splitlines():
         if line.startswith("[fermion] dataset") or line.startswith("[fermion] restored"):
             console.print(line, markup=False)
-    step("14. the registered model, its lineage, and serving it: fermion deploy --model tickets:1")
+    step("15. the registered model, its lineage, and serving it: fermion deploy --model tickets:1")
     console.print(server.cli("model", "list").stdout)
     model = json.loads(server.cli("model", "show", "tickets:1", "--json").stdout)
     console.print(f"tickets:1 is {model['artifact_uri'][:18]}…, {model['lineage']['bytes'] / 1e6:.1f} MB kept in the "

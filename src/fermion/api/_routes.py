@@ -159,7 +159,7 @@ def _deployment_out(p: Platform, s, d: DeploymentRow, token: str | None = None) 
         generation=d.generation,
         replicas=d.replicas, ready=sum(r.state == "READY" and r.generation == d.generation for r in replicas),
         resources=d.resources, clouds=d.clouds, public=d.public, status=d.status, status_reason=d.status_reason,
-        last_error=d.last_error, endpoint=f"{p.public_url}/d/{d.name}", token=token,
+        last_error=d.last_error, endpoint=f"{p.public_url}/d/{d.name}", token=token, autoscale=d.autoscale,
         replica_list=[ReplicaOut.model_validate(r, from_attributes=True) for r in replicas],
     )
 
@@ -199,13 +199,18 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
         p.secrets.check_references(s, spec.env, project)
         purpose = env_purpose("deployment", name)
         resources = (spec.resources or _declared_resources(photon)).model_dump()
+        autoscale = spec.autoscale.model_dump() if spec.autoscale else None
+        replicas = spec.replicas
+        if spec.autoscale is not None:  # the count to start with, within the bounds
+            replicas = min(max(replicas, spec.autoscale.min), spec.autoscale.max)
         token = None
         if d is not None and d.status == "DELETING":
             raise UserInputError(f"deployment {name!r} is being deleted", hint="wait for it to finish, then deploy")
         if d is None:
             token = None if spec.public else new_token("fmd")
             d = DeploymentRow(
-                name=name, photon_sha256=spec.photon, replicas=spec.replicas, resources=resources, clouds=spec.clouds,
+                name=name, photon_sha256=spec.photon, replicas=replicas, resources=resources, clouds=spec.clouds,
+                autoscale=autoscale,
                 env=p.secrets.seal_env(spec.env, purpose), public=spec.public, idempotent=spec.idempotent,
                 rate_limit=spec.rate_limit.model_dump() if spec.rate_limit else None,
                 token_hash=hash_token(token) if token else None, status="DEPLOYING", generation=1, project=project,
@@ -215,7 +220,10 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
         else:
             old_env = p.secrets.plain_env(d.env, purpose)  # compare values, not fresh-nonce ciphertexts
             rollout = (d.photon_sha256, d.resources, old_env) != (spec.photon, resources, spec.env)
-            d.replicas, d.clouds, d.public, d.idempotent = spec.replicas, spec.clouds, spec.public, spec.idempotent
+            if spec.autoscale is not None and d.autoscale:  # the autoscaler's count stands, within the new bounds
+                replicas = min(max(d.replicas, spec.autoscale.min), spec.autoscale.max)
+            d.replicas, d.clouds, d.public, d.idempotent = replicas, spec.clouds, spec.public, spec.idempotent
+            d.autoscale = autoscale
             d.rate_limit = spec.rate_limit.model_dump() if spec.rate_limit else None
             if rollout:
                 d.photon_sha256, d.resources, d.env = spec.photon, resources, p.secrets.seal_env(spec.env, purpose)
@@ -266,6 +274,10 @@ def scale_deployment(request: Request, name: str, spec: ScaleSpec) -> Deployment
     p = platform(request)
     with p.store.session() as s:
         d = _get_deployment(s, name, caller(request), "editor")
+        if d.autoscale and not d.autoscale["min"] <= spec.replicas <= d.autoscale["max"]:
+            raise UserInputError(f"deployment {name!r} autoscales between {d.autoscale['min']} and "
+                                 f"{d.autoscale['max']} replicas; {spec.replicas} is outside",
+                                 hint="change the bounds with `fermion deploy ... --min-replicas/--max-replicas`")
         p.store.record(s, "deployment", name, str(d.replicas), str(spec.replicas), "scaled")
         d.replicas = spec.replicas
         if d.status == "FAILED":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ErrorBody(BaseModel):
@@ -47,6 +47,26 @@ class RateLimit(BaseModel):
     burst: int = Field(0, ge=0, le=1_000_000, description="bucket size; 0 means one second's worth")
 
 
+class AutoscaleSpec(BaseModel):
+    """Replicas that follow the load the gateway sees (see the README's "Autoscaling" for the formula)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    min: int = Field(1, ge=0, le=1000, description="0: scale to zero when idle; the first request wakes it")
+    max: int = Field(ge=1, le=1000)
+    target_ongoing_requests: float = Field(2.0, gt=0, le=10_000, description="requests in flight per replica")
+    upscale_delay_s: float = Field(5.0, ge=0, le=86_400)
+    downscale_delay_s: float = Field(60.0, ge=0, le=86_400)
+    scale_to_zero_delay_s: float = Field(300.0, ge=0, le=86_400, description="with min 0: idle this long, then 0")
+    queue_limit: int = Field(100, ge=0, le=100_000, description="requests held while no replica is up; past it 429")
+    queue_timeout_s: float = Field(60.0, gt=0, le=3600, description="how long a held request waits; past it 503")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscaleSpec:
+        if self.min > self.max:
+            raise ValueError(f"autoscale min ({self.min}) is above max ({self.max})")
+        return self
+
+
 class DeploymentSpec(BaseModel):
     """What `PUT /api/v1/deployments/{name}` takes: the desired state."""
 
@@ -60,6 +80,8 @@ class DeploymentSpec(BaseModel):
     idempotent: bool = Field(True, description="the gateway may retry a request whose replica died mid-flight")
     rate_limit: RateLimit | None = Field(None, description="requests per caller; past it the gateway answers 429")
     project: str | None = Field(None, description="default: the token's project, else the user's only one, else default")
+    autoscale: AutoscaleSpec | None = Field(None, description="follow the load between min and max replicas "
+                                            "(replicas is then the count to start with)")
 
 
 class ScaleSpec(BaseModel):
@@ -92,6 +114,7 @@ class DeploymentOut(BaseModel):
     status_reason: str
     last_error: str
     endpoint: str
+    autoscale: dict[str, Any] | None = None
     token: str | None = None  # only in the answer that created it
     replica_list: list[ReplicaOut] = Field(default_factory=list)
 

@@ -126,7 +126,9 @@ class Platform:
                                                open_env=lambda s, env, purpose, project: self.secrets.open_env(
                                                    s, env, purpose, project=project),
                                                owner=f"{server_id}/deployments", model_env=self.model_env,
-                                               fetch_archive=self.fetch_archive)
+                                               fetch_archive=self.fetch_archive, load=self.gateway.load,
+                                               registry=self.registry)
+        self.gateway.on_queue = lambda _deployment: self.controller.nudge()
         self.jobs = JobController(self.store, self.scheduler, self.controller, owner=f"{server_id}/jobs",
                                   on_success=lambda s, job: on_job_success(self, s, job),
                                   attempt_env=self.attempt_env, data_moves=lambda pinned: data_moves(self, pinned))

@@ -32,6 +32,19 @@ def deploy(
     rate_limit: Annotated[float | None, typer.Option(
         help="Requests per second per caller (token, or address if public); past it: 429.")] = None,
     burst: Annotated[int, typer.Option(help="With --rate-limit: requests a caller may send at once.")] = 0,
+    min_replicas: Annotated[int | None, typer.Option(
+        help="Autoscale: the fewest replicas (0 scales to zero when idle; the first request wakes it).")] = None,
+    max_replicas: Annotated[int | None, typer.Option(help="Autoscale: the most replicas.")] = None,
+    target_ongoing_requests: Annotated[float, typer.Option(
+        help="Autoscale: requests in flight per replica to aim for.")] = 2.0,
+    upscale_delay: Annotated[float, typer.Option(help="Autoscale: seconds the load must call for more first.")] = 5.0,
+    downscale_delay: Annotated[float, typer.Option(help="Autoscale: seconds the load must call for fewer first.")] = 60.0,
+    scale_to_zero_delay: Annotated[float, typer.Option(
+        help="Autoscale with --min-replicas 0: seconds with no request before stopping every replica.")] = 300.0,
+    queue_limit: Annotated[int, typer.Option(
+        help="Autoscale: requests the gateway holds while no replica is up; past it, 429.")] = 100,
+    queue_timeout: Annotated[float, typer.Option(
+        help="Autoscale: seconds a held request waits for a replica; past it, 503.")] = 60.0,
     wait: Annotated[bool, typer.Option(help="Wait until the deployment is READY.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300,
     json_out: JsonOpt = False,
@@ -73,12 +86,21 @@ def deploy(
         spec["rate_limit"] = {"requests_per_second": rate_limit, "burst": burst}
     if cpus is not None or memory_gb is not None:
         spec["resources"] = {"cpus": cpus or 1, "memory_gb": memory_gb or 1}
+    if min_replicas is not None or max_replicas is not None:
+        low = min_replicas if min_replicas is not None else 1
+        high = max_replicas if max_replicas is not None else max(low, replicas, 1)
+        if low > high:
+            raise UserInputError(f"--min-replicas {low} is above --max-replicas {high}")
+        spec["autoscale"] = {"min": low, "max": high, "target_ongoing_requests": target_ongoing_requests,
+                             "upscale_delay_s": upscale_delay, "downscale_delay_s": downscale_delay,
+                             "scale_to_zero_delay_s": scale_to_zero_delay, "queue_limit": queue_limit,
+                             "queue_timeout_s": queue_timeout}
     out = api.request("PUT", f"/deployments/{name}", json=spec)
     token = out.get("token")
     if wait:
         deadline = time.monotonic() + timeout
         with console.status(f"waiting for {name} to be ready…"):
-            while out["status"] not in ("READY", "FAILED") and time.monotonic() < deadline:
+            while out["status"] not in ("READY", "IDLE", "FAILED") and time.monotonic() < deadline:
                 time.sleep(0.5)
                 out = api.get(f"/deployments/{name}")
     out["token"] = token
@@ -93,10 +115,15 @@ def deploy(
 
 
 def _show_deployment(d: dict[str, Any]) -> None:
-    colour = {"READY": "green", "FAILED": "red", "DEGRADED": "yellow"}.get(d["status"], "cyan")
+    colour = {"READY": "green", "FAILED": "red", "DEGRADED": "yellow", "IDLE": "blue"}.get(d["status"], "cyan")
     console.print(f"[bold]{d['name']}[/] photon={d['photon_name']} gen={d['generation']} "
                   f"[{colour}]{d['status']}[/] {d['ready']}/{d['replicas']} ready — {d['status_reason']}")
     console.print(f"endpoint: {d['endpoint']}  ({'public' if d['public'] else 'token required'})")
+    if d.get("autoscale"):
+        a = d["autoscale"]
+        console.print(f"autoscale: {a['min']}–{a['max']} replicas, {a['target_ongoing_requests']:g} in flight each "
+                      f"(up after {a['upscale_delay_s']:g}s, down after {a['downscale_delay_s']:g}s"
+                      + (f", to zero after {a['scale_to_zero_delay_s']:g}s idle" if a["min"] == 0 else "") + ")")
     if d.get("last_error"):
         console.print(f"[red]last error:[/] {d['last_error']}")
     print_table(None, ["replica", "cloud", "gen", "state", "since", "reason"],

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
@@ -35,15 +36,22 @@ from ..security import SecretBox, env_purpose
 from ..store import TERMINAL_STATES, DeploymentRow, EventRow, ModelVersionRow, PhotonRow, ReplicaRow, Store, new_id
 from ._loop import ReconcileLoop
 from ._observe import Observer
+from ._autoscale import AutoscalePolicy, Load, ScalerState, decide
 from ._planner import DeploymentPlan, DeploymentView, Observation, ReplicaView, plan_deployment
 from ._scheduler import Need, Scheduler, max_per_cloud
 
 log = logging.getLogger("fermion.controller")
 LEASE_S = 30.0
 LEDGER_RESYNC_S = 5.0  # how often the capacity ledger is read again from the store
+FAST_INTERVAL_S = 0.05  # the pace of passes while a replica starts: its readiness is seen sooner
+# a drained replica leaves the routes at once, and is told to stop this much later: a request a
+# gateway sent it just before then lands, and no new one races its closing listener
+DRAIN_GRACE_S = 1.0
+PHASES = ("schedule", "provision", "init", "ready")  # of a replica's cold start
 ARCHIVE_RETRY_S = 10.0  # a photon archive no reachable store held is looked for again after this
 
 EnvOpener = Callable[[Session, dict[str, str], str, str], dict[str, str]]  # (session, env, purpose, project)
+LoadSignal = Callable[[str], tuple[int, int, float]]  # deployment -> (in flight, held, last request's wall time)
 
 
 def plain_env(s: Session, env: dict[str, str], purpose: str, project: str) -> dict[str, str]:
@@ -64,8 +72,16 @@ class DeploymentController(ReconcileLoop):
     def __init__(self, store: Store, scheduler: Scheduler, table: RoutingTable, interval_s: float = 0.25,
                  *, open_env: EnvOpener = plain_env, owner: str | None = None,
                  model_env: Callable[[Session, str, str, str], dict[str, str]] | None = None,
-                 fetch_archive: Callable[[str], Path | None] | None = None) -> None:
+                 fetch_archive: Callable[[str], Path | None] | None = None,
+                 load: LoadSignal | None = None, registry: CollectorRegistry | None = None) -> None:
         super().__init__()
+        self.load = load  # the gateway's view of each deployment's load: the autoscaler's signal
+        self._scalers: dict[str, ScalerState] = {}
+        self._since = time.time()  # idle time counts from here at the earliest: a restart wakes nothing to zero
+        self._drains: list[tuple[float, str | None, Handle]] = []  # (due, cloud, handle) of stops to send
+        self._phases: dict[str, dict[str, float]] = {}  # replica -> when each step of its start happened
+        self._fast = False
+        self.metrics = ControllerMetrics(registry or CollectorRegistry())
         self.fetch_archive = fetch_archive  # a photon's archive from the stores, onto this server's disk
         self._fetch_lock = threading.Lock()
         self._fetching: set[str] = set()
@@ -82,12 +98,18 @@ class DeploymentController(ReconcileLoop):
         self._archives: dict[str, Path] = {}
 
     # -- one pass over every deployment ----------------------------------------------------
+    def next_interval(self) -> float:
+        return FAST_INTERVAL_S if self._fast else self.interval_s
+
     def tick(self) -> None:
         with self._lock:
+            self._send_drains()
             self.scheduler.refresh()
             self.scheduler.rebuild_every(LEDGER_RESYNC_S)
             claimed = set(self._claim_all())
             deployments, replicas = self._snapshot(ReplicaRow.state.not_in(TERMINAL_STATES))
+            self._fast = any(r.state in ("PENDING", "PROVISIONING", "STARTING") for n in claimed
+                             for r in replicas.get(n, [])) or bool(self._drains)
             backends = self.scheduler.backends
             observations = self.observer.observe_all(
                 [(r.id, backends.get(r.cloud or ""), r.handle) for n in claimed for r in replicas.get(n, []) if r.handle],
@@ -98,10 +120,56 @@ class DeploymentController(ReconcileLoop):
                     self._publish(d, replicas[name], DeploymentPlan())
                     continue
                 try:
+                    if d.autoscale:
+                        self._autoscale(d)
                     self._pass(d, replicas[name], observations, healthy)
                 except Exception:  # noqa: BLE001 - a bug in one deployment stays in that deployment
                     log.exception("reconciling deployment %s failed", name)
+            for gone in set(self._scalers) - set(deployments):
+                self._scalers.pop(gone)
             self._unpublish_all_but(deployments)
+
+    # -- autoscaling ----------------------------------------------------------------------
+    def _autoscale(self, d: DeploymentRow) -> None:
+        """Follow the load the gateway sees: write the new replica count (guarded by the lease),
+        with an event that carries the numbers that decided it."""
+        if d.status in ("DELETING", "FAILED"):
+            return
+        now = time.time()
+        in_flight, queued, last = self.load(d.name) if self.load is not None else (0, 0, 0.0)
+        idle_s = now - max(last, self._since, d.updated_at)
+        policy = AutoscalePolicy.of(d.autoscale or {})
+        state = self._scalers.setdefault(d.name, ScalerState())
+        decision = decide(policy, d.replicas, Load(in_flight, queued, idle_s), state, now)
+        self.metrics.load.labels(d.name).set(decision.smoothed)
+        self.metrics.desired.labels(d.name).set(decision.desired)
+        if decision.replicas == d.replicas:
+            return
+        with self.store.session() as s:
+            written = s.execute(update(DeploymentRow).where(
+                DeploymentRow.name == d.name, DeploymentRow.lease_owner == self.owner,
+                DeploymentRow.replicas == d.replicas).values(replicas=decision.replicas)).rowcount
+            if written:
+                self.store.record(s, "deployment", d.name, str(d.replicas), str(decision.replicas),
+                                  f"autoscale {decision.reason}")
+        if written:
+            log.info("deployment %s: autoscale %s", d.name, decision.reason)
+            self.metrics.decisions.labels(d.name, "up" if decision.replicas > d.replicas else "down").inc()
+            d.replicas = decision.replicas
+
+    # -- drains ---------------------------------------------------------------------------
+    def _drain_later(self, cloud: str | None, handle: Handle) -> None:
+        self._drains.append((time.monotonic() + DRAIN_GRACE_S, cloud, handle))
+
+    def _send_drains(self) -> None:
+        now = time.monotonic()
+        due = [d for d in self._drains if d[0] <= now]
+        self._drains = [d for d in self._drains if d[0] > now]
+        for _, cloud, handle in due:
+            try:
+                self._stop_workload(cloud, handle, force=False)
+            except Exception:  # noqa: BLE001 - the planner kills it once its drain runs late
+                log.exception("draining %s failed", handle.get("id"))
 
     def start(self) -> None:
         if self.observer.closed:  # stopped before: leadership lost, then taken back
@@ -148,7 +216,8 @@ class DeploymentController(ReconcileLoop):
         now = time.time()
         view = DeploymentView(name=d.name, generation=d.generation, replicas=d.replicas, status=d.status,
                               crash_count=d.crash_count, next_start_at=d.next_start_at, target=d.target,
-                              status_reason=d.status_reason)
+                              status_reason=d.status_reason,
+                              wakes=bool(d.autoscale) and int((d.autoscale or {}).get("min", 1)) == 0)
         replicas = [ReplicaView(id=r.id, generation=r.generation, state=r.state, cloud=r.cloud, reason=r.reason,
                                 has_handle=r.handle is not None, failed_probes=r.failed_probes,
                                 state_since=r.state_since, created_at=r.created_at,
@@ -161,7 +230,10 @@ class DeploymentController(ReconcileLoop):
             for change in plan.changes:
                 if change.stop == stop:
                     cloud, handle = handles[change.id]
-                    self._stop_workload(cloud, handle or {"id": change.id}, force=stop == "kill")
+                    if stop == "drain":
+                        self._drain_later(cloud, handle or {"id": change.id})
+                    else:
+                        self._stop_workload(cloud, handle or {"id": change.id}, force=True)
 
         # kills before the write (a row written terminal must never leave a process running), drains
         # after it (a replica draining unrecorded would look like a crash when it exits)
@@ -181,7 +253,10 @@ class DeploymentController(ReconcileLoop):
             backend.stop(handle, force=force)
 
     def _start(self, st: _Start) -> Handle | ProvisionError:
-        return start_or_clean_up(self.scheduler.backends[st.cloud], st.workload)
+        handle = start_or_clean_up(self.scheduler.backends[st.cloud], st.workload)
+        if st.replica_id in self._phases:
+            self._phases[st.replica_id]["started"] = time.time()
+        return handle
 
     # -- write back ---------------------------------------------------------------------------
     def _write_plan(self, d: DeploymentRow, plan: DeploymentPlan, rows: list[ReplicaRow]) -> list[_Start] | None:
@@ -266,11 +341,14 @@ class DeploymentController(ReconcileLoop):
                 reason = change.reason
                 if change.state == "FAILED" and ":" in reason:  # may quote the workload's log: mask its secrets
                     reason = self._redact(s, d, reason)
+                if change.state in ("STARTING", "READY") and r.state in ("PROVISIONING", "STARTING"):
+                    reason += self._phase_done(r, "listening" if change.state == "STARTING" else "ready", now)
                 if (change.state, reason) != (r.state, r.reason):
                     events.add("replica", r.id, r.state, change.state, reason)
                     values.update(state=change.state, reason=reason, state_since=now)
                 if change.state in TERMINAL_STATES:
                     ended.append(r.id)
+                    self._phases.pop(r.id, None)
             if values:
                 updates.append({"id": r.id, **values})
         _update_by_id(s, updates)
@@ -282,6 +360,8 @@ class DeploymentController(ReconcileLoop):
         if not pending:
             return []
         now = time.time()
+        created = {r.id: r.created_at for r in s.scalars(select(ReplicaRow).where(
+            ReplicaRow.id.in_([p[0] for p in pending if p[2]])))} if any(p[2] for p in pending) else {}
         archive = self._archive(s, d.photon_sha256)
         try:
             env = self.open_env(s, d.env, env_purpose("deployment", d.name), d.project)
@@ -316,6 +396,7 @@ class DeploymentController(ReconcileLoop):
                 row = {"id": rid, "state": "PENDING", "reason": reason, "state_since": now, "cloud": None}
             else:
                 per_cloud[choice.cloud] = per_cloud.get(choice.cloud, 0) + 1
+                self._phases[rid] = {"created": created.get(rid, now), "placed": now}
                 secret = secret or secrets.token_urlsafe(32)
                 reason = f"starting on cloud {choice.cloud}" + (f" ({choice.why})" if choice.why else "")
                 events.add("replica", rid, state or "PENDING", "PROVISIONING", reason)
@@ -407,6 +488,25 @@ class DeploymentController(ReconcileLoop):
         for cloud, handle in orphans:
             self._stop_workload(cloud, handle, force=True)
 
+    def _phase_done(self, r: ReplicaRow, step: str, now: float) -> str:
+        """Note when a starting replica reached ``step`` ("listening" or "ready"); once ready, the
+        cold start by phase, as the end of its READY reason (and in the metrics)."""
+        times = self._phases.get(r.id)
+        if times is None or "started" not in times:
+            return ""  # started before this controller (a restart): its phases are unknown
+        times[step] = now
+        if step != "ready":
+            return ""
+        del self._phases[r.id]
+        listening = times.get("listening", now)
+        spans = dict(zip(PHASES, (times["placed"] - times["created"], times["started"] - times["placed"],
+                                  listening - times["started"], now - listening), strict=True))
+        total = now - times["created"]
+        for phase, seconds in spans.items():
+            self.metrics.cold_start.labels(phase).observe(max(0.0, seconds))
+        self.metrics.cold_start.labels("total").observe(total)
+        return f" (cold start {total:.2f}s: " + ", ".join(f"{k} {max(0.0, v):.2f}s" for k, v in spans.items()) + ")"
+
     # -- state changes --------------------------------------------------------------------
     def _set_state(self, s: Session, r: ReplicaRow, state: str, reason: str = "") -> None:
         if r.state == state and r.reason == reason:
@@ -429,8 +529,12 @@ class DeploymentController(ReconcileLoop):
             url = (change.url if change is not None else None) or r.url
             if state == "READY" and url:
                 endpoints.append(Endpoint(r.id, r.cloud or "", url, r.auth_secret))
+        hold = None
+        if d.autoscale:
+            policy = AutoscalePolicy.of(d.autoscale)
+            hold = (policy.queue_limit, policy.queue_timeout_s)
         route = Route(deployment=d.name, public=d.public, idempotent=d.idempotent, token_hash=d.token_hash,
-                      rate_limit=_bucket_size(d.rate_limit), endpoints=endpoints)
+                      rate_limit=_bucket_size(d.rate_limit), endpoints=endpoints, hold=hold)
         old = self.table.get(d.name)
         if old is None or _route_key(old) != _route_key(route):
             self.table.set(d.name, route)
@@ -525,6 +629,19 @@ class DeploymentController(ReconcileLoop):
         return backend.logs(r.handle, tail)
 
 
+class ControllerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.load = Gauge("fermion_autoscale_load", "Requests in flight and held, smoothed: the autoscaler's signal.",
+                          ["deployment"], registry=registry)
+        self.desired = Gauge("fermion_autoscale_desired_replicas", "The replica count the load asks for now.",
+                             ["deployment"], registry=registry)
+        self.decisions = Counter("fermion_autoscale_decisions", "Replica counts changed by the autoscaler.",
+                                 ["deployment", "direction"], registry=registry)
+        self.cold_start = Histogram("fermion_replica_cold_start_seconds", "A replica's start, by phase "
+                                    "(schedule, provision, init, ready; total).", ["phase"], registry=registry,
+                                    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120))
+
+
 class StartFailed(ProvisionError):
     """A start that failed by an error of this workload or of Fermion, not the cloud's refusal:
     the cloud stays healthy for everyone else."""
@@ -574,7 +691,7 @@ def _desired(d: DeploymentRow) -> tuple:
 
 
 def _route_key(route: Route) -> tuple:
-    return (route.public, route.idempotent, route.token_hash, route.rate_limit,
+    return (route.public, route.idempotent, route.token_hash, route.rate_limit, route.hold,
             tuple((e.replica_id, e.url, e.secret) for e in route.endpoints))
 
 

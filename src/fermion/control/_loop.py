@@ -15,6 +15,15 @@ class ReconcileLoop:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one tick at a time (the loop, or an API-triggered action)
+        self._nudged = threading.Event()
+
+    def nudge(self) -> None:
+        """Run the next tick now rather than after the interval (e.g. a request waits for a replica)."""
+        self._nudged.set()
+
+    def next_interval(self) -> float:
+        """Seconds until the next tick; a loop may go faster while something it watches is changing."""
+        return self.interval_s
 
     def tick(self) -> None:
         raise NotImplementedError
@@ -30,11 +39,16 @@ class ReconcileLoop:
 
     def stop(self) -> None:
         self._stop.set()
+        self._nudged.set()
         if self._thread is not None:
             self._thread.join(10)
 
     def _loop(self, stop: threading.Event) -> None:
-        while not stop.wait(self.interval_s):
+        while True:
+            self._nudged.wait(self.next_interval())
+            self._nudged.clear()
+            if stop.is_set():
+                return
             try:
                 self.tick()
             except Exception:  # a bad tick must not kill the control loop

@@ -64,6 +64,7 @@ class DeploymentView:
     next_start_at: float = 0.0
     target: dict[str, int] | None = None  # replicas per cloud of a move under way
     status_reason: str = ""
+    wakes: bool = False  # it may scale to zero: at zero it is IDLE, and the first request wakes it
 
 
 @dataclass
@@ -287,7 +288,9 @@ def plan_deployment(d: DeploymentView, replicas: list[ReplicaView], observations
         plan.new_replicas, plan.place = [], []
         return plan
     ready_all = ready_now + sum(states[r.id] == "READY" for r in outdated)
-    if ready_now >= desired:
+    if desired == 0 and d.wakes:
+        status = ("IDLE", "scaled to zero; the first request wakes it")
+    elif ready_now >= desired:
         status = ("READY", f"{ready_now}/{desired} replicas ready")
     elif ready_all > 0:
         status = ("DEGRADED", f"{ready_all}/{desired} replicas ready")

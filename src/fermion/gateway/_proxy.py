@@ -7,6 +7,7 @@ and parameter machinery entirely.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,7 @@ NOT_RELAYED = HOP_BY_HOP | {b"date", b"server"}
 # what a request target may hold, still percent-encoded: RFC 3986 pchar, '/', '?' and '%'
 _TARGET_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/?%")
 EJECT_SECONDS = 2.0
+EJECT_AFTER_ERRORS = 5  # 5xx answers in a row that eject a replica for a while
 MAX_ATTEMPTS = 4
 RETRY_PAUSE_S = 0.05
 UPSTREAM_TIMEOUT_S = 300.0
@@ -70,6 +72,18 @@ class GatewayMetrics:
             "fermion_gateway_retries", "Requests retried on another replica.", ["deployment", "reason"],
             registry=registry,
         )
+        self.queued = Gauge(
+            "fermion_gateway_queued", "Requests held while no replica is up (a deployment waking).", ["deployment"],
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "fermion_gateway_queue_wait_seconds", "How long held requests waited for a replica.", ["deployment"],
+            registry=registry, buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60),
+        )
+        self.held = Counter(
+            "fermion_gateway_held_refused", "Held requests refused: 429 past the queue limit, 503 past its timeout.",
+            ["deployment", "status"], registry=registry,
+        )
 
 
 async def _reply(send: Send, status: int, message: str, kind: str, retry_after: int | None = None) -> None:
@@ -79,6 +93,16 @@ async def _reply(send: Send, status: int, message: str, kind: str, retry_after: 
     if status in (408, 413):  # the rest of the body is still on the connection: never read it as a request
         headers.append((b"connection", b"close"))
     await send_error(send, status, message, kind, headers)
+
+
+class Demand:
+    """What the gateway knows of one deployment's load beyond its replicas' counters."""
+
+    __slots__ = ("queued", "last_request")
+
+    def __init__(self) -> None:
+        self.queued = 0
+        self.last_request = 0.0
 
 
 class Gateway:
@@ -96,6 +120,10 @@ class Gateway:
         self.max_body = max_body
         self.buckets = TokenBuckets()
         self.body_idle_timeout_s = body_idle_timeout_s
+        self._demands: dict[str, Demand] = {}
+        self._route_events: dict[str, asyncio.Event] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.on_queue: Callable[[str], None] | None = None  # told when a request starts waiting for a replica
 
     async def close(self) -> None:
         self.pool.close()
@@ -158,8 +186,20 @@ class Gateway:
             return await _reply(send, 429, f"deployment {deployment!r}: over {route.rate_limit[0]:g} requests per "  # type: ignore[index]
                                 f"second for this caller; retry in {wait_s:.2f}s", "RateLimited",
                                 retry_after=math.ceil(wait_s))
+        demand = self._demand(deployment)
+        demand.last_request = time.time()
         if not route.endpoints:
-            return await _reply(send, 503, f"deployment {deployment!r} has no ready replica", "ServiceUnavailable")
+            if route.hold is None:
+                return await _reply(send, 503, f"deployment {deployment!r} has no ready replica", "ServiceUnavailable")
+            limit, timeout_s = route.hold
+            if demand.queued >= limit:
+                self.metrics.held.labels(deployment, "429").inc()
+                return await _reply(send, 429, f"deployment {deployment!r} is starting a replica and already holds "
+                                    f"{limit} requests; retry shortly", "Overloaded", retry_after=1)
+            if await self._hold(deployment, demand, timeout_s) is None:
+                self.metrics.held.labels(deployment, "503").inc()
+                return await _reply(send, 503, f"deployment {deployment!r} has no ready replica: none came up "
+                                    f"within {timeout_s:g}s", "ServiceUnavailable", retry_after=5)
         try:
             body = await read_body(headers, receive, self.max_body, self.body_idle_timeout_s)
         except BodyTooLarge as exc:
@@ -237,7 +277,14 @@ class Gateway:
                 return "midflight", f"replica {endpoint.replica_id} broke off its answer"
             finally:
                 self.pool.release(host, port, conn)
-            endpoint.consecutive_failures = 0
+            if response.status >= 500:  # real traffic's failures eject a replica too, not only failed pings
+                endpoint.errors_in_a_row += 1
+                if endpoint.errors_in_a_row >= EJECT_AFTER_ERRORS:
+                    endpoint.errors_in_a_row = 0
+                    self._eject(endpoint)
+            else:
+                endpoint.errors_in_a_row = 0
+                endpoint.consecutive_failures = 0
             elapsed_ms = (time.perf_counter() - started) * 1000
             prev = endpoint.latency_ewma_ms
             endpoint.latency_ewma_ms = elapsed_ms if prev is None else 0.9 * prev + 0.1 * elapsed_ms
@@ -268,6 +315,63 @@ class Gateway:
                 raise RuntimeError("the replica broke off a streamed answer") from chunk  # cannot retry now
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+
+    def _demand(self, deployment: str) -> Demand:
+        demand = self._demands.get(deployment)
+        if demand is None:
+            demand = self._demands[deployment] = Demand()
+        return demand
+
+    def load(self, deployment: str) -> tuple[int, int, float]:
+        """(requests in flight at its replicas, requests held for want of one, wall time of the last
+        request): the autoscaler's signal. Read from another thread: plain ints, no lock."""
+        route = self.table.get(deployment)
+        demand = self._demands.get(deployment)
+        in_flight = sum(e.in_flight for e in route.endpoints) if route is not None else 0
+        return in_flight, demand.queued if demand else 0, demand.last_request if demand else 0.0
+
+    async def _hold(self, deployment: str, demand: Demand, timeout_s: float) -> Route | None:
+        """Wait until the deployment has a replica to send to (its route, then), or None past
+        ``timeout_s`` or once the deployment is gone."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            self.table.listen(self._route_changed)
+        demand.queued += 1
+        started = loop.time()
+        deadline = started + timeout_s
+        self.metrics.queued.labels(deployment).inc()
+        try:
+            if self.on_queue is not None:
+                self.on_queue(deployment)  # the controller wakes the deployment now, not on its next pass
+            while True:
+                event = self._route_events.setdefault(deployment, asyncio.Event())
+                route = self.table.get(deployment)
+                if route is None:
+                    return None
+                if route.endpoints:
+                    self.metrics.queue_wait.labels(deployment).observe(loop.time() - started)
+                    return route
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                with contextlib.suppress(TimeoutError):  # woken by a route change, or a second's check
+                    await asyncio.wait_for(event.wait(), min(remaining, 1.0))
+        finally:
+            demand.queued -= 1
+            self.metrics.queued.labels(deployment).dec()
+
+    def _route_changed(self, deployment: str) -> None:
+        """From whichever thread changed the table: wake the requests held for ``deployment``."""
+        loop = self._loop
+        if loop is not None and deployment in self._route_events:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+                loop.call_soon_threadsafe(self._wake, deployment)
+
+    def _wake(self, deployment: str) -> None:
+        event = self._route_events.pop(deployment, None)
+        if event is not None:
+            event.set()
 
     def _eject(self, endpoint: Endpoint) -> None:
         endpoint.consecutive_failures += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 
@@ -17,6 +18,7 @@ class Endpoint:
     in_flight: int = 0
     ejected_until: float = 0.0
     consecutive_failures: int = 0
+    errors_in_a_row: int = 0  # 5xx answers
     latency_ewma_ms: float | None = None  # of successful answers, seen from the gateway
 
     def available(self, now: float) -> bool:
@@ -31,6 +33,9 @@ class Route:
     token_hash: str | None
     endpoints: list[Endpoint] = field(default_factory=list)
     rate_limit: tuple[float, float] | None = None  # (requests per second, burst) per caller
+    # (queue limit, timeout s): with no replica up, requests wait for one (a deployment that
+    # scales to zero, or wakes), up to this many for this long; None: answer 503 at once
+    hold: tuple[int, float] | None = None
 
 
 class RoutingTable:
@@ -40,6 +45,16 @@ class RoutingTable:
         self._routes: dict[str, Route] = {}
         self._lock = threading.Lock()
         self.version = 0  # bumped on every change: gateways that follow this table long-poll on it
+        self._listeners: list[Callable[[str], None]] = []
+
+    def listen(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(deployment)`` after each change of a route (from the changing thread)."""
+        self._listeners.append(callback)
+
+    def _changed(self, names: Iterable[str]) -> None:
+        for name in names:
+            for callback in self._listeners:
+                callback(name)
 
     def touch(self) -> None:
         """Count a change made beside the routes (e.g. the admin tokens) as a new version."""
@@ -58,8 +73,10 @@ class RoutingTable:
         with self._lock:
             for name, route in routes.items():
                 self._keep_counters(self._routes.get(name), route)
+            changed = set(self._routes) | set(routes)
             self._routes = routes
             self.version += 1
+        self._changed(changed)
 
     def set(self, name: str, route: Route | None) -> None:
         """Replace (or, with None, remove) one deployment's route; the others are untouched."""
@@ -72,6 +89,7 @@ class RoutingTable:
                 routes[name] = route
             self._routes = routes
             self.version += 1
+        self._changed((name,))
 
     @staticmethod
     def _keep_counters(old: Route | None, new: Route) -> None:

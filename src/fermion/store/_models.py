@@ -53,12 +53,14 @@ class DeploymentRow(Base):
     rate_limit: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     project: Mapped[str] = mapped_column(String(100), default=DEFAULT_PROJECT, index=True)
     token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    status: Mapped[str] = mapped_column(String(20), default="DEPLOYING")  # DEPLOYING|READY|DEGRADED|FAILED
+    status: Mapped[str] = mapped_column(String(20), default="DEPLOYING")  # DEPLOYING|READY|DEGRADED|IDLE|FAILED
     status_reason: Mapped[str] = mapped_column(Text, default="")
     crash_count: Mapped[int] = mapped_column(Integer, default=0)  # consecutive, reset on READY
     last_error: Mapped[str] = mapped_column(Text, default="")
     next_start_at: Mapped[float] = mapped_column(Float, default=0.0)
     target: Mapped[dict[str, int] | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # replicas per cloud of a move
+    # the autoscaler's policy (min, max, target_ongoing_requests, delays, queue); None: a fixed count
+    autoscale: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
     updated_at: Mapped[float] = mapped_column(Float, default=time.time)
     lease_owner: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the controller reconciling it
