@@ -5,7 +5,8 @@ fermion.Client and shows adaptive batching. Part 2 starts a real two-node Ray cl
 machine and a Fermion server managing three priced local clouds and that Ray cluster as a fourth
 cloud; deploys the embedder with a replica on Ray and one on a local cloud, sends traffic through
 the gateway, kills a cloud and shows the traffic carrying on while the replica is re-placed;
-autoscales a deployment from zero up a load ramp and back to zero; then puts the support tickets in a dataset on one cloud's object store (a real S3 server on loopback),
+autoscales a deployment from zero up a load ramp and back to zero; rolls a buggy release out as
+a canary and back, and a good one forward; then puts the support tickets in a dataset on one cloud's object store (a real S3 server on loopback),
 cleans out duplicate rows, syncs it to another cloud's store (GCS, or Azure Blob), finds and
 repairs a corrupted chunk; then fine-tunes a model as a job that starts on Ray, loses its cloud
 mid-run and resumes elsewhere.
@@ -36,6 +37,7 @@ os.environ.setdefault("COLUMNS", "120")  # the CLI tables printed below are capt
 console = Console()
 EMBEDDER = f"{ROOT / 'examples/embedder/photon.py'}:Embedder"
 TEXT = f"{ROOT / 'examples/text/photon.py'}:TextTools"
+GREETER = f"{ROOT / 'examples/releases/photon.py'}:Greeter"
 
 
 def step(title: str) -> None:
@@ -124,16 +126,16 @@ def with_stores(clouds: str, stores: dict) -> str:
 def dataset_demo(server, stores: dict) -> None:  # noqa: ANN001
     tickets = ROOT / "examples" / "data" / "tickets"
     target = "azure-eastus" if "azure" in stores else "gcp-us-central1"
-    step("10. fermion dataset create tickets examples/data/tickets --cloud aws-us-east-1 --encrypt")
+    step("11. fermion dataset create tickets examples/data/tickets --cloud aws-us-east-1 --encrypt")
     console.print(server.cli("dataset", "create", "tickets", str(tickets), "--cloud", "aws-us-east-1", "--encrypt",
                              "-m", "support tickets as shipped").stdout)
-    step("11. fermion dataset dedup tickets: exact and near-duplicate rows out (MinHash), as version 2")
+    step("12. fermion dataset dedup tickets: exact and near-duplicate rows out (MinHash), as version 2")
     console.print(server.cli("dataset", "dedup", "tickets").stdout)
     console.print(server.cli("dataset", "diff", "tickets", "1", "2").stdout)
-    step(f"12. fermion dataset sync tickets --to {target}: only the chunks its store lacks")
+    step(f"13. fermion dataset sync tickets --to {target}: only the chunks its store lacks")
     console.print(server.cli("dataset", "sync", "tickets", "--to", target).stdout)
     console.print(server.cli("dataset", "show", "tickets").stdout)
-    step(f"13. a chunk rots in {target}'s store: verify names it, sync repairs it")
+    step(f"14. a chunk rots in {target}'s store: verify names it, sync repairs it")
     corrupt_one_chunk(server, target)
     console.print(server.cli("dataset", "verify", "tickets", "--cloud", target, check=False).stdout)
     console.print(server.cli("dataset", "sync", "tickets", "--to", target).stdout)
@@ -203,6 +205,7 @@ def platform_demo(work: Path) -> None:
         server.cli("cloud", "recover", failing)
         server.cli("deployment", "delete", "emb")
         autoscale_demo(server)
+        canary_demo(server)
         dataset_demo(server, stores)
         finetune_demo(server)
 
@@ -239,8 +242,36 @@ def autoscale_demo(server) -> None:  # noqa: ANN001
     server.cli("deployment", "delete", "text")
 
 
+def canary_demo(server) -> None:  # noqa: ANN001
+    step("10. canaries: release 2 (buggy) goes out to 30% of the traffic and is rolled back by its numbers; "
+         "release 3 is promoted")
+    url = f"{server.url}/d/greeter/greet"
+    server.cli("deploy", GREETER, "--name", "greeter", "--public", "--replicas", "2", "--env", "RELEASE=1")
+    for release, window in (("2-buggy", 30), ("3", 5)):
+        with Load(url, {"name": "Ada"}, workers=4) as load:
+            started = time.time()
+            server.cli("deploy", GREETER, "--name", "greeter", "--public", "--env", f"RELEASE={release}",
+                       "--canary", "30", "--canary-window", str(window), "--canary-min-requests", "40")
+            ended = server.wait_for(lambda api: next(
+                (e for e in api.get("/events", params={"object_id": "greeter"}).json()
+                 if e["new"] in ("ROLLED_BACK", "PROMOTED") and e["at"] > started), None), timeout=120)
+            if ended["new"] == "PROMOTED":  # the stable replicas roll over to it, under the same load
+                generation = server.deployment("greeter")["generation"]
+                server.wait_for(lambda api: all(r["generation"] == generation and r["state"] == "READY"
+                                                for r in api.get("/deployments/greeter").json()["replica_list"]),
+                                timeout=60)
+        shares = {}
+        for answer in load.answers:
+            shares[answer["release"]] = shares.get(answer["release"], 0) + 1
+        colour = "red" if ended["new"] == "ROLLED_BACK" else "green"
+        console.print(f"release {release}: [{colour}]{ended['new']}[/] — {ended['reason']}")
+        console.print(f"  answers by release: {shares}; failed: {len(load.failures)}"
+                      + (" (the canary's own errors, before its verdict)" if load.failures else ""))
+    server.cli("deployment", "delete", "greeter")
+
+
 def finetune_demo(server) -> None:  # noqa: ANN001
-    step("14. fermion finetune: MiniLM + LoRA on the tickets dataset, as a job on the cheapest cloud (Ray); it dies mid-run")
+    step("15. fermion finetune: MiniLM + LoRA on the tickets dataset, as a job on the cheapest cloud (Ray); it dies mid-run")
     # the cleaned version of the dataset (v2), fetched on the job's cloud from the nearest store that holds it
     server.cli("finetune", "--name", "tickets", "--data", "dataset:tickets@2/train.csv", "--eval-data",
                "dataset:tickets@2/eval.csv", "--epochs", "3", "--checkpoint-every", "5", "--no-follow")
@@ -258,7 +289,7 @@ def finetune_demo(server) -> None:  # noqa: ANN001
     for line in "\n".join(logs.values()).splitlines():
         if line.startswith("[fermion] dataset") or line.startswith("[fermion] restored"):
             console.print(line, markup=False)
-    step("15. the registered model, its lineage, and serving it: fermion deploy --model tickets:1")
+    step("16. the registered model, its lineage, and serving it: fermion deploy --model tickets:1")
     console.print(server.cli("model", "list").stdout)
     model = json.loads(server.cli("model", "show", "tickets:1", "--json").stdout)
     console.print(f"tickets:1 is {model['artifact_uri'][:18]}…, {model['lineage']['bytes'] / 1e6:.1f} MB kept in the "

@@ -148,6 +148,8 @@ def policy(w: World) -> list[Rule]:
         Rule("GET", "/deployments/web", "viewer"),
         Rule("POST", "/deployments/web/scale", "editor", body=lambda: {"replicas": 0}),
         Rule("POST", "/deployments/web/rebalance", "editor", body=lambda: {}),
+        Rule("POST", "/deployments/web/promote", "editor"),  # allowed callers get a 409: no canary under way
+        Rule("POST", "/deployments/web/rollback", "editor"),
         Rule("GET", "/deployments/web/logs", "viewer"),
         Rule("DELETE", "/deployments/web", "editor", setup=w.deployment),
         Rule("GET", "/replicas", "viewer", listing=True),

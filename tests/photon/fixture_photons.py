@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 
 from fermion import Photon, handler
@@ -42,6 +43,19 @@ class Versioned(Photon):
     def version(self) -> dict[str, str]:
         time.sleep(0.005)
         return {"version": os.environ.get("VERSION", "?"), "replica": os.environ.get("FERMION_REPLICA_ID", "?")}
+
+
+class Flaky(Photon):
+    """Answers with its VERSION; fails a FAIL_SHARE of its calls (a bad release)."""
+
+    resources = {"cpus": 0.25, "memory_gb": 0.25}
+
+    @handler
+    def version(self) -> dict[str, str]:
+        time.sleep(0.002)
+        if random.random() < float(os.environ.get("FAIL_SHARE", "0")):
+            raise RuntimeError("this release is broken (on purpose)")
+        return {"version": os.environ.get("VERSION", "?")}
 
 
 class CrashOnInit(Photon):

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, func, or_, select
 
+from ..control import promote, roll_back, start_canary
 from ..errors import ConflictError, NotFoundError, PermissionDeniedError, PhotonLoadError, UserInputError, shorten
 from ..photon.runtime import verify_archive
 from ..security import env_purpose, hash_token, new_token
@@ -160,8 +161,17 @@ def _deployment_out(p: Platform, s, d: DeploymentRow, token: str | None = None) 
         replicas=d.replicas, ready=sum(r.state == "READY" and r.generation == d.generation for r in replicas),
         resources=d.resources, clouds=d.clouds, public=d.public, status=d.status, status_reason=d.status_reason,
         last_error=d.last_error, endpoint=f"{p.public_url}/d/{d.name}", token=token, autoscale=d.autoscale,
+        canary=_canary_out(d, replicas),
         replica_list=[ReplicaOut.model_validate(r, from_attributes=True) for r in replicas],
     )
+
+
+def _canary_out(d: DeploymentRow, replicas: list[ReplicaRow]) -> dict[str, object] | None:
+    if not d.canary:
+        return None
+    shown = {k: v for k, v in d.canary.items() if k not in ("env", "resources")}  # the env is sealed: not shown
+    shown["ready"] = sum(r.state == "READY" and r.generation == d.canary["generation"] for r in replicas)
+    return shown
 
 
 def _get_deployment(s, name: str, me: Principal, role: str = "viewer") -> DeploymentRow:  # noqa: ANN001
@@ -206,6 +216,9 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
         token = None
         if d is not None and d.status == "DELETING":
             raise UserInputError(f"deployment {name!r} is being deleted", hint="wait for it to finish, then deploy")
+        if spec.canary is not None and d is None:
+            raise UserInputError("a canary needs a running version to compare with",
+                                 hint="deploy it without --canary first; later versions can go out as canaries")
         if d is None:
             token = None if spec.public else new_token("fmd")
             d = DeploymentRow(
@@ -220,6 +233,17 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
         else:
             old_env = p.secrets.plain_env(d.env, purpose)  # compare values, not fresh-nonce ciphertexts
             rollout = (d.photon_sha256, d.resources, old_env) != (spec.photon, resources, spec.env)
+            if spec.canary is not None and not rollout:
+                raise UserInputError(f"nothing to canary: deployment {name!r} already runs this photon with these "
+                                     "settings", hint="change the photon, its resources or its env")
+            generation = _next_generation(s, d)
+            if d.canary and (rollout or spec.canary is not None):  # a newer version replaces the canary
+                roll_back(p.store, s, d, "replaced by a newer version")
+            if spec.canary is not None:
+                start_canary(p.store, s, d, {"photon_sha256": spec.photon, "resources": resources,
+                                             "env": p.secrets.seal_env(spec.env, purpose)},
+                             spec.canary.model_dump(), generation)
+                rollout = False  # the stable version runs on beside it until the verdict
             if spec.autoscale is not None and d.autoscale:  # the autoscaler's count stands, within the new bounds
                 replicas = min(max(d.replicas, spec.autoscale.min), spec.autoscale.max)
             d.replicas, d.clouds, d.public, d.idempotent = replicas, spec.clouds, spec.public, spec.idempotent
@@ -227,7 +251,7 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
             d.rate_limit = spec.rate_limit.model_dump() if spec.rate_limit else None
             if rollout:
                 d.photon_sha256, d.resources, d.env = spec.photon, resources, p.secrets.seal_env(spec.env, purpose)
-                d.generation += 1
+                d.generation = generation
                 p.store.record(s, "deployment", name, d.status, "DEPLOYING", f"rolling out generation {d.generation}")
                 d.status = "DEPLOYING"
             elif not p.secrets.is_sealed_env(d.env):  # a row from before encryption: sealed on this write
@@ -282,6 +306,38 @@ def scale_deployment(request: Request, name: str, spec: ScaleSpec) -> Deployment
         d.replicas = spec.replicas
         if d.status == "FAILED":
             d.status, d.crash_count, d.next_start_at = "DEPLOYING", 0, 0.0
+        return _deployment_out(p, s, d)
+
+
+def _next_generation(s, d: DeploymentRow) -> int:  # noqa: ANN001
+    """A number no replica of ``d`` ever had: a new version must not reuse a canary's."""
+    used = s.scalar(select(func.max(ReplicaRow.generation)).where(ReplicaRow.deployment == d.name)) or 0
+    return max(d.generation, int(d.canary["generation"]) if d.canary else 0, used) + 1
+
+
+@router.post("/deployments/{name}/promote")
+def promote_deployment(request: Request, name: str) -> DeploymentOut:
+    """End the canary by hand: it becomes the deployment's version (the stable replicas roll over)."""
+    p = platform(request)
+    with p.store.session() as s:
+        d = _get_deployment(s, name, caller(request), "editor")
+        if not d.canary:
+            raise ConflictError(f"deployment {name!r} has no canary to promote",
+                                hint="start one with `fermion deploy ... --canary PERCENT`")
+        promote(p.store, s, d, f"by hand ({caller(request).user})")
+        return _deployment_out(p, s, d)
+
+
+@router.post("/deployments/{name}/rollback")
+def rollback_deployment(request: Request, name: str) -> DeploymentOut:
+    """End the canary by hand: its replicas drain, the stable version takes all the traffic."""
+    p = platform(request)
+    with p.store.session() as s:
+        d = _get_deployment(s, name, caller(request), "editor")
+        if not d.canary:
+            raise ConflictError(f"deployment {name!r} has no canary to roll back",
+                                hint="start one with `fermion deploy ... --canary PERCENT`")
+        roll_back(p.store, s, d, f"by hand ({caller(request).user})")
         return _deployment_out(p, s, d)
 
 

@@ -67,6 +67,19 @@ class AutoscaleSpec(BaseModel):
         return self
 
 
+class CanarySpec(BaseModel):
+    """Roll the new version out as a canary: a share of the traffic, judged against the stable version."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    weight: int = Field(ge=1, le=99, description="percent of the traffic the canary gets")
+    replicas: int = Field(1, ge=1, le=100)
+    window_s: float = Field(60.0, gt=0, le=86_400, description="it must hold this long to be promoted")
+    min_requests: int = Field(50, ge=1, le=10_000_000, description="answers it needs before any verdict")
+    max_error_rate_increase: float = Field(0.01, ge=0, le=1, description="over the stable error rate (0.01: 1 point)")
+    max_p99_ratio: float = Field(1.5, ge=1, le=100, description="of the stable version's p99")
+    auto: bool = Field(True, description="promote or roll back by verdict; false: only by hand")
+
+
 class DeploymentSpec(BaseModel):
     """What `PUT /api/v1/deployments/{name}` takes: the desired state."""
 
@@ -82,6 +95,7 @@ class DeploymentSpec(BaseModel):
     project: str | None = Field(None, description="default: the token's project, else the user's only one, else default")
     autoscale: AutoscaleSpec | None = Field(None, description="follow the load between min and max replicas "
                                             "(replicas is then the count to start with)")
+    canary: CanarySpec | None = Field(None, description="roll a new version out as a canary (an update only)")
 
 
 class ScaleSpec(BaseModel):
@@ -115,6 +129,7 @@ class DeploymentOut(BaseModel):
     last_error: str
     endpoint: str
     autoscale: dict[str, Any] | None = None
+    canary: dict[str, Any] | None = None  # generation, weight, replicas, ready, and its judge's settings
     token: str | None = None  # only in the answer that created it
     replica_list: list[ReplicaOut] = Field(default_factory=list)
 

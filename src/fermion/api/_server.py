@@ -127,7 +127,7 @@ class Platform:
                                                    s, env, purpose, project=project),
                                                owner=f"{server_id}/deployments", model_env=self.model_env,
                                                fetch_archive=self.fetch_archive, load=self.gateway.load,
-                                               registry=self.registry)
+                                               registry=self.registry, traffic=self.gateway.traffic)
         self.gateway.on_queue = lambda _deployment: self.controller.nudge()
         self.jobs = JobController(self.store, self.scheduler, self.controller, owner=f"{server_id}/jobs",
                                   on_success=lambda s, job: on_job_success(self, s, job),

@@ -45,6 +45,16 @@ def deploy(
         help="Autoscale: requests the gateway holds while no replica is up; past it, 429.")] = 100,
     queue_timeout: Annotated[float, typer.Option(
         help="Autoscale: seconds a held request waits for a replica; past it, 503.")] = 60.0,
+    canary: Annotated[int | None, typer.Option(
+        help="Roll this version out as a canary taking PERCENT of the traffic, judged against the running one.")] = None,
+    canary_replicas: Annotated[int, typer.Option(help="Canary: replicas of the new version.")] = 1,
+    canary_window: Annotated[float, typer.Option(help="Canary: seconds it must hold before it is promoted.")] = 60.0,
+    canary_min_requests: Annotated[int, typer.Option(help="Canary: answers it needs before any verdict.")] = 50,
+    canary_max_error_increase: Annotated[float, typer.Option(
+        help="Canary: error rate allowed over the stable version's, as a fraction (0.01: one point).")] = 0.01,
+    canary_max_p99_ratio: Annotated[float, typer.Option(help="Canary: p99 allowed, as a multiple of the stable's.")] = 1.5,
+    canary_auto: Annotated[bool, typer.Option(
+        help="Canary: promote or roll back by verdict (--no-canary-auto: only `deployment promote|rollback`).")] = True,
     wait: Annotated[bool, typer.Option(help="Wait until the deployment is READY.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300,
     json_out: JsonOpt = False,
@@ -95,12 +105,16 @@ def deploy(
                              "upscale_delay_s": upscale_delay, "downscale_delay_s": downscale_delay,
                              "scale_to_zero_delay_s": scale_to_zero_delay, "queue_limit": queue_limit,
                              "queue_timeout_s": queue_timeout}
+    if canary is not None:
+        spec["canary"] = {"weight": canary, "replicas": canary_replicas, "window_s": canary_window,
+                          "min_requests": canary_min_requests, "max_error_rate_increase": canary_max_error_increase,
+                          "max_p99_ratio": canary_max_p99_ratio, "auto": canary_auto}
     out = api.request("PUT", f"/deployments/{name}", json=spec)
     token = out.get("token")
     if wait:
         deadline = time.monotonic() + timeout
         with console.status(f"waiting for {name} to be ready…"):
-            while out["status"] not in ("READY", "IDLE", "FAILED") and time.monotonic() < deadline:
+            while not _settled(out) and time.monotonic() < deadline:
                 time.sleep(0.5)
                 out = api.get(f"/deployments/{name}")
     out["token"] = token
@@ -114,6 +128,14 @@ def deploy(
         raise typer.Exit(1)
 
 
+def _settled(d: dict[str, Any]) -> bool:
+    """Done waiting: READY (with its canary's replicas, if one was asked for), IDLE or FAILED."""
+    if d["status"] == "FAILED":
+        return True
+    canary = d.get("canary")
+    return d["status"] in ("READY", "IDLE") and (not canary or canary["ready"] >= canary["replicas"])
+
+
 def _show_deployment(d: dict[str, Any]) -> None:
     colour = {"READY": "green", "FAILED": "red", "DEGRADED": "yellow", "IDLE": "blue"}.get(d["status"], "cyan")
     console.print(f"[bold]{d['name']}[/] photon={d['photon_name']} gen={d['generation']} "
@@ -124,6 +146,13 @@ def _show_deployment(d: dict[str, Any]) -> None:
         console.print(f"autoscale: {a['min']}–{a['max']} replicas, {a['target_ongoing_requests']:g} in flight each "
                       f"(up after {a['upscale_delay_s']:g}s, down after {a['downscale_delay_s']:g}s"
                       + (f", to zero after {a['scale_to_zero_delay_s']:g}s idle" if a["min"] == 0 else "") + ")")
+    if d.get("canary"):
+        c = d["canary"]
+        console.print(f"canary: generation {c['generation']}, {c['weight']}% of the traffic, {c['ready']}/{c['replicas']} "
+                      f"ready; " + (f"promoted after {c['window_s']:g}s if it holds (≥ {c['min_requests']} answers, error "
+                                    f"rate ≤ stable + {100 * c['max_error_rate_increase']:g} points, p99 ≤ "
+                                    f"{c['max_p99_ratio']:g}× stable), rolled back as soon as it does not"
+                                    if c["auto"] else "ended by `fermion deployment promote|rollback` only"))
     if d.get("last_error"):
         console.print(f"[red]last error:[/] {d['last_error']}")
     print_table(None, ["replica", "cloud", "gen", "state", "since", "reason"],
@@ -180,6 +209,26 @@ def deployment_scale(name: str, replicas: Annotated[int, typer.Argument(help="Ne
         print_json(d)
     else:
         console.print(f"{name}: scaling to {replicas} replicas")
+
+
+@deployment_app.command("promote")
+def deployment_promote(name: str, json_out: JsonOpt = False) -> None:
+    """End the canary: it becomes the deployment's version, and the stable replicas roll over to it."""
+    d = Api().request("POST", f"/deployments/{name}/promote")
+    if json_out:
+        print_json(d)
+    else:
+        console.print(f"{name}: canary promoted; generation {d['generation']} rolls out")
+
+
+@deployment_app.command("rollback")
+def deployment_rollback(name: str, json_out: JsonOpt = False) -> None:
+    """End the canary: its replicas drain, and the running version takes all the traffic again."""
+    d = Api().request("POST", f"/deployments/{name}/rollback")
+    if json_out:
+        print_json(d)
+    else:
+        console.print(f"{name}: canary rolled back; generation {d['generation']} takes all the traffic")
 
 
 @deployment_app.command("delete")

@@ -1,6 +1,7 @@
 """The control plane: the scheduler (capacity ledger, cloud health, ranking), the pure planners,
 and the controllers that reconcile one deployment or job per pass (the only writers of actual state)."""
 
+from ._canary import promote, roll_back, start_canary
 from ._deployments import DeploymentController
 from ._jobs import JobController
 from ._leader import Leadership
@@ -37,6 +38,9 @@ __all__ = [
     "Scheduler",
     "plan_deployment",
     "plan_job",
+    "promote",
+    "roll_back",
+    "start_canary",
     "stop_on_retired_clouds",
     "stop_orphans",
 ]

@@ -31,12 +31,13 @@ from sqlalchemy.orm import Session
 
 from ..backends import Backend, Handle, ProvisionError, Workload
 from ..errors import FermionError
-from ..gateway import Endpoint, Route, RoutingTable
+from ..gateway import Endpoint, Route, RoutingTable, VersionTraffic
 from ..security import SecretBox, env_purpose
 from ..store import TERMINAL_STATES, DeploymentRow, EventRow, ModelVersionRow, PhotonRow, ReplicaRow, Store, new_id
 from ._loop import ReconcileLoop
 from ._observe import Observer
 from ._autoscale import AutoscalePolicy, Load, ScalerState, decide
+from ._canary import CanaryPolicy, VersionStats, judge, promote, roll_back
 from ._planner import DeploymentPlan, DeploymentView, Observation, ReplicaView, plan_deployment
 from ._scheduler import Need, Scheduler, max_per_cloud
 
@@ -58,6 +59,25 @@ def plain_env(s: Session, env: dict[str, str], purpose: str, project: str) -> di
     return dict(env)
 
 
+@dataclass(frozen=True)
+class _Version:
+    """What replicas of one generation run: the stable spec of a deployment, or its canary's."""
+
+    generation: int
+    photon_sha256: str
+    resources: dict[str, Any]
+    env: dict[str, str]  # sealed, as stored
+
+    @classmethod
+    def stable(cls, d: DeploymentRow) -> _Version:
+        return cls(d.generation, d.photon_sha256, dict(d.resources), dict(d.env))
+
+    @classmethod
+    def canary(cls, d: DeploymentRow) -> _Version | None:
+        c = d.canary
+        return None if not c else cls(int(c["generation"]), c["photon_sha256"], dict(c["resources"]), dict(c["env"]))
+
+
 @dataclass
 class _Start:
     """A start decided in write-back 1 and carried out between the writes."""
@@ -73,8 +93,11 @@ class DeploymentController(ReconcileLoop):
                  *, open_env: EnvOpener = plain_env, owner: str | None = None,
                  model_env: Callable[[Session, str, str, str], dict[str, str]] | None = None,
                  fetch_archive: Callable[[str], Path | None] | None = None,
-                 load: LoadSignal | None = None, registry: CollectorRegistry | None = None) -> None:
+                 load: LoadSignal | None = None, registry: CollectorRegistry | None = None,
+                 traffic: VersionTraffic | None = None) -> None:
         super().__init__()
+        self.traffic = traffic  # the gateway's answers per version: a canary's judge reads them
+        self._canary_since: dict[str, tuple[int, float]] = {}  # deployment -> (canary generation, first READY)
         self.load = load  # the gateway's view of each deployment's load: the autoscaler's signal
         self._scalers: dict[str, ScalerState] = {}
         self._since = time.time()  # idle time counts from here at the earliest: a restart wakes nothing to zero
@@ -120,6 +143,8 @@ class DeploymentController(ReconcileLoop):
                     self._publish(d, replicas[name], DeploymentPlan())
                     continue
                 try:
+                    if d.canary and self._judge_canary(d, replicas[name]):
+                        continue  # promoted or rolled back: the next pass plans from the new desired state
                     if d.autoscale:
                         self._autoscale(d)
                     self._pass(d, replicas[name], observations, healthy)
@@ -156,6 +181,38 @@ class DeploymentController(ReconcileLoop):
             log.info("deployment %s: autoscale %s", d.name, decision.reason)
             self.metrics.decisions.labels(d.name, "up" if decision.replicas > d.replicas else "down").inc()
             d.replicas = decision.replicas
+
+    # -- canaries -------------------------------------------------------------------------
+    def _judge_canary(self, d: DeploymentRow, rows: list[ReplicaRow]) -> bool:
+        """Compare the canary with the stable version over the gateway's recent answers; promote
+        or roll back when the verdict says. True when it did (the desired state moved)."""
+        canary = d.canary or {}
+        policy, generation = CanaryPolicy.of(canary), int(canary["generation"])
+        if not policy.auto or self.traffic is None or d.status in ("DELETING", "FAILED"):
+            return False
+        seen = self._canary_since.get(d.name)
+        if seen is None or seen[0] != generation:
+            if not any(r.generation == generation and r.state == "READY" for r in rows):
+                return False  # it is judged from its first READY replica on
+            seen = self._canary_since[d.name] = (generation, time.time())
+        running_s = time.time() - seen[1]
+        answers = self.traffic.window(d.name, min(running_s, policy.window_s))
+        stats = VersionStats.of(answers.get(generation, []))
+        stable = VersionStats.of([a for gen, got in answers.items() if gen != generation for a in got])
+        verdict, reason = judge(policy, stats, stable, running_s)
+        if not verdict:
+            return False
+        with self.store.session() as s:
+            if self.store.renew(s, DeploymentRow, d.name, self.owner, LEASE_S) is None:
+                return False
+            row = s.get(DeploymentRow, d.name)
+            if row is None or not row.canary or int(row.canary["generation"]) != generation:
+                return False  # the API changed it meanwhile
+            (promote if verdict == "promote" else roll_back)(self.store, s, row, reason)
+        log.info("deployment %s: canary generation %d %s: %s", d.name, generation, verdict, reason)
+        self._canary_since.pop(d.name, None)
+        self.traffic.forget(d.name)
+        return True
 
     # -- drains ---------------------------------------------------------------------------
     def _drain_later(self, cloud: str | None, handle: Handle) -> None:
@@ -217,7 +274,9 @@ class DeploymentController(ReconcileLoop):
         view = DeploymentView(name=d.name, generation=d.generation, replicas=d.replicas, status=d.status,
                               crash_count=d.crash_count, next_start_at=d.next_start_at, target=d.target,
                               status_reason=d.status_reason,
-                              wakes=bool(d.autoscale) and int((d.autoscale or {}).get("min", 1)) == 0)
+                              wakes=bool(d.autoscale) and int((d.autoscale or {}).get("min", 1)) == 0,
+                              canary_generation=int(d.canary["generation"]) if d.canary else None,
+                              canary_replicas=int(d.canary["replicas"]) if d.canary else 0)
         replicas = [ReplicaView(id=r.id, generation=r.generation, state=r.state, cloud=r.cloud, reason=r.reason,
                                 has_handle=r.handle is not None, failed_probes=r.failed_probes,
                                 state_since=r.state_since, created_at=r.created_at,
@@ -307,9 +366,14 @@ class DeploymentController(ReconcileLoop):
                         after.get(r.id, r.state) not in (*TERMINAL_STATES, "DRAINING", "PENDING"):
                     serving[r.cloud] = serving.get(r.cloud, 0) + 1
             to_place = set(plan.place)
-            pending = [(r.id, r.auth_secret, r.state, r.reason) for r in rows if r.id in to_place]
-            pending += [(new_id("r"), None, "", reason) for reason in plan.new_replicas]
-            starts = self._decide_starts(s, d, pending, plan.only_cloud, serving, events)
+            starts = []
+            for version, new in ((_Version.stable(d), plan.new_replicas), (_Version.canary(d), plan.new_canaries)):
+                if version is None:
+                    continue
+                pending = [(r.id, r.auth_secret, r.state, r.reason) for r in rows
+                           if r.id in to_place and r.generation == version.generation]
+                pending += [(new_id("r"), None, "", reason) for reason in new]
+                starts += self._decide_starts(s, d, version, pending, plan.only_cloud, serving, events)
             events.write(s)
             return starts
 
@@ -318,8 +382,8 @@ class DeploymentController(ReconcileLoop):
         statement (it takes the store's write lock); None if the lease is not ours."""
         c = DeploymentRow
         row = self.store.renew(s, DeploymentRow, name, self.owner, LEASE_S, c.status, c.generation, c.replicas,
-                               c.target, c.crash_count, c.next_start_at, c.clouds)
-        return None if row is None else (*row[1:7], tuple(row[7] or ()))
+                               c.target, c.crash_count, c.next_start_at, c.clouds, c.canary)
+        return None if row is None else (*row[1:7], tuple(row[7] or ()), _canary_key(row[8]))
 
     def _redact(self, s: Session, d: DeploymentRow, text: str) -> str:
         return self.redact_env(s, d.env, env_purpose("deployment", d.name), d.project, text) if text else text
@@ -353,18 +417,19 @@ class DeploymentController(ReconcileLoop):
                 updates.append({"id": r.id, **values})
         _update_by_id(s, updates)
 
-    def _decide_starts(self, s: Session, d: DeploymentRow, pending: list[tuple[str, str | None, str, str]],
-                       only: str | None, per_cloud: dict[str, int], events: Events) -> list[_Start]:
-        """Choose a cloud for each PENDING replica (id, secret, state, reason; state "" for one to
-        create) and write the intent: the row PROVISIONING with its cloud and no handle."""
+    def _decide_starts(self, s: Session, d: DeploymentRow, version: _Version,
+                       pending: list[tuple[str, str | None, str, str]], only: str | None, per_cloud: dict[str, int],
+                       events: Events) -> list[_Start]:
+        """Choose a cloud for each PENDING replica of ``version`` (id, secret, state, reason; state
+        "" for one to create) and write the intent: the row PROVISIONING with its cloud and no handle."""
         if not pending:
             return []
         now = time.time()
         created = {r.id: r.created_at for r in s.scalars(select(ReplicaRow).where(
             ReplicaRow.id.in_([p[0] for p in pending if p[2]])))} if any(p[2] for p in pending) else {}
-        archive = self._archive(s, d.photon_sha256)
+        archive = self._archive(s, version.photon_sha256)
         try:
-            env = self.open_env(s, d.env, env_purpose("deployment", d.name), d.project)
+            env = self.open_env(s, version.env, env_purpose("deployment", d.name), d.project)
         except FermionError as exc:
             env, why_not_at_all = {}, f"cannot start: {exc}"
         else:
@@ -372,7 +437,7 @@ class DeploymentController(ReconcileLoop):
         if archive is None and not why_not_at_all:
             why_not_at_all = "waiting for the photon's archive: this server's disk lacks it, and it is being fetched " \
                              "from the clouds' stores"
-        need = Need.of(d.resources)
+        need = Need.of(version.resources)
         allowed = [n for n in self.scheduler.backends if not d.clouds or n in d.clouds]
         mounts = self.artifact_mounts(s, env.get("FERMION_MODEL_DIR"), d.project) if not why_not_at_all else []
         model = env.get("FERMION_MODEL") if not why_not_at_all else None
@@ -407,8 +472,8 @@ class DeploymentController(ReconcileLoop):
                     id=rid, kind="replica", env={**env, **fetch}, cpus=need.cpus, memory_gb=need.memory_gb,
                     archive=archive, secret=secret, read_only=mounts), choice.why))
             if state == "":
-                inserts.append({"deployment": d.name, "generation": d.generation, "photon_sha256": d.photon_sha256,
-                                "resources": dict(d.resources), "failed_probes": 0, "created_at": now,
+                inserts.append({"deployment": d.name, "generation": version.generation,
+                                "photon_sha256": version.photon_sha256, "resources": dict(version.resources), "failed_probes": 0, "created_at": now,
                                 "auth_secret": None, "handle": None, "url": None, **row})
             elif (row["state"], row["reason"]) != (state, created_for):
                 if row["state"] == "PENDING":  # a new reason why it waits (a start records its own event)
@@ -528,13 +593,14 @@ class DeploymentController(ReconcileLoop):
             state = change.state if change is not None and change.state is not None else r.state
             url = (change.url if change is not None else None) or r.url
             if state == "READY" and url:
-                endpoints.append(Endpoint(r.id, r.cloud or "", url, r.auth_secret))
+                endpoints.append(Endpoint(r.id, r.cloud or "", url, r.auth_secret, generation=r.generation))
         hold = None
         if d.autoscale:
             policy = AutoscalePolicy.of(d.autoscale)
             hold = (policy.queue_limit, policy.queue_timeout_s)
+        canary = (int(d.canary["generation"]), int(d.canary["weight"])) if d.canary else None
         route = Route(deployment=d.name, public=d.public, idempotent=d.idempotent, token_hash=d.token_hash,
-                      rate_limit=_bucket_size(d.rate_limit), endpoints=endpoints, hold=hold)
+                      rate_limit=_bucket_size(d.rate_limit), endpoints=endpoints, hold=hold, canary=canary)
         old = self.table.get(d.name)
         if old is None or _route_key(old) != _route_key(route):
             self.table.set(d.name, route)
@@ -687,12 +753,17 @@ def start_or_clean_up(backend: Backend, workload: Workload) -> Handle | Provisio
 
 def _desired(d: DeploymentRow) -> tuple:
     """What the API may change under a pass (the controller writes the rest, under its lease)."""
-    return (d.status, d.generation, d.replicas, d.target, d.crash_count, d.next_start_at, tuple(d.clouds or ()))
+    return (d.status, d.generation, d.replicas, d.target, d.crash_count, d.next_start_at, tuple(d.clouds or ()),
+            _canary_key(d.canary))
+
+
+def _canary_key(canary: dict[str, Any] | None) -> tuple | None:
+    return None if not canary else (canary["generation"], canary.get("weight"), canary.get("replicas"))
 
 
 def _route_key(route: Route) -> tuple:
-    return (route.public, route.idempotent, route.token_hash, route.rate_limit, route.hold,
-            tuple((e.replica_id, e.url, e.secret) for e in route.endpoints))
+    return (route.public, route.idempotent, route.token_hash, route.rate_limit, route.hold, route.canary,
+            tuple((e.replica_id, e.url, e.secret, e.generation) for e in route.endpoints))
 
 
 def _bucket_size(rate_limit: dict[str, Any] | None) -> tuple[float, float] | None:

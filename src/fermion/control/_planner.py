@@ -65,6 +65,8 @@ class DeploymentView:
     target: dict[str, int] | None = None  # replicas per cloud of a move under way
     status_reason: str = ""
     wakes: bool = False  # it may scale to zero: at zero it is IDLE, and the first request wakes it
+    canary_generation: int | None = None  # a canary under way: this generation runs beside the stable one
+    canary_replicas: int = 0
 
 
 @dataclass
@@ -82,6 +84,7 @@ class ReplicaChange:
 class DeploymentPlan:
     changes: list[ReplicaChange] = field(default_factory=list)
     new_replicas: list[str] = field(default_factory=list)  # one reason per replica to create
+    new_canaries: list[str] = field(default_factory=list)  # the same, of the canary's generation
     place: list[str] = field(default_factory=list)  # PENDING replicas to start ("new" for the created)
     only_cloud: str | None = None  # during a move: where the surge replica goes
     status: str | None = None
@@ -94,7 +97,7 @@ class DeploymentPlan:
     delete: bool = False
 
     def touches(self) -> bool:
-        return bool(self.changes or self.new_replicas or self.place or self.status is not None
+        return bool(self.changes or self.new_replicas or self.new_canaries or self.place or self.status is not None
                     or self.crash_count is not None or self.clear_target or self.delete)
 
 
@@ -217,7 +220,8 @@ def plan_deployment(d: DeploymentView, replicas: list[ReplicaView], observations
     alive = [r for r in replicas if states[r.id] in LIVE]
     active = [r for r in alive if states[r.id] != "DRAINING"]
     current = [r for r in active if r.generation == d.generation]
-    outdated = [r for r in active if r.generation != d.generation]
+    canaries = [r for r in active if d.canary_generation is not None and r.generation == d.canary_generation]
+    outdated = [r for r in active if r.generation != d.generation and r not in canaries]
     desired = 0 if deleting else d.replicas
     by_id = {c.id: c for c in plan.changes}
 
@@ -274,7 +278,14 @@ def plan_deployment(d: DeploymentView, replicas: list[ReplicaView], observations
         for r in sorted(current, key=lambda r: (states[r.id] == "READY", -r.created_at))[:extra]:
             drain(r, "deployment deleted" if deleting else "scaled down")
         current = [r for r in current if states[r.id] not in ("DRAINING", "TERMINATED")]
-    plan.place = [r.id for r in current if states[r.id] == "PENDING"]
+    if canaries or d.canary_generation is not None:
+        wanted = 0 if deleting or failed else d.canary_replicas
+        if len(canaries) < wanted and now >= next_start:
+            plan.new_canaries = [f"canary of generation {d.canary_generation}"] * (wanted - len(canaries))
+        for r in sorted(canaries, key=lambda r: (states[r.id] == "READY", -r.created_at))[:max(0, len(canaries) - wanted)]:
+            drain(r, "deployment deleted" if deleting else "fewer canaries")
+        canaries = [r for r in canaries if states[r.id] not in ("DRAINING", "TERMINATED")]
+    plan.place = [r.id for r in current + canaries if states[r.id] == "PENDING"]
     ready_now = sum(states[r.id] == "READY" for r in current)
     if outdated and (ready_now >= desired or deleting):
         for r in outdated:  # rolling update: the new version is serving, retire the old
@@ -282,12 +293,16 @@ def plan_deployment(d: DeploymentView, replicas: list[ReplicaView], observations
 
     if deleting:
         plan.delete = all(states[r.id] not in LIVE for r in replicas)
-        plan.new_replicas, plan.place = [], []
+        plan.new_replicas, plan.new_canaries, plan.place = [], [], []
         return plan
     if failed:
-        plan.new_replicas, plan.place = [], []
+        plan.new_replicas, plan.new_canaries, plan.place = [], [], []
         return plan
     ready_all = ready_now + sum(states[r.id] == "READY" for r in outdated)
+    canary_note = ""
+    if d.canary_generation is not None:
+        canary_note = (f"; canary generation {d.canary_generation}: "
+                       f"{sum(states[r.id] == 'READY' for r in canaries)}/{d.canary_replicas} ready")
     if desired == 0 and d.wakes:
         status = ("IDLE", "scaled to zero; the first request wakes it")
     elif ready_now >= desired:
@@ -297,6 +312,7 @@ def plan_deployment(d: DeploymentView, replicas: list[ReplicaView], observations
     else:
         pending = [r.reason for r in current if states[r.id] == "PENDING" and r.reason]
         status = ("DEPLOYING", pending[0] if pending else f"0/{desired} replicas ready")
+    status = (status[0], status[1] + canary_note)
     if status != (d.status, d.status_reason):  # nothing to write when nothing changed
         plan.status, plan.status_reason = status
     return plan

@@ -36,19 +36,21 @@ def route_to_json(route: Route) -> dict[str, Any]:
         "deployment": route.deployment, "public": route.public, "idempotent": route.idempotent,
         "token_hash": route.token_hash, "rate_limit": list(route.rate_limit) if route.rate_limit else None,
         "hold": list(route.hold) if route.hold else None,
-        "endpoints": [{"replica_id": e.replica_id, "cloud": e.cloud, "url": e.url, "secret": e.secret}
-                      for e in route.endpoints],
+        "canary": list(route.canary) if route.canary else None,
+        "endpoints": [{"replica_id": e.replica_id, "cloud": e.cloud, "url": e.url, "secret": e.secret,
+                       "generation": e.generation} for e in route.endpoints],
     }
 
 
 def route_from_json(doc: dict[str, Any]) -> Route:
-    rate, hold = doc.get("rate_limit"), doc.get("hold")
+    rate, hold, canary = doc.get("rate_limit"), doc.get("hold"), doc.get("canary")
     return Route(
         deployment=str(doc["deployment"]), public=bool(doc["public"]), idempotent=bool(doc["idempotent"]),
         token_hash=doc.get("token_hash"), rate_limit=(float(rate[0]), float(rate[1])) if rate else None,
         hold=(int(hold[0]), float(hold[1])) if hold else None,
-        endpoints=[Endpoint(str(e["replica_id"]), str(e["cloud"]), str(e["url"]), e.get("secret"))
-                   for e in doc["endpoints"]],
+        canary=(int(canary[0]), int(canary[1])) if canary else None,
+        endpoints=[Endpoint(str(e["replica_id"]), str(e["cloud"]), str(e["url"]), e.get("secret"),
+                            generation=int(e.get("generation") or 0)) for e in doc["endpoints"]],
     )
 
 

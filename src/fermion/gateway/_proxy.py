@@ -7,9 +7,12 @@ and parameter machinery entirely.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import math
+import random
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -95,6 +98,54 @@ async def _reply(send: Send, status: int, message: str, kind: str, retry_after: 
     await send_error(send, status, message, kind, headers)
 
 
+def _side(canary: tuple[int, int], headers: list[tuple[bytes, bytes]]) -> int:
+    """Which version a request goes to during a canary: the generation it pins with
+    ``X-Fermion-Version``; else, for ``X-Fermion-Session``, the same side every time (a hash
+    of it against the canary's percentage); else the canary with its percentage's chance.
+    Returned as a generation (the canary's) or its negation (any version but the canary)."""
+    generation, percent = canary
+    session = None
+    for k, v in headers:
+        if k == b"x-fermion-version" and v.isdigit():
+            return int(v)
+        if k == b"x-fermion-session":
+            session = v
+    draw = zlib.crc32(session) % 100 if session is not None else random.randrange(100)
+    return generation if draw < percent else -generation
+
+
+def _version_endpoints(endpoints: list[Endpoint], canary: int, side: int) -> list[Endpoint]:
+    """The endpoints of ``side`` (see ``_side``); all of them when that side has none up."""
+    chosen = [e for e in endpoints if (e.generation == side if side > 0 else e.generation != -side)]
+    return chosen or endpoints
+
+
+class VersionTraffic:
+    """Recent answers per (deployment, generation) while a canary runs: (when, seconds, error)."""
+
+    def __init__(self, keep: int = 20_000) -> None:
+        self._answers: dict[tuple[str, int], collections.deque[tuple[float, float, bool]]] = {}
+        self.keep = keep
+
+    def add(self, deployment: str, generation: int, seconds: float, *, error: bool) -> None:
+        key = (deployment, generation)
+        answers = self._answers.get(key)
+        if answers is None:
+            answers = self._answers[key] = collections.deque(maxlen=self.keep)
+        answers.append((time.monotonic(), seconds, error))
+
+    def window(self, deployment: str, since_s: float) -> dict[int, list[tuple[float, bool]]]:
+        """generation -> [(seconds, error)] of the answers of the last ``since_s`` seconds. From any
+        thread: copying a deque is one step under the GIL."""
+        cutoff = time.monotonic() - since_s
+        return {gen: [(s, e) for at, s, e in list(answers) if at >= cutoff]
+                for (name, gen), answers in list(self._answers.items()) if name == deployment}
+
+    def forget(self, deployment: str) -> None:
+        for key in [k for k in self._answers if k[0] == deployment]:
+            self._answers.pop(key, None)
+
+
 class Demand:
     """What the gateway knows of one deployment's load beyond its replicas' counters."""
 
@@ -121,6 +172,7 @@ class Gateway:
         self.buckets = TokenBuckets()
         self.body_idle_timeout_s = body_idle_timeout_s
         self._demands: dict[str, Demand] = {}
+        self.traffic = VersionTraffic()
         self._route_events: dict[str, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.on_queue: Callable[[str], None] | None = None  # told when a request starts waiting for a replica
@@ -213,18 +265,24 @@ class Gateway:
         start = time.perf_counter()
         tried: set[str] = set()
         last_error = "no replica answered"
+        side = _side(route.canary, headers) if route.canary is not None else None
+        endpoint = None
         for attempt in range(MAX_ATTEMPTS):
             # re-read the route: the controller may have published replacements since the last try
             current = self.table.get(deployment) or route
-            endpoint = self.policy.choose(current.endpoints, tried)
+            endpoints = current.endpoints
+            if side is not None and current.canary is not None:
+                endpoints = _version_endpoints(endpoints, current.canary[0], side)
+            endpoint = self.policy.choose(endpoints, tried)
             if endpoint is None and tried:
                 tried.clear()  # every replica failed once, each safely: go round again
                 await asyncio.sleep(RETRY_PAUSE_S)
-                endpoint = self.policy.choose(current.endpoints, tried)
+                endpoint = self.policy.choose(endpoints, tried)
             if endpoint is None:
                 break
             tried.add(endpoint.replica_id)
-            kind, last_error = await self._attempt(send, method, endpoint, deployment, target, forward_headers, body)
+            kind, last_error = await self._attempt(send, method, endpoint, deployment, target, forward_headers, body,
+                                                   record=current.canary is not None)
             if kind == "done":
                 self.metrics.latency.labels(deployment).observe(time.perf_counter() - start)
                 return None
@@ -239,11 +297,13 @@ class Gateway:
             if attempt + 1 < MAX_ATTEMPTS:
                 self.metrics.retries.labels(deployment, kind).inc()
         self.metrics.requests.labels(deployment, "-", "502").inc()
+        if endpoint is not None and route.canary is not None:
+            self.traffic.add(deployment, endpoint.generation, time.perf_counter() - start, error=True)
         return await _reply(send, 502, f"deployment {deployment!r}: {last_error}", "BadGateway")
 
     async def _attempt(
         self, send: Send, method: str, endpoint: Endpoint, deployment: str, target: str,
-        headers: list[tuple[bytes, bytes]], body: bytes,
+        headers: list[tuple[bytes, bytes]], body: bytes, record: bool = False,
     ) -> tuple[str, str]:
         """Forward once. ("done", "") once the client has its answer, else (failure kind, message)."""
         url = urlsplit(endpoint.url)
@@ -271,7 +331,8 @@ class Gateway:
                 if response.status == 503 and (response.header(b"content-type") or b"").startswith(b"application/json"):
                     await response.body()  # initializing or draining: the handler did not run
                     return "connect", f"replica {endpoint.replica_id} is not ready"
-                await self._relay(send, response, head_only=method == "HEAD")
+                version = [(b"x-fermion-version", str(endpoint.generation).encode())] if record else None
+                await self._relay(send, response, head_only=method == "HEAD", extra=version)
             except UpstreamBrokenError:
                 self._eject(endpoint)
                 return "midflight", f"replica {endpoint.replica_id} broke off its answer"
@@ -286,6 +347,8 @@ class Gateway:
                 endpoint.errors_in_a_row = 0
                 endpoint.consecutive_failures = 0
             elapsed_ms = (time.perf_counter() - started) * 1000
+            if record:  # a canary under way: each version's errors and latency, for its judge
+                self.traffic.add(deployment, endpoint.generation, elapsed_ms / 1000, error=response.status >= 500)
             prev = endpoint.latency_ewma_ms
             endpoint.latency_ewma_ms = elapsed_ms if prev is None else 0.9 * prev + 0.1 * elapsed_ms
             self.metrics.requests.labels(deployment, endpoint.replica_id, str(response.status)).inc()
@@ -295,8 +358,11 @@ class Gateway:
             gauge.dec()
 
     @staticmethod
-    async def _relay(send: Send, response: UpstreamResponse, head_only: bool = False) -> None:
+    async def _relay(send: Send, response: UpstreamResponse, head_only: bool = False,
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
         out_headers = [(k.lower(), v) for k, v in response.headers if k.lower() not in NOT_RELAYED]
+        if extra:
+            out_headers += extra
         length = response.header(b"content-length")
         if length is not None and not length.isdigit():
             raise UpstreamBrokenError("the replica sent an invalid content-length")

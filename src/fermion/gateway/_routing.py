@@ -20,6 +20,7 @@ class Endpoint:
     consecutive_failures: int = 0
     errors_in_a_row: int = 0  # 5xx answers
     latency_ewma_ms: float | None = None  # of successful answers, seen from the gateway
+    generation: int = 0  # the deployment's version this replica runs
 
     def available(self, now: float) -> bool:
         return self.ejected_until <= now
@@ -36,6 +37,7 @@ class Route:
     # (queue limit, timeout s): with no replica up, requests wait for one (a deployment that
     # scales to zero, or wakes), up to this many for this long; None: answer 503 at once
     hold: tuple[int, float] | None = None
+    canary: tuple[int, int] | None = None  # (generation, percent of traffic) of a canary under way
 
 
 class RoutingTable:

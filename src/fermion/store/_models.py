@@ -61,6 +61,8 @@ class DeploymentRow(Base):
     target: Mapped[dict[str, int] | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # replicas per cloud of a move
     # the autoscaler's policy (min, max, target_ongoing_requests, delays, queue); None: a fixed count
     autoscale: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    # a canary under way: its generation, spec (photon, resources, sealed env), traffic share and judge
+    canary: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
     updated_at: Mapped[float] = mapped_column(Float, default=time.time)
     lease_owner: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the controller reconciling it

@@ -1,4 +1,4 @@
-"""A deployment's autoscaling policy.
+"""A deployment's autoscaling policy and its canary.
 
 Revision ID: 0004
 Revises: 0003
@@ -17,8 +17,10 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("deployments", sa.Column("autoscale", sa.JSON(none_as_null=True), nullable=True))
+    op.add_column("deployments", sa.Column("canary", sa.JSON(none_as_null=True), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("deployments") as batch:
+        batch.drop_column("canary")
         batch.drop_column("autoscale")
