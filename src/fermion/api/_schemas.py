@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -80,6 +80,16 @@ class CanarySpec(BaseModel):
     auto: bool = Field(True, description="promote or roll back by verdict; false: only by hand")
 
 
+class SpotSpec(BaseModel):
+    """Run a share of the replicas on spot capacity, with on-demand stand-ins while it is reclaimed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    share: float = Field(ge=0, le=1, description="of the replicas on spot (rounded down)")
+    fallback: Literal["on_demand", "none"] = Field("on_demand", description="stand-ins while spot is reclaimed")
+    max_reclaim_share: float = Field(0.5, gt=0, le=1, description="at most this share of the replicas on spot "
+                                                                    "on one cloud, so one reclaim takes no more")
+
+
 class DeploymentSpec(BaseModel):
     """What `PUT /api/v1/deployments/{name}` takes: the desired state."""
 
@@ -96,6 +106,7 @@ class DeploymentSpec(BaseModel):
     autoscale: AutoscaleSpec | None = Field(None, description="follow the load between min and max replicas "
                                             "(replicas is then the count to start with)")
     canary: CanarySpec | None = Field(None, description="roll a new version out as a canary (an update only)")
+    spot: SpotSpec | None = Field(None, description="spot replicas, with on-demand fallback")
 
 
 class ScaleSpec(BaseModel):
@@ -111,6 +122,7 @@ class ReplicaOut(BaseModel):
     state: str
     reason: str
     state_since: float
+    spot: bool = False
 
 
 class DeploymentOut(BaseModel):
@@ -130,6 +142,7 @@ class DeploymentOut(BaseModel):
     endpoint: str
     autoscale: dict[str, Any] | None = None
     canary: dict[str, Any] | None = None  # generation, weight, replicas, ready, and its judge's settings
+    spot: dict[str, Any] | None = None
     token: str | None = None  # only in the answer that created it
     replica_list: list[ReplicaOut] = Field(default_factory=list)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..clouds import CloudConfig
 from ._faults import FaultInjector
 from ._local import LocalBackend
-from ._protocol import Backend, Capabilities, Handle, ProvisionError, Status, Workload
+from ._protocol import Backend, Capabilities, Handle, NoSpotCapacity, ProvisionError, Status, Workload
 from ._sandbox import Isolation, read_untrusted
 
 
@@ -52,6 +52,7 @@ __all__ = [
     "Isolation",
     "LocalBackend",
     "LocalRayCluster",
+    "NoSpotCapacity",
     "RayBackend",
     "ProvisionError",
     "Status",

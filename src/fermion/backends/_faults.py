@@ -7,7 +7,7 @@ import time
 
 from ..clouds import Injected
 from ..placement import Offering
-from ._protocol import Backend, Capabilities, Handle, ProvisionError, Status, Workload
+from ._protocol import Backend, Capabilities, Handle, NoSpotCapacity, ProvisionError, Status, Workload
 
 RECLAIM_KEY = "fault_reclaim_at"  # kept in the handle, so a restarted server still reclaims on time
 
@@ -21,6 +21,7 @@ class FaultInjector:
         self.name, self.kind = inner.name, inner.kind
         self.down = down
         self._reclaimed: set[str] = set()
+        self._no_spot_until = 0.0  # a reclaim takes the cloud's spot capacity away for a while
 
     def offerings(self) -> list[Offering]:
         return self.inner.offerings()
@@ -30,6 +31,11 @@ class FaultInjector:
 
     def capabilities(self) -> Capabilities:
         return self.inner.capabilities()
+
+    def spot_available(self) -> bool:
+        """Whether a spot start would be accepted now (the inner backend sells spot at all, and no
+        reclaim has taken the capacity away)."""
+        return not self.down and time.time() >= self._no_spot_until
 
     def fail(self) -> None:
         """An outage: starts are refused and every workload reads as lost (the caller stops them)."""
@@ -41,6 +47,8 @@ class FaultInjector:
     def start(self, workload: Workload) -> Handle:
         if self.down:
             raise ProvisionError(f"cloud {self.name} is down (injected outage)")
+        if workload.spot and not self.spot_available():
+            raise NoSpotCapacity(f"cloud {self.name} has no spot capacity now (reclaimed; injected)")
         if self.inject.fail_start:
             raise ProvisionError(f"cloud {self.name} refused to start the {'replica' if workload.kind == 'replica' else 'attempt'} "
                                  "(injected fail_start)")
@@ -61,6 +69,8 @@ class FaultInjector:
         if status.alive:
             self.inner.stop(handle, force=True)
             self._reclaimed.add(str(handle["id"]))
+            if self.inject.spot_unavailable_s:
+                self._no_spot_until = max(self._no_spot_until, time.time() + self.inject.spot_unavailable_s)
             return Status(alive=False, lost=True, note=f"spot capacity reclaimed on {self.name}")
         if str(handle["id"]) in self._reclaimed or status.exit_code is None or status.exit_code < 0:
             # killed by the reclaim (also as seen by a restarted server: no code, or a signal's)

@@ -24,6 +24,10 @@ class ProvisionError(FermionError):
     """The backend could not start a workload (the cloud refused, is down, or is full)."""
 
 
+class NoSpotCapacity(ProvisionError):
+    """The cloud has no spot capacity now: it is healthy, and on-demand starts still work."""
+
+
 @dataclass
 class Workload:
     """One replica of a photon, or one attempt of a job, to run somewhere."""

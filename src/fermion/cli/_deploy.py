@@ -55,6 +55,12 @@ def deploy(
     canary_max_p99_ratio: Annotated[float, typer.Option(help="Canary: p99 allowed, as a multiple of the stable's.")] = 1.5,
     canary_auto: Annotated[bool, typer.Option(
         help="Canary: promote or roll back by verdict (--no-canary-auto: only `deployment promote|rollback`).")] = True,
+    spot_share: Annotated[float | None, typer.Option(
+        help="Run this share of the replicas (0-1, rounded down) on spot capacity.")] = None,
+    spot_fallback: Annotated[str, typer.Option(
+        help="With --spot-share: on_demand (stand-ins while spot is reclaimed, swapped back later) or none.")] = "on_demand",
+    spot_max_reclaim_share: Annotated[float, typer.Option(
+        help="With --spot-share: at most this share of the replicas on spot on one cloud.")] = 0.5,
     wait: Annotated[bool, typer.Option(help="Wait until the deployment is READY.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300,
     json_out: JsonOpt = False,
@@ -105,6 +111,10 @@ def deploy(
                              "upscale_delay_s": upscale_delay, "downscale_delay_s": downscale_delay,
                              "scale_to_zero_delay_s": scale_to_zero_delay, "queue_limit": queue_limit,
                              "queue_timeout_s": queue_timeout}
+    if spot_share is not None:
+        if spot_fallback not in ("on_demand", "none"):
+            raise UserInputError(f"--spot-fallback {spot_fallback!r} is not on_demand or none")
+        spec["spot"] = {"share": spot_share, "fallback": spot_fallback, "max_reclaim_share": spot_max_reclaim_share}
     if canary is not None:
         spec["canary"] = {"weight": canary, "replicas": canary_replicas, "window_s": canary_window,
                           "min_requests": canary_min_requests, "max_error_rate_increase": canary_max_error_increase,
@@ -155,9 +165,13 @@ def _show_deployment(d: dict[str, Any]) -> None:
                                     if c["auto"] else "ended by `fermion deployment promote|rollback` only"))
     if d.get("last_error"):
         console.print(f"[red]last error:[/] {d['last_error']}")
-    print_table(None, ["replica", "cloud", "gen", "state", "since", "reason"],
-                [(r["id"], r["cloud"], r["generation"], r["state"], _age(r["state_since"]), r["reason"])
-                 for r in d["replica_list"]])
+    if d.get("spot"):
+        s = d["spot"]
+        console.print(f"spot: {s['share']:.0%} of the replicas, fallback {s['fallback']}, at most "
+                      f"{s['max_reclaim_share']:.0%} of them on spot per cloud")
+    print_table(None, ["replica", "cloud", "market", "gen", "state", "since", "reason"],
+                [(r["id"], r["cloud"], "spot" if r.get("spot") else "on-demand", r["generation"], r["state"],
+                  _age(r["state_since"]), r["reason"]) for r in d["replica_list"]])
 
 
 def _age(since: float) -> str:

@@ -28,7 +28,8 @@ class Injected(BaseModel):
     model_config = ConfigDict(extra="forbid")
     latency_ms: float = Field(0, ge=0)  # added to every request its replicas serve
     fail_start: bool = False  # every provisioning attempt fails
-    spot_preempt_after_s: float | None = Field(None, gt=0)  # spot job attempts are reclaimed after this long
+    spot_preempt_after_s: float | None = Field(None, gt=0)  # spot replicas and attempts are reclaimed after this long
+    spot_unavailable_s: float = Field(0, ge=0)  # after a reclaim, the cloud has no spot capacity for this long
 
 
 class Pricing(BaseModel):

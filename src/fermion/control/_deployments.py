@@ -16,6 +16,7 @@ one deployment's pass stays in that deployment.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import threading
 import time
@@ -29,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from ..backends import Backend, Handle, ProvisionError, Workload
+from ..backends import Backend, Handle, NoSpotCapacity, ProvisionError, Workload
 from ..errors import FermionError
 from ..gateway import Endpoint, Route, RoutingTable, VersionTraffic
 from ..security import SecretBox, env_purpose
@@ -39,7 +40,7 @@ from ._observe import Observer
 from ._autoscale import AutoscalePolicy, Load, ScalerState, decide
 from ._canary import CanaryPolicy, VersionStats, judge, promote, roll_back
 from ._planner import DeploymentPlan, DeploymentView, Observation, ReplicaView, plan_deployment
-from ._scheduler import Need, Scheduler, max_per_cloud
+from ._scheduler import Choice, Need, Scheduler, max_per_cloud
 
 log = logging.getLogger("fermion.controller")
 LEASE_S = 30.0
@@ -76,6 +77,38 @@ class _Version:
     def canary(cls, d: DeploymentRow) -> _Version | None:
         c = d.canary
         return None if not c else cls(int(c["generation"]), c["photon_sha256"], dict(c["resources"]), dict(c["env"]))
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A replica to place: a PENDING row (its state), or one to create (state "")."""
+
+    id: str
+    secret: str | None
+    state: str
+    reason: str
+    must_spot: bool = False  # a swap for an on-demand stand-in: on spot or not at all
+
+
+class _Market:
+    """The spot policy of one deployment during one pass: how many of its replicas run on spot,
+    and where, so that a single reclaim takes at most ``max_reclaim_share`` of them."""
+
+    def __init__(self, d: DeploymentRow, on_spot: dict[str, int]) -> None:
+        policy = d.spot or {}
+        self.fallback = str(policy.get("fallback", "on_demand"))
+        self.wanted = math.floor(float(policy.get("share", 0.0)) * d.replicas + 1e-9)
+        self.per_cloud = max(1, math.floor(float(policy.get("max_reclaim_share", 0.5)) * d.replicas + 1e-9))
+        self.on_spot = dict(on_spot)
+
+    def wants_spot(self) -> bool:
+        return sum(self.on_spot.values()) < self.wanted
+
+    def room(self, cloud: str) -> int:
+        return self.per_cloud - self.on_spot.get(cloud, 0)
+
+    def placed(self, cloud: str) -> None:
+        self.on_spot[cloud] = self.on_spot.get(cloud, 0) + 1
 
 
 @dataclass
@@ -276,11 +309,14 @@ class DeploymentController(ReconcileLoop):
                               status_reason=d.status_reason,
                               wakes=bool(d.autoscale) and int((d.autoscale or {}).get("min", 1)) == 0,
                               canary_generation=int(d.canary["generation"]) if d.canary else None,
-                              canary_replicas=int(d.canary["replicas"]) if d.canary else 0)
+                              canary_replicas=int(d.canary["replicas"]) if d.canary else 0,
+                              spot_share=float(d.spot["share"]) if d.spot else 0.0,
+                              spot_available=bool(d.spot) and self._spot_room(d, rows))
         replicas = [ReplicaView(id=r.id, generation=r.generation, state=r.state, cloud=r.cloud, reason=r.reason,
                                 has_handle=r.handle is not None, failed_probes=r.failed_probes,
                                 state_since=r.state_since, created_at=r.created_at,
-                                memory_gb=float((r.resources or {}).get("memory_gb", 0)) or None, url=r.url)
+                                memory_gb=float((r.resources or {}).get("memory_gb", 0)) or None, url=r.url,
+                                spot=r.spot)
                     for r in rows]
         plan = plan_deployment(view, replicas, observations, healthy, now)
         handles = {r.id: (r.cloud, r.handle) for r in rows}
@@ -361,19 +397,23 @@ class DeploymentController(ReconcileLoop):
                 s.execute(update(DeploymentRow).where(DeploymentRow.name == name).values(**values))
             after = {c.id: c.state for c in plan.changes if c.state is not None}
             serving: dict[str, int] = {}  # this generation's replicas per cloud, after the plan
+            on_spot: dict[str, int] = {}  # ... of them on spot
             for r in rows:
                 if r.cloud and r.generation == d.generation and \
                         after.get(r.id, r.state) not in (*TERMINAL_STATES, "DRAINING", "PENDING"):
                     serving[r.cloud] = serving.get(r.cloud, 0) + 1
+                    on_spot[r.cloud] = on_spot.get(r.cloud, 0) + r.spot
             to_place = set(plan.place)
             starts = []
             for version, new in ((_Version.stable(d), plan.new_replicas), (_Version.canary(d), plan.new_canaries)):
                 if version is None:
                     continue
-                pending = [(r.id, r.auth_secret, r.state, r.reason) for r in rows
+                pending = [_Pending(r.id, r.auth_secret, r.state, r.reason, r.spot) for r in rows
                            if r.id in to_place and r.generation == version.generation]
-                pending += [(new_id("r"), None, "", reason) for reason in new]
-                starts += self._decide_starts(s, d, version, pending, plan.only_cloud, serving, events)
+                must_spot = len(new) - (plan.new_spot if version.generation == d.generation else 0)
+                pending += [_Pending(new_id("r"), None, "", reason, i >= must_spot) for i, reason in enumerate(new)]
+                market = _Market(d, on_spot) if d.spot and version.generation == d.generation else None
+                starts += self._decide_starts(s, d, version, pending, plan.only_cloud, serving, events, market)
             events.write(s)
             return starts
 
@@ -417,16 +457,16 @@ class DeploymentController(ReconcileLoop):
                 updates.append({"id": r.id, **values})
         _update_by_id(s, updates)
 
-    def _decide_starts(self, s: Session, d: DeploymentRow, version: _Version,
-                       pending: list[tuple[str, str | None, str, str]], only: str | None, per_cloud: dict[str, int],
-                       events: Events) -> list[_Start]:
-        """Choose a cloud for each PENDING replica of ``version`` (id, secret, state, reason; state
-        "" for one to create) and write the intent: the row PROVISIONING with its cloud and no handle."""
+    def _decide_starts(self, s: Session, d: DeploymentRow, version: _Version, pending: list[_Pending],
+                       only: str | None, per_cloud: dict[str, int], events: Events,
+                       market: _Market | None = None) -> list[_Start]:
+        """Choose a cloud (and, under a spot policy, a market) for each PENDING replica of
+        ``version`` and write the intent: the row PROVISIONING with its cloud and no handle."""
         if not pending:
             return []
         now = time.time()
         created = {r.id: r.created_at for r in s.scalars(select(ReplicaRow).where(
-            ReplicaRow.id.in_([p[0] for p in pending if p[2]])))} if any(p[2] for p in pending) else {}
+            ReplicaRow.id.in_([p.id for p in pending if p.state])))} if any(p.state for p in pending) else {}
         archive = self._archive(s, version.photon_sha256)
         try:
             env = self.open_env(s, version.env, env_purpose("deployment", d.name), d.project)
@@ -438,7 +478,7 @@ class DeploymentController(ReconcileLoop):
             why_not_at_all = "waiting for the photon's archive: this server's disk lacks it, and it is being fetched " \
                              "from the clouds' stores"
         need = Need.of(version.resources)
-        allowed = [n for n in self.scheduler.backends if not d.clouds or n in d.clouds]
+        allowed = self._allowed(d)
         mounts = self.artifact_mounts(s, env.get("FERMION_MODEL_DIR"), d.project) if not why_not_at_all else []
         model = env.get("FERMION_MODEL") if not why_not_at_all else None
         if model and self.model_env is not None:
@@ -447,30 +487,41 @@ class DeploymentController(ReconcileLoop):
             except FermionError as exc:
                 why_not_at_all = f"cannot start: {exc}"
         starts, inserts, updates = [], [], []
-        for rid, secret, state, created_for in pending:
+        for p in pending:
+            rid, secret, state, created_for, must_spot = p.id, p.secret, p.state, p.reason, p.must_spot
             if state == "":
                 events.add("replica", rid, "", "PENDING", created_for)
-            choice = None if why_not_at_all else self.scheduler.choose(
-                rid, need, allowed, caps=self.scheduler.spread_caps(allowed, d.replicas, per_cloud), only=only)
-            if choice is None or choice.cloud is None:
+            spot, note = False, ""
+            if why_not_at_all:
+                choice = None
+            elif market is not None and (must_spot or market.wants_spot()):
+                choice, spot, note = self._choose_market(rid, need, allowed, market, must_spot)
+            else:
+                choice = self.scheduler.choose(
+                    rid, need, allowed, caps=self.scheduler.spread_caps(allowed, d.replicas, per_cloud), only=only)
+            if choice is not None and choice.cloud is None and spot:  # waits for spot capacity
+                row = {"id": rid, "state": "PENDING", "reason": note, "state_since": now, "cloud": None, "spot": spot}
+            elif choice is None or choice.cloud is None:
                 reason = why_not_at_all or (f"no cloud can run it ({need.describe()}): "
                                             + "; ".join((choice.why_not if choice else None) or ["no cloud allowed"]))
                 # room only shrinks within a pass: once one replica fits nowhere, none after it does,
                 # so a thousand PENDING replicas cost one choice, not a thousand
                 why_not_at_all = reason
-                row = {"id": rid, "state": "PENDING", "reason": reason, "state_since": now, "cloud": None}
+                row = {"id": rid, "state": "PENDING", "reason": reason, "state_since": now, "cloud": None,
+                       "spot": must_spot}
             else:
                 per_cloud[choice.cloud] = per_cloud.get(choice.cloud, 0) + 1
                 self._phases[rid] = {"created": created.get(rid, now), "placed": now}
                 secret = secret or secrets.token_urlsafe(32)
-                reason = f"starting on cloud {choice.cloud}" + (f" ({choice.why})" if choice.why else "")
+                why = "; ".join(x for x in (note, choice.why) if x)
+                reason = f"starting on cloud {choice.cloud}" + (" on spot" if spot else "") + (f" ({why})" if why else "")
                 events.add("replica", rid, state or "PENDING", "PROVISIONING", reason)
                 row = {"id": rid, "state": "PROVISIONING", "reason": reason, "state_since": now,
-                       "cloud": choice.cloud, "auth_secret": secret, "handle": None, "url": None}
+                       "cloud": choice.cloud, "auth_secret": secret, "handle": None, "url": None, "spot": spot}
                 fetch = self.model_env(s, model, d.project, rid) if model and self.model_env is not None else {}
                 starts.append(_Start(rid, choice.cloud, Workload(
                     id=rid, kind="replica", env={**env, **fetch}, cpus=need.cpus, memory_gb=need.memory_gb,
-                    archive=archive, secret=secret, read_only=mounts), choice.why))
+                    archive=archive, secret=secret, read_only=mounts, spot=spot), why))
             if state == "":
                 inserts.append({"deployment": d.name, "generation": version.generation,
                                 "photon_sha256": version.photon_sha256, "resources": dict(version.resources), "failed_probes": 0, "created_at": now,
@@ -483,6 +534,36 @@ class DeploymentController(ReconcileLoop):
             s.execute(insert(ReplicaRow), inserts)
         _update_by_id(s, updates)
         return starts
+
+    def _spot_room(self, d: DeploymentRow, rows: list[ReplicaRow]) -> bool:
+        """Whether an allowed cloud could take one more of ``d``'s spot replicas now."""
+        on_spot: dict[str, int] = {}
+        for r in rows:
+            if r.spot and r.cloud and r.generation == d.generation and r.state not in (*TERMINAL_STATES, "DRAINING"):
+                on_spot[r.cloud] = on_spot.get(r.cloud, 0) + 1
+        market = _Market(d, on_spot)
+        return any(self.scheduler.spot_ok(n) and market.room(n) > 0 for n in self._allowed(d))
+
+    def _allowed(self, d: DeploymentRow) -> list[str]:
+        return [n for n in self.scheduler.backends if not d.clouds or n in d.clouds]
+
+    def _choose_market(self, rid: str, need: Need, allowed: list[str], market: _Market,
+                       must_spot: bool) -> tuple[Choice | None, bool, str]:
+        """A spot cloud within the reclaim spread for a replica that should run on spot; else,
+        under the on-demand fallback, an on-demand stand-in. (choice, on spot, note); a choice
+        with no cloud and a note: it waits, PENDING, with that note."""
+        spot_clouds = [n for n in allowed if self.scheduler.spot_ok(n) and market.room(n) > 0]
+        choice = self.scheduler.choose(rid, need, spot_clouds, spot=True) if spot_clouds else None
+        if choice is not None and choice.cloud is not None:
+            market.placed(choice.cloud)
+            return choice, True, ""
+        lacking = [n for n in allowed if not self.scheduler.spot_ok(n)]
+        why = (f"no spot capacity on {', '.join(lacking)}" if lacking else "no spot capacity") + \
+              (f", and at most {market.per_cloud} on spot per cloud elsewhere" if len(lacking) < len(allowed) else "")
+        if must_spot or market.fallback != "on_demand":
+            return Choice(None), True, f"waiting for spot capacity: {why}"
+        choice = self.scheduler.choose(rid, need, allowed)
+        return choice, False, f"on-demand stand-in: {why}"
 
     def _archive(self, s: Session, sha256: str) -> Path | None:
         """A photon's archive on this server's disk (content-addressed: the answer for a digest never
@@ -544,7 +625,7 @@ class DeploymentController(ReconcileLoop):
                     self.scheduler.release(st.replica_id)
             for st, exc in failed:
                 self.scheduler.release(st.replica_id)
-                if not isinstance(exc, StartFailed):
+                if not isinstance(exc, StartFailed | NoSpotCapacity):  # either way the cloud itself is fine
                     self.scheduler.mark(s, st.cloud, healthy=False, reason=exc.message)
                 r = s.get(ReplicaRow, st.replica_id)
                 if r is not None and owned:

@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..backends import Handle, ProvisionError, Workload
+from ..backends import Handle, NoSpotCapacity, ProvisionError, Workload
 from ..errors import FermionError
 from ..security import env_purpose
 from ..store import AttemptRow, JobRow, Store
@@ -145,7 +145,7 @@ class JobController(ReconcileLoop):
         if choice.cloud is None:
             job.reason = "waiting for a cloud: " + "; ".join(choice.why_not or ["none allowed"])
             return None
-        spot = job.spot and self.scheduler.capabilities(choice.cloud).spot
+        spot = job.spot and self.scheduler.spot_ok(choice.cloud)  # no spot capacity now: on-demand
         s.add(AttemptRow(id=attempt_id, job=job.name, number=number, cloud=choice.cloud, resources=asdict(need),
                          spot=spot, state="STARTING", reason="starting"))
         if choice.why:  # the plan's reasons: price, score, the data it must bring, the next best cloud
@@ -188,7 +188,7 @@ class JobController(ReconcileLoop):
             job, attempt = s.get(JobRow, name), s.get(AttemptRow, attempt_id)
             if isinstance(result, ProvisionError):
                 self.scheduler.release(attempt_id)
-                if not isinstance(result, StartFailed):
+                if not isinstance(result, StartFailed | NoSpotCapacity):  # the cloud itself is fine
                     self.scheduler.mark(s, cloud, healthy=False, reason=result.message)
                 if attempt is not None and owned:
                     s.delete(attempt)

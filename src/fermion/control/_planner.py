@@ -6,6 +6,7 @@ The replica state machine is the table TRANSITIONS: (state, signal) → (next st
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -52,6 +53,7 @@ class ReplicaView:
     created_at: float = 0.0
     memory_gb: float | None = None
     url: str | None = None
+    spot: bool = False  # on spot capacity (PENDING: to be started on spot only)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class DeploymentView:
     wakes: bool = False  # it may scale to zero: at zero it is IDLE, and the first request wakes it
     canary_generation: int | None = None  # a canary under way: this generation runs beside the stable one
     canary_replicas: int = 0
+    spot_share: float = 0.0  # of its replicas on spot; the rest, and stand-ins for reclaimed ones, on-demand
+    spot_available: bool = False  # some allowed cloud has spot capacity now (a stand-in may be swapped back)
 
 
 @dataclass
@@ -85,6 +89,7 @@ class DeploymentPlan:
     changes: list[ReplicaChange] = field(default_factory=list)
     new_replicas: list[str] = field(default_factory=list)  # one reason per replica to create
     new_canaries: list[str] = field(default_factory=list)  # the same, of the canary's generation
+    new_spot: int = 0  # how many of new_replicas (the last ones) must go on spot: swaps for stand-ins
     place: list[str] = field(default_factory=list)  # PENDING replicas to start ("new" for the created)
     only_cloud: str | None = None  # during a move: where the surge replica goes
     status: str | None = None
@@ -270,13 +275,25 @@ def plan_deployment(d: DeploymentView, replicas: list[ReplicaView], observations
                     current.remove(victim)
         if target is not None:
             plan.only_cloud = _surge_cloud(target, counts)
+    spot_wanted = math.floor(d.spot_share * desired + 1e-9)
+    spot_count = sum(r.spot for r in current)
+    stand_ins = (len(current) - spot_count) - (desired - spot_wanted)  # on-demand beyond the on-demand share
+    swapping = stand_ins > 0 and any(r.spot and states[r.id] != "READY" for r in current)
+    if spot_wanted and target is None and new == 0 and not swapping and d.spot_available and stand_ins > 0 \
+            and spot_count < spot_wanted and len(current) == desired and all(states[r.id] == "READY" for r in current):
+        plan.new_replicas.append("swapping an on-demand stand-in for spot capacity, which is back")
+        plan.new_spot, new, swapping = 1, 1, True
     extra = len(current) + new - desired
-    if target is not None and extra == 1:
-        extra = 0  # the surge replica of a move; it retires one where there are too many once READY
+    if (target is not None or swapping) and extra == 1:
+        extra = 0  # the surge replica of a move or a swap; it retires one where there are too many once READY
     if extra > 0:
-        # drop the least useful first: not ready, then newest
-        for r in sorted(current, key=lambda r: (states[r.id] == "READY", -r.created_at))[:extra]:
-            drain(r, "deployment deleted" if deleting else "scaled down")
+        def surplus(r: ReplicaView) -> bool:  # its market has more than its share
+            return spot_count > spot_wanted if r.spot else stand_ins > 0 or not spot_wanted
+
+        # drop the least useful first: not ready, then of a market over its share, then newest
+        for r in sorted(current, key=lambda r: (states[r.id] == "READY", not surplus(r), -r.created_at))[:extra]:
+            swapped = not deleting and spot_wanted and not r.spot and stand_ins > 0 and states[r.id] == "READY"
+            drain(r, "deployment deleted" if deleting else "swapped for a spot replica" if swapped else "scaled down")
         current = [r for r in current if states[r.id] not in ("DRAINING", "TERMINATED")]
     if canaries or d.canary_generation is not None:
         wanted = 0 if deleting or failed else d.canary_replicas
@@ -293,10 +310,10 @@ def plan_deployment(d: DeploymentView, replicas: list[ReplicaView], observations
 
     if deleting:
         plan.delete = all(states[r.id] not in LIVE for r in replicas)
-        plan.new_replicas, plan.new_canaries, plan.place = [], [], []
+        plan.new_replicas, plan.new_canaries, plan.place, plan.new_spot = [], [], [], 0
         return plan
     if failed:
-        plan.new_replicas, plan.new_canaries, plan.place = [], [], []
+        plan.new_replicas, plan.new_canaries, plan.place, plan.new_spot = [], [], [], 0
         return plan
     ready_all = ready_now + sum(states[r.id] == "READY" for r in outdated)
     canary_note = ""

@@ -314,6 +314,11 @@ class Scheduler:
             why_not.append(short)
         return Choice(None, "", why_not or ["no cloud allowed"])
 
+    def spot_ok(self, name: str) -> bool:
+        """Whether ``name`` sells spot capacity and has some now (a reclaim may have taken it)."""
+        backend = self.backends.get(name)
+        return backend is not None and self.healthy(name) and self._facts(name)[2].spot and backend.spot_available()
+
     def spread_caps(self, allowed: list[str], replicas: int, per_cloud: dict[str, int]) -> dict[str, int]:
         """How many more replicas each allowed cloud may take under the spread rule."""
         most = max_per_cloud(allowed, replicas)

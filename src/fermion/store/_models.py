@@ -63,6 +63,8 @@ class DeploymentRow(Base):
     autoscale: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     # a canary under way: its generation, spec (photon, resources, sealed env), traffic share and judge
     canary: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    # spot policy: share of the replicas on spot, fallback ("on_demand" | "none"), max_reclaim_share
+    spot: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
     updated_at: Mapped[float] = mapped_column(Float, default=time.time)
     lease_owner: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the controller reconciling it
@@ -83,6 +85,7 @@ class ReplicaRow(Base):
     resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     failed_probes: Mapped[int] = mapped_column(Integer, default=0)
     auth_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)  # the gateway's key to this replica
+    spot: Mapped[bool] = mapped_column(default=False)  # on spot capacity (a PENDING one: it must go on spot)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
     state_since: Mapped[float] = mapped_column(Float, default=time.time)
 

@@ -1,4 +1,4 @@
-"""A deployment's autoscaling policy and its canary.
+"""A deployment's autoscaling policy, its canary and its spot policy; each replica's market.
 
 Revision ID: 0004
 Revises: 0003
@@ -18,9 +18,14 @@ depends_on = None
 def upgrade() -> None:
     op.add_column("deployments", sa.Column("autoscale", sa.JSON(none_as_null=True), nullable=True))
     op.add_column("deployments", sa.Column("canary", sa.JSON(none_as_null=True), nullable=True))
+    op.add_column("deployments", sa.Column("spot", sa.JSON(none_as_null=True), nullable=True))
+    op.add_column("replicas", sa.Column("spot", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("replicas") as batch:
+        batch.drop_column("spot")
     with op.batch_alter_table("deployments") as batch:
+        batch.drop_column("spot")
         batch.drop_column("canary")
         batch.drop_column("autoscale")
