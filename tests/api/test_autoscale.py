@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from fermion.testing import Load, ServerProc, running_server
+from fermion.testing import Load, ServerProc, running_server, start_gateway, stop
 from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON
 
 CLOUDS = """
@@ -134,3 +134,23 @@ def test_autoscale_bounds_are_checked(server: ServerProc) -> None:
     bad = server.cli("deploy", TEXT_PHOTON, "--name", "x", "--min-replicas", "3", "--max-replicas", "1", check=False)
     assert bad.returncode != 0 and "--min-replicas 3 is above --max-replicas 1" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_traffic_through_a_gateway_process_counts_a_deployment_woken_there_stays_up(server: ServerProc,
+                                                                                 tmp_path) -> None:  # noqa: ANN001
+    server.cli("deploy", TEXT_PHOTON, "--name", "remote", "--public", "--replicas", "0", "--min-replicas", "0",
+               "--max-replicas", "2", "--scale-to-zero-delay", "2", "--cpus", "0.25", "--memory-gb", "0.25")
+    gateway = start_gateway(tmp_path / "gw", [server.url], server.token)
+    try:
+        url = f"{gateway.url}/d/remote/upper"
+        server.wait_for(lambda _: httpx.post(url, json={"texts": ["x"]}, timeout=60).status_code == 200, timeout=30)
+        woke = [e["reason"] for e in events(server, "remote") if e["reason"].startswith("autoscale 0 → 1")]
+        assert woke == ["autoscale 0 → 1: woken by 1 waiting request(s)"]  # held there, reported to the server
+        with Load(url, {"texts": ["busy"]}, workers=2) as load:
+            time.sleep(6)  # three times the idle delay, with every request through the gateway process
+            d = server.deployment("remote")
+        assert d["replicas"] >= 1 and d["status"] != "IDLE"
+        assert load.failures == [] and load.ok > 50
+        server.wait_for(lambda api: api.get("/deployments/remote").json()["status"] == "IDLE", timeout=30)
+    finally:
+        stop(gateway.proc)

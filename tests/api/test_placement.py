@@ -87,3 +87,36 @@ def test_optimize_apply_moves_replicas_under_load_without_errors(server: ServerP
     assert any(e["new"] == "REBALANCING" for e in events)
     again = server.cli("optimize", "--deployment", "movable", "--apply").stdout
     assert "not moved" in again  # already the best placement
+
+
+def test_a_cloud_failing_requests_is_avoided_then_the_placement_reoptimizes_back(server: ServerProc) -> None:
+    server.cli("deploy", f"{FIXTURE_PHOTONS}:Flaky", "--name", "failing", "--public", "--cloud", "aws-c3",
+               "--env", "FAIL_SHARE=0.6")
+    with Load(f"{server.url}/d/failing/version", {}, workers=2) as bad:
+        deadline = time.monotonic() + 60
+        while bad.ok + len(bad.failures) < 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert len(bad.failures) > 50  # the gateway saw aws-c3 fail these
+    server.cli("deploy", f"{FIXTURE_PHOTONS}:Versioned", "--name", "careful", "--public", "--cloud", "aws-c3",
+               "--cloud", "mid", "--reoptimize-every", "2", "--min-saving", "0.1")
+    replica = server.deployment("careful")["replica_list"][0]
+    assert replica["cloud"] == "mid"  # aws-c3 is cheaper, but fails its requests
+    with server.api() as api:
+        placed = next(e["reason"] for e in api.get("/events", params={"object_id": replica["id"]}).json()
+                      if e["new"] == "PROVISIONING")
+    assert "failing requests: aws-c3" in placed, placed
+    with Load(f"{server.url}/d/careful/version", {}) as load:
+        time.sleep(3)  # two re-optimizations: mid is still the best while aws-c3 fails
+        assert server.deployment("careful")["replica_list"][0]["cloud"] == "mid"
+        server.cli("deployment", "delete", "failing")  # aws-c3's failing replica goes, and its failure rate
+        moved = server.wait_for(lambda api: (d := api.get("/deployments/careful").json())["replica_list"]
+                                and [(r["cloud"], r["state"]) for r in d["replica_list"]] == [("aws-c3", "READY")]
+                                and d, timeout=60)
+        time.sleep(0.5)
+    assert load.failures == [] and load.ok > 20
+    with server.api() as api:
+        events = api.get("/events", params={"object_id": "careful"}).json()
+    move = next(e["reason"] for e in events if e["new"] == "REBALANCING")
+    assert move.startswith("re-optimized: {'mid': 1} → {'aws-c3': 1} saves 30%"), move
+    assert moved["status"] == "READY"
+    server.cli("deployment", "delete", "careful")

@@ -208,6 +208,7 @@ def policy(w: World) -> list[Rule]:
         Rule("GET", "/audit", "server"),
         Rule("GET", "/audit/verify", "server"),
         Rule("GET", "/gateway/table", "server"),  # replica secrets: for gateway processes only
+        Rule("POST", "/gateway/load", "server", body=lambda: {"gateway": "gw-test", "deployments": {}}),
         Rule("GET", "/tokens", "any"),
         Rule("POST", "/tokens", "viewer", body=lambda: {"name": "t", "project": "ml", "role": "viewer"}),
         Rule("DELETE", "/tokens/{own}", "any"),

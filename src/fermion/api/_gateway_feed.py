@@ -11,6 +11,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..gateway import table_document
 from ._auth import caller, require_token
@@ -19,6 +20,24 @@ from ._schemas import ERROR_RESPONSES
 
 router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
 POLL_S = 0.05
+
+
+class GatewayLoadReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gateway: str = Field(min_length=1, max_length=100)
+    deployments: dict[str, tuple[int, int, float]] = Field(
+        max_length=100_000, description="deployment -> (in flight, held, seconds since its last request)")
+
+
+@router.post("/gateway/load")
+def gateway_load(request: Request, me: Annotated[Principal, Depends(caller)], report: GatewayLoadReport) -> dict[str, Any]:
+    """What a gateway process sees of each deployment's load: the autoscaler counts it."""
+    me.require_admin()
+    platform = request.app.state.platform
+    platform.loadboard.report(report.gateway, report.deployments)
+    if any(queued for _, queued, _ in report.deployments.values()):
+        platform.controller.nudge()  # a request waits at that gateway: wake its deployment now
+    return {"ok": True}
 
 
 @router.get("/gateway/table")

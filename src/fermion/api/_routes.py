@@ -161,7 +161,7 @@ def _deployment_out(p: Platform, s, d: DeploymentRow, token: str | None = None) 
         replicas=d.replicas, ready=sum(r.state == "READY" and r.generation == d.generation for r in replicas),
         resources=d.resources, clouds=d.clouds, public=d.public, status=d.status, status_reason=d.status_reason,
         last_error=d.last_error, endpoint=f"{p.public_url}/d/{d.name}", token=token, autoscale=d.autoscale,
-        canary=_canary_out(d, replicas), spot=d.spot,
+        canary=_canary_out(d, replicas), spot=d.spot, placement=d.placement,
         replica_list=[ReplicaOut.model_validate(r, from_attributes=True) for r in replicas],
     )
 
@@ -224,6 +224,7 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
             d = DeploymentRow(
                 name=name, photon_sha256=spec.photon, replicas=replicas, resources=resources, clouds=spec.clouds,
                 autoscale=autoscale, spot=spec.spot.model_dump() if spec.spot else None,
+                placement=spec.placement.model_dump() if spec.placement else None,
                 env=p.secrets.seal_env(spec.env, purpose), public=spec.public, idempotent=spec.idempotent,
                 rate_limit=spec.rate_limit.model_dump() if spec.rate_limit else None,
                 token_hash=hash_token(token) if token else None, status="DEPLOYING", generation=1, project=project,
@@ -249,6 +250,7 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
             d.replicas, d.clouds, d.public, d.idempotent = replicas, spec.clouds, spec.public, spec.idempotent
             d.autoscale = autoscale
             d.spot = spec.spot.model_dump() if spec.spot else None
+            d.placement = spec.placement.model_dump() if spec.placement else None
             d.rate_limit = spec.rate_limit.model_dump() if spec.rate_limit else None
             if rollout:
                 d.photon_sha256, d.resources, d.env = spec.photon, resources, p.secrets.seal_env(spec.env, purpose)

@@ -90,6 +90,14 @@ class SpotSpec(BaseModel):
                                                                     "on one cloud, so one reclaim takes no more")
 
 
+class PlacementPolicySpec(BaseModel):
+    """Re-run the optimizer now and then, and move replicas (one at a time) when it saves enough."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    reoptimize_every_s: float = Field(ge=1, le=86_400 * 7)
+    min_saving: float = Field(0.1, ge=0, le=1, description="share of the cost per hour a move must save")
+
+
 class DeploymentSpec(BaseModel):
     """What `PUT /api/v1/deployments/{name}` takes: the desired state."""
 
@@ -107,6 +115,7 @@ class DeploymentSpec(BaseModel):
                                             "(replicas is then the count to start with)")
     canary: CanarySpec | None = Field(None, description="roll a new version out as a canary (an update only)")
     spot: SpotSpec | None = Field(None, description="spot replicas, with on-demand fallback")
+    placement: PlacementPolicySpec | None = Field(None, description="re-optimize the placement over time")
 
 
 class ScaleSpec(BaseModel):
@@ -143,6 +152,7 @@ class DeploymentOut(BaseModel):
     autoscale: dict[str, Any] | None = None
     canary: dict[str, Any] | None = None  # generation, weight, replicas, ready, and its judge's settings
     spot: dict[str, Any] | None = None
+    placement: dict[str, Any] | None = None
     token: str | None = None  # only in the answer that created it
     replica_list: list[ReplicaOut] = Field(default_factory=list)
 

@@ -28,7 +28,7 @@ from ..config import workloads_root as default_workloads_root
 from ..data import ObjectStore, StoreConfig, open_store
 from ..control import DeploymentController, JobController, Leadership, Scheduler, stop_on_retired_clouds, stop_orphans
 from ..errors import ConflictError, FermionError, UserInputError
-from ..gateway import Gateway, RoutingTable
+from ..gateway import Gateway, LoadBoard, RoutingTable
 from ..photon.runtime import error_response, validation_error_response
 from ..security import SecretBox, hash_token, new_token
 from ..store import DEFAULT_PROJECT, CloudRow, DeploymentRow, JobRow, ProjectRow, Store, TokenRow, UserRow
@@ -119,14 +119,16 @@ class Platform:
                                  hidden=self.store_folders)
             for c in clouds}
         self.gateway = Gateway(self.table, self.registry, {})
+        self.loadboard = LoadBoard()  # what gateway processes report of their load
         self.refresh_gateway_admins()
-        self.scheduler = Scheduler(self.store, self.clouds, observed_latency=self.observed_latency)
+        self.scheduler = Scheduler(self.store, self.clouds, observed_latency=self.observed_latency,
+                                   observed_failure_rate=self.observed_failure_rate)
         server_id = read_or_create_id(home / "server-id")  # the same after a restart: its leases are its own
         self.controller = DeploymentController(self.store, self.scheduler, self.table,
                                                open_env=lambda s, env, purpose, project: self.secrets.open_env(
                                                    s, env, purpose, project=project),
                                                owner=f"{server_id}/deployments", model_env=self.model_env,
-                                               fetch_archive=self.fetch_archive, load=self.gateway.load,
+                                               fetch_archive=self.fetch_archive, load=self.load,
                                                registry=self.registry, traffic=self.gateway.traffic)
         self.gateway.on_queue = lambda _deployment: self.controller.nudge()
         self.jobs = JobController(self.store, self.scheduler, self.controller, owner=f"{server_id}/jobs",
@@ -209,6 +211,21 @@ class Platform:
             for e in route.endpoints:
                 if e.latency_ewma_ms is not None:
                     samples.setdefault(e.cloud, []).append(e.latency_ewma_ms)
+        return {cloud: sum(v) / len(v) for cloud, v in samples.items()}
+
+    def load(self, deployment: str) -> tuple[int, int, float]:
+        """The autoscaler's signal: in flight and held at this server's gateway and at every gateway
+        process that reported lately, and when the last request reached any of them."""
+        local, remote = self.gateway.load(deployment), self.loadboard.total(deployment)
+        return local[0] + remote[0], local[1] + remote[1], max(local[2], remote[2])
+
+    def observed_failure_rate(self) -> dict[str, float]:
+        """Mean share of failed requests per cloud (answers >= 500, refused or broken
+        connections), over the replicas serving now, as the gateway saw them."""
+        samples: dict[str, list[float]] = {}
+        for route in self.table.routes():
+            for e in route.endpoints:
+                samples.setdefault(e.cloud, []).append(e.error_ewma)
         return {cloud: sum(v) / len(v) for cloud, v in samples.items()}
 
     def table_version(self) -> str:

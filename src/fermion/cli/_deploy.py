@@ -61,6 +61,10 @@ def deploy(
         help="With --spot-share: on_demand (stand-ins while spot is reclaimed, swapped back later) or none.")] = "on_demand",
     spot_max_reclaim_share: Annotated[float, typer.Option(
         help="With --spot-share: at most this share of the replicas on spot on one cloud.")] = 0.5,
+    reoptimize_every: Annotated[float | None, typer.Option(
+        help="Re-run the optimizer every this many seconds and move replicas when it saves enough.")] = None,
+    min_saving: Annotated[float, typer.Option(
+        help="With --reoptimize-every: share of the cost per hour a move must save.")] = 0.1,
     wait: Annotated[bool, typer.Option(help="Wait until the deployment is READY.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300,
     json_out: JsonOpt = False,
@@ -115,6 +119,8 @@ def deploy(
         if spot_fallback not in ("on_demand", "none"):
             raise UserInputError(f"--spot-fallback {spot_fallback!r} is not on_demand or none")
         spec["spot"] = {"share": spot_share, "fallback": spot_fallback, "max_reclaim_share": spot_max_reclaim_share}
+    if reoptimize_every is not None:
+        spec["placement"] = {"reoptimize_every_s": reoptimize_every, "min_saving": min_saving}
     if canary is not None:
         spec["canary"] = {"weight": canary, "replicas": canary_replicas, "window_s": canary_window,
                           "min_requests": canary_min_requests, "max_error_rate_increase": canary_max_error_increase,

@@ -38,7 +38,7 @@ def start(
     from prometheus_client import CollectorRegistry
 
     from .._limits import BoundedHttpToolsProtocol
-    from ..gateway import Gateway, RoutingTable, TableFeed, standalone_app
+    from ..gateway import Gateway, LoadReporter, RoutingTable, TableFeed, standalone_app
     from ..photon.runtime import DrainingServer, bind_socket, write_port_file
     from ._platform import load_credentials
 
@@ -77,6 +77,8 @@ def start(
         write_port_file(port_file, sock.getsockname()[1])
     print(f"fermion: gateway on http://{host}:{sock.getsockname()[1]} following {', '.join(servers)}",
           file=sys.stderr, flush=True)
-    config = uvicorn.Config(standalone_app(gateway, feed, registry), loop="uvloop", http=BoundedHttpToolsProtocol,
+    reporter = LoadReporter(gateway, feed, token, verify=verify)  # type: ignore[arg-type]
+    gateway.on_queue = reporter.now  # a request waits for a replica: the server hears of it at once
+    config = uvicorn.Config(standalone_app(gateway, feed, registry, reporter), loop="uvloop", http=BoundedHttpToolsProtocol,
                             log_level=log_level, access_log=False, timeout_graceful_shutdown=10)
     DrainingServer(config).run(sockets=[sock])

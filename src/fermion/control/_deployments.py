@@ -131,6 +131,7 @@ class DeploymentController(ReconcileLoop):
         super().__init__()
         self.traffic = traffic  # the gateway's answers per version: a canary's judge reads them
         self._canary_since: dict[str, tuple[int, float]] = {}  # deployment -> (canary generation, first READY)
+        self._reoptimized: dict[str, float] = {}  # deployment -> when its placement was last re-optimized
         self.load = load  # the gateway's view of each deployment's load: the autoscaler's signal
         self._scalers: dict[str, ScalerState] = {}
         self._since = time.time()  # idle time counts from here at the earliest: a restart wakes nothing to zero
@@ -180,11 +181,14 @@ class DeploymentController(ReconcileLoop):
                         continue  # promoted or rolled back: the next pass plans from the new desired state
                     if d.autoscale:
                         self._autoscale(d)
+                    if d.placement and self._reoptimize(d):
+                        continue  # a move begins: the next pass carries it out
                     self._pass(d, replicas[name], observations, healthy)
                 except Exception:  # noqa: BLE001 - a bug in one deployment stays in that deployment
                     log.exception("reconciling deployment %s failed", name)
-            for gone in set(self._scalers) - set(deployments):
-                self._scalers.pop(gone)
+            for memory in (self._scalers, self._reoptimized, self._canary_since):
+                for gone in set(memory) - set(deployments):
+                    memory.pop(gone)
             self._unpublish_all_but(deployments)
 
     # -- autoscaling ----------------------------------------------------------------------
@@ -214,6 +218,28 @@ class DeploymentController(ReconcileLoop):
             log.info("deployment %s: autoscale %s", d.name, decision.reason)
             self.metrics.decisions.labels(d.name, "up" if decision.replicas > d.replicas else "down").inc()
             d.replicas = decision.replicas
+
+    # -- re-optimization over time --------------------------------------------------------
+    def _reoptimize(self, d: DeploymentRow) -> bool:
+        """Every ``reoptimize_every_s``, the optimizer's placement on today's prices, measured
+        latency and failure rates; a move toward it (one replica at a time) when it saves at least
+        ``min_saving`` of the cost per hour. True when a move began."""
+        policy, now = d.placement or {}, time.monotonic()
+        last = self._reoptimized.setdefault(d.name, now)
+        if now - last < float(policy["reoptimize_every_s"]):
+            return False
+        self._reoptimized[d.name] = now
+        if d.status != "READY" or d.target is not None or d.canary or d.spot:
+            return False  # busy, or its replicas' markets are the spot policy's to place
+        out = self.plan_rebalance(d.name)
+        current = {c: n for c, n in out["current"].items() if n}
+        target, saving = out["target"], out["saving"]
+        if not target or target == current or saving < float(policy.get("min_saving", 0.1)):
+            return False
+        self.start_rebalance(d.name, target, f"re-optimized: {current} → {target} saves {saving:.0%} "
+                                             f"(${out['current_cost_per_hour']:.4f}/h → "
+                                             f"${out['target_cost_per_hour']:.4f}/h)")
+        return True
 
     # -- canaries -------------------------------------------------------------------------
     def _judge_canary(self, d: DeploymentRow, rows: list[ReplicaRow]) -> bool:
@@ -703,7 +729,8 @@ class DeploymentController(ReconcileLoop):
                     counts[r.cloud] = counts.get(r.cloud, 0) + 1
             need, target, moving = Need.of(d.resources), d.target, d.target is not None
         free = self.scheduler.free()
-        allowed = [n for n in self.scheduler.backends if not d.clouds or n in d.clouds]
+        latency, failing = self.scheduler.observed_latency(), self.scheduler.observed_failure_rate()
+        allowed = self._allowed(d)
         offerings, states, prices = [], {}, {}
         for n in allowed:
             offering = self.scheduler.offering(n)
@@ -713,7 +740,8 @@ class DeploymentController(ReconcileLoop):
             room_cpus = free[n]["cpus"] + counts.get(n, 0) * need.cpus
             room_mem = free[n]["memory_gb"] + counts.get(n, 0) * need.memory_gb
             states[n] = CloudState(healthy=self.scheduler.healthy(n),
-                                   max_replicas=int(min(room_cpus / need.cpus, room_mem / need.memory_gb)))
+                                   max_replicas=int(min(room_cpus / need.cpus, room_mem / need.memory_gb)),
+                                   observed_latency_ms=latency.get(n), failure_rate=failing.get(n, 0.0))
         request = PlacementRequest(cpus=need.cpus, memory_gb=need.memory_gb, replicas=max(1, d.replicas),
                                    constraints=Constraints(max_per_cloud=max_per_cloud(allowed, d.replicas)))
         plan = optimize(request, offerings, states)

@@ -23,6 +23,7 @@ log = logging.getLogger("fermion.controller")
 CLOUD_RETRY_S = 30.0  # a cloud that failed to start a workload is tried again after this
 LIVE_ATTEMPT_STATES = ("STARTING", "RUNNING", "CANCELLING")
 CAPACITY_TTL_S = 5.0
+NOTED_FAILURE_RATE = 0.05  # a cloud failing this share of its requests is named in a placement's why
 UNRECORDED_GRACE_S = 60.0  # longer than any write of a start's intent
 RANK_TTL_S = 1.0  # observed latencies move slowly; health changes clear the cache at once
 Moves = dict[str, tuple[float, str]]  # cloud -> ($ once to bring a workload's data there, what moves)
@@ -53,10 +54,12 @@ class Choice:
 
 class Scheduler:
     def __init__(self, store: Store, backends: dict[str, FaultInjector],
-                 observed_latency: Callable[[], dict[str, float]] = dict) -> None:
+                 observed_latency: Callable[[], dict[str, float]] = dict,
+                 observed_failure_rate: Callable[[], dict[str, float]] = dict) -> None:
         self.store = store
         self.backends = backends
         self.observed_latency = observed_latency  # mean gateway-measured latency per cloud
+        self.observed_failure_rate = observed_failure_rate  # share of failed requests per cloud, ditto
         self._lock = threading.Lock()
         self._held: dict[str, tuple[str, Need]] = {}  # workload id -> (cloud, what it holds)
         self._used: dict[str, tuple[float, float]] = {}  # cloud -> (cpus, memory_gb) held, the sum of the above
@@ -261,7 +264,7 @@ class Scheduler:
 
     def _rank(self, healthy: list[str], need: Need, spot: bool, caps: dict[str, int] | None,
               moves: Moves) -> tuple[list[str], str]:
-        observed = self.observed_latency()
+        observed, failing = self.observed_latency(), self.observed_failure_rate()
         offerings = [self.offering(n) for n in healthy]
         request = PlacementRequest(cpus=need.cpus, memory_gb=need.memory_gb, replicas=1,
                                    constraints=Constraints(spot_share=1.0 if spot else 0.0))
@@ -269,7 +272,7 @@ class Scheduler:
         def state(n: str, most: int | None) -> CloudState:
             dollars, note = moves.get(n, (0.0, ""))
             return CloudState(max_replicas=most, observed_latency_ms=observed.get(n), one_time_cost=dollars,
-                              one_time_note=note)
+                              one_time_note=note, failure_rate=failing.get(n, 0.0))
 
         states = {n: state(n, None if caps is None else max(0, caps.get(n, 0))) for n in healthy}
         plan = optimize(request, offerings, states)
@@ -291,6 +294,9 @@ class Scheduler:
             alt = next((x for x in plan.rejected if x.cloud in healthy), None)
             if alt is not None:
                 why += f"; next best {alt.cloud}: {alt.reason}"
+            bad = sorted((n, r) for n, r in failing.items() if n in healthy and r >= NOTED_FAILURE_RATE)
+            if bad:
+                why += "; failing requests: " + ", ".join(f"{n} {r:.0%}" for n, r in bad)
         return order, why
 
     def choose(self, workload_id: str, need: Need, allowed: Iterable[str], *, spot: bool = False,

@@ -320,9 +320,11 @@ class Gateway:
             except UnsafeRequestError as exc:
                 return "unsafe", str(exc)
             except UpstreamConnectError as exc:
+                endpoint.outcome(failed=True)
                 self._eject(endpoint)
                 return "connect", f"replica {endpoint.replica_id} refused the connection ({exc})"
             except UpstreamBrokenError:
+                endpoint.outcome(failed=True)
                 self._eject(endpoint)
                 return "midflight", f"replica {endpoint.replica_id} dropped the request"
             except TimeoutError:
@@ -338,6 +340,7 @@ class Gateway:
                 return "midflight", f"replica {endpoint.replica_id} broke off its answer"
             finally:
                 self.pool.release(host, port, conn)
+            endpoint.outcome(failed=response.status >= 500)  # the cloud's failure rate feeds placement
             if response.status >= 500:  # real traffic's failures eject a replica too, not only failed pings
                 endpoint.errors_in_a_row += 1
                 if endpoint.errors_in_a_row >= EJECT_AFTER_ERRORS:
@@ -395,6 +398,13 @@ class Gateway:
         demand = self._demands.get(deployment)
         in_flight = sum(e.in_flight for e in route.endpoints) if route is not None else 0
         return in_flight, demand.queued if demand else 0, demand.last_request if demand else 0.0
+
+    def loads(self) -> dict[str, tuple[int, int, float]]:
+        """Every deployment this gateway has had requests for: (in flight, held, seconds since the
+        last request); what a gateway process reports to its server."""
+        now = time.time()
+        return {name: (*self.load(name)[:2], round(now - demand.last_request, 3))
+                for name, demand in list(self._demands.items()) if self.table.get(name) is not None}
 
     async def _hold(self, deployment: str, demand: Demand, timeout_s: float) -> Route | None:
         """Wait until the deployment has a replica to send to (its route, then), or None past

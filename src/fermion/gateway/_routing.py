@@ -9,6 +9,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 
+ERROR_WEIGHT = 0.02  # of each request in an endpoint's failure rate (about the last 50 count)
+
+
 @dataclass
 class Endpoint:
     replica_id: str
@@ -21,6 +24,10 @@ class Endpoint:
     errors_in_a_row: int = 0  # 5xx answers
     latency_ewma_ms: float | None = None  # of successful answers, seen from the gateway
     generation: int = 0  # the deployment's version this replica runs
+    error_ewma: float = 0.0  # share of recent requests that failed (5xx, refused or broken), seen from the gateway
+
+    def outcome(self, failed: bool) -> None:
+        self.error_ewma += ERROR_WEIGHT * ((1.0 if failed else 0.0) - self.error_ewma)
 
     def available(self, now: float) -> bool:
         return self.ejected_until <= now

@@ -17,24 +17,26 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from ..errors import send_error
 from ..types import Receive, Scope, Send
 from ._feed import TableFeed
+from ._load import LoadReporter
 from ._proxy import Gateway
 
 
-def standalone_app(gateway: Gateway, feed: TableFeed,
-                   registry: CollectorRegistry) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """The gateway's ASGI app; its lifespan runs the feed."""
-    task: asyncio.Task[None] | None = None
+def standalone_app(gateway: Gateway, feed: TableFeed, registry: CollectorRegistry,
+                   reporter: LoadReporter | None = None) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The gateway's ASGI app; its lifespan runs the feed (and the load reports to the server)."""
+    tasks: list[asyncio.Task[None]] = []
 
     async def rest(scope: Scope, receive: Receive, send: Send) -> None:
-        nonlocal task
         if scope["type"] == "lifespan":
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
-                    task = asyncio.create_task(feed.run())
+                    tasks.append(asyncio.create_task(feed.run()))
+                    if reporter is not None:
+                        tasks.append(asyncio.create_task(reporter.run()))
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
-                    if task is not None:
+                    for task in tasks:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await task

@@ -65,6 +65,8 @@ class DeploymentRow(Base):
     canary: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     # spot policy: share of the replicas on spot, fallback ("on_demand" | "none"), max_reclaim_share
     spot: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    # re-optimization over time: reoptimize_every_s, min_saving
+    placement: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
     updated_at: Mapped[float] = mapped_column(Float, default=time.time)
     lease_owner: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the controller reconciling it

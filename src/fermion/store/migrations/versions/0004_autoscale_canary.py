@@ -1,4 +1,4 @@
-"""A deployment's autoscaling policy, its canary and its spot policy; each replica's market.
+"""A deployment's autoscaling policy, its canary and its spot policy, its re-optimization; each replica's market.
 
 Revision ID: 0004
 Revises: 0003
@@ -19,6 +19,7 @@ def upgrade() -> None:
     op.add_column("deployments", sa.Column("autoscale", sa.JSON(none_as_null=True), nullable=True))
     op.add_column("deployments", sa.Column("canary", sa.JSON(none_as_null=True), nullable=True))
     op.add_column("deployments", sa.Column("spot", sa.JSON(none_as_null=True), nullable=True))
+    op.add_column("deployments", sa.Column("placement", sa.JSON(none_as_null=True), nullable=True))
     op.add_column("replicas", sa.Column("spot", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
@@ -26,6 +27,7 @@ def downgrade() -> None:
     with op.batch_alter_table("replicas") as batch:
         batch.drop_column("spot")
     with op.batch_alter_table("deployments") as batch:
+        batch.drop_column("placement")
         batch.drop_column("spot")
         batch.drop_column("canary")
         batch.drop_column("autoscale")
