@@ -213,6 +213,7 @@ def platform_demo(work: Path) -> None:
 def autoscale_demo(server) -> None:  # noqa: ANN001
     step("9. autoscaling: fermion deploy ... --min-replicas 0 --max-replicas 3; a wake from zero, a load ramp, "
          "back to zero")
+    deployed_at = time.time()
     server.cli("deploy", TEXT, "--name", "text", "--public", "--replicas", "0", "--min-replicas", "0",
                "--max-replicas", "3", "--upscale-delay", "1", "--downscale-delay", "4", "--scale-to-zero-delay", "6",
                "--cloud", "aws-us-east-1", "--cloud", "gcp-us-central1", "--cloud", "azure-eastus")
@@ -236,9 +237,11 @@ def autoscale_demo(server) -> None:  # noqa: ANN001
         if e["object_id"] == "text" and e["reason"].startswith("autoscale"):
             table.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), e["reason"][len("autoscale "):])
     console.print(table)
-    cold = [e["reason"] for e in rows if e["kind"] == "replica" and "cold start" in e["reason"]]
-    if cold:
-        console.print(f"a replica's start, by phase: {cold[0][cold[0].index('cold start'):].rstrip(')')}")
+    cold = sorted((e["at"], e["reason"]) for e in rows
+                  if e["kind"] == "replica" and "cold start" in e["reason"] and e["at"] > deployed_at)
+    if cold:  # the wake's replica: the first to start after the deploy
+        first = cold[0][1]
+        console.print(f"the wake's replica, by phase: {first[first.index('cold start'):].rstrip(')')}")
     server.cli("deployment", "delete", "text")
 
 

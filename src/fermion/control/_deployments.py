@@ -177,8 +177,8 @@ class DeploymentController(ReconcileLoop):
                     self._publish(d, replicas[name], DeploymentPlan())
                     continue
                 try:
-                    if d.canary and self._judge_canary(d, replicas[name]):
-                        continue  # promoted or rolled back: the next pass plans from the new desired state
+                    if d.canary:
+                        self._judge_canary(d, replicas[name])
                     if d.autoscale:
                         self._autoscale(d)
                     if d.placement and self._reoptimize(d):
@@ -244,7 +244,7 @@ class DeploymentController(ReconcileLoop):
     # -- canaries -------------------------------------------------------------------------
     def _judge_canary(self, d: DeploymentRow, rows: list[ReplicaRow]) -> bool:
         """Compare the canary with the stable version over the gateway's recent answers; promote
-        or roll back when the verdict says. True when it did (the desired state moved)."""
+        or roll back when the verdict says (``d`` then holds the new desired state). True when it did."""
         canary = d.canary or {}
         policy, generation = CanaryPolicy.of(canary), int(canary["generation"])
         if not policy.auto or self.traffic is None or d.status in ("DELETING", "FAILED"):
@@ -268,6 +268,8 @@ class DeploymentController(ReconcileLoop):
             if row is None or not row.canary or int(row.canary["generation"]) != generation:
                 return False  # the API changed it meanwhile
             (promote if verdict == "promote" else roll_back)(self.store, s, row, reason)
+            for column in _DESIRED_BY_VERDICT:  # this pass goes on from the new desired state: drains at once
+                setattr(d, column, getattr(row, column))
         log.info("deployment %s: canary generation %d %s: %s", d.name, generation, verdict, reason)
         self._canary_since.pop(d.name, None)
         self.traffic.forget(d.name)
@@ -694,11 +696,14 @@ class DeploymentController(ReconcileLoop):
             self.table.set(d.name, None)
             return
         changes = {c.id: c for c in plan.changes}
+        canary_generation = int(d.canary["generation"]) if d.canary else None
         endpoints = []
         for r in rows:
             change = changes.get(r.id)
             state = change.state if change is not None and change.state is not None else r.state
             url = (change.url if change is not None else None) or r.url
+            if r.generation > d.generation and r.generation != canary_generation:
+                continue  # a canary rolled back (or replaced): never again in the traffic, even while it drains
             if state == "READY" and url:
                 endpoints.append(Endpoint(r.id, r.cloud or "", url, r.auth_secret, generation=r.generation))
         hold = None
@@ -864,6 +869,10 @@ def _desired(d: DeploymentRow) -> tuple:
     """What the API may change under a pass (the controller writes the rest, under its lease)."""
     return (d.status, d.generation, d.replicas, d.target, d.crash_count, d.next_start_at, tuple(d.clouds or ()),
             _canary_key(d.canary))
+
+
+_DESIRED_BY_VERDICT = ("canary", "generation", "photon_sha256", "resources", "env", "status", "crash_count",
+                       "next_start_at", "last_error", "updated_at")
 
 
 def _canary_key(canary: dict[str, Any] | None) -> tuple | None:
