@@ -122,6 +122,20 @@ def test_the_queue_bound_answers_429_and_its_timeout_503_never_a_hang(server: Se
     assert httpx.post(f"{server.url}/d/cold/ping", json={}, timeout=30).json() == "pong"
 
 
+def test_a_held_caller_that_leaves_frees_its_place_at_once(server: ServerProc) -> None:
+    server.cli("deploy", SLOW_INIT, "--name", "cold2", "--public", "--replicas", "0", "--min-replicas", "0",
+               "--max-replicas", "1", "--queue-limit", "1", "--queue-timeout", "30", "--env", "SLOW_INIT_S=8",
+               "--cpus", "0.25", "--memory-gb", "0.25")
+    url = f"{server.url}/d/cold2/ping"
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url, json={}, timeout=1)  # held, then the caller gives up
+    time.sleep(0.3)
+    metrics = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.token}"}).text
+    assert 'fermion_gateway_queued{deployment="cold2"} 0.0' in metrics  # its place is free
+    r = httpx.post(url, json={}, timeout=30)  # held in that place, not refused
+    assert r.status_code == 200 and r.json() == "pong"
+
+
 def test_autoscale_bounds_are_checked(server: ServerProc) -> None:
     server.cli("deploy", TEXT_PHOTON, "--name", "bounded", "--public", "--min-replicas", "1", "--max-replicas", "2",
                "--cpus", "0.25", "--memory-gb", "0.25")
@@ -131,6 +145,8 @@ def test_autoscale_bounds_are_checked(server: ServerProc) -> None:
         sha = api.get("/deployments/bounded").json()["photon"]
         r = api.put("/deployments/bad-bounds", json={"photon": sha, "autoscale": {"min": 3, "max": 2}})
         assert r.status_code == 422 and "min (3) is above max (2)" in r.json()["error"]["message"]
+        r = api.put("/deployments/bad-bounds", json={"photon": sha, "autoscale": {"min": 0, "max": 2, "queue_limit": 0}})
+        assert r.status_code == 422 and "queue_limit" in r.json()["error"]["message"]  # it could never wake
     bad = server.cli("deploy", TEXT_PHOTON, "--name", "x", "--min-replicas", "3", "--max-replicas", "1", check=False)
     assert bad.returncode != 0 and "--min-replicas 3 is above --max-replicas 1" in bad.stderr
     assert "Traceback" not in bad.stderr

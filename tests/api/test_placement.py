@@ -91,7 +91,7 @@ def test_optimize_apply_moves_replicas_under_load_without_errors(server: ServerP
 
 def test_a_cloud_failing_requests_is_avoided_then_the_placement_reoptimizes_back(server: ServerProc) -> None:
     server.cli("deploy", f"{FIXTURE_PHOTONS}:Flaky", "--name", "failing", "--public", "--cloud", "aws-c3",
-               "--env", "FAIL_SHARE=0.6")
+               "--env", "FAIL_SHARE=0.6", "--env", "FAIL_STATUS=502")
     with Load(f"{server.url}/d/failing/version", {}, workers=2) as bad:
         deadline = time.monotonic() + 60
         while bad.ok + len(bad.failures) < 200 and time.monotonic() < deadline:

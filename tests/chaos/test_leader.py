@@ -100,3 +100,29 @@ def _status_within(url: str, headers: dict[str, str], ok, timeout: float = 10) -
             return False
         time.sleep(0.1)
     return True
+
+
+def test_traffic_at_the_follower_counts_for_the_leaders_autoscaler(tmp_path: Path, pg_url: str) -> None:
+    workloads = tmp_path / "workloads"
+    env = {"FERMION_WORKLOADS": str(workloads)}
+    first = start_server(tmp_path / "a", CLOUDS, db_url=pg_url, env=env)
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "cli.json", tmp_path / "b" / "cli.json")
+    second = start_server(tmp_path / "b", CLOUDS, db_url=pg_url, env=env)
+    try:
+        assert leads(first.url) and not leads(second.url)
+        first.cli("deploy", PHOTON, "--name", "elastic", "--public", "--replicas", "0", "--min-replicas", "0",
+                  "--max-replicas", "2", "--scale-to-zero-delay", "3")
+        url = f"{second.url}/d/elastic/version"  # the follower's own gateway: held there, woken by the leader
+        second.wait_for(lambda _: httpx.post(url, timeout=60).status_code == 200, timeout=60)
+        reasons = [e["reason"] for e in first.api().get("/events", params={"object_id": "elastic"}).json()]
+        assert "autoscale 0 → 1: woken by 1 waiting request(s)" in reasons, reasons
+        with Load(url, {}, workers=2) as load:
+            time.sleep(8)  # well past the idle delay, every request at the follower
+            d = first.deployment("elastic")
+        assert d["status"] != "IDLE" and d["replicas"] >= 1 and load.failures == [] and load.ok > 50
+        first.wait_for(lambda api: api.get("/deployments/elastic").json()["status"] == "IDLE", timeout=30)
+    finally:
+        for server in (second, first):
+            stop(server.proc)
+        kill_workloads(workloads)

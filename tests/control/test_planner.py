@@ -208,3 +208,37 @@ def test_a_crash_while_deleting_never_undoes_the_delete() -> None:
                            frozenset({"a"}), NOW)
     assert plan.status is None and plan.clear_target.startswith("abandoned")
     assert [c.state for c in plan.changes if c.id == "r2"] == ["DRAINING"]
+
+
+# -- canaries and spot ------------------------------------------------------------------------------
+def test_a_crashing_canary_is_rolled_back_and_never_fails_the_deployment() -> None:
+    rs = [replica("READY", "s1"), replica("READY", "s2"), replica("READY", "c1", generation=2)]
+    crashed = Observation(alive=False, exit_code=1, last_line="ImportError: no module named torch2")
+    d = deployment(2, status="READY", canary_generation=2, canary_replicas=1, crash_count=MAX_CRASHES - 1)
+    plan = plan_deployment(d, rs, {"s1": UP, "s2": UP, "c1": crashed}, frozenset({"a"}), NOW)
+    assert "ImportError" in plan.canary_crashed
+    assert plan.status != "FAILED" and plan.crash_count is None and plan.last_error is None
+    assert plan.new_canaries == [] and plan.new_replicas == []  # no replacement: the canary ends
+
+
+def test_a_spot_swap_surge_is_kept_until_ready_then_the_stand_in_drains() -> None:
+    stand_in = replica("READY", "od", spot=False, created_at=1)
+    spot = replica("READY", "sp", spot=True, created_at=2)
+    d = deployment(2, status="READY", spot_share=1.0, spot_available=True)
+    plan = plan_deployment(d, [stand_in, spot], {"od": UP, "sp": UP}, frozenset({"a"}), NOW)
+    assert plan.new_spot == 1 and len(plan.new_replicas) == 1 and not any(c.state == "DRAINING" for c in plan.changes)
+    surge = replica("STARTING", "new", spot=True, created_at=3)
+    plan = plan_deployment(d, [stand_in, spot, surge], {"od": UP, "sp": UP, "new": LISTENING}, frozenset({"a"}), NOW)
+    assert not any(c.state == "DRAINING" for c in plan.changes) and plan.new_replicas == []
+    ready = replica("READY", "new", spot=True, created_at=3)
+    plan = plan_deployment(d, [stand_in, spot, ready], {"od": UP, "sp": UP, "new": UP}, frozenset({"a"}), NOW)
+    assert [(c.id, c.reason) for c in plan.changes if c.state == "DRAINING"] == [("od", "swapped for a spot replica")]
+
+
+def test_scaling_down_keeps_each_market_at_its_share() -> None:
+    rs = [replica("READY", f"s{i}", spot=True, created_at=10 + i) for i in range(2)]
+    rs += [replica("READY", f"o{i}", spot=False, created_at=i) for i in range(2)]
+    d = deployment(2, status="READY", spot_share=0.5)
+    plan = plan_deployment(d, rs, {r.id: UP for r in rs}, frozenset({"a"}), NOW)
+    drained = [c.id for c in plan.changes if c.state == "DRAINING"]
+    assert len(drained) == 2 and sum(x.startswith("s") for x in drained) == 1  # one of each: 1 spot, 1 on-demand left

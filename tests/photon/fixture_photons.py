@@ -7,6 +7,7 @@ import random
 import time
 
 from fermion import Photon, handler
+from fermion.errors import RemoteError
 
 
 class SlowInit(Photon):
@@ -46,7 +47,8 @@ class Versioned(Photon):
 
 
 class Flaky(Photon):
-    """Answers with its VERSION; fails a FAIL_SHARE of its calls (a bad release)."""
+    """Answers with its VERSION; fails a FAIL_SHARE of its calls: a bad release (500), or with
+    FAIL_STATUS=502 a replica whose backing service is failing it."""
 
     resources = {"cpus": 0.25, "memory_gb": 0.25}
 
@@ -54,6 +56,9 @@ class Flaky(Photon):
     def version(self) -> dict[str, str]:
         time.sleep(0.002)
         if random.random() < float(os.environ.get("FAIL_SHARE", "0")):
+            status = int(os.environ.get("FAIL_STATUS", "500"))
+            if status != 500:
+                raise RemoteError(status, "the service behind this replica failed (on purpose)")
             raise RuntimeError("this release is broken (on purpose)")
         return {"version": os.environ.get("VERSION", "?")}
 

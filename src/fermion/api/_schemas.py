@@ -57,7 +57,7 @@ class AutoscaleSpec(BaseModel):
     upscale_delay_s: float = Field(5.0, ge=0, le=86_400)
     downscale_delay_s: float = Field(60.0, ge=0, le=86_400)
     scale_to_zero_delay_s: float = Field(300.0, ge=0, le=86_400, description="with min 0: idle this long, then 0")
-    queue_limit: int = Field(100, ge=0, le=100_000, description="requests held while no replica is up; past it 429")
+    queue_limit: int = Field(100, ge=1, le=100_000, description="requests held while no replica is up; past it 429")
     queue_timeout_s: float = Field(60.0, gt=0, le=3600, description="how long a held request waits; past it 503")
 
     @model_validator(mode="after")

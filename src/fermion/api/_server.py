@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -13,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -29,9 +30,20 @@ from ..data import ObjectStore, StoreConfig, open_store
 from ..control import DeploymentController, JobController, Leadership, Scheduler, stop_on_retired_clouds, stop_orphans
 from ..errors import ConflictError, FermionError, UserInputError
 from ..gateway import Gateway, LoadBoard, RoutingTable
+from ..gateway._load import STALE_S as LOAD_STALE_S
 from ..photon.runtime import error_response, validation_error_response
 from ..security import SecretBox, hash_token, new_token
-from ..store import DEFAULT_PROJECT, CloudRow, DeploymentRow, JobRow, ProjectRow, Store, TokenRow, UserRow
+from ..store import (
+    DEFAULT_PROJECT,
+    CloudRow,
+    DeploymentRow,
+    GatewayLoadRow,
+    JobRow,
+    ProjectRow,
+    Store,
+    TokenRow,
+    UserRow,
+)
 from ._access import router as access_router
 from ._audit import audit_requests
 from ._audit import router as audit_router
@@ -124,6 +136,8 @@ class Platform:
         self.scheduler = Scheduler(self.store, self.clouds, observed_latency=self.observed_latency,
                                    observed_failure_rate=self.observed_failure_rate)
         server_id = read_or_create_id(home / "server-id")  # the same after a restart: its leases are its own
+        self.server_id = server_id
+        self.peer_loads: dict[str, tuple[int, int, float]] = {}  # what the other servers' gateways see
         self.controller = DeploymentController(self.store, self.scheduler, self.table,
                                                open_env=lambda s, env, purpose, project: self.secrets.open_env(
                                                    s, env, purpose, project=project),
@@ -203,6 +217,33 @@ class Platform:
         with self.store.session() as s:
             outages = {row.name: bool(row.outage) for row in s.scalars(select(CloudRow))}
         self.scheduler.sync_outages(outages)
+        self._share_load()
+
+    def _share_load(self) -> None:
+        """A server that does not lead writes what its gateway (and the gateway processes reporting
+        to it) sees into the store; the leader reads the others', so that its autoscaler counts the
+        traffic of every server, and wakes a deployment whose requests wait at another."""
+        now = time.time()
+        if self.leads():
+            with self.store.session() as s:
+                rows = s.scalars(select(GatewayLoadRow).where(GatewayLoadRow.server != self.server_id,
+                                                              GatewayLoadRow.reported_at > now - LOAD_STALE_S)).all()
+            peers: dict[str, tuple[int, int, float]] = {}
+            for row in rows:
+                n, q, last = peers.get(row.deployment, (0, 0, 0.0))
+                peers[row.deployment] = (n + row.in_flight, q + row.queued, max(last, row.last_request))
+            self.peer_loads = peers
+            if any(q for _, q, _ in peers.values()):
+                self.controller.nudge()
+            return
+        self.peer_loads = {}
+        seen = {name: self._load_here(name) for name in (r.deployment for r in self.table.routes())}
+        with self.store.session() as s:
+            s.execute(delete(GatewayLoadRow).where(GatewayLoadRow.server == self.server_id))
+            rows = [{"server": self.server_id, "deployment": name, "in_flight": n, "queued": q, "last_request": last,
+                     "reported_at": now} for name, (n, q, last) in seen.items() if last]
+            if rows:
+                s.execute(insert(GatewayLoadRow), rows)
 
     def observed_latency(self) -> dict[str, float]:
         """Mean gateway-measured latency per cloud, over the replicas serving now."""
@@ -214,8 +255,12 @@ class Platform:
         return {cloud: sum(v) / len(v) for cloud, v in samples.items()}
 
     def load(self, deployment: str) -> tuple[int, int, float]:
-        """The autoscaler's signal: in flight and held at this server's gateway and at every gateway
-        process that reported lately, and when the last request reached any of them."""
+        """The autoscaler's signal: in flight and held at every gateway (this server's, the gateway
+        processes that report to it, the other servers'), and when the last request reached any."""
+        here, peers = self._load_here(deployment), self.peer_loads.get(deployment, (0, 0, 0.0))
+        return here[0] + peers[0], here[1] + peers[1], max(here[2], peers[2])
+
+    def _load_here(self, deployment: str) -> tuple[int, int, float]:
         local, remote = self.gateway.load(deployment), self.loadboard.total(deployment)
         return local[0] + remote[0], local[1] + remote[1], max(local[2], remote[2])
 

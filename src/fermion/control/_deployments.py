@@ -119,6 +119,7 @@ class _Start:
     cloud: str
     workload: Workload
     why: str
+    must_spot: bool = False
 
 
 class DeploymentController(ReconcileLoop):
@@ -165,7 +166,8 @@ class DeploymentController(ReconcileLoop):
             self.scheduler.rebuild_every(LEDGER_RESYNC_S)
             claimed = set(self._claim_all())
             deployments, replicas = self._snapshot(ReplicaRow.state.not_in(TERMINAL_STATES))
-            self._fast = any(r.state in ("PENDING", "PROVISIONING", "STARTING") for n in claimed
+            # faster while a replica starts (its readiness is seen sooner); not for one that waits for room
+            self._fast = any(r.state in ("PROVISIONING", "STARTING") for n in claimed
                              for r in replicas.get(n, [])) or bool(self._drains)
             backends = self.scheduler.backends
             observations = self.observer.observe_all(
@@ -179,6 +181,10 @@ class DeploymentController(ReconcileLoop):
                 try:
                     if d.canary:
                         self._judge_canary(d, replicas[name])
+                    elif name in self._canary_since:  # ended by hand: forget its answers
+                        self._canary_since.pop(name)
+                        if self.traffic is not None:
+                            self.traffic.forget(name)
                     if d.autoscale:
                         self._autoscale(d)
                     if d.placement and self._reoptimize(d):
@@ -201,6 +207,8 @@ class DeploymentController(ReconcileLoop):
         in_flight, queued, last = self.load(d.name) if self.load is not None else (0, 0, 0.0)
         idle_s = now - max(last, self._since, d.updated_at)
         policy = AutoscalePolicy.of(d.autoscale or {})
+        if d.canary and policy.min == 0:  # never to zero during a canary: the canary would take all the traffic
+            policy = AutoscalePolicy.of({**(d.autoscale or {}), "min": 1})
         state = self._scalers.setdefault(d.name, ScalerState())
         decision = decide(policy, d.replicas, Load(in_flight, queued, idle_s), state, now)
         self.metrics.load.labels(d.name).set(decision.smoothed)
@@ -297,6 +305,8 @@ class DeploymentController(ReconcileLoop):
     def stop(self) -> None:
         """Stop the loop and free this controller's leases (a restarted server claims them at once)."""
         super().stop()
+        self._drains = [(0.0, cloud, handle) for _, cloud, handle in self._drains]
+        self._send_drains()  # the drains this controller owes: told now, not lost with it
         self.observer.close()
         self.store.release_all(DeploymentRow, self.owner)
 
@@ -401,6 +411,10 @@ class DeploymentController(ReconcileLoop):
             if self._hold_and_read(s, name) != _desired(d):
                 return None  # the lease is gone, or the API changed what is wanted: the next pass plans anew
             self._write_changes(s, d, plan, {r.id: r for r in rows}, events, ended)
+            if plan.canary_crashed:  # a canary whose replica crashes is rolled back at once, auto or not
+                row = s.get(DeploymentRow, name)
+                if row is not None and row.canary:
+                    roll_back(self.store, s, row, f"its replica crashed: {self._redact(s, d, plan.canary_crashed)}")
             values: dict[str, Any] = {}
             if plan.crash_count is not None:
                 values.update(crash_count=plan.crash_count, next_start_at=plan.next_start_at or d.next_start_at)
@@ -454,7 +468,12 @@ class DeploymentController(ReconcileLoop):
         return None if row is None else (*row[1:7], tuple(row[7] or ()), _canary_key(row[8]))
 
     def _redact(self, s: Session, d: DeploymentRow, text: str) -> str:
-        return self.redact_env(s, d.env, env_purpose("deployment", d.name), d.project, text) if text else text
+        """``text`` with the values of the deployment's env masked, and its canary's (a reason may
+        quote either version's log)."""
+        for env in (d.env, (d.canary or {}).get("env")):
+            if env and text:
+                text = self.redact_env(s, env, env_purpose("deployment", d.name), d.project, text)
+        return text
 
     def _write_changes(self, s: Session, d: DeploymentRow, plan: DeploymentPlan, snapshot: dict[str, ReplicaRow],
                        events: Events, ended: list[str]) -> None:
@@ -549,7 +568,7 @@ class DeploymentController(ReconcileLoop):
                 fetch = self.model_env(s, model, d.project, rid) if model and self.model_env is not None else {}
                 starts.append(_Start(rid, choice.cloud, Workload(
                     id=rid, kind="replica", env={**env, **fetch}, cpus=need.cpus, memory_gb=need.memory_gb,
-                    archive=archive, secret=secret, read_only=mounts, spot=spot), why))
+                    archive=archive, secret=secret, read_only=mounts, spot=spot), why, must_spot))
             if state == "":
                 inserts.append({"deployment": d.name, "generation": version.generation,
                                 "photon_sha256": version.photon_sha256, "resources": dict(version.resources), "failed_probes": 0, "created_at": now,
@@ -658,6 +677,7 @@ class DeploymentController(ReconcileLoop):
                 r = s.get(ReplicaRow, st.replica_id)
                 if r is not None and owned:
                     r.cloud = None
+                    r.spot = st.must_spot  # only a swap must go on spot; the rest may fall back next time
                     self._set_state(s, r, "PENDING", f"{st.cloud}: {exc.message}; trying another cloud")
         for cloud, handle in orphans:
             self._stop_workload(cloud, handle, force=True)

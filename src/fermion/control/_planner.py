@@ -90,6 +90,7 @@ class DeploymentPlan:
     new_replicas: list[str] = field(default_factory=list)  # one reason per replica to create
     new_canaries: list[str] = field(default_factory=list)  # the same, of the canary's generation
     new_spot: int = 0  # how many of new_replicas (the last ones) must go on spot: swaps for stand-ins
+    canary_crashed: str = ""  # a canary replica crashed (why): the canary is rolled back
     place: list[str] = field(default_factory=list)  # PENDING replicas to start ("new" for the created)
     only_cloud: str | None = None  # during a move: where the surge replica goes
     status: str | None = None
@@ -103,6 +104,7 @@ class DeploymentPlan:
 
     def touches(self) -> bool:
         return bool(self.changes or self.new_replicas or self.new_canaries or self.place or self.status is not None
+                    or self.canary_crashed
                     or self.crash_count is not None or self.clear_target or self.delete)
 
 
@@ -208,6 +210,10 @@ def plan_deployment(d: DeploymentView, replicas: list[ReplicaView], observations
         plan.changes.append(change)
         if change.state is not None:
             states[r.id] = change.state
+        if d.canary_generation is not None and r.generation == d.canary_generation:
+            if change.crashed:  # the canary's failure, not the deployment's: the canary is rolled back
+                plan.canary_crashed = change.reason
+            continue
         if change.state == "READY":
             crash_count = 0
         if change.crashed:
@@ -286,18 +292,20 @@ def plan_deployment(d: DeploymentView, replicas: list[ReplicaView], observations
     extra = len(current) + new - desired
     if (target is not None or swapping) and extra == 1:
         extra = 0  # the surge replica of a move or a swap; it retires one where there are too many once READY
-    if extra > 0:
-        def surplus(r: ReplicaView) -> bool:  # its market has more than its share
+    for _ in range(max(0, extra) if current else 0):
+        def surplus(r: ReplicaView) -> bool:  # its market has more than its share (counted after each drain)
             return spot_count > spot_wanted if r.spot else stand_ins > 0 or not spot_wanted
 
         # drop the least useful first: not ready, then of a market over its share, then newest
-        for r in sorted(current, key=lambda r: (states[r.id] == "READY", not surplus(r), -r.created_at))[:extra]:
-            swapped = not deleting and spot_wanted and not r.spot and stand_ins > 0 and states[r.id] == "READY"
-            drain(r, "deployment deleted" if deleting else "swapped for a spot replica" if swapped else "scaled down")
-        current = [r for r in current if states[r.id] not in ("DRAINING", "TERMINATED")]
+        r = min(current, key=lambda r: (states[r.id] == "READY", not surplus(r), -r.created_at))
+        swapped = not deleting and spot_wanted and not r.spot and stand_ins > 0 and states[r.id] == "READY"
+        drain(r, "deployment deleted" if deleting else "swapped for a spot replica" if swapped else "scaled down")
+        current.remove(r)
+        spot_count -= r.spot
+        stand_ins -= not r.spot
     if canaries or d.canary_generation is not None:
         wanted = 0 if deleting or failed else d.canary_replicas
-        if len(canaries) < wanted and now >= next_start:
+        if len(canaries) < wanted and not plan.canary_crashed:
             plan.new_canaries = [f"canary of generation {d.canary_generation}"] * (wanted - len(canaries))
         for r in sorted(canaries, key=lambda r: (states[r.id] == "READY", -r.created_at))[:max(0, len(canaries) - wanted)]:
             drain(r, "deployment deleted" if deleting else "fewer canaries")

@@ -45,7 +45,8 @@ NOT_RELAYED = HOP_BY_HOP | {b"date", b"server"}
 # what a request target may hold, still percent-encoded: RFC 3986 pchar, '/', '?' and '%'
 _TARGET_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/?%")
 EJECT_SECONDS = 2.0
-EJECT_AFTER_ERRORS = 5  # 5xx answers in a row that eject a replica for a while
+EJECT_AFTER_ERRORS = 5  # answers of BROKEN_STATUSES in a row that eject a replica for a while
+BROKEN_STATUSES = frozenset({502, 503, 504})  # a replica (or what is behind it) failing, whatever the request
 MAX_ATTEMPTS = 4
 RETRY_PAUSE_S = 0.05
 UPSTREAM_TIMEOUT_S = 300.0
@@ -240,24 +241,31 @@ class Gateway:
                                 retry_after=math.ceil(wait_s))
         demand = self._demand(deployment)
         demand.last_request = time.time()
-        if not route.endpoints:
-            if route.hold is None:
-                return await _reply(send, 503, f"deployment {deployment!r} has no ready replica", "ServiceUnavailable")
-            limit, timeout_s = route.hold
-            if demand.queued >= limit:
-                self.metrics.held.labels(deployment, "429").inc()
-                return await _reply(send, 429, f"deployment {deployment!r} is starting a replica and already holds "
-                                    f"{limit} requests; retry shortly", "Overloaded", retry_after=1)
-            if await self._hold(deployment, demand, timeout_s) is None:
-                self.metrics.held.labels(deployment, "503").inc()
-                return await _reply(send, 503, f"deployment {deployment!r} has no ready replica: none came up "
-                                    f"within {timeout_s:g}s", "ServiceUnavailable", retry_after=5)
-        try:
+        if not route.endpoints and route.hold is None:
+            return await _reply(send, 503, f"deployment {deployment!r} has no ready replica", "ServiceUnavailable")
+        if not route.endpoints and demand.queued >= route.hold[0]:  # type: ignore[index]
+            self.metrics.held.labels(deployment, "429").inc()
+            self._wake_up(deployment)  # a full queue still means someone wants it up
+            return await _reply(send, 429, f"deployment {deployment!r} is starting a replica and already holds "
+                                f"{route.hold[0]} requests; retry shortly", "Overloaded", retry_after=1)  # type: ignore[index]
+        try:  # read before a hold: while held, the connection is watched for the caller leaving
             body = await read_body(headers, receive, self.max_body, self.body_idle_timeout_s)
         except BodyTooLarge as exc:
             return await _reply(send, 413, str(exc), "PayloadTooLarge")
         except BodyTimeout as exc:
             return await _reply(send, 408, str(exc), "RequestTimeout")
+        if not (self.table.get(deployment) or route).endpoints and route.hold is not None:
+            timeout_s = route.hold[1]
+            held, why = await self._hold(deployment, demand, timeout_s, receive)
+            if held is None:
+                self.metrics.held.labels(deployment, "503").inc()
+                if why == "gone":
+                    return None  # the caller left: nobody to answer
+                if why == "deleted":
+                    return await _reply(send, 404, f"deployment {deployment!r} was deleted while the request waited",
+                                        "NotFound")
+                return await _reply(send, 503, f"deployment {deployment!r} has no ready replica: none came up "
+                                    f"within {timeout_s:g}s", "ServiceUnavailable", retry_after=5)
         target = (b"/" + rest + (b"?" + query if query else b"")).decode("latin-1")
         forward_headers = [(k, v) for k, v in headers if k not in NOT_FORWARDED and not k.startswith(b"x-fermion-")]
         method: str = scope["method"]
@@ -340,8 +348,11 @@ class Gateway:
                 return "midflight", f"replica {endpoint.replica_id} broke off its answer"
             finally:
                 self.pool.release(host, port, conn)
-            endpoint.outcome(failed=response.status >= 500)  # the cloud's failure rate feeds placement
-            if response.status >= 500:  # real traffic's failures eject a replica too, not only failed pings
+            # the replica or its cloud failing, not the handler refusing this input (a 500 may be the
+            # caller's doing): that feeds the cloud's failure rate and ejects, as failed pings do
+            broken = response.status in BROKEN_STATUSES
+            endpoint.outcome(failed=broken)
+            if broken:
                 endpoint.errors_in_a_row += 1
                 if endpoint.errors_in_a_row >= EJECT_AFTER_ERRORS:
                     endpoint.errors_in_a_row = 0
@@ -406,9 +417,15 @@ class Gateway:
         return {name: (*self.load(name)[:2], round(now - demand.last_request, 3))
                 for name, demand in list(self._demands.items()) if self.table.get(name) is not None}
 
-    async def _hold(self, deployment: str, demand: Demand, timeout_s: float) -> Route | None:
-        """Wait until the deployment has a replica to send to (its route, then), or None past
-        ``timeout_s`` or once the deployment is gone."""
+    def _wake_up(self, deployment: str) -> None:
+        if self.on_queue is not None:
+            self.on_queue(deployment)  # the controller wakes the deployment now, not on its next pass
+
+    async def _hold(self, deployment: str, demand: Demand, timeout_s: float,
+                    receive: Receive) -> tuple[Route | None, str]:
+        """Wait until the deployment has a replica to send to: (its route, ""); else (None, why):
+        "timeout" past ``timeout_s``, "deleted" once the deployment is gone, "gone" once the
+        caller has left (its place in the queue is free at once)."""
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
@@ -417,23 +434,28 @@ class Gateway:
         started = loop.time()
         deadline = started + timeout_s
         self.metrics.queued.labels(deployment).inc()
+        left = asyncio.ensure_future(receive())  # the body is read: the next message can only be a disconnect
         try:
-            if self.on_queue is not None:
-                self.on_queue(deployment)  # the controller wakes the deployment now, not on its next pass
+            self._wake_up(deployment)
             while True:
                 event = self._route_events.setdefault(deployment, asyncio.Event())
                 route = self.table.get(deployment)
                 if route is None:
-                    return None
+                    return None, "deleted"
                 if route.endpoints:
                     self.metrics.queue_wait.labels(deployment).observe(loop.time() - started)
-                    return route
+                    return route, ""
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    return None
-                with contextlib.suppress(TimeoutError):  # woken by a route change, or a second's check
-                    await asyncio.wait_for(event.wait(), min(remaining, 1.0))
+                    return None, "timeout"
+                changed = asyncio.ensure_future(event.wait())
+                # woken by a route change, by the caller leaving, or a second's check
+                await asyncio.wait((changed, left), timeout=min(remaining, 1.0), return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                if left.done():
+                    return None, "gone"
         finally:
+            left.cancel()
             demand.queued -= 1
             self.metrics.queued.labels(deployment).dec()
 

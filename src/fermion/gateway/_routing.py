@@ -21,7 +21,7 @@ class Endpoint:
     in_flight: int = 0
     ejected_until: float = 0.0
     consecutive_failures: int = 0
-    errors_in_a_row: int = 0  # 5xx answers
+    errors_in_a_row: int = 0  # answers of a replica failing (502, 503, 504), in a row
     latency_ewma_ms: float | None = None  # of successful answers, seen from the gateway
     generation: int = 0  # the deployment's version this replica runs
     error_ewma: float = 0.0  # share of recent requests that failed (5xx, refused or broken), seen from the gateway

@@ -92,6 +92,19 @@ class ReplicaRow(Base):
     state_since: Mapped[float] = mapped_column(Float, default=time.time)
 
 
+class GatewayLoadRow(Base):
+    """What the gateway of a server that does not lead (and the gateway processes reporting to
+    it) saw of one deployment's load lately: the leader's autoscaler counts it."""
+
+    __tablename__ = "gateway_loads"
+    server: Mapped[str] = mapped_column(String(40), primary_key=True)
+    deployment: Mapped[str] = mapped_column(String(100), primary_key=True)
+    in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    queued: Mapped[int] = mapped_column(Integer, default=0)
+    last_request: Mapped[float] = mapped_column(Float, default=0.0)  # wall time
+    reported_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
 class EventRow(Base):
     __tablename__ = "events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
