@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from fermion.testing import Load, ServerProc, running_server
+from fermion.testing import Load, ServerProc, running_server, start_gateway, stop
 from tests.support import FIXTURE_PHOTONS
 
 FLAKY = f"{FIXTURE_PHOTONS}:Flaky"
@@ -112,3 +112,18 @@ def test_callers_pin_or_stick_to_a_version_and_a_manual_canary_ends_by_hand(serv
     assert same.returncode != 0 and "nothing to canary" in same.stderr
     new = server.cli("deploy", FLAKY, "--name", "fresh", "--public", "--canary", "10", *SMALL, check=False)
     assert new.returncode != 0 and "a canary needs a running version" in new.stderr
+
+
+def test_a_canary_served_only_through_a_gateway_process_is_judged_too(server: ServerProc, tmp_path) -> None:  # noqa: ANN001
+    gateway = start_gateway(tmp_path / "gw", [server.url], server.token)
+    try:
+        server.cli("deploy", FLAKY, "--name", "rel", "--public", "--env", "VERSION=5", "--env", "FAIL_SHARE=0.5",
+                   "--canary", "40", "--canary-min-requests", "30", *SMALL)
+        started = time.time()
+        with Load(f"{gateway.url}/d/rel/version", {}, workers=4) as load:  # none through the server's own gateway
+            event = server.wait_for(lambda _: (e := last_event(server, "ROLLED_BACK")) and e["at"] > started and e,
+                                    timeout=60)
+        assert versions(load)["5"] > 0 and "error rate regressed" in event["reason"]
+        assert "stable 0.0% errors" in event["reason"]
+    finally:
+        stop(gateway.proc)

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..gateway import table_document
+from ..gateway._load import UNSENT_ANSWERS
 from ._auth import caller, require_token
 from ._principal import Principal
 from ._schemas import ERROR_RESPONSES
@@ -27,6 +28,9 @@ class GatewayLoadReport(BaseModel):
     gateway: str = Field(min_length=1, max_length=100)
     deployments: dict[str, tuple[int, int, float]] = Field(
         max_length=100_000, description="deployment -> (in flight, held, seconds since its last request)")
+    answers: dict[str, dict[int, list[tuple[float, bool]]]] = Field(
+        default_factory=dict, max_length=10_000,
+        description="deployment -> generation -> [(seconds, error)] of a canary's versions since the last report")
 
 
 @router.post("/gateway/load")
@@ -35,6 +39,11 @@ def gateway_load(request: Request, me: Annotated[Principal, Depends(caller)], re
     me.require_admin()
     platform = request.app.state.platform
     platform.loadboard.report(report.gateway, report.deployments)
+    traffic = platform.gateway.traffic
+    for name, versions in report.answers.items():
+        for generation, answers in versions.items():
+            for seconds, error in answers[:UNSENT_ANSWERS]:
+                traffic.add(name, generation, seconds, error=error)
     if any(queued for _, queued, _ in report.deployments.values()):
         platform.controller.nudge()  # a request waits at that gateway: wake its deployment now
     return {"ok": True}

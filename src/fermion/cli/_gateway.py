@@ -38,7 +38,8 @@ def start(
     from prometheus_client import CollectorRegistry
 
     from .._limits import BoundedHttpToolsProtocol
-    from ..gateway import Gateway, LoadReporter, RoutingTable, TableFeed, standalone_app
+    from ..gateway import Gateway, LoadReporter, RoutingTable, TableFeed, VersionTraffic, standalone_app
+    from ..gateway._load import UNSENT_ANSWERS
     from ..photon.runtime import DrainingServer, bind_socket, write_port_file
     from ._platform import load_credentials
 
@@ -55,7 +56,7 @@ def start(
         verify = ssl_context_from(ca)
     registry = CollectorRegistry()
     table = RoutingTable()
-    gateway = Gateway(table, registry, {})
+    gateway = Gateway(table, registry, {}, traffic=VersionTraffic(unsent=UNSENT_ANSWERS))
 
     def set_admins(admins: dict[str, float | None]) -> None:
         gateway.admin_token_hashes = admins

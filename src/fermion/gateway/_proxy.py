@@ -124,9 +124,13 @@ def _version_endpoints(endpoints: list[Endpoint], canary: int, side: int) -> lis
 class VersionTraffic:
     """Recent answers per (deployment, generation) while a canary runs: (when, seconds, error)."""
 
-    def __init__(self, keep: int = 20_000) -> None:
+    def __init__(self, keep: int = 20_000, *, unsent: int = 0) -> None:
         self._answers: dict[tuple[str, int], collections.deque[tuple[float, float, bool]]] = {}
         self.keep = keep
+        # a gateway process also keeps the answers it has not reported to its server yet (the last
+        # ``unsent`` of each version): the judge runs there
+        self.unsent = unsent
+        self._unsent: dict[tuple[str, int], collections.deque[tuple[float, bool]]] = {}
 
     def add(self, deployment: str, generation: int, seconds: float, *, error: bool) -> None:
         key = (deployment, generation)
@@ -134,6 +138,19 @@ class VersionTraffic:
         if answers is None:
             answers = self._answers[key] = collections.deque(maxlen=self.keep)
         answers.append((time.monotonic(), seconds, error))
+        if self.unsent:
+            pending = self._unsent.get(key)
+            if pending is None:
+                pending = self._unsent[key] = collections.deque(maxlen=self.unsent)
+            pending.append((round(seconds, 6), error))
+
+    def take_unsent(self) -> dict[str, dict[str, list[tuple[float, bool]]]]:
+        """deployment -> generation -> [(seconds, error)] since the last call (what to report)."""
+        taken, self._unsent = self._unsent, {}
+        out: dict[str, dict[str, list[tuple[float, bool]]]] = {}
+        for (name, generation), answers in taken.items():
+            out.setdefault(name, {})[str(generation)] = list(answers)
+        return out
 
     def window(self, deployment: str, since_s: float) -> dict[int, list[tuple[float, bool]]]:
         """generation -> [(seconds, error)] of the answers of the last ``since_s`` seconds. From any
@@ -163,7 +180,8 @@ class Gateway:
     PREFIX = "/d/"
 
     def __init__(self, table: RoutingTable, registry: CollectorRegistry, admin_token_hashes: dict[str, float | None],
-                 max_body: int = GATEWAY_MAX_BODY, body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S) -> None:
+                 max_body: int = GATEWAY_MAX_BODY, body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
+                 traffic: VersionTraffic | None = None) -> None:
         self.table = table
         self.policy = LeastOutstandingP2C()
         self.metrics = GatewayMetrics(registry)
@@ -173,7 +191,7 @@ class Gateway:
         self.buckets = TokenBuckets()
         self.body_idle_timeout_s = body_idle_timeout_s
         self._demands: dict[str, Demand] = {}
-        self.traffic = VersionTraffic()
+        self.traffic = traffic or VersionTraffic()
         self._route_events: dict[str, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.on_queue: Callable[[str], None] | None = None  # told when a request starts waiting for a replica
