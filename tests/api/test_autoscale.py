@@ -10,15 +10,9 @@ import httpx
 import pytest
 
 from fermion.testing import Load, ServerProc, running_server, start_gateway, stop
+from tests.chaos import CLOUDS  # two local clouds of 4 cpus
 from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON
 
-CLOUDS = """
-clouds:
-  - name: alpha
-    capacity: {cpus: 4, memory_gb: 8}
-  - name: beta
-    capacity: {cpus: 4, memory_gb: 8}
-"""
 SLOW = f"{FIXTURE_PHOTONS}:Slow"
 SLOW_INIT = f"{FIXTURE_PHOTONS}:SlowInit"
 

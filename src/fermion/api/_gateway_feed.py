@@ -11,7 +11,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from ..gateway import table_document
 from ..gateway._load import UNSENT_ANSWERS
@@ -26,9 +26,9 @@ POLL_S = 0.05
 class GatewayLoadReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
     gateway: str = Field(min_length=1, max_length=100)
-    deployments: dict[str, tuple[int, int, float]] = Field(
+    deployments: dict[str, tuple[StrictInt, StrictInt, StrictFloat | StrictInt]] = Field(
         max_length=100_000, description="deployment -> (in flight, held, seconds since its last request)")
-    answers: dict[str, dict[int, list[tuple[float, bool]]]] = Field(
+    answers: dict[str, dict[int, list[tuple[StrictFloat | StrictInt, StrictBool]]]] = Field(
         default_factory=dict, max_length=10_000,
         description="deployment -> generation -> [(seconds, error)] of a canary's versions since the last report")
 

@@ -321,26 +321,23 @@ def _next_generation(s, d: DeploymentRow) -> int:  # noqa: ANN001
 @router.post("/deployments/{name}/promote")
 def promote_deployment(request: Request, name: str) -> DeploymentOut:
     """End the canary by hand: it becomes the deployment's version (the stable replicas roll over)."""
-    p = platform(request)
-    with p.store.session() as s:
-        d = _get_deployment(s, name, caller(request), "editor")
-        if not d.canary:
-            raise ConflictError(f"deployment {name!r} has no canary to promote",
-                                hint="start one with `fermion deploy ... --canary PERCENT`")
-        promote(p.store, s, d, f"by hand ({caller(request).user})")
-        return _deployment_out(p, s, d)
+    return _end_canary(request, name, promote, "promote")
 
 
 @router.post("/deployments/{name}/rollback")
 def rollback_deployment(request: Request, name: str) -> DeploymentOut:
     """End the canary by hand: its replicas drain, the stable version takes all the traffic."""
-    p = platform(request)
+    return _end_canary(request, name, roll_back, "roll back")
+
+
+def _end_canary(request: Request, name: str, verdict, verb: str) -> DeploymentOut:  # noqa: ANN001
+    p, me = platform(request), caller(request)
     with p.store.session() as s:
-        d = _get_deployment(s, name, caller(request), "editor")
+        d = _get_deployment(s, name, me, "editor")
         if not d.canary:
-            raise ConflictError(f"deployment {name!r} has no canary to roll back",
+            raise ConflictError(f"deployment {name!r} has no canary to {verb}",
                                 hint="start one with `fermion deploy ... --canary PERCENT`")
-        roll_back(p.store, s, d, f"by hand ({caller(request).user})")
+        verdict(p.store, s, d, f"by hand ({me.user})")
         return _deployment_out(p, s, d)
 
 

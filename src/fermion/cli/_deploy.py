@@ -234,21 +234,21 @@ def deployment_scale(name: str, replicas: Annotated[int, typer.Argument(help="Ne
 @deployment_app.command("promote")
 def deployment_promote(name: str, json_out: JsonOpt = False) -> None:
     """End the canary: it becomes the deployment's version, and the stable replicas roll over to it."""
-    d = Api().request("POST", f"/deployments/{name}/promote")
-    if json_out:
-        print_json(d)
-    else:
-        console.print(f"{name}: canary promoted; generation {d['generation']} rolls out")
+    _end_canary(name, "promote", "canary promoted; generation {generation} rolls out", json_out)
 
 
 @deployment_app.command("rollback")
 def deployment_rollback(name: str, json_out: JsonOpt = False) -> None:
     """End the canary: its replicas drain, and the running version takes all the traffic again."""
-    d = Api().request("POST", f"/deployments/{name}/rollback")
+    _end_canary(name, "rollback", "canary rolled back; generation {generation} takes all the traffic", json_out)
+
+
+def _end_canary(name: str, action: str, said: str, json_out: bool) -> None:
+    d = Api().request("POST", f"/deployments/{name}/{action}")
     if json_out:
         print_json(d)
     else:
-        console.print(f"{name}: canary rolled back; generation {d['generation']} takes all the traffic")
+        console.print(f"{name}: " + said.format(generation=d["generation"]))
 
 
 @deployment_app.command("delete")
