@@ -23,8 +23,9 @@ def test_the_table_is_for_admins_and_a_change_ends_the_long_poll(tmp_path: Path)
         with server.api() as api:
             first = api.get("/gateway/table").json()
             assert first["leader"] is True and first["routes"] == [] and first["admins"]
+            # no replica: its route is published once, and then nothing changes
             deployed = threading.Timer(1.0, server.cli, ("deploy", f"{FIXTURE_PHOTONS}:Versioned", "--name", "fresh",
-                                                         "--public", "--no-wait"))
+                                                         "--public", "--replicas", "0"))
             deployed.start()
             asked = time.monotonic()
             changed = api.get("/gateway/table", params={"after": first["version"], "wait": 20}).json()

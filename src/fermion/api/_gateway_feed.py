@@ -13,8 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
-from ..gateway import table_document
-from ..gateway._load import UNSENT_ANSWERS
+from ..gateway import UNSENT_ANSWERS, table_document
 from ._auth import caller, require_token
 from ._principal import Principal
 from ._schemas import ERROR_RESPONSES

@@ -29,8 +29,7 @@ from ..config import workloads_root as default_workloads_root
 from ..data import ObjectStore, StoreConfig, open_store
 from ..control import DeploymentController, JobController, Leadership, Scheduler, stop_on_retired_clouds, stop_orphans
 from ..errors import ConflictError, FermionError, UserInputError
-from ..gateway import Gateway, LoadBoard, RoutingTable
-from ..gateway._load import STALE_S as LOAD_STALE_S
+from ..gateway import LOAD_STALE_S, Gateway, LoadBoard, RoutingTable
 from ..photon.runtime import error_response, validation_error_response
 from ..security import SecretBox, hash_token, new_token
 from ..store import (

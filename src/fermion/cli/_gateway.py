@@ -38,8 +38,7 @@ def start(
     from prometheus_client import CollectorRegistry
 
     from .._limits import BoundedHttpToolsProtocol
-    from ..gateway import Gateway, LoadReporter, RoutingTable, TableFeed, VersionTraffic, standalone_app
-    from ..gateway._load import UNSENT_ANSWERS
+    from ..gateway import UNSENT_ANSWERS, Gateway, LoadReporter, RoutingTable, TableFeed, VersionTraffic, standalone_app
     from ..photon.runtime import DrainingServer, bind_socket, write_port_file
     from ._platform import load_credentials
 

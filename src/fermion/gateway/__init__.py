@@ -1,10 +1,23 @@
 """The gateway: one entry point that load-balances, retries and fails over across replicas and clouds."""
 
 from ._feed import TableFeed, table_document
-from ._load import LoadBoard, LoadReporter
+from ._load import LOAD_STALE_S, UNSENT_ANSWERS, LoadBoard, LoadReporter
 from ._proxy import Gateway, VersionTraffic
 from ._routing import Endpoint, LeastOutstandingP2C, Route, RoutingTable
 from ._standalone import standalone_app
 
-__all__ = ["Endpoint", "Gateway", "LeastOutstandingP2C", "LoadBoard", "LoadReporter", "Route", "RoutingTable", "TableFeed", "VersionTraffic",
-           "standalone_app", "table_document"]
+__all__ = [
+    "LOAD_STALE_S",
+    "UNSENT_ANSWERS",
+    "Endpoint",
+    "Gateway",
+    "LeastOutstandingP2C",
+    "LoadBoard",
+    "LoadReporter",
+    "Route",
+    "RoutingTable",
+    "TableFeed",
+    "VersionTraffic",
+    "standalone_app",
+    "table_document",
+]

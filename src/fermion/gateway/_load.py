@@ -2,7 +2,7 @@
 every gateway, not only the server's own, or it would scale to zero a deployment they keep busy.
 
 A gateway process posts ``/api/v1/gateway/load`` every ``REPORT_S`` (and at once when a request
-starts waiting for a replica); the server keeps each gateway's last report for ``STALE_S``.
+starts waiting for a replica); the server keeps each gateway's last report for ``LOAD_STALE_S``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 LOAD_PATH = "/api/v1/gateway/load"
 REPORT_S = 1.0
-STALE_S = 5.0  # a gateway that has not reported for this long no longer counts
+LOAD_STALE_S = 5.0  # a gateway that has not reported for this long no longer counts
 UNSENT_ANSWERS = 5_000  # per version and report: a canary's answers a gateway process sends its server
 
 
@@ -42,7 +42,7 @@ class LoadBoard:
         now = time.time()
         with self._lock:
             self._reports[gateway] = (now, {name: (n, q, now - idle) for name, (n, q, idle) in loads.items()})
-            for old in [g for g, (at, _) in self._reports.items() if now - at > STALE_S]:
+            for old in [g for g, (at, _) in self._reports.items() if now - at > LOAD_STALE_S]:
                 del self._reports[old]
 
     def total(self, deployment: str) -> tuple[int, int, float]:
@@ -50,7 +50,7 @@ class LoadBoard:
         now, in_flight, queued, last = time.time(), 0, 0, 0.0
         with self._lock:
             for at, loads in self._reports.values():
-                if now - at > STALE_S or deployment not in loads:
+                if now - at > LOAD_STALE_S or deployment not in loads:
                     continue
                 n, q, when = loads[deployment]
                 in_flight, queued, last = in_flight + n, queued + q, max(last, when)
