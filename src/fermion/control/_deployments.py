@@ -452,8 +452,8 @@ class DeploymentController(ReconcileLoop):
                     continue
                 pending = [_Pending(r.id, r.auth_secret, r.state, r.reason, r.spot) for r in rows
                            if r.id in to_place and r.generation == version.generation]
-                must_spot = len(new) - (plan.new_spot if version.generation == d.generation else 0)
-                pending += [_Pending(new_id("r"), None, "", reason, i >= must_spot) for i, reason in enumerate(new)]
+                first_swap = len(new) - (plan.new_spot if version.generation == d.generation else 0)  # swaps come last
+                pending += [_Pending(new_id("r"), None, "", reason, i >= first_swap) for i, reason in enumerate(new)]
                 market = _Market(d, on_spot) if d.spot and version.generation == d.generation else None
                 starts += self._decide_starts(s, d, version, pending, plan.only_cloud, serving, events, market)
             events.write(s)

@@ -292,10 +292,11 @@ def plan_deployment(d: DeploymentView, replicas: list[ReplicaView], observations
     extra = len(current) + new - desired
     if (target is not None or swapping) and extra == 1:
         extra = 0  # the surge replica of a move or a swap; it retires one where there are too many once READY
-    for _ in range(max(0, extra) if current else 0):
-        def surplus(r: ReplicaView) -> bool:  # its market has more than its share (counted after each drain)
-            return spot_count > spot_wanted if r.spot else stand_ins > 0 or not spot_wanted
 
+    def surplus(r: ReplicaView) -> bool:  # its market has more than its share (counted again after each drain)
+        return spot_count > spot_wanted if r.spot else stand_ins > 0 or not spot_wanted
+
+    for _ in range(max(0, extra) if current else 0):
         # drop the least useful first: not ready, then of a market over its share, then newest
         r = min(current, key=lambda r: (states[r.id] == "READY", not surplus(r), -r.created_at))
         swapped = not deleting and spot_wanted and not r.spot and stand_ins > 0 and states[r.id] == "READY"

@@ -115,7 +115,7 @@ def _side(canary: tuple[int, int], headers: list[tuple[bytes, bytes]]) -> int:
     return generation if draw < percent else -generation
 
 
-def _version_endpoints(endpoints: list[Endpoint], canary: int, side: int) -> list[Endpoint]:
+def _version_endpoints(endpoints: list[Endpoint], side: int) -> list[Endpoint]:
     """The endpoints of ``side`` (see ``_side``); all of them when that side has none up."""
     chosen = [e for e in endpoints if (e.generation == side if side > 0 else e.generation != -side)]
     return chosen or endpoints
@@ -298,7 +298,7 @@ class Gateway:
             current = self.table.get(deployment) or route
             endpoints = current.endpoints
             if side is not None and current.canary is not None:
-                endpoints = _version_endpoints(endpoints, current.canary[0], side)
+                endpoints = _version_endpoints(endpoints, side)
             endpoint = self.policy.choose(endpoints, tried)
             if endpoint is None and tried:
                 tried.clear()  # every replica failed once, each safely: go round again
