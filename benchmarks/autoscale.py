@@ -9,7 +9,8 @@ The trace: clients that each send a request, wait 200 ms, and again; 1 → 4 →
 in 5 s steps, 32 for 10 s, a spike of 64 for 5 s, 8 for 10 s, then idle for 45 s.
 
 Goals: >= 99% of requests within the SLO (200 ms) outside the cold start; <= 0.6x the
-replica-seconds of fixed provisioning; 0 failed requests; waking from zero <= 2x the plain start.
+replica-seconds of fixed provisioning; 0 failed requests; waking from zero <= 2x the plain start
+(medians: the trace's wake and three more, each once the deployment is IDLE again).
 
 Usage: python benchmarks/autoscale.py [--idle 45]
 """
@@ -35,6 +36,7 @@ from fermion.testing import running_server, serve_photon  # noqa: E402
 TEXT_PHOTON = f"{ROOT / 'examples' / 'text' / 'photon.py'}:TextTools"
 BODY = {"texts": ["autoscale me"]}
 SLO_S = 0.200
+WAKES = 4  # the trace's own, and three more
 PAUSE_S = 0.2  # each client's think time: 2 cores serve ~300 requests/s of this photon, gateway and client included
 LIVE = ("PROVISIONING", "STARTING", "READY", "UNHEALTHY", "DRAINING")
 
@@ -107,14 +109,33 @@ def run_one(server, name: str, args: list[str], steps: list[tuple[float, int]]) 
     warm = [r for r in records if r[0] >= first_answer]  # outside the cold start
     failed = [r for r in records if r[2] != 200]
     latencies = sorted(lat for _, lat, st in warm if st == 200)
+    wakes = [first_answer - started]
+    if "--min-replicas" in args:  # more wakes from zero, each once the deployment is IDLE again
+        for _ in range(WAKES - 1):
+            wakes.append(wake(server, name))
     server.cli("deployment", "delete", name)
+    with server.api() as api:  # gone, replicas and all: the next run gets the CPUs to itself
+        deadline = time.monotonic() + 60
+        while api.get(f"/deployments/{name}").status_code != 404 and time.monotonic() < deadline:
+            time.sleep(0.2)
     return {
         "requests": len(records), "failed": len(failed), "failures": sorted({str(r[2]) for r in failed}),
         "within_slo": sum(lat <= SLO_S for lat in latencies) / max(1, len(warm)),
         "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
-        "replica_s": replica_seconds(samples), "wake_s": first_answer - started,
+        "replica_s": replica_seconds(samples), "wake_s": statistics.median(wakes), "wakes": wakes,
         "peak_replicas": max(n for _, n in samples),
     }
+
+
+def wake(server, name: str) -> float:  # noqa: ANN001
+    """Once ``name`` is IDLE: first request to first answer."""
+    server.wait_for(lambda api: api.get(f"/deployments/{name}").json()["status"] == "IDLE"
+                    and not api.get(f"/deployments/{name}").json()["replica_list"], timeout=120, interval=0.5)
+    time.sleep(1)  # the drained replica's process has ended
+    started = time.perf_counter()
+    r = httpx.post(f"{server.url}/d/{name}/upper", json=BODY, timeout=60)
+    r.raise_for_status()
+    return time.perf_counter() - started
 
 
 def plain_start(work: Path) -> float:
@@ -138,7 +159,7 @@ def main() -> None:
         plain = statistics.median(plain_start(Path(tmp)) for _ in range(3))
         fixed = run_one(server, "fixed", ["--replicas", "4"], steps)
         auto = run_one(server, "auto", ["--replicas", "0", "--min-replicas", "0", "--max-replicas", "4",
-                                        "--target-ongoing-requests", "2", "--upscale-delay", "2",
+                                        "--target-ongoing-requests", "2", "--upscale-delay", "1",
                                         "--downscale-delay", "10", "--scale-to-zero-delay", "10"], steps)
     print(f"trace: {' → '.join(str(c) for _, c in steps)} clients over {sum(s for s, _ in steps):.0f}s "
           f"(each: a request, then {PAUSE_S * 1000:.0f} ms); SLO {SLO_S * 1000:.0f} ms")
@@ -154,7 +175,8 @@ def main() -> None:
     print(f"replica-seconds, autoscaled / fixed: {ratio:.2f}x (goal <= 0.6)")
     print(f"within SLO outside the cold start: {100 * auto['within_slo']:.2f}% (goal >= 99%)")
     print(f"failed requests: {auto['failed']} autoscaled, {fixed['failed']} fixed (goal 0)")
-    print(f"wake from zero: {wake:.2f}s vs `fermion photon run` start {plain:.2f}s = {wake / plain:.2f}x (goal <= 2)")
+    print(f"wake from zero (median of {len(auto['wakes'])}: {', '.join(f'{w:.2f}' for w in auto['wakes'])}s): "
+          f"{wake:.2f}s vs `fermion photon run` start (median of 3) {plain:.2f}s = {wake / plain:.2f}x (goal <= 2)")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,10 @@ def test_an_idle_deployment_holds_the_first_request_wakes_and_reports_its_cold_s
                         and not d["replica_list"] and d, timeout=30)
     assert d["replicas"] == 0
     assert any(x.startswith("autoscale 1 → 0: no request for") for x in (e["reason"] for e in events(server, "sleepy")))
+    time.sleep(3)  # asleep, it stays asleep: only a request wakes it
+    d = server.deployment("sleepy")
+    assert d["replicas"] == 0 and d["replica_list"] == [] and d["status"] == "IDLE"
+    assert sum(e["reason"].startswith("autoscale 0 → 1") for e in events(server, "sleepy")) == 1
     metrics = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.token}"}).text
     assert 'fermion_replica_cold_start_seconds_count{phase="total"}' in metrics
     assert 'fermion_gateway_queue_wait_seconds_count{deployment="sleepy"} 1.0' in metrics

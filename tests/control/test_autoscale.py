@@ -64,3 +64,11 @@ def test_min_above_zero_never_goes_to_zero_and_bounds_are_enforced() -> None:
     assert decide(policy, 5, Load(0, 0, 0), state, 1).replicas == 3
     assert decide(policy, 0, Load(0, 0, 0), state, 2).replicas == 2
     assert decide(policy, 3, Load(100, 0, 0), state, 3).replicas == 3  # max holds under any load
+
+
+def test_at_zero_it_stays_at_zero_until_a_request_comes() -> None:
+    policy = AutoscalePolicy(min=0, max=4, upscale_delay_s=1, scale_to_zero_delay_s=10)
+    quiet = [(t, Load(0, 0, idle_s=t)) for t in range(0, 300, 1)]  # however long: recently idle or not
+    assert run(policy, 0, quiet) == []
+    woken = run(policy, 0, quiet[:5] + [(5, Load(0, 1, idle_s=0))])
+    assert woken == [(5, 1, "0 → 1: woken by 1 waiting request(s)")]

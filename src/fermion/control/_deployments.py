@@ -135,7 +135,6 @@ class DeploymentController(ReconcileLoop):
         self._reoptimized: dict[str, float] = {}  # deployment -> when its placement was last re-optimized
         self.load = load  # the gateway's view of each deployment's load: the autoscaler's signal
         self._scalers: dict[str, ScalerState] = {}
-        self._since = time.time()  # idle time counts from here at the earliest: a restart wakes nothing to zero
         self._drains: list[tuple[float, str | None, Handle]] = []  # (due, cloud, handle) of stops to send
         self._phases: dict[str, dict[str, float]] = {}  # replica -> when each step of its start happened
         self._fast = False
@@ -205,11 +204,13 @@ class DeploymentController(ReconcileLoop):
             return
         now = time.time()
         in_flight, queued, last = self.load(d.name) if self.load is not None else (0, 0, 0.0)
-        idle_s = now - max(last, self._since, d.updated_at)
+        state = self._scalers.setdefault(d.name, ScalerState())
+        # idle since the last request, or since this controller first saw the deployment (a restart,
+        # or a new deployment, is not idle time)
+        idle_s = now - max(last, state.born)
         policy = AutoscalePolicy.of(d.autoscale or {})
         if d.canary and policy.min == 0:  # never to zero during a canary: the canary would take all the traffic
             policy = AutoscalePolicy.of({**(d.autoscale or {}), "min": 1})
-        state = self._scalers.setdefault(d.name, ScalerState())
         decision = decide(policy, d.replicas, Load(in_flight, queued, idle_s), state, now)
         self.metrics.load.labels(d.name).set(decision.smoothed)
         self.metrics.desired.labels(d.name).set(decision.desired)
