@@ -29,7 +29,7 @@ from ..config import workloads_root as default_workloads_root
 from ..data import ObjectStore, StoreConfig, open_store
 from ..control import DeploymentController, JobController, Leadership, Scheduler, stop_on_retired_clouds, stop_orphans
 from ..errors import ConflictError, FermionError, UserInputError
-from ..gateway import LOAD_STALE_S, Gateway, LoadBoard, RoutingTable
+from ..gateway import LOAD_STALE_S, Endpoint, Gateway, LoadBoard, RoutingTable, add_loads
 from ..photon.runtime import error_response, validation_error_response
 from ..security import SecretBox, hash_token, new_token
 from ..store import (
@@ -229,8 +229,8 @@ class Platform:
                                                               GatewayLoadRow.reported_at > now - LOAD_STALE_S)).all()
             peers: dict[str, tuple[int, int, float]] = {}
             for row in rows:
-                n, q, last = peers.get(row.deployment, (0, 0, 0.0))
-                peers[row.deployment] = (n + row.in_flight, q + row.queued, max(last, row.last_request))
+                peers[row.deployment] = add_loads(peers.get(row.deployment, (0, 0, 0.0)),
+                                                  (row.in_flight, row.queued, row.last_request))
             self.peer_loads = peers
             if any(q for _, q, _ in peers.values()):
                 self.controller.nudge()
@@ -246,31 +246,29 @@ class Platform:
 
     def observed_latency(self) -> dict[str, float]:
         """Mean gateway-measured latency per cloud, over the replicas serving now."""
+        return self._mean_per_cloud(lambda e: e.latency_ewma_ms)
+
+    def _mean_per_cloud(self, measure: Callable[[Endpoint], float | None]) -> dict[str, float]:
+        """The mean of ``measure`` over the endpoints of each cloud that have one."""
         samples: dict[str, list[float]] = {}
         for route in self.table.routes():
             for e in route.endpoints:
-                if e.latency_ewma_ms is not None:
-                    samples.setdefault(e.cloud, []).append(e.latency_ewma_ms)
+                if (value := measure(e)) is not None:
+                    samples.setdefault(e.cloud, []).append(value)
         return {cloud: sum(v) / len(v) for cloud, v in samples.items()}
 
     def load(self, deployment: str) -> tuple[int, int, float]:
         """The autoscaler's signal: in flight and held at every gateway (this server's, the gateway
         processes that report to it, the other servers'), and when the last request reached any."""
-        here, peers = self._load_here(deployment), self.peer_loads.get(deployment, (0, 0, 0.0))
-        return here[0] + peers[0], here[1] + peers[1], max(here[2], peers[2])
+        return add_loads(self._load_here(deployment), self.peer_loads.get(deployment, (0, 0, 0.0)))
 
     def _load_here(self, deployment: str) -> tuple[int, int, float]:
-        local, remote = self.gateway.load(deployment), self.loadboard.total(deployment)
-        return local[0] + remote[0], local[1] + remote[1], max(local[2], remote[2])
+        return add_loads(self.gateway.load(deployment), self.loadboard.total(deployment))
 
     def observed_failure_rate(self) -> dict[str, float]:
-        """Mean share of failed requests per cloud (answers >= 500, refused or broken
+        """Mean share of failed requests per cloud (502, 503 or 504 answers, refused or broken
         connections), over the replicas serving now, as the gateway saw them."""
-        samples: dict[str, list[float]] = {}
-        for route in self.table.routes():
-            for e in route.endpoints:
-                samples.setdefault(e.cloud, []).append(e.error_ewma)
-        return {cloud: sum(v) / len(v) for cloud, v in samples.items()}
+        return self._mean_per_cloud(lambda e: e.error_ewma)
 
     def table_version(self) -> str:
         return f"{self.epoch}:{self.table.version}"

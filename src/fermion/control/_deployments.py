@@ -251,17 +251,17 @@ class DeploymentController(ReconcileLoop):
         return True
 
     # -- canaries -------------------------------------------------------------------------
-    def _judge_canary(self, d: DeploymentRow, rows: list[ReplicaRow]) -> bool:
+    def _judge_canary(self, d: DeploymentRow, rows: list[ReplicaRow]) -> None:
         """Compare the canary with the stable version over the gateway's recent answers; promote
-        or roll back when the verdict says (``d`` then holds the new desired state). True when it did."""
+        or roll back when the verdict says (``d`` then holds the new desired state)."""
         canary = d.canary or {}
         policy, generation = CanaryPolicy.of(canary), int(canary["generation"])
         if not policy.auto or self.traffic is None or d.status in ("DELETING", "FAILED"):
-            return False
+            return
         seen = self._canary_since.get(d.name)
         if seen is None or seen[0] != generation:
             if not any(r.generation == generation and r.state == "READY" for r in rows):
-                return False  # it is judged from its first READY replica on
+                return  # it is judged from its first READY replica on
             seen = self._canary_since[d.name] = (generation, time.time())
         running_s = time.time() - seen[1]
         answers = self.traffic.window(d.name, min(running_s, policy.window_s))
@@ -269,20 +269,19 @@ class DeploymentController(ReconcileLoop):
         stable = VersionStats.of([a for gen, got in answers.items() if gen != generation for a in got])
         verdict, reason = judge(policy, stats, stable, running_s)
         if not verdict:
-            return False
+            return
         with self.store.session() as s:
             if self.store.renew(s, DeploymentRow, d.name, self.owner, LEASE_S) is None:
-                return False
+                return
             row = s.get(DeploymentRow, d.name)
             if row is None or not row.canary or int(row.canary["generation"]) != generation:
-                return False  # the API changed it meanwhile
+                return  # the API changed it meanwhile
             (promote if verdict == "promote" else roll_back)(self.store, s, row, reason)
             for column in _DESIRED_BY_VERDICT:  # this pass goes on from the new desired state: drains at once
                 setattr(d, column, getattr(row, column))
         log.info("deployment %s: canary generation %d %s: %s", d.name, generation, verdict, reason)
         self._canary_since.pop(d.name, None)
         self.traffic.forget(d.name)
-        return True
 
     # -- drains ---------------------------------------------------------------------------
     def _drain_later(self, cloud: str | None, handle: Handle) -> None:

@@ -1,7 +1,7 @@
 """The gateway: one entry point that load-balances, retries and fails over across replicas and clouds."""
 
 from ._feed import TableFeed, table_document
-from ._load import LOAD_STALE_S, UNSENT_ANSWERS, LoadBoard, LoadReporter
+from ._load import LOAD_STALE_S, UNSENT_ANSWERS, LoadBoard, LoadReporter, add_loads
 from ._proxy import Gateway, VersionTraffic
 from ._routing import Endpoint, LeastOutstandingP2C, Route, RoutingTable
 from ._standalone import standalone_app
@@ -18,6 +18,7 @@ __all__ = [
     "RoutingTable",
     "TableFeed",
     "VersionTraffic",
+    "add_loads",
     "standalone_app",
     "table_document",
 ]

@@ -30,6 +30,11 @@ LOAD_STALE_S = 5.0  # a gateway that has not reported for this long no longer co
 UNSENT_ANSWERS = 5_000  # per version and report: a canary's answers a gateway process sends its server
 
 
+def add_loads(a: tuple[int, int, float], b: tuple[int, int, float]) -> tuple[int, int, float]:
+    """Two gateways' (in flight, held, last request's wall time) of one deployment, as one."""
+    return a[0] + b[0], a[1] + b[1], max(a[2], b[2])
+
+
 class LoadBoard:
     """The server's side: the latest report of each gateway process."""
 
@@ -47,14 +52,12 @@ class LoadBoard:
 
     def total(self, deployment: str) -> tuple[int, int, float]:
         """(in flight, held, wall time of the last request) over the gateways that reported lately."""
-        now, in_flight, queued, last = time.time(), 0, 0, 0.0
+        now, total = time.time(), (0, 0, 0.0)
         with self._lock:
             for at, loads in self._reports.values():
-                if now - at > LOAD_STALE_S or deployment not in loads:
-                    continue
-                n, q, when = loads[deployment]
-                in_flight, queued, last = in_flight + n, queued + q, max(last, when)
-        return in_flight, queued, last
+                if now - at <= LOAD_STALE_S and deployment in loads:
+                    total = add_loads(total, loads[deployment])
+        return total
 
 
 class LoadReporter:
