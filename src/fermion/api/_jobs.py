@@ -20,6 +20,7 @@ from ..store import AttemptRow, JobRow, ModelVersionRow
 from ..train import FinetuneConfig
 from ..types import NAME_PATTERN
 from ._auth import caller, require_token
+from ._code import code_files_of
 from ._principal import Principal, require_project
 from ._schemas import ERROR_RESPONSES, Resources
 
@@ -37,6 +38,8 @@ class JobSpec(BaseModel):
     spot: bool = Field(False, description="run on spot capacity where a cloud sells it; preemptions resume")
     max_restarts: int = Field(2, ge=0, le=100)
     finetune: dict[str, Any] | None = Field(None, description="FinetuneConfig fields; makes this a fine-tune job")
+    compress: dict[str, Any] | None = Field(None, description="model (NAME:VERSION), method and its settings; "
+                                            "makes this a compression job (see POST /models/{ref}/compress)")
     model_name: str | None = Field(None, pattern=NAME_PATTERN, description="fine-tunes: the registry name of the result")
     datasets: list[str] = Field(default_factory=list, max_length=16,
                                 description="NAME or NAME@VERSION: fetched into $FERMION_DATA_DIR/NAME on the job's cloud")
@@ -61,23 +64,15 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
     kind, command, stored = "command", list(spec.command), {}
     code_files: set[str] = set()
     if spec.code is not None:
-        from ._code import code_files_of
-
         with p.store.session() as s:
             require_project(s, project, me, "editor")  # before a word on what the project's stores hold
         code_files = code_files_of(p, project, spec.code)
     pinned = {ref: pin_dataset(p, me, ref) for ref in spec.datasets}
+    if spec.finetune is not None and spec.compress is not None:
+        raise UserInputError("a job fine-tunes or compresses, not both")
     if spec.finetune is not None:
         settings = dict(spec.finetune)
-        for key in ("train_data", "eval_data"):  # dataset:NAME[@VERSION]/PATH: a file of a dataset version
-            value = settings.get(key)
-            if isinstance(value, str) and value.startswith("dataset:"):
-                ref, _, inner = value.removeprefix("dataset:").partition("/")
-                pin = pinned.setdefault(ref, pin_dataset(p, me, ref))
-                if inner not in pin["paths"]:
-                    raise UserInputError(f"{key}: dataset {pin['name']} v{pin['number']} has no file {shorten(inner)!r}",
-                                         hint=f"see `fermion dataset show {pin['name']}`")
-                settings[key] = f"data/{pin['name']}/{inner}"  # where the attempt's wrapper puts it, on its cloud
+        _place_data(p, me, settings, pinned)
         base_model = None
         base = settings.get("base")
         if isinstance(base, str) and ":" in base and not base.startswith("/"):  # a registry reference
@@ -88,20 +83,23 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
             cfg = FinetuneConfig.model_validate({**settings, "output_dir": "output", "checkpoint_dir": None})
         except ValueError as exc:
             raise UserInputError(f"invalid fine-tune settings: {exc}") from exc
-        for key in ("train_data", "eval_data"):
-            value = getattr(cfg, key)
-            if value is None or value.startswith("data/"):
-                continue
-            if value.startswith("code/"):  # a file sent with the job (the CLI sends local files so)
-                if value.removeprefix("code/") not in code_files:
-                    raise UserInputError(f"{key} {shorten(value)!r} is not a file of the code sent with the job")
-            elif not Path(value).is_file():
-                raise UserInputError(f"{key} {value!r} is not a file on the server")
+        _check_data(cfg.model_dump(), code_files)
         kind = "finetune"
         stored = {"config": cfg.model_dump(), "model_name": spec.model_name or spec.name, "outputs": "stores"}
         if base_model is not None:
             stored["base_model"] = base_model
         command = ["python", "-m", "fermion.train", "--config-env", "FERMION_FINETUNE_CONFIG"]
+    elif spec.compress is not None:
+        from ._compress import compress_job
+
+        kind = "compress"
+        stored, command, inherited = compress_job(p, me, spec, project, pinned)
+        if inherited.get("code") and spec.code is None:  # the parent's data came with its job's code
+            code_files = code_files_of(p, project, inherited["code"])
+            stored["code"] = inherited["code"]
+        for pin in inherited.get("datasets", []):
+            pinned.setdefault(f"{pin['name']}@{pin['number']}", {**pin, "paths": set()})
+        _check_data(stored["config"], code_files)
     elif not command:
         raise UserInputError("a job needs a command (after --) or fine-tune settings")
     else:  # the output: a folder of each attempt's, on its cloud, sent to the stores when it succeeds
@@ -126,9 +124,9 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
         require_project(s, project, me, "editor")
         if s.get(JobRow, spec.name) is not None:
             raise ConflictError(f"job {spec.name!r} exists", hint="pick another name or delete the old job")
-        model = spec.model_name or spec.name
+        model = stored.get("model_name") or spec.model_name or spec.name
         other = s.scalars(select(ModelVersionRow.project).where(ModelVersionRow.name == model)).first()
-        if kind == "finetune" and other is not None and other != project:
+        if kind in ("finetune", "compress") and other is not None and other != project:
             raise ConflictError(f"model name {model!r} belongs to another project", hint="pick another --model-name")
         p.secrets.check_references(s, spec.env, project)
         out_dir.mkdir(parents=True, exist_ok=True)  # the server's own: the metrics its attempts send
@@ -139,6 +137,33 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
                      project=project))
         p.store.record(s, "job", spec.name, "", "PENDING", f"{kind} job created")
     return job_out(p, spec.name)
+
+
+def _place_data(p, me: Principal, settings: dict[str, Any], pinned: dict[str, dict[str, Any]]) -> None:  # noqa: ANN001
+    """dataset:NAME[@VERSION]/PATH (a file of a dataset version) in train_data or eval_data becomes
+    the path the attempt's wrapper puts it at, on its cloud; the version is pinned with the job."""
+    for key in ("train_data", "eval_data"):
+        value = settings.get(key)
+        if isinstance(value, str) and value.startswith("dataset:"):
+            ref, _, inner = value.removeprefix("dataset:").partition("/")
+            pin = pinned.setdefault(ref, pin_dataset(p, me, ref))
+            if inner not in pin["paths"]:
+                raise UserInputError(f"{key}: dataset {pin['name']} v{pin['number']} has no file {shorten(inner)!r}",
+                                     hint=f"see `fermion dataset show {pin['name']}`")
+            settings[key] = f"data/{pin['name']}/{inner}"
+
+
+def _check_data(settings: dict[str, Any], code_files: set[str]) -> None:
+    """Each data file is one the attempt will have: a dataset's, a file of the job's code, or the server's."""
+    for key in ("train_data", "eval_data"):
+        value = settings.get(key)
+        if value is None or value.startswith("data/"):
+            continue
+        if value.startswith("code/"):  # a file sent with the job (the CLI sends local files so)
+            if value.removeprefix("code/") not in code_files:
+                raise UserInputError(f"{key} {shorten(value)!r} is not a file of the code sent with the job")
+        elif not Path(value).is_file():
+            raise UserInputError(f"{key} {value!r} is not a file on the server")
 
 
 def pin_model(p, me: Principal, ref: str, project: str) -> dict[str, str]:  # noqa: ANN001
@@ -245,6 +270,11 @@ def cancel_job(request: Request, name: str) -> dict[str, Any]:
 def on_job_success(p, s, job: JobRow) -> None:  # noqa: ANN001
     """A finished fine-tune becomes a new model version with its metrics and lineage: its model
     kept in the stores that hold the job's output (or, for a job from before, copied from its folder)."""
+    if job.kind == "compress":
+        from ._compress import register_variant
+
+        register_variant(p, s, job)
+        return
     if job.kind != "finetune":
         return
     if job.spec.get("outputs") == "stores":
@@ -258,14 +288,7 @@ def on_job_success(p, s, job: JobRow) -> None:  # noqa: ANN001
         artifact = Path(result["artifact"]).resolve()
         if not artifact.is_relative_to(output_dir) or artifact.is_symlink():  # the job says where: only its own output
             raise UserInputError(f"the job's artifact {shorten(str(artifact))} is not inside its output folder")
-    attempts = s.scalars(select(AttemptRow).where(AttemptRow.job == job.name)).all()
-    from .. import __version__
-
-    lineage = {**result["lineage"], "job": job.name, "attempts": len(attempts),
-               "datasets": [{"name": d["name"], "version": d["number"], "digest": d["digest"]}
-                            for d in job.spec.get("datasets", [])],
-               "clouds": [a.cloud for a in sorted(attempts, key=lambda a: a.number)],
-               "code_version": f"fermion {__version__}", "python": sys.version.split()[0]}
+    lineage = {**result["lineage"], **job_lineage(s, job)}
     if job.spec.get("base_model"):  # a registry version, not the folder the attempt found it in
         lineage["base_model"] = job.spec["base_model"]["ref"]
         lineage["base_model_digest"] = job.spec["base_model"].get("digest")
@@ -280,6 +303,18 @@ def on_job_success(p, s, job: JobRow) -> None:  # noqa: ANN001
         row = registry.register(s, p.store, p.home, name, artifact, metrics, lineage, project=job.project)
     job.result = {"model": f"{row.name}:{row.version}", "accuracy": result["final"]["accuracy"],
                   "baseline_accuracy": result["baseline"]["accuracy"]}
+
+
+def job_lineage(s, job: JobRow) -> dict[str, Any]:  # noqa: ANN001
+    """What a registered version records of the job that made it: its attempts' clouds, its data, the code."""
+    from .. import __version__
+
+    attempts = s.scalars(select(AttemptRow).where(AttemptRow.job == job.name)).all()
+    return {"job": job.name, "attempts": len(attempts),
+            "datasets": [{"name": d["name"], "version": d["number"], "digest": d["digest"]}
+                         for d in job.spec.get("datasets", [])],
+            "clouds": [a.cloud for a in sorted(attempts, key=lambda a: a.number)],
+            "code_version": f"fermion {__version__}", "python": sys.version.split()[0]}
 
 
 def _model_out(r: ModelVersionRow) -> dict[str, Any]:
@@ -307,8 +342,21 @@ def _model(s, ref: str, me: Principal, role: str) -> ModelVersionRow:  # noqa: A
 
 @router.get("/models/{ref}")
 def show_model(request: Request, ref: str) -> dict[str, Any]:
+    """A version, with the variants compressed from it and, for a measured one, what serving it
+    costs on each cloud's instance types."""
+    from ..compress import cost_per_cloud
+
     with _platform(request).store.session() as s:
-        return _model_out(_model(s, ref, caller(request), "viewer"))
+        row = _model(s, ref, caller(request), "viewer")
+        out = _model_out(row)
+        me = f"{row.name}:{row.version}"
+        children = s.scalars(select(ModelVersionRow).where(ModelVersionRow.name == row.name)
+                             .order_by(ModelVersionRow.version)).all()
+        out["variants"] = [_model_out(c) for c in children if (c.lineage or {}).get("parent") == me]
+    report = (row.metrics or {}).get("report")
+    if report:
+        out["per_cloud"] = cost_per_cloud(report["measured"])
+    return out
 
 
 class PromoteSpec(BaseModel):

@@ -19,23 +19,27 @@ ProjectOpt = Annotated[str | None, typer.Option(help="The project (default: your
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
-def _follow(api: Api, name: str, timeout: float) -> dict[str, Any]:
-    """Wait for the job to end, with a progress bar of its training steps when it reports them."""
+def _follow(api: Api, name: str, timeout: float, show: bool = True) -> dict[str, Any]:
+    """Wait for the job to end, with a progress bar of its training steps when it reports them
+    (none with ``show`` off: the output is then JSON for a script)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     deadline = time.monotonic() + timeout
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
+                  TimeElapsedColumn(), console=console, transient=False, disable=not show) as progress:
         task = progress.add_task(name, total=None, info="")
         while True:
             job = api.get(f"/jobs/{name}")
-            steps = [m for m in job["metrics"] if "train_loss" in m]
+            steps = [m for m in job["metrics"] if "train_loss" in m and "step" in m]
             evals = [m for m in job["metrics"] if "eval_accuracy" in m]
             info = f"{job['status']} attempt {len(job['attempts'])}"
             if steps:
                 info += f" · step {steps[-1]['step']} loss {steps[-1]['train_loss']:.3f}"
             if evals:
                 info += f" · eval acc {evals[-1]['eval_accuracy']:.3f}"
+            phases = [m for m in job["metrics"] if "phase" in m]  # a compression's steps and measurements
+            if phases:
+                info += f" · {phases[-1]['phase']} {phases[-1].get('variant', '')}"
             progress.update(task, info=info)
             if job["status"] in TERMINAL or time.monotonic() > deadline:
                 return job
@@ -45,7 +49,7 @@ def _follow(api: Api, name: str, timeout: float) -> dict[str, Any]:
 def _submit(api: Api, spec: dict[str, Any], follow: bool, timeout: float, json_out: bool) -> None:
     job = api.request("POST", "/jobs", json=spec)
     if follow:
-        job = _follow(api, spec["name"], timeout)
+        job = _follow(api, spec["name"], timeout, show=not json_out)
     if json_out:
         print_json(job)
     else:
@@ -186,24 +190,33 @@ def finetune(
     spec: dict[str, Any] = {"name": name, "finetune": ft, "model_name": model_name, "clouds": cloud or [],
                             "resources": {"cpus": cpus, "memory_gb": 2}, "max_restarts": max_restarts,
                             "project": project}
-    # a file of this machine's goes with the job, as a job's code does: its cloud has no other way to it
-    local = {key: value for key, value in (("train_data", data), ("eval_data", eval_data))
-             if value is not None and not value.startswith("dataset:")}
-    if local:
-        import shutil
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            for key, value in local.items():
-                if not Path(value).is_file():
-                    raise UserInputError(f"--{key.replace('_', '-')}: {value} is not a file",
-                                         hint="give a .csv or .jsonl file, or dataset:NAME@VERSION/PATH")
-                rel = f"{key.split('_')[0]}/{Path(value).name}"
-                (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(value, Path(tmp) / rel)
-                ft[key] = f"code/{rel}"
-            spec["code"] = ship_code(api, Path(tmp), project, json_out, pick=False)["digest"]
+    ship_local_data(api, ft, spec, project, json_out)
     _submit(api, spec, follow, timeout, json_out)
+
+
+def ship_local_data(api: Api, settings: dict[str, Any], spec: dict[str, Any], project: str | None,
+                    json_out: bool) -> None:
+    """A data file of this machine's goes with the job, as a job's code does (its cloud has no other
+    way to it): ``settings`` then name it code/..., and ``spec`` carries the code's digest."""
+    import shutil
+    import tempfile
+
+    from ..errors import UserInputError
+
+    local = {key: value for key in ("train_data", "eval_data")
+             if (value := settings.get(key)) is not None and not value.startswith("dataset:")}
+    if not local:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, value in local.items():
+            if not Path(value).is_file():
+                raise UserInputError(f"--{key.replace('_', '-').replace('train-', '')}: {value} is not a file",
+                                     hint="give a .csv or .jsonl file, or dataset:NAME@VERSION/PATH")
+            rel = f"{key.split('_')[0]}/{Path(value).name}"
+            (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(value, Path(tmp) / rel)
+            settings[key] = f"code/{rel}"
+        spec["code"] = ship_code(api, Path(tmp), project, json_out, pick=False)["digest"]
 
 
 def _show_job(job: dict[str, Any]) -> None:
@@ -278,9 +291,16 @@ def model_show(ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION")],
     if json_out:
         print_json(m)
         return
+    from ._compress import show_variant, show_variants
+
     console.print(f"[bold]{m['name']}:{m['version']}[/] stage={m['stage']} artifact={m['artifact_uri']}")
     print_table("lineage", ["key", "value"], sorted(m["lineage"].items()))
-    print_table("metrics", ["key", "value"], sorted((k, v) for k, v in m["metrics"].items()))
+    if m["metrics"].get("report"):  # a compressed variant: its measured report
+        show_variant(m)
+    else:
+        print_table("metrics", ["key", "value"], sorted((k, v) for k, v in m["metrics"].items()))
+    if m.get("variants"):
+        show_variants(m["variants"])
 
 
 @model_app.command("promote")

@@ -11,6 +11,7 @@ from ..errors import FermionError
 from ._access import project_app, token_app, user_app, whoami
 from ._audit import audit
 from ._backup import backup_app
+from ._compress import compress, model_compare
 from ._datasets import dataset_app
 from ._deploy import cloud_app, deploy, deployment_app, events, login
 from ._gateway import gateway_app
@@ -44,6 +45,8 @@ app.add_typer(user_app, name="user")
 app.add_typer(project_app, name="project")
 app.command()(whoami)
 app.command()(finetune)
+app.command()(compress)
+model_app.command("compare")(model_compare)
 app.command("optimize")(optimize_cmd)
 app.command()(deploy)
 app.command()(events)

@@ -161,8 +161,8 @@ class JobController(ReconcileLoop):
             env["FERMION_JOB_OUTPUT"] = "output"
         else:  # a job made before outputs went through the stores keeps its folder
             writable.append(Path(job.output_dir))
-        if job.spec.get("config") is not None:  # a fine-tune's settings, read by `python -m fermion.train`
-            env["FERMION_FINETUNE_CONFIG"] = json.dumps(job.spec["config"])
+        if job.spec.get("config") is not None:  # a fine-tune's (or compression's) settings, read by its module
+            env[job.spec.get("config_env", "FERMION_FINETUNE_CONFIG")] = json.dumps(job.spec["config"])
         base = job.spec.get("base_model") or {}
         if base.get("digest"):  # a registered model in the stores: fetched onto the cloud like the data
             env["FERMION_BASE_MODEL"] = base["digest"]
@@ -171,14 +171,15 @@ class JobController(ReconcileLoop):
             writable.append(Path(job.checkpoint_dir))
         if job.spec.get("code"):  # the command runs in the job's code, fetched onto the cloud the same way
             env["FERMION_CODE"] = job.spec["code"]
-            if job.kind == "finetune":  # the trainer's paths are the attempt folder's (code/..., data/..., base/...)
+            if job.kind in ("finetune", "compress"):  # its paths are the attempt folder's (code/..., data/..., base/...)
                 env["FERMION_CODE_CWD"] = "no"
         if job.spec.get("datasets"):  # fetched by the attempt's wrapper from the nearest store that holds them
             env.update({"FERMION_DATA_DIR": "data", "FERMION_DATASETS": ",".join(d["name"] for d in job.spec["datasets"])})
         workload = Workload(id=attempt_id, kind="job", env=env, cpus=need.cpus, memory_gb=need.memory_gb, spot=spot,
                             command=list(job.command), workers=job.workers, writable=writable,
                             read_only=[] if base.get("digest") else
-                            self.deployments.artifact_mounts(s, (job.spec.get("config") or job.spec).get("base"),
+                            self.deployments.artifact_mounts(s, base.get("folder") or (job.spec.get("config") or
+                                                                                       job.spec).get("base"),
                                                              job.project))
         return attempt_id, choice.cloud, workload
 

@@ -3,9 +3,21 @@
 from typing import Any
 
 from ._data import LabelledText, load_labelled
-from ._finetune import EvalMetrics, FinetuneConfig, FinetuneResult, build_model, default_base, finetune
+from ._finetune import (
+    Classifier,
+    EvalMetrics,
+    FinetuneConfig,
+    FinetuneResult,
+    build_model,
+    default_base,
+    finetune,
+    macro_f1,
+    resolve_precision,
+    split_eval,
+)
 
 __all__ = [
+    "Classifier",
     "EvalMetrics",
     "FinetuneConfig",
     "FinetuneResult",
@@ -16,7 +28,10 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "load_labelled",
+    "macro_f1",
+    "resolve_precision",
     "save_checkpoint",
+    "split_eval",
 ]
 
 

@@ -119,7 +119,8 @@ def Classifier(encoder: Any, hidden: int, n_labels: int, torch: Any) -> Any:  # 
     return _Classifier()
 
 
-def _split(data: LabelledText, seed: int) -> tuple[LabelledText, LabelledText]:
+def split_eval(data: LabelledText, seed: int) -> tuple[LabelledText, LabelledText]:
+    """(train, eval): 20% held out by ``seed``, as a fine-tune without eval data does."""
     idx = list(range(len(data)))
     random.Random(seed).shuffle(idx)
     cut = max(1, len(idx) // 5)
@@ -142,15 +143,20 @@ def evaluate(model: Any, tokenizer: Any, data: LabelledText, label_ids: dict[str
             losses.append(torch.nn.functional.cross_entropy(logits, y, reduction="sum").item())
             preds.extend(logits.argmax(-1).tolist())
     truth = [label_ids[x] for x in data.labels]
+    model.train()
+    return EvalMetrics(loss=sum(losses) / len(data), accuracy=sum(p == t for p, t in zip(preds, truth, strict=True))
+                       / len(data), macro_f1=macro_f1(preds, truth, len(label_ids)))
+
+
+def macro_f1(preds: list[int], truth: list[int], n_labels: int) -> float:
+    """The mean over labels of each label's F1 (a label never predicted nor present scores 0)."""
     f1s = []
-    for k in range(len(label_ids)):
+    for k in range(n_labels):
         tp = sum(p == k and t == k for p, t in zip(preds, truth, strict=True))
         fp = sum(p == k and t != k for p, t in zip(preds, truth, strict=True))
         fn = sum(p != k and t == k for p, t in zip(preds, truth, strict=True))
         f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    model.train()
-    return EvalMetrics(loss=sum(losses) / len(data), accuracy=sum(p == t for p, t in zip(preds, truth, strict=True))
-                       / len(data), macro_f1=sum(f1s) / len(f1s))
+    return sum(f1s) / len(f1s)
 
 
 def finetune(cfg: FinetuneConfig, on_progress: Callable[[dict[str, Any]], None] | None = None) -> FinetuneResult:
@@ -167,7 +173,7 @@ def finetune(cfg: FinetuneConfig, on_progress: Callable[[dict[str, Any]], None] 
     if cfg.eval_data:
         evald = load_labelled(cfg.eval_data)
     else:
-        train, evald = _split(train, cfg.seed)
+        train, evald = split_eval(train, cfg.seed)
     labels = sorted(set(train.labels) | set(evald.labels))
     label_ids = {x: i for i, x in enumerate(labels)}
     device = "cuda" if torch.cuda.is_available() else "cpu"
