@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..compress import AUTO_CANDIDATES, CompressConfig, StepSettings, parse_chain
+from ..compress import AUTO_CANDIDATES, CompressConfig, CompressResult, StepSettings, parse_chain
 from ..errors import UserInputError, shorten
 from ..store import JobRow
 from ._principal import Principal
@@ -90,7 +90,11 @@ def register_variant(p, s, job: JobRow) -> None:  # noqa: ANN001
     from ._artifacts import job_result, register_output
     from ._jobs import job_lineage
 
-    result, output, holders = job_result(p, job)
+    raw, output, holders = job_result(p, job)
+    try:  # the job wrote it: its figures are checked before they become the registry's
+        result = CompressResult.model_validate(raw).model_dump()
+    except ValidationError as exc:
+        raise UserInputError(f"the job's result.json is not a compression report: {shorten(str(exc), 300)}") from exc
     artifact_uri, size, kept = register_output(p, job, output, holders)
     base = job.spec["base_model"]
     lineage = {**result["lineage"], **job_lineage(s, job), "parent": base["ref"], "parent_digest": base.get("digest"),

@@ -39,7 +39,7 @@ class JobSpec(BaseModel):
     max_restarts: int = Field(2, ge=0, le=100)
     finetune: dict[str, Any] | None = Field(None, description="FinetuneConfig fields; makes this a fine-tune job")
     compress: dict[str, Any] | None = Field(None, description="model (NAME:VERSION), method and its settings; "
-                                            "makes this a compression job (see POST /models/{ref}/compress)")
+                                            "makes this a compression job (see `fermion compress`)")
     model_name: str | None = Field(None, pattern=NAME_PATTERN, description="fine-tunes: the registry name of the result")
     datasets: list[str] = Field(default_factory=list, max_length=16,
                                 description="NAME or NAME@VERSION: fetched into $FERMION_DATA_DIR/NAME on the job's cloud")

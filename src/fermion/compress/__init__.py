@@ -2,7 +2,7 @@
 measured report for every variant and what serving it would cost on each cloud."""
 
 from ._costs import cost_per_cloud
-from ._measure import Measured, measure
+from ._measure import Figures, Measured, measure
 from ._methods import METHODS, StepSettings, export_onnx, run_step
 from ._model import FORMATS, Predictor, model_format
 from ._run import AUTO_CANDIDATES, CompressConfig, CompressResult, VariantReport, compress, parse_chain
@@ -13,6 +13,7 @@ __all__ = [
     "METHODS",
     "CompressConfig",
     "CompressResult",
+    "Figures",
     "Measured",
     "Predictor",
     "StepSettings",

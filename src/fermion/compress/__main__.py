@@ -30,7 +30,7 @@ def main() -> None:
         print(f"compress failed: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
     r = result.report
-    print(f"compress {result.chosen}: accuracy {result.parent['accuracy']:.3f} -> {r.measured['accuracy']:.3f}, "
+    print(f"compress {result.chosen}: accuracy {result.parent.accuracy:.3f} -> {r.measured.accuracy:.3f}, "
           f"{r.speedup:.2f}x throughput, {r.size_ratio:.2f}x size, agreement {r.agreement:.1%}", flush=True)
 
 

@@ -7,20 +7,20 @@ from typing import Any
 
 from ..placement import list_offerings
 
-SCALING = ("throughput measured at batch 32 with {threads} thread(s), scaled linearly by the instance's vCPUs "
-           "(one replica thread per vCPU; an upper bound, since memory bandwidth does not scale so)")
+SCALING = ("a request is one text, served in batches of 32 at full utilization; throughput measured with {threads} "
+           "thread(s), scaled linearly by the instance's vCPUs (one thread per vCPU: an upper bound, since memory "
+           "bandwidth does not scale so)")
 
 
-def cost_per_cloud(measured: dict[str, Any], memory_mb: float | None = None, spot: bool = False,
-                   per_cloud: int = 3) -> dict[str, Any]:
+def cost_per_cloud(measured: dict[str, Any], per_cloud: int = 3) -> dict[str, Any]:
     """The cheapest ``per_cloud`` CPU instance types of every catalog that hold the model in memory,
     with their estimated throughput and cost of one million requests (on-demand, and spot where sold)."""
     threads = max(1, int(measured.get("threads") or 1))
     per_vcpu = float(measured["throughput"]) / threads
-    need_gb = (memory_mb if memory_mb is not None else float(measured.get("peak_rss_mb") or 0)) / 1024
+    need_gb = float(measured.get("peak_rss_mb") or 0) / 1024  # the serving process's peak, as measured
     rows: list[dict[str, Any]] = []
     by_cloud: dict[str, int] = {}
-    for o in list_offerings(spot=spot):
+    for o in list_offerings():
         if o.accelerator or o.memory_gb < need_gb or by_cloud.get(o.cloud, 0) >= per_cloud:
             continue
         by_cloud[o.cloud] = by_cloud.get(o.cloud, 0) + 1

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ..errors import UserInputError
 
@@ -27,22 +27,25 @@ THROUGHPUT_MIN_BATCHES = 6
 BATCH = 32
 
 
-class Measured(BaseModel):
-    """What one run of a model measured."""
+class Figures(BaseModel):
+    """What one run of a model measured (read back from a job's output: checked, bounded)."""
 
-    format: str
-    accuracy: float
-    macro_f1: float
-    loss: float
-    size_bytes: int
-    peak_rss_mb: float
-    model_memory_mb: float
-    p50_ms: float
-    p99_ms: float
-    throughput: float  # texts per second at batch 32
-    threads: int
-    eval_rows: int
-    predictions: list[int]
+    format: str = Field(max_length=32)
+    accuracy: float = Field(ge=0, le=1)
+    macro_f1: float = Field(ge=0, le=1)
+    loss: float = Field(ge=0)
+    size_bytes: int = Field(ge=0)
+    peak_rss_mb: float = Field(ge=0)
+    model_memory_mb: float = Field(ge=0)
+    p50_ms: float = Field(ge=0)
+    p99_ms: float = Field(ge=0)
+    throughput: float = Field(ge=0, description="texts per second at batch 32")
+    threads: int = Field(ge=1, le=4096)
+    eval_rows: int = Field(ge=0)
+
+
+class Measured(Figures):
+    predictions: list[int]  # the label index of each eval row: the agreement with the parent is counted on them
 
 
 def _status_mb(field: str) -> float | None:

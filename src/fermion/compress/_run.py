@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UserInputError, shorten
 from ..train import LabelledText, load_labelled, split_eval
-from ._measure import Measured, measure
+from ._measure import Figures, Measured, measure
 from ._methods import METHODS, StepSettings, run_step
 from ._model import check_model_folder
 
@@ -39,8 +39,8 @@ class CompressConfig(BaseModel):
 class VariantReport(BaseModel):
     """One variant's figures, beside its parent's."""
 
-    method: str
-    measured: dict[str, Any]
+    method: str = Field(max_length=200)
+    measured: Figures
     agreement: float = Field(description="share of eval inputs labelled as the parent labels them")
     accuracy_drop: float = Field(description="points of accuracy lost against the parent (negative: gained)")
     speedup: float = Field(description="throughput at batch 32 over the parent's")
@@ -50,11 +50,11 @@ class VariantReport(BaseModel):
 
 
 class CompressResult(BaseModel):
-    method: str
-    chosen: str
-    parent: dict[str, Any]
+    method: str = Field(max_length=200)
+    chosen: str = Field(max_length=200)
+    parent: Figures
     report: VariantReport
-    candidates: list[VariantReport]
+    candidates: list[VariantReport] = Field(max_length=64)
     labels: list[str]
     lineage: dict[str, Any]
     artifact: str
@@ -89,7 +89,7 @@ def _data(cfg: CompressConfig) -> tuple[LabelledText | None, LabelledText]:
 
 def _report(method: str, m: Measured, parent: Measured, details: list[dict[str, Any]]) -> VariantReport:
     same = sum(a == b for a, b in zip(m.predictions, parent.predictions, strict=True))
-    return VariantReport(method=method, measured=m.model_dump(exclude={"predictions"}),
+    return VariantReport(method=method, measured=Figures.model_validate(m.model_dump(exclude={"predictions"})),
                          agreement=same / max(1, len(m.predictions)),
                          accuracy_drop=round((parent.accuracy - m.accuracy) * 100, 4),
                          speedup=m.throughput / parent.throughput if parent.throughput else 0.0,
@@ -143,15 +143,15 @@ def compress(cfg: CompressConfig, on_progress: Progress | None = None) -> Compre
         if auto:
             report.within_bound = report.accuracy_drop <= cfg.max_accuracy_drop
         reports[method] = report
-        say({"phase": "measured", "variant": method, "accuracy": report.measured["accuracy"],
-             "throughput": report.measured["throughput"], "speedup": round(report.speedup, 3)})
+        say({"phase": "measured", "variant": method, "accuracy": report.measured.accuracy,
+             "throughput": report.measured.throughput, "speedup": round(report.speedup, 3)})
     if auto:
         fit = [r for r in reports.values() if r.within_bound]
         if not fit:
             drops = ", ".join(f"{r.method} {r.accuracy_drop:.1f}" for r in reports.values())
             raise UserInputError(f"no variant stays within {cfg.max_accuracy_drop} point(s) of accuracy (drops: {drops})",
                                  hint="raise --max-accuracy-drop, or give prune and distill more --epochs")
-        chosen = max(fit, key=lambda r: r.measured["throughput"])
+        chosen = max(fit, key=lambda r: r.measured.throughput)
     else:
         chosen = reports[cfg.method]
     model_dir = out / "model"
@@ -162,9 +162,9 @@ def compress(cfg: CompressConfig, on_progress: Progress | None = None) -> Compre
         key = f"{key}+{name}:{backend or ''}" if key else f"{name}:{backend or ''}"
     shutil.copytree(built[key][0], model_dir)
     shutil.rmtree(work)
-    parent_figures = parent.model_dump(exclude={"predictions"})
     result = CompressResult(
-        method=cfg.method, chosen=chosen.method, parent=parent_figures, report=chosen,
+        method=cfg.method, chosen=chosen.method, parent=Figures.model_validate(parent.model_dump(exclude={"predictions"})),
+        report=chosen,
         candidates=list(reports.values()) if auto else [], labels=json.loads((parent_dir / "labels.json").read_text()),
         lineage={"parent": cfg.parent, "method": cfg.method, "chosen": chosen.method,
                  "steps": [d["step"] for d in chosen.details], "settings": cfg.settings.model_dump(),
