@@ -3,27 +3,19 @@ variable, as a job's attempt gets it) or ``--config FILE``: one compression atte
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
-from pathlib import Path
 
 from ..errors import FermionError
+from ..train import read_job_config
 from . import CompressConfig, compress
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="a JSON file of CompressConfig fields")
-    source.add_argument("--config-env", help="an environment variable holding that JSON")
-    args = parser.parse_args()
+    cfg = read_job_config(__doc__, CompressConfig)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a job's log: lines, not progress bars
-    text = Path(args.config).read_text() if args.config else os.environ[args.config_env]
-    cfg = CompressConfig.model_validate(json.loads(text))
     try:
         result = compress(cfg, on_progress=lambda row: print(json.dumps(row), flush=True))
     except FermionError as exc:  # the model or the settings do not fit: say so, no traceback

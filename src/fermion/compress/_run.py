@@ -123,6 +123,7 @@ def compress(cfg: CompressConfig, on_progress: Progress | None = None) -> Compre
     say({"phase": "measured", "variant": "parent", "accuracy": parent.accuracy, "throughput": parent.throughput})
     built: dict[str, tuple[Path, list[dict[str, Any]]]] = {"": (parent_dir, [])}
     reports: dict[str, VariantReport] = {}
+    folders: dict[str, Path] = {}  # each candidate's variant, by method
     for method, chain in chains.items():
         key = ""
         for name, backend in chain:  # a chain's prefix made for another candidate is reused
@@ -138,6 +139,7 @@ def compress(cfg: CompressConfig, on_progress: Progress | None = None) -> Compre
                 built[step_key] = (dest, [*done, {"step": step, **detail}])
             key = step_key
         folder, details = built[key]
+        folders[method] = folder
         say({"phase": "measure", "variant": method})
         report = _report(method, measure(folder, eval_file, cfg.threads), parent, details)
         if auto:
@@ -157,10 +159,7 @@ def compress(cfg: CompressConfig, on_progress: Progress | None = None) -> Compre
     model_dir = out / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    key = ""
-    for name, backend in chains[chosen.method]:
-        key = f"{key}+{name}:{backend or ''}" if key else f"{name}:{backend or ''}"
-    shutil.copytree(built[key][0], model_dir)
+    shutil.copytree(folders[chosen.method], model_dir)
     shutil.rmtree(work)
     result = CompressResult(
         method=cfg.method, chosen=chosen.method, parent=Figures.model_validate(parent.model_dump(exclude={"predictions"})),

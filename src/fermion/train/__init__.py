@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from ._cli import read_job_config
 from ._data import LabelledText, load_labelled
 from ._finetune import (
     Classifier,
@@ -29,6 +30,7 @@ __all__ = [
     "load_checkpoint",
     "load_labelled",
     "macro_f1",
+    "read_job_config",
     "resolve_precision",
     "save_checkpoint",
     "split_eval",

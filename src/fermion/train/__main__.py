@@ -3,23 +3,15 @@ environment variable, as a job's attempt gets it): one fine-tune attempt."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
-from pathlib import Path
 
 from . import FinetuneConfig, finetune
+from ._cli import read_job_config
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="a JSON file of FinetuneConfig fields")
-    source.add_argument("--config-env", help="an environment variable holding that JSON")
-    args = parser.parse_args()
-    text = Path(args.config).read_text() if args.config else os.environ[args.config_env]
-    cfg = FinetuneConfig.model_validate(json.loads(text))
+    cfg = read_job_config(__doc__, FinetuneConfig)
 
     def progress(row: dict) -> None:
         print(json.dumps(row), flush=True)
