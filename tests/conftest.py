@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +16,32 @@ from tests.support import TEXT_PHOTON
 def text_photon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     with serve_photon(TEXT_PHOTON, tmp_path_factory.mktemp("text")) as served:
         yield served
+
+
+# the files that take a minute or more, handed out first so that two workers (make test) end together
+LONGEST_FIRST = ("tests/api/test_compress.py", "tests/api/test_jobs.py", "tests/train/test_finetune.py",
+                 "tests/chaos/test_leader.py", "tests/api/test_fuzz.py", "tests/chaos/test_data_plane.py",
+                 "tests/api/test_autoscale.py", "tests/data/test_job_storage.py", "tests/compress/test_methods.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: a file keeps its order
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On a worker: hand its chaos rows to the controller, which prints the table."""
+    from tests.support import CHAOS_RESULTS
+
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["chaos"] = json.dumps(CHAOS_RESULTS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # noqa: ANN001 - xdist's worker node
+    from tests.support import CHAOS_RESULTS
+
+    CHAOS_RESULTS.extend(tuple(row) for row in json.loads(node.workeroutput.get("chaos", "[]")))
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's reporter
