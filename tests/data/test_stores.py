@@ -167,3 +167,21 @@ def test_emulators_start_together_and_stop_by_pid(tmp_path: Path) -> None:
     running["s3"].stop()  # again: no error
     with pytest.raises(ValueError, match="unknown"), emulators(tmp_path, kinds=("minio",)):
         pass
+
+
+def test_an_s3_store_goes_through_obstore_unless_an_option_is_one_only_s3fs_knows(s3_emulator) -> None:  # noqa: ANN001
+    """Both clients of an S3 store see the same objects: what one writes, the other reads."""
+    plain = s3_emulator.store(f"t-{os.urandom(6).hex()}")
+    fast = open_store(plain)
+    assert fast.objects is not None
+    fast.put("k/a", b"through obstore")
+    s3fs_only = open_store(StoreConfig(url=plain.url, endpoint=plain.endpoint,
+                                       options={**plain.options, "default_block_size": 8 << 20}))
+    assert s3fs_only.objects is None
+    assert s3fs_only.get("k/a") == b"through obstore"
+    s3fs_only.put("k/b", b"through s3fs")
+    assert fast.get("k/b") == b"through s3fs"
+    assert fast.list("k") == s3fs_only.list("k") == {"k/a": 15, "k/b": 12}
+    assert fast.put("k/b", b"again", create_only=True) is False and fast.get("k/b") == b"through s3fs"
+    fast.delete(["k/a", "k/b", "k/none"])
+    assert s3fs_only.list("k") == {}

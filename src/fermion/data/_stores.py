@@ -1,6 +1,12 @@
-"""One object store per cloud: ``s3://``, ``gs://``, ``az://`` through fsspec's maintained clients
-(s3fs, gcsfs, adlfs), and ``file://`` folders. Keys are relative to the store's root; the store
-knows nothing of datasets or checkpoints."""
+"""One object store per cloud: ``s3://``, ``gs://``, ``az://`` through maintained clients, and
+``file://`` folders. Keys are relative to the store's root; the store knows nothing of datasets or
+checkpoints.
+
+S3 objects are read and written by obstore (the Rust ``object_store`` crate): it spends about a
+quarter of the CPU per request of s3fs (0.7 ms against 2.8 ms, measured on moto), which is what
+bounds a sync of many small chunks. Buckets are made by s3fs, which obstore cannot do; GCS and
+Azure go through fsspec's gcsfs and adlfs (obstore's GCS client insists on a token from the
+metadata server, which no emulator gives)."""
 
 from __future__ import annotations
 
@@ -8,10 +14,15 @@ import os
 import socket
 import threading
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import obstore
+from obstore.exceptions import AlreadyExistsError, PreconditionError
+from obstore.exceptions import NotFoundError as ObjectMissing
+from obstore.store import S3Store
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import FermionError, NotFoundError, UserInputError, shorten
@@ -67,12 +78,15 @@ class ObjectStore:
         self.create = create  # make the bucket, container or folder if it is missing (not for a source to read)
         self.name = name or config.url
         parsed = urlparse(config.url)
+        self.objects: Any = None  # obstore's client, where it serves this store's object calls
         if config.protocol == "file":
             self.root = parsed.path.rstrip("/")
             self.fs = None
         else:
             self.root = f"{parsed.netloc}{parsed.path}".rstrip("/")
             self.fs = _filesystem(config)
+            if config.protocol == "s3":
+                self.objects = _s3_objects(config, parsed.netloc, parsed.path.strip("/"))
         self._bucket = parsed.netloc
         self._ready = False
         self._lock = threading.Lock()
@@ -100,7 +114,9 @@ class ObjectStore:
                         raise FileNotFoundError(self.root)
                 else:
                     _probe(self.config)  # a server that is down fails here, not after minutes of retries
-                    if not self.fs.exists(self._bucket):
+                    if self.objects is not None and _bucket_listed(self.objects):
+                        pass  # no s3fs call at all: its first one costs a third of a second
+                    elif not self.fs.exists(self._bucket):
                         if not self.create:
                             raise FileNotFoundError(f"no bucket or container {self._bucket}")
                         self.fs.mkdir(self._bucket)
@@ -121,6 +137,8 @@ class ObjectStore:
         try:
             if self.fs is None:
                 return _local_put(Path(path), data, create_only)
+            if self.objects is not None:
+                return self._object_put(key, data, create_only)
             if create_only:
                 try:
                     self.fs.pipe_file(path, data, mode="create")
@@ -134,6 +152,13 @@ class ObjectStore:
         except Exception as exc:  # noqa: BLE001
             raise self._error(f"cannot write {key}", exc) from exc
 
+    def _object_put(self, key: str, data: bytes, create_only: bool) -> bool:
+        try:
+            obstore.put(self.objects, key, data, mode="create" if create_only else "overwrite")
+        except (AlreadyExistsError, PreconditionError):
+            return False
+        return True
+
     def get(self, key: str) -> bytes:
         """The object's bytes; NotFoundError if there is none."""
         self.ensure()
@@ -141,8 +166,10 @@ class ObjectStore:
         try:
             if self.fs is None:
                 return Path(path).read_bytes()
+            if self.objects is not None:
+                return obstore.get(self.objects, key).bytes().to_bytes()
             return self.fs.cat_file(path)
-        except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: a folder store, under an object's key
+        except (FileNotFoundError, NotADirectoryError, ObjectMissing):  # NotADirectoryError: a folder store, under a key
             raise NotFoundError(f"store {self.name} has no object {key}") from None
         except Exception as exc:  # noqa: BLE001
             raise self._error(f"cannot read {key}", exc) from exc
@@ -156,10 +183,14 @@ class ObjectStore:
                 import shutil
 
                 shutil.copyfile(path, dest)
+            elif self.objects is not None:
+                with open(dest, "wb") as f:
+                    for part in obstore.get(self.objects, key).stream(min_chunk_size=1 << 20):
+                        f.write(part)
             else:
                 self.fs.get_file(path, str(dest))
             return dest.stat().st_size
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, ObjectMissing):
             raise NotFoundError(f"store {self.name} has no object {key}") from None
         except Exception as exc:  # noqa: BLE001
             raise self._error(f"cannot read {key}", exc) from exc
@@ -170,6 +201,12 @@ class ObjectStore:
         try:
             if self.fs is None:
                 return Path(path).is_file()
+            if self.objects is not None:
+                try:
+                    obstore.head(self.objects, key)
+                except (FileNotFoundError, ObjectMissing):
+                    return False
+                return True
             self.fs.invalidate_cache(path)
             return bool(self.fs.exists(path))
         except Exception as exc:  # noqa: BLE001
@@ -192,6 +229,8 @@ class ObjectStore:
                         except FileNotFoundError:
                             continue
                 return out
+            if self.objects is not None:
+                return {key: size for key, (size, _) in self._object_list(prefix).items()}
             self.fs.invalidate_cache(base)
             found = self.fs.find(base, detail=True)
             cut = len(self.root) + 1
@@ -215,6 +254,8 @@ class ObjectStore:
                         continue
                     out[key] = (st.st_size, st.st_mtime)
                 return out
+            if self.objects is not None:
+                return self._object_list(prefix)
             self.fs.invalidate_cache(base)
             found = self.fs.find(base, detail=True)
             cut = len(self.root) + 1
@@ -224,6 +265,15 @@ class ObjectStore:
             return {}
         except Exception as exc:  # noqa: BLE001
             raise self._error(f"cannot list {prefix}", exc) from exc
+
+    def _object_list(self, prefix: str) -> dict[str, tuple[int, float]]:
+        if prefix:
+            self._path(prefix.rstrip("/"))  # the same checks as a key
+        out: dict[str, tuple[int, float]] = {}
+        for batch in obstore.list(self.objects, prefix.rstrip("/") or None, chunk_size=1000):
+            for meta in batch:
+                out[meta["path"]] = (int(meta["size"]), meta["last_modified"].timestamp())
+        return out
 
     def delete(self, keys: list[str]) -> None:
         """Remove the objects; one already gone is no error."""
@@ -235,6 +285,9 @@ class ObjectStore:
             if self.fs is None:
                 for p in paths:
                     Path(p).unlink(missing_ok=True)
+                return
+            if self.objects is not None:
+                obstore.delete(self.objects, keys)
                 return
             self.fs.rm(paths)
         except FileNotFoundError:
@@ -279,6 +332,44 @@ def _filesystem(config: StoreConfig) -> Any:
                                              "response_checksum_validation": "when_required"})
     # one filesystem object per store: fsspec's instance cache would share one across stores with equal options
     return fsspec.filesystem(config.protocol, skip_instance_cache=True, **options)
+
+
+# the s3fs options obstore is given under its own names; a store with any other option is all s3fs's
+_S3_OPTIONS = {"key": "access_key_id", "secret": "secret_access_key", "token": "session_token"}
+_S3_OURS = {"max_concurrency", "config_kwargs"}  # set by _filesystem for s3fs alone
+
+
+def _s3_objects(config: StoreConfig, bucket: str, prefix: str) -> Any:
+    """obstore's S3 client for the store's objects, or None where an option is one only s3fs knows."""
+    options = {k: v for k, v in config.options.items() if k not in _S3_OURS}
+    region = options.pop("region_name", None)
+    kwargs = options.pop("client_kwargs", None) or {}
+    if set(kwargs) - {"region_name"} or set(options) - set(_S3_OPTIONS) - {"anon"}:
+        return None
+    settings: dict[str, Any] = {_S3_OPTIONS[k]: v for k, v in options.items() if k in _S3_OPTIONS}
+    if options.get("anon"):
+        settings["skip_signature"] = True
+    # obstore does not look a bucket's region up as s3fs does: a bucket outside us-east-1 needs region_name
+    region = region or kwargs.get("region_name") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    settings["region"] = region or "us-east-1"
+    client: dict[str, Any] = {"timeout": timedelta(seconds=300), "connect_timeout": timedelta(seconds=5),
+                              "pool_max_idle_per_host": "64"}
+    if config.endpoint:
+        settings["endpoint"] = config.endpoint
+        settings["virtual_hosted_style_request"] = False  # an S3-compatible server names the bucket in the path
+        client["allow_http"] = config.endpoint.startswith("http://")
+    # a refused connection fails in seconds, as s3fs's botocore does, not after obstore's default 3 minutes
+    retry = {"max_retries": 4, "retry_timeout": timedelta(seconds=30)}
+    return S3Store(bucket, prefix=prefix or None, client_options=client, retry_config=retry, **settings)
+
+
+def _bucket_listed(objects: Any) -> bool:
+    """Whether an obstore client can list its bucket (False: no such bucket, or not allowed to list)."""
+    try:  # a prefix that names nothing: the answer is empty however many objects the bucket holds
+        obstore.list_with_delimiter(objects, ".fermion-bucket-probe")
+    except Exception:  # noqa: BLE001 - NoSuchBucket comes as a GenericError; s3fs then says what is wrong
+        return False
+    return True
 
 
 def _probe(config: StoreConfig, timeout: float = 5) -> None:
