@@ -19,10 +19,9 @@ from .errors import (
     UserInputError,
     ValidationFailed,
 )
-from .photon import BatchOptions, Photon, handler
-
 if TYPE_CHECKING:
     from .client import Client
+    from .photon import BatchOptions, Photon, handler
 
 __all__ = [
     "BatchOptions",
@@ -41,9 +40,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # the client pulls in httpx; keep `import fermion` light for photon files
+    # loaded on first use: the client pulls in httpx, the photon SDK pydantic (a fifth of a second),
+    # and neither is needed by most `fermion` commands
     if name == "Client":
         from .client import Client
 
         return Client
+    if name in ("BatchOptions", "Photon", "handler"):
+        from . import photon
+
+        return getattr(photon, name)
     raise AttributeError(f"module 'fermion' has no attribute {name!r}")

@@ -27,3 +27,8 @@ def stores_root(home: Path) -> Path:
 
 def photon_cache_dir() -> Path:
     return fermion_home() / "photons"
+
+
+def manifest_cache_dir() -> Path:
+    """Manifests of photons built on this machine, by the digests of their files (see build_archive)."""
+    return fermion_home() / "manifests"

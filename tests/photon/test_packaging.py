@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import zipfile
@@ -112,3 +113,54 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
     )
     assert two.returncode == 2 and "name one" in two.stderr
     assert (EXAMPLES / "text" / "photon.py").exists()
+
+
+COUNTING_PHOTON = '''
+import os
+from fermion import Photon, handler
+
+with open(os.environ["IMPORTS_LOG"], "a") as f:
+    f.write("imported\\n")
+
+
+class Counted(Photon):
+    @handler()
+    def hello(self, name: str) -> str:
+        return "hello " + name
+'''
+
+
+def test_a_second_build_of_the_same_files_takes_the_cached_manifest_without_importing(tmp_path: Path) -> None:
+    env = {**os.environ, "FERMION_HOME": str(tmp_path / "home"), "IMPORTS_LOG": str(tmp_path / "imports.log")}
+    folder = tmp_path / "app"
+    folder.mkdir()
+    (folder / "photon.py").write_text(COUNTING_PHOTON)
+    ref = f"{folder / 'photon.py'}:Counted"
+
+    def build_to(name: str, *flags: str) -> dict:
+        out = tmp_path / f"{name}.photon"
+        done = subprocess.run(fermion_cmd("photon", "build", ref, "-o", str(out), "--json", *flags), env=env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def imports() -> int:
+        return (tmp_path / "imports.log").read_text().count("imported")
+
+    first, second = build_to("a"), build_to("b")
+    assert imports() == 1, "the second build imported the photon again"
+    assert second["sha256"] == first["sha256"] and second["handlers"] == first["handlers"]
+    assert set(second["handlers"]) == {"hello"} and second["packed"] == first["packed"]
+    with zipfile.ZipFile(tmp_path / "a.photon") as a, zipfile.ZipFile(tmp_path / "b.photon") as b:
+        assert [(i.filename, a.read(i)) for i in a.infolist()[1:]] == [(i.filename, b.read(i)) for i in b.infolist()[1:]]
+
+    # a changed file is described afresh; so is an unchanged one with --rebuild; a damaged cache is no error
+    (folder / "photon.py").write_text(COUNTING_PHOTON + "\n    @handler()\n    def bye(self) -> str:\n        return 'bye'\n")
+    changed = build_to("c")
+    assert imports() == 2 and set(changed["handlers"]) == {"hello", "bye"} and changed["sha256"] != first["sha256"]
+    build_to("d", "--rebuild")
+    assert imports() == 3
+    for cached in (tmp_path / "home" / "manifests").iterdir():
+        cached.write_text("{not json")
+    again = build_to("e")
+    assert imports() == 4 and set(again["handlers"]) == {"hello", "bye"} and again["sha256"] == changed["sha256"]

@@ -4,11 +4,16 @@ session: they outlive the server, and a restarted server finds them again from t
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +26,12 @@ from ._sandbox import Confinement, Isolation, Mount, read_untrusted, workload_en
 
 SECRET_FILE = ".replica-secret"
 LOG_TAIL_BYTES = 2 << 20
+SPARE_PREFIX = "spare-"  # the folder of a warm pool's spare
+# once a replica took a spare over: <cloud root>/.taken/<spare folder> holds the replica's id, out of
+# every workload's sight (a file in its own folder, the replica could rewrite to pass for another)
+TAKEN = ".taken"
+REFILL_DELAY_S = 2.0  # a new spare's imports would compete with the replica that just took the last one
+log = logging.getLogger("fermion.backends.local")
 
 
 class LocalBackend:
@@ -41,6 +52,14 @@ class LocalBackend:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[int, int] = {}  # learnt when a child is reaped; asked for later
         self._oom_killed: dict[int, bool] = {}  # learnt once a workload is gone, before its cgroup is removed
+        # the warm pool: spare replica processes with the serving stack imported, ready to be taken over
+        self._spares: list[tuple[str, int]] = []  # (folder, pid)
+        self._pool_lock = threading.Lock()
+        self._refill_timer: threading.Timer | None = None
+        self._closed = False
+        self._end_stale_spares()
+        if config.warm_pool:
+            self._refill()
 
     # -- what it offers ---------------------------------------------------------------------
     def offerings(self) -> list[Offering]:
@@ -54,6 +73,13 @@ class LocalBackend:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, workload: Workload) -> Handle:
+        # a spare's interpreter started with Fermion's environment: a replica that sets Python's or the
+        # loader's own variables (PYTHONPATH, LD_PRELOAD...) needs a process of its own, as one with mounts
+        if workload.kind == "replica" and not workload.read_only and \
+                not any(k.startswith(("PYTHON", "LD_")) for k in workload.env):
+            taken = self._take_spare(workload)
+            if taken is not None:
+                return taken
         workdir = self.root / workload.id
         workdir.mkdir(parents=True, exist_ok=True)
         if workload.kind == "replica":
@@ -88,7 +114,7 @@ class LocalBackend:
         archive = workdir / "photon.photon"  # shipped to the cloud, as a remote one would need it
         shutil.copyfile(w.archive, archive)
         command = [
-            sys.executable, "-m", "fermion", "photon", "run", str(archive),
+            sys.executable, "-m", "fermion.photon.replica", str(archive),
             "--host", "127.0.0.1", "--port", "0", "--port-file", str(workdir / "port"),
             "--log-level", "warning", "--graceful-timeout", "20",
         ]
@@ -100,8 +126,82 @@ class LocalBackend:
         declared = {k: v for k, v in w.env.items() if not k.startswith("FERMION_INJECT_")}
         return command, "replica.log", workload_env(declared, facts, workdir), [Mount(m) for m in w.read_only]
 
+    # -- the warm pool ------------------------------------------------------------------------
+    def _start_spare(self) -> None:
+        """A replica process in a folder of its own, confined as a replica is, that imports the
+        serving stack and waits for a replica to take it over (see fermion.photon.replica)."""
+        folder = f"{SPARE_PREFIX}{uuid.uuid4().hex[:12]}"
+        workdir = self.root / folder
+        workdir.mkdir(parents=True)
+        env = workload_env({}, {"FERMION_CLOUD": self.name}, workdir)
+        # the whole cloud's memory until a replica takes it and its own limit is set: a cgroup to lower
+        memory = int(self.config.capacity.memory_gb * (1 << 30))
+        confinement = Confinement(workdir=workdir, hidden=[self.server_home, self.workloads_root, *self.hidden],
+                                  memory_bytes=memory)
+        proc, pid = self.isolation.start([sys.executable, "-m", "fermion.photon.replica", "--standby"], env,
+                                         confinement, workdir / "replica.log", f"{self.name}-{folder}")
+        self._children[pid] = proc
+        write_atomic(workdir / "pid", str(pid))
+        with self._pool_lock:
+            self._spares.append((folder, pid))
+
+    def _refill(self) -> None:
+        with self._pool_lock:
+            self._refill_timer = None
+            missing = 0 if self._closed else self.config.warm_pool - len(self._spares)
+        for _ in range(max(0, missing)):
+            try:
+                self._start_spare()
+            except OSError as exc:  # the pool is a speed-up: a replica still starts cold without it
+                log.warning("cloud %s: cannot start a spare replica process: %s", self.name, exc)
+                return
+
+    def _take_spare(self, workload: Workload) -> Handle | None:
+        """Hand ``workload`` to a spare, if one is alive: its files in the spare's folder, its memory
+        limit on the spare's cgroup, then its argv and environment in ``assign.json``."""
+        from ..photon.replica import ASSIGNMENT
+
+        while True:
+            with self._pool_lock:
+                if not self._spares:
+                    return None
+                folder, pid = self._spares.pop(0)
+                if self._refill_timer is None and not self._closed:
+                    self._refill_timer = threading.Timer(REFILL_DELAY_S, self._refill)
+                    self._refill_timer.daemon = True
+                    self._refill_timer.start()
+            workdir = self.root / folder
+            if self._alive(pid, workdir):
+                break
+        handle: Handle = {"id": workload.id, "pid": pid, "dir": folder}
+        try:
+            command, _log, env, _mounts = self._replica(workload, workdir)
+            name = f"{self.name}-{folder}"
+            if self.isolation.cgroup_root is not None and workload.memory_gb and \
+                    not self.isolation.set_memory_limit(name, int(workload.memory_gb * (1 << 30))):
+                raise OSError("its memory limit could not be set")
+            (self.root / TAKEN).mkdir(exist_ok=True)
+            write_atomic(self.root / TAKEN / folder, workload.id)
+            write_atomic(workdir / ASSIGNMENT, json.dumps({"argv": command[3:], "env": env}), 0o600)
+        except OSError as exc:
+            log.warning("cloud %s: spare %s could not take replica %s (%s): it starts cold", self.name, folder,
+                        workload.id, exc)
+            self.stop(handle, force=True)
+            return None
+        return handle
+
+    def _end_stale_spares(self) -> None:
+        """Spares left by an earlier server on this cloud (never taken over) are stopped."""
+        for workdir in self.root.glob(f"{SPARE_PREFIX}*"):
+            if workdir.is_symlink() or not workdir.is_dir() or (self.root / TAKEN / workdir.name).exists():
+                continue
+            handle: Handle = {"id": workdir.name}
+            pid = self._pid(handle)
+            if pid is not None and self._alive(pid, workdir):
+                self.stop(handle, force=True)
+
     def _workdir(self, handle: Handle) -> Path:
-        wid = str(handle["id"])
+        wid = str(handle.get("dir") or handle["id"])  # a replica that took a spare over lives in the spare's folder
         if "/" in wid or wid in ("", ".", ".."):
             raise ValueError(f"not a workload id: {wid!r}")
         return self.root / wid
@@ -187,9 +287,14 @@ class LocalBackend:
         """Every folder of this cloud whose recorded pid is still that workload's process."""
         found = []
         for workdir in sorted(self.root.iterdir()) if self.root.is_dir() else []:
-            if workdir.is_symlink() or not workdir.is_dir():
+            if workdir.is_symlink() or not workdir.is_dir() or workdir.name.startswith("."):
                 continue
             handle: Handle = {"id": workdir.name}
+            if workdir.name.startswith(SPARE_PREFIX):
+                try:  # a spare a replica took over is that replica; a spare still waiting is no workload
+                    handle = {"id": (self.root / TAKEN / workdir.name).read_text(), "dir": workdir.name}
+                except OSError:
+                    continue
             pid = self._pid(handle)
             if pid is not None and self._alive(pid, workdir):
                 found.append({**handle, "pid": pid})
@@ -205,4 +310,12 @@ class LocalBackend:
         return "\n".join(lines[-tail:])
 
     def close(self) -> None:
-        pass
+        """Stop the spares no replica took (the replicas themselves outlive the server)."""
+        with self._pool_lock:
+            self._closed = True
+            if self._refill_timer is not None:
+                self._refill_timer.cancel()
+            spares, self._spares = self._spares, []
+        for folder, pid in spares:
+            with contextlib.suppress(OSError, ValueError):
+                self.stop({"id": folder, "pid": pid}, force=True)

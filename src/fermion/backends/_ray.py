@@ -256,7 +256,7 @@ class WorkloadHost:
     def _replica(self, spec: dict[str, Any], archive: bytes | None) -> tuple[list[str], dict[str, str]]:
         path = self.folder / "photon.photon"  # the bytes came through Ray: nodes share no disk
         path.write_bytes(archive or b"")
-        argv = [sys.executable, "-m", "fermion", "photon", "run", str(path), "--host", self.ip, "--port", "0",
+        argv = [sys.executable, "-m", "fermion.photon.replica", str(path), "--host", self.ip, "--port", "0",
                 "--port-file", str(self.folder / "port"), "--log-level", "warning", "--graceful-timeout", "20"]
         if spec.get("secret"):
             write_atomic(self.folder / SECRET_FILE, spec["secret"], 0o600)

@@ -258,6 +258,27 @@ class Isolation:
             return None
         return cgroup
 
+    def set_memory_limit(self, name: str, memory_bytes: int) -> bool:
+        """Lower (or raise) the memory limit of a running workload's cgroup; False where it has
+        none or the kernel refuses (it already uses more)."""
+        if self.cgroup_root is None or not (self.cgroup_root / name).is_dir():
+            return False
+        cgroup = self.cgroup_root / name
+        try:
+            if self.cgroup_version == "v1":
+                swap = cgroup / "memory.memsw.limit_in_bytes"
+                # memsw may never be under the plain limit: lower the plain one first, raise it last
+                order = [cgroup / "memory.limit_in_bytes", swap] if swap.exists() else [cgroup / "memory.limit_in_bytes"]
+                current = int((cgroup / "memory.limit_in_bytes").read_text())
+                for f in (order if memory_bytes <= current else order[::-1]):
+                    f.write_text(str(memory_bytes))
+            else:
+                (cgroup / "memory.max").write_text(str(memory_bytes))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot set the memory limit of %s: %s", name, exc)
+            return False
+        return True
+
     def _pids_cgroup_for(self, name: str) -> Path | None:
         if self.pids_root is None:
             return None

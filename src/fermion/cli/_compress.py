@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ._jobs import model_app
 from ._platform import Api
 from ._output import console, print_json, print_table
 
@@ -169,3 +170,6 @@ def model_compare(a: Annotated[str, typer.Argument(help="NAME:VERSION")],
     keys = ("parent", "method", "job", "clouds", "base_model")
     print_table("lineage", ["", a, b], [(k, str(ma["lineage"].get(k, "—")), str(mb["lineage"].get(k, "—")))
                                         for k in keys])
+
+
+model_app.command("compare")(model_compare)  # beside the registry's other commands

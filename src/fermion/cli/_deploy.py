@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from ._output import console, print_json, print_table
+from ._photon import REBUILD_HELP
 from ._platform import Api, save_credentials
 
 deployment_app = typer.Typer(help="Inspect and manage deployments.", no_args_is_help=True)
@@ -28,6 +29,7 @@ def deploy(
     memory_gb: Annotated[float | None, typer.Option(help="Memory per replica in GB.")] = None,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the replicas (repeat).")] = None,
     public: Annotated[bool, typer.Option(help="Serve without a token.")] = False,
+    rebuild: Annotated[bool, typer.Option(help=REBUILD_HELP)] = False,
     project: Annotated[str | None, typer.Option(help="The project (default: your token's, or default).")] = None,
     rate_limit: Annotated[float | None, typer.Option(
         help="Requests per second per caller (token, or address if public); past it: 429.")] = None,
@@ -89,7 +91,7 @@ def deploy(
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(ref) if ref.endswith(".photon") else Path(tmp) / "upload.photon"
         if not ref.endswith(".photon"):
-            build_archive(ref, archive)
+            build_archive(ref, archive, cache=not rebuild)
         with archive.open("rb") as f:
             photon = api.request("POST", "/photons", files={"file": (archive.name, f, "application/zip")})
     env_map: dict[str, str] = {}

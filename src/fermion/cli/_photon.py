@@ -9,20 +9,12 @@ import typer
 
 from ._output import console, print_json, print_table
 
+REBUILD_HELP = ("Describe the photon's handlers afresh instead of taking the manifest of an earlier build of the "
+                "same files (needed after changing handler types defined outside the photon's folder).")
+
 photon_app = typer.Typer(help="Run, package and inspect photons.", no_args_is_help=True)
 
 RefArg = Annotated[str, typer.Argument(help="'path/to/file.py:Class', 'package.module:Class' or a .photon archive")]
-
-
-def resolve_photon(ref: str) -> type:
-    from ..config import photon_cache_dir
-    from ..photon.runtime import load_photon_class
-    from ..photon.runtime import load_from_archive
-
-    if ref.endswith(".photon"):
-        cls, _ = load_from_archive(ref, photon_cache_dir())
-        return cls
-    return load_photon_class(ref)
 
 
 @photon_app.command("run")
@@ -37,37 +29,10 @@ def run(
         help="Require the secret in this file (read, then deleted) on every call but /healthz.")] = None,
 ) -> None:
     """Serve a photon over HTTP until Ctrl-C / SIGTERM."""
-    from ..photon.runtime import read_secret_file
-    from ..photon.runtime import serve
+    from ..photon.runtime import run_photon
 
-    secret = read_secret_file(auth_secret_file) if auth_secret_file is not None else None
-    _fetch_model()
-    code = serve(
-        resolve_photon(ref),
-        auth_secret=secret,
-        host=host,
-        port=port,
-        port_file=port_file,
-        log_level=log_level,
-        graceful_timeout_s=graceful_timeout,
-    )
-    raise typer.Exit(code)
-
-
-def _fetch_model() -> None:
-    """A replica that serves a registry model fetches it onto its cloud first, from the nearest
-    store that holds it, and finds it at $FERMION_MODEL_DIR (the photon's environment no longer
-    holds the token; it is good for that model alone)."""
-    import os
-
-    token = os.environ.pop("FERMION_REPLICA_TOKEN", None)
-    if not os.environ.get("FERMION_MODEL_DIGEST") or not token:
-        return
-    from ..backends import fetch_model
-
-    dest = Path("model").resolve()
-    fetch_model(os.environ["FERMION_SERVER_URL"], token, dest, "/api/v1/replicas/self/model")
-    os.environ["FERMION_MODEL_DIR"] = str(dest)
+    raise typer.Exit(run_photon(ref, host=host, port=port, port_file=port_file, log_level=log_level,
+                                graceful_timeout_s=graceful_timeout, auth_secret_file=auth_secret_file))
 
 
 @photon_app.command("build")
@@ -78,6 +43,7 @@ def build(
         "--include", help="Pack this file even if ignored or secret-looking; relative to the photon's folder (repeat)."
     )] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+    rebuild: Annotated[bool, typer.Option(help=REBUILD_HELP)] = False,
 ) -> None:
     """Package a photon and the folder around its file into a .photon archive.
 
@@ -99,7 +65,7 @@ def build(
     out = output or Path(f"{load_photon_class(ref).photon_name()}.photon")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the same warnings are printed below, readably
-        manifest, selection = build_archive(ref, out, include=include or [])
+        manifest, selection = build_archive(ref, out, include=include or [], cache=not rebuild)
     for message in selection.warnings():
         err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
     if json_out:  # the manifest's keys as before, with what was packed and skipped beside them

@@ -19,6 +19,8 @@ from typing import Any, BinaryIO
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .. import __version__
+from .._files import write_atomic
+from ..config import manifest_cache_dir
 from ..errors import PhotonLoadError, UnsafeArchiveError
 from ._ignore import (
     IgnoreRules,
@@ -214,32 +216,50 @@ def handler_manifests(photon_cls: type[Photon]) -> dict[str, HandlerManifest]:
 
 
 def build_archive(
-    ref: str, output: str | Path, include: Sequence[str | Path] = ()
+    ref: str, output: str | Path, include: Sequence[str | Path] = (), *, cache: bool = True
 ) -> tuple[PhotonManifest, Selection]:
     """Package the photon ``ref`` and the folder around its file into ``output``.
 
     Honours .gitignore and .fermionignore files and leaves secrets out; ``include`` names files (relative to the
     photon's folder) to pack anyway. Returns the manifest and what was packed and skipped; warns (UserWarning)
     about included secrets and sources over 10 MiB.
+
+    With ``cache``, a ``FILE.py:Class`` whose packed files are byte for byte those of an earlier build
+    (with the same Fermion, pydantic, FastAPI and Python) takes that build's manifest (kept in
+    ``$FERMION_HOME/manifests``) instead of importing the photon and FastAPI to describe its handlers again: that
+    is most of a deploy's time on the client. Handler types defined outside the photon's folder are
+    not part of the key: ``cache=False`` (``--no-cache``) after changing them.
     """
-    photon_cls = load_photon_class(ref)
-    target, _ = split_ref(ref)
-    module_file = load_module(target).__file__
-    if module_file is None:
-        raise PhotonLoadError(f"{target} has no source file to package")
-    source = Path(module_file).resolve()
-    root = source.parent
-    selection = source_files(root, [*include, source.name])  # the entry file is packed even if ignored
+    target, cls_name = split_ref(ref)
+    cached, key = None, None
+    if cache and cls_name and target.endswith(".py") and Path(target).is_file():
+        source = Path(target).resolve()
+        selection = source_files(source.parent, [*include, source.name])  # the entry file is packed even if ignored
+        digests = {rel: _file_sha256(p) for rel, p in selection.files.items()}
+        key = _cache_key(digests, f"{source.name}:{cls_name}")
+        cached = _cached_manifest(key, digests)
+    if cached is not None:
+        manifest = cached
+    else:
+        photon_cls = load_photon_class(ref)
+        module_file = load_module(target).__file__
+        if module_file is None:
+            raise PhotonLoadError(f"{target} has no source file to package")
+        source = Path(module_file).resolve()
+        root = source.parent
+        selection = source_files(root, [*include, source.name])  # the entry file is packed even if ignored
+        digests = {rel: _file_sha256(p) for rel, p in selection.files.items()}
+        identity = {
+            "name": photon_cls.photon_name(),
+            "entry": f"{source.relative_to(root).as_posix()}:{photon_cls.__name__}",
+            "requirements": list(photon_cls.requirements),
+            "resources": dict(photon_cls.resources),
+        }
+        manifest = PhotonManifest(**identity, handlers=handler_manifests(photon_cls), files=digests,
+                                  sha256=content_sha256(digests, identity))
+        if key is not None:
+            _cache_manifest(key, manifest)
     paths = selection.files
-    digests = {rel: _file_sha256(p) for rel, p in paths.items()}
-    identity = {
-        "name": photon_cls.photon_name(),
-        "entry": f"{source.relative_to(root).as_posix()}:{photon_cls.__name__}",
-        "requirements": list(photon_cls.requirements),
-        "resources": dict(photon_cls.resources),
-    }
-    manifest = PhotonManifest(**identity, handlers=handler_manifests(photon_cls), files=digests,
-                              sha256=content_sha256(digests, identity))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
@@ -254,6 +274,40 @@ def build_archive(
     for message in selection.warnings():
         warnings.warn(message, UserWarning, stacklevel=2)
     return manifest, selection
+
+
+def _cache_key(digests: dict[str, str], entry: str) -> str:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"fermion": __version__, "python": platform.python_version()}
+    for package in ("pydantic", "fastapi"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return hashlib.sha256(json.dumps({"files": digests, "entry": entry, "versions": versions},
+                                     sort_keys=True).encode()).hexdigest()
+
+
+def _cached_manifest(key: str, digests: dict[str, str]) -> PhotonManifest | None:
+    try:
+        manifest = PhotonManifest.model_validate_json((manifest_cache_dir() / f"{key}.json").read_bytes())
+    except (OSError, ValueError):
+        return None  # none yet, or unreadable: built afresh and written again
+    identity = manifest.model_dump(include=set(IDENTITY_FIELDS))
+    if manifest.files != digests or manifest.sha256 != content_sha256(digests, identity):
+        return None
+    return manifest.model_copy(update={"created_at": time.time()})
+
+
+def _cache_manifest(key: str, manifest: PhotonManifest) -> None:
+    folder = manifest_cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(folder / f"{key}.json", manifest.model_dump_json(), 0o600)
+    except OSError:
+        pass  # a cache that cannot be written costs the next build its time, nothing else
 
 
 def _check_member(info: zipfile.ZipInfo) -> None:

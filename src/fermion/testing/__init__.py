@@ -21,6 +21,7 @@ from ._servers import (
     serve_photon,
     start_server,
     stop,
+    workload_handles,
     workload_pids,
     workload_processes,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "start_s3_emulator",
     "start_server",
     "stop",
+    "workload_handles",
     "workload_pids",
     "workload_processes",
 ]

@@ -132,7 +132,8 @@ class ServerProc:
 
     def workdir(self, cloud: str, workload_id: str) -> Path:
         """A local-backend workload's folder (beside the home, as the server's default puts it)."""
-        return self.home.parent / f"{self.home.name}-workloads" / cloud / workload_id
+        folder = workload_handles(self.home).get(workload_id, {}).get("dir") or workload_id  # a spare's, if it took one
+        return self.home.parent / f"{self.home.name}-workloads" / cloud / folder
 
     def deployment(self, name: str) -> dict:
         with self.api() as api:
@@ -166,9 +167,9 @@ def start_server(home: Path, clouds_yaml: str | None = None, *, port: int = 0, d
     return ServerProc(home, f"http://127.0.0.1:{(home / 'port').read_text()}", creds["token"], proc, log)
 
 
-def workload_pids(home: Path) -> dict[str, int]:
-    """Workload id -> pid of every local-backend replica and live job attempt a test server
-    recorded (read from its handles: a test may know what the API keeps opaque)."""
+def workload_handles(home: Path) -> dict[str, dict]:
+    """Workload id -> backend handle of every replica and live job attempt a test server recorded
+    (read from the store: a test may know what the API keeps opaque)."""
     import json
     import sqlite3
 
@@ -179,15 +180,21 @@ def workload_pids(home: Path) -> dict[str, int]:
         rows = conn.execute("SELECT id, handle FROM replicas WHERE handle IS NOT NULL").fetchall()
         rows += conn.execute("SELECT id, handle FROM attempts WHERE handle IS NOT NULL "
                              "AND state IN ('STARTING', 'RUNNING')").fetchall()
-    handles = {wid: json.loads(h) for wid, h in rows}
-    return {wid: h["pid"] for wid, h in handles.items() if h and "pid" in h}
+    return {wid: h for wid, raw in rows if (h := json.loads(raw))}
+
+
+def workload_pids(home: Path) -> dict[str, int]:
+    """Workload id -> pid of every local-backend replica and live job attempt a test server recorded."""
+    return {wid: h["pid"] for wid, h in workload_handles(home).items() if "pid" in h}
 
 
 def kill_replicas(home: Path) -> None:
     """Stop, by pid, every replica and job attempt a test server started (they outlive the server)."""
-    for wid, pid in workload_pids(home).items():
-        try:  # still that workload (its folder is named after its id), not a recycled pid
-            if wid.encode() in Path(f"/proc/{pid}/cmdline").read_bytes() or Path(f"/proc/{pid}/cwd").resolve().name == wid:
+    for wid, handle in workload_handles(home).items():
+        folder, pid = str(handle.get("dir") or wid), handle.get("pid")  # a warm pool's spare keeps its folder
+        try:  # still that workload (its folder is named after it), not a recycled pid
+            if pid and (folder.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+                        or Path(f"/proc/{pid}/cwd").resolve().name == folder):
                 os.kill(pid, signal.SIGKILL)
         except (OSError, ProcessLookupError):
             pass

@@ -1,0 +1,278 @@
+"""Claim: Fermion against Ray Serve on the same machine, driven by the same load client
+(fermion.testing.closed_loop), interleaved (A B B A) and repeated, medians and ratios printed.
+
+1. Cold start, platform running: `fermion deploy` of the text photon -> its first answer through
+   the gateway, against `serve.run` of a deployment of the same handler -> its first answer
+   through Ray's proxy (Ray and Serve already started). Goal: Fermion <= 0.5x Ray. Fermion's cloud
+   keeps a warm pool of one spare replica process (`warm_pool: 1` in clouds.yaml), as Ray keeps
+   its worker processes started.
+2. Wake from zero: a deployment scaled to zero, its first request -> its answer, on Fermion (the
+   text photon, min 0 replicas) and on Ray Serve (the same handler, autoscaling from 0). Goal:
+   Fermion <= 0.5 s.
+3. The cheapest handler (the text photon's `stats`: count the words of a short text), 16 clients:
+   Fermion direct and through its gateway, Ray Serve through its proxy. Goals: gateway >= 0.95x
+   direct, and its added p50 at 1 client <= 0.4 ms.
+
+Fairness: each system runs alone (the other one stopped: Ray's idle processes take CPU), in
+sessions taken in turn (F R R F); Ray's `max_ongoing_requests` is set above the load (64 for 16
+clients); access logs are off on both sides (Fermion's gateway and replicas log no access lines);
+both run one replica on this machine's cores. Needs Ray Serve: `pip install -c constraints.txt "ray[serve]==2.60.0"`
+(skipped with a message otherwise). Batching tails (the MiniLM embedder at 64 clients against
+Ray's throughput mode) are not in this script yet.
+
+Usage: python benchmarks/vs_ray.py [--duration 8] [--sessions 2] [--repeats 2]"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fermion.photon import REPLICA_AUTH_HEADER  # noqa: E402
+from fermion.testing import LoadResult, closed_loop, fermion_cmd, running_server  # noqa: E402
+
+TEXT_PHOTON = f"{ROOT / 'examples' / 'text' / 'photon.py'}:TextTools"
+# one spare replica process kept started (Ray keeps worker processes started too)
+CLOUDS = "clouds:\n  - name: local\n    warm_pool: 1\n"
+BODY = {"text": "request through the platform to the handler", "min_length": 2}
+
+
+def word_stats(text: str, min_length: int = 1) -> dict:
+    """The text photon's `stats` handler, as Ray's deployment runs it."""
+    words = [w for w in text.split() if len(w) >= min_length]
+    return {"words": len(words), "chars": len(text), "longest": max(words, key=len, default="")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def first_answer(url: str, deadline_s: float = 120) -> None:
+    deadline = time.monotonic() + deadline_s
+    with httpx.Client(timeout=10) as http:
+        while time.monotonic() < deadline:
+            try:
+                if http.post(url, json=BODY).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.01)
+    raise RuntimeError(f"{url} never answered")
+
+
+class RayServe:
+    """Ray and Serve started once; each deployment an app of its own."""
+
+    def __init__(self) -> None:
+        import ray
+        from ray import serve
+
+        self.serve = serve
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+        self.port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": self.port},
+                    logging_config={"enable_access_log": False, "log_level": "WARNING"})
+
+        @serve.deployment(max_ongoing_requests=64, logging_config={"enable_access_log": False})
+        class Stats:
+            async def __call__(self, request) -> dict:  # noqa: ANN001 - Starlette's request
+                body = await request.json()
+                return word_stats(body["text"], body.get("min_length", 1))
+
+        self.app = Stats
+
+    def deploy(self, name: str, **options: object) -> str:
+        app = self.app.options(**options) if options else self.app
+        self.serve.run(app.bind(), name=name, route_prefix=f"/{name}")
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def running(self, name: str) -> int:
+        status = self.serve.status().applications[name]
+        return sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values())
+
+    def delete(self, name: str) -> None:
+        self.serve.delete(name)
+
+    def stop(self) -> None:
+        import ray
+
+        self.serve.shutdown()
+        ray.shutdown()
+
+
+def fermion_cold(server, name: str) -> float:  # noqa: ANN001 - ServerProc
+    start = time.perf_counter()
+    subprocess.run(fermion_cmd("deploy", TEXT_PHOTON, "--name", name, "--public", "--no-wait"), env=server.env,
+                   check=True, capture_output=True)
+    first_answer(f"{server.url}/d/{name}/stats")
+    return time.perf_counter() - start
+
+
+def ray_cold(ray_serve: RayServe, name: str) -> float:
+    start = time.perf_counter()
+    url = ray_serve.deploy(name)
+    first_answer(url)
+    return time.perf_counter() - start
+
+
+def wait(predicate, timeout: float = 120) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out waiting for a scale-down to zero")
+        time.sleep(0.2)
+
+
+def wake_once(url: str, at_zero) -> float:  # noqa: ANN001
+    wait(at_zero)
+    time.sleep(1)  # the last replica's process has ended
+    start = time.perf_counter()
+    r = httpx.post(url, json=BODY, timeout=120)
+    r.raise_for_status()
+    return time.perf_counter() - start
+
+
+def line(label: str, r: LoadResult) -> str:
+    return f"  {label:34} {r.throughput:9.0f} req/s   p50 {r.p50:6.2f} ms   p99 {r.p99:7.2f} ms   errors {r.errors}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per load run")
+    parser.add_argument("--sessions", type=int, default=2, help="sessions of each system, in turn: F R R F ...")
+    parser.add_argument("--repeats", type=int, default=2, help="cold starts and wakes per session")
+    args = parser.parse_args()
+    try:
+        import ray
+        import ray.serve  # noqa: F401
+    except ImportError as exc:
+        print(f"vs_ray: Ray Serve is not installed ({exc}); pip install -c constraints.txt 'ray[serve]==2.60.0'")
+        return
+    results: dict[str, list[Session]] = {"fermion": [], "ray": []}
+    order = [("fermion", "ray"), ("ray", "fermion")]
+    for i in range(args.sessions):
+        for system in order[i % 2]:
+            results[system].append(fermion_session(args) if system == "fermion" else ray_session(args))
+    report(results, args)
+    print(f"Ray {ray.__version__}; {os.cpu_count()} cores shared by the load client, the platform and the replica; "
+          f"each system ran alone ({args.sessions} sessions each, in turn), the other one stopped")
+
+
+@dataclass
+class Session:
+    cold: list[float] = field(default_factory=list)
+    wakes: list[float] = field(default_factory=list)
+    load: dict[tuple[str, int], LoadResult] = field(default_factory=dict)  # (path, clients) -> result
+
+
+def load_runs(session: Session, targets: dict[str, tuple[str, dict[str, str]]], duration: float) -> None:
+    for clients in (1, 16):
+        for label, (url, headers) in targets.items():
+            session.load[(label, clients)] = closed_loop(url, lambda i: BODY, concurrency=clients, duration_s=duration,
+                                                         headers=headers)
+
+
+def fermion_session(args: argparse.Namespace) -> Session:
+    out = Session()
+    with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp) / "home", CLOUDS) as server:
+        time.sleep(2)  # the pool's first spare is ready
+
+        def deploy(name: str, *flags: str) -> None:
+            subprocess.run(fermion_cmd("deploy", TEXT_PHOTON, "--name", name, "--public", *flags), env=server.env,
+                           check=True, capture_output=True)
+
+        def delete(name: str) -> None:
+            subprocess.run(fermion_cmd("deployment", "delete", name), env=server.env, capture_output=True)
+
+        fermion_cold(server, "warm")  # the first deploy of a server warms its paths and the page cache
+        delete("warm")
+        for i in range(args.repeats):
+            out.cold.append(fermion_cold(server, f"cold{i}"))
+            delete(f"cold{i}")
+        deploy("sleepy", "--min-replicas", "0", "--max-replicas", "1", "--scale-to-zero-delay", "2")
+
+        def idle() -> bool:
+            d = server.deployment("sleepy")
+            return d["status"] == "IDLE" and not d["replica_list"]
+
+        out.wakes = [wake_once(f"{server.url}/d/sleepy/stats", idle) for _ in range(args.repeats)]
+        delete("sleepy")
+        deploy("stats")
+        replica = server.deployment("stats")["replica_list"][0]
+        with sqlite3.connect(server.home / "fermion.db") as db:  # the replica's address and the gateway's secret
+            url, secret = db.execute("SELECT url, auth_secret FROM replicas WHERE id = ?", (replica["id"],)).fetchone()
+        load_runs(out, {"fermion direct": (f"{url}/stats", {REPLICA_AUTH_HEADER.decode(): secret}),
+                        "fermion gateway": (f"{server.url}/d/stats/stats", {})}, args.duration)
+    return out
+
+
+def ray_session(args: argparse.Namespace) -> Session:
+    out = Session()
+    ray_serve = RayServe()
+    try:
+        ray_cold(ray_serve, "warm")
+        ray_serve.delete("warm")
+        for i in range(args.repeats):
+            out.cold.append(ray_cold(ray_serve, f"cold{i}"))
+            ray_serve.delete(f"cold{i}")
+        url = ray_serve.deploy("sleepy", autoscaling_config={
+            "min_replicas": 0, "initial_replicas": 0, "max_replicas": 1, "upscale_delay_s": 0,
+            "downscale_delay_s": 2, "downscale_to_zero_delay_s": 2})
+        out.wakes = [wake_once(url, lambda: ray_serve.running("sleepy") == 0) for _ in range(args.repeats)]
+        ray_serve.delete("sleepy")
+        load_runs(out, {"ray serve proxy": (ray_serve.deploy("stats"), {})}, args.duration)
+    finally:
+        ray_serve.stop()
+    return out
+
+
+def report(results: dict[str, list[Session]], args: argparse.Namespace) -> None:
+    def all_of(system: str, what: str) -> list[float]:
+        return [x for session in results[system] for x in getattr(session, what)]
+
+    print()
+    print("cold start: deploy -> first answer, platform running (seconds)")
+    cold = {system: all_of(system, "cold") for system in results}
+    f_cold, r_cold = statistics.median(cold["fermion"]), statistics.median(cold["ray"])
+    print(f"  fermion deploy -> gateway answer   {' '.join(f'{x:.2f}' for x in cold['fermion'])}   median {f_cold:.2f}")
+    print(f"  ray serve.run -> proxy answer      {' '.join(f'{x:.2f}' for x in cold['ray'])}   median {r_cold:.2f}")
+    print(f"  ratio fermion / ray: {f_cold / r_cold:.2f} (goal <= 0.5)")
+    print("wake from zero: first request -> its answer (seconds)")
+    wakes = {system: all_of(system, "wakes") for system in results}
+    f_wake, r_wake = statistics.median(wakes["fermion"]), statistics.median(wakes["ray"])
+    print(f"  fermion (text photon, min 0)       {' '.join(f'{x:.2f}' for x in wakes['fermion'])}   median {f_wake:.2f}"
+          " (goal <= 0.5)")
+    print(f"  ray serve (autoscaling from 0)     {' '.join(f'{x:.2f}' for x in wakes['ray'])}   median {r_wake:.2f}")
+    print(f"  ratio fermion / ray: {f_wake / r_wake:.2f}")
+    print(f"the text photon's `stats` handler, {args.duration:g} s per run, the median of {args.sessions} sessions")
+    med: dict[tuple[str, int], LoadResult] = {}
+    keys = sorted({k for system in results for session in results[system] for k in session.load}, key=lambda k: k[1])
+    for key in keys:
+        runs = sorted((s.load[key] for system in results for s in results[system] if key in s.load),
+                      key=lambda r: r.throughput)
+        med[key] = runs[(len(runs) - 1) // 2]
+        print(line(f"{key[0]}, {key[1]} client(s)", med[key]))
+    d16, g16, r16 = (med[(k, 16)] for k in ("fermion direct", "fermion gateway", "ray serve proxy"))
+    d1, g1, r1 = (med[(k, 1)] for k in ("fermion direct", "fermion gateway", "ray serve proxy"))
+    print(f"  gateway / direct at 16 clients: {g16.throughput / d16.throughput:.2f} (goal >= 0.95); "
+          f"gateway / ray proxy: {g16.throughput / r16.throughput:.2f}")
+    print(f"  gateway's added p50 at 1 client: {g1.p50 - d1.p50:.2f} ms (goal <= 0.4); ray proxy p50 {r1.p50:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
