@@ -178,13 +178,40 @@ class Session:
     cold: list[float] = field(default_factory=list)
     wakes: list[float] = field(default_factory=list)
     load: dict[tuple[str, int], LoadResult] = field(default_factory=dict)  # (path, clients) -> result
+    cpu_us: dict[tuple[str, str], float] = field(default_factory=dict)  # (path, process) -> CPU µs per request
 
 
-def load_runs(session: Session, targets: dict[str, tuple[str, dict[str, str]]], duration: float) -> None:
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and every process under it (a sandboxed replica runs below bwrap's init)."""
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu)
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(proc.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += stats.get(current, (0, 0.0))[1]
+        todo += [child for child, (parent, _) in stats.items() if parent == current]
+    return total
+
+
+def load_runs(session: Session, targets: dict[str, tuple[str, dict[str, str]]], duration: float,
+              watch: dict[str, int] | None = None) -> None:
+    """Each target at 1 and 16 clients; with ``watch`` (name -> pid), the CPU each process spent
+    per request in the 16-client runs (warm-up included: an upper bound)."""
     for clients in (1, 16):
         for label, (url, headers) in targets.items():
-            session.load[(label, clients)] = closed_loop(url, lambda i: BODY, concurrency=clients, duration_s=duration,
-                                                         headers=headers)
+            before = {name: cpu_seconds(pid) for name, pid in (watch or {}).items()}
+            result = closed_loop(url, lambda i: BODY, concurrency=clients, duration_s=duration, headers=headers)
+            session.load[(label, clients)] = result
+            if clients == 16:
+                sent = result.requests * (1 + 1.0 / duration)  # the 1 s warm-up's requests, at the same rate
+                for name, pid in (watch or {}).items():
+                    session.cpu_us[(label, name)] = 1e6 * (cpu_seconds(pid) - before[name]) / sent
 
 
 def fermion_session(args: argparse.Namespace) -> Session:
@@ -217,7 +244,8 @@ def fermion_session(args: argparse.Namespace) -> Session:
         with sqlite3.connect(server.home / "fermion.db") as db:  # the replica's address and the gateway's secret
             url, secret = db.execute("SELECT url, auth_secret FROM replicas WHERE id = ?", (replica["id"],)).fetchone()
         load_runs(out, {"fermion direct": (f"{url}/stats", {REPLICA_AUTH_HEADER.decode(): secret}),
-                        "fermion gateway": (f"{server.url}/d/stats/stats", {})}, args.duration)
+                        "fermion gateway": (f"{server.url}/d/stats/stats", {})}, args.duration,
+                  watch={"server (gateway)": server.proc.pid, "replica": server.pid(replica["id"])})
     return out
 
 
@@ -272,6 +300,13 @@ def report(results: dict[str, list[Session]], args: argparse.Namespace) -> None:
     print(f"  gateway / direct at 16 clients: {g16.throughput / d16.throughput:.2f} (goal >= 0.95); "
           f"gateway / ray proxy: {g16.throughput / r16.throughput:.2f}")
     print(f"  gateway's added p50 at 1 client: {g1.p50 - d1.p50:.2f} ms (goal <= 0.4); ray proxy p50 {r1.p50:.2f} ms")
+    cpu: dict[tuple[str, str], list[float]] = {}
+    for session in results["fermion"]:
+        for key, us in session.cpu_us.items():
+            cpu.setdefault(key, []).append(us)
+    print("  CPU per request at 16 clients (medians; the load client takes the rest of the two cores):")
+    for (path, process), values in sorted(cpu.items()):
+        print(f"    {path:18} {process:18} {statistics.median(values):6.0f} µs")
 
 
 if __name__ == "__main__":
