@@ -5,7 +5,8 @@
    the gateway, against `serve.run` of a deployment of the same handler -> its first answer
    through Ray's proxy (Ray and Serve already started). Goal: Fermion <= 0.5x Ray. Fermion's cloud
    keeps a warm pool of one spare replica process (`warm_pool: 1` in clouds.yaml), as Ray keeps
-   its worker processes started.
+   its worker processes started; each deploy comes 3 s after the last on both systems (the pool
+   refills 2 s after a replica took its spare).
 2. Wake from zero: a deployment scaled to zero, its first request -> its answer, on Fermion (the
    text photon, min 0 replicas) and on Ray Serve (the same handler, autoscaling from 0). Goal:
    Fermion <= 0.5 s.
@@ -47,6 +48,8 @@ from fermion.testing import LoadResult, closed_loop, fermion_cmd, running_server
 TEXT_PHOTON = f"{ROOT / 'examples' / 'text' / 'photon.py'}:TextTools"
 # one spare replica process kept started (Ray keeps worker processes started too)
 CLOUDS = "clouds:\n  - name: local\n    warm_pool: 1\n"
+SERVER = "server (gateway)"
+PAUSE_S = 3.0  # between two deploys, on both systems: time for Fermion's pool to refill (it waits 2 s)
 BODY = {"text": "request through the platform to the handler", "min_length": 2}
 
 
@@ -181,8 +184,12 @@ class Session:
     cpu_us: dict[tuple[str, str], float] = field(default_factory=dict)  # (path, process) -> CPU µs per request
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds of ``pid`` and every process under it (a sandboxed replica runs below bwrap's init)."""
+def cpu_seconds(pid: int, *, tree: bool = True) -> float:
+    """CPU seconds of ``pid``, and with ``tree`` of every process under it (a sandboxed replica runs
+    below bwrap's init); the server's own without: its replicas are its children too."""
+    if not tree:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu)
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -205,20 +212,19 @@ def load_runs(session: Session, targets: dict[str, tuple[str, dict[str, str]]], 
     per request in the 16-client runs (warm-up included: an upper bound)."""
     for clients in (1, 16):
         for label, (url, headers) in targets.items():
-            before = {name: cpu_seconds(pid) for name, pid in (watch or {}).items()}
+            before = {name: cpu_seconds(pid, tree=name != SERVER) for name, pid in (watch or {}).items()}
             result = closed_loop(url, lambda i: BODY, concurrency=clients, duration_s=duration, headers=headers)
             session.load[(label, clients)] = result
             if clients == 16:
                 sent = result.requests * (1 + 1.0 / duration)  # the 1 s warm-up's requests, at the same rate
                 for name, pid in (watch or {}).items():
-                    session.cpu_us[(label, name)] = 1e6 * (cpu_seconds(pid) - before[name]) / sent
+                    spent = cpu_seconds(pid, tree=name != SERVER) - before[name]
+                    session.cpu_us[(label, name)] = 1e6 * spent / sent
 
 
 def fermion_session(args: argparse.Namespace) -> Session:
     out = Session()
     with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp) / "home", CLOUDS) as server:
-        time.sleep(2)  # the pool's first spare is ready
-
         def deploy(name: str, *flags: str) -> None:
             subprocess.run(fermion_cmd("deploy", TEXT_PHOTON, "--name", name, "--public", *flags), env=server.env,
                            check=True, capture_output=True)
@@ -229,6 +235,7 @@ def fermion_session(args: argparse.Namespace) -> Session:
         fermion_cold(server, "warm")  # the first deploy of a server warms its paths and the page cache
         delete("warm")
         for i in range(args.repeats):
+            time.sleep(PAUSE_S)
             out.cold.append(fermion_cold(server, f"cold{i}"))
             delete(f"cold{i}")
         deploy("sleepy", "--min-replicas", "0", "--max-replicas", "1", "--scale-to-zero-delay", "2")
@@ -245,7 +252,7 @@ def fermion_session(args: argparse.Namespace) -> Session:
             url, secret = db.execute("SELECT url, auth_secret FROM replicas WHERE id = ?", (replica["id"],)).fetchone()
         load_runs(out, {"fermion direct": (f"{url}/stats", {REPLICA_AUTH_HEADER.decode(): secret}),
                         "fermion gateway": (f"{server.url}/d/stats/stats", {})}, args.duration,
-                  watch={"server (gateway)": server.proc.pid, "replica": server.pid(replica["id"])})
+                  watch={SERVER: server.proc.pid, "replica": server.pid(replica["id"])})
     return out
 
 
@@ -256,6 +263,7 @@ def ray_session(args: argparse.Namespace) -> Session:
         ray_cold(ray_serve, "warm")
         ray_serve.delete("warm")
         for i in range(args.repeats):
+            time.sleep(PAUSE_S)
             out.cold.append(ray_cold(ray_serve, f"cold{i}"))
             ray_serve.delete(f"cold{i}")
         url = ray_serve.deploy("sleepy", autoscaling_config={

@@ -49,6 +49,9 @@ def test_replicas_take_over_spares_with_their_own_env_and_limits(tmp_path: Path)
     home = tmp_path / "home"
     server = start_server(home, CLOUDS)
     try:
+        assert not spares(home), "the pool starts with the first replica (only a leader starts replicas)"
+        server.cli("deploy", FLAKY, "--name", "first", "--public")
+        assert "dir" not in workload_handles(home)[server.deployment("first")["replica_list"][0]["id"]]
         spare_folder, spare_pid = next(iter(wait_for("a spare", lambda: spares(home)).items()))
         server.cli("deploy", FLAKY, "--name", "quick", "--public", "--env", "VERSION=7", "--memory-gb", "0.5")
         replica = server.deployment("quick")["replica_list"][0]
@@ -83,6 +86,7 @@ def test_replicas_take_over_spares_with_their_own_env_and_limits(tmp_path: Path)
         old_spare = next(iter(refilled.values()))
         wait_for("the old spare ended", lambda: not Path(f"/proc/{old_spare}").exists() or
                  Path(f"/proc/{old_spare}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
+        server.cli("deploy", FLAKY, "--name", "later", "--public")  # the new leader's first start fills its pool
         wait_for("a spare of the new server", lambda: spares(home))
         assert stop(server.proc) == 0
         wait_for("the pool emptied at the stop", lambda: not spares(home), timeout=10)

@@ -30,6 +30,7 @@ SPARE_PREFIX = "spare-"  # the folder of a warm pool's spare
 # once a replica took a spare over: <cloud root>/.taken/<spare folder> holds the replica's id, out of
 # every workload's sight (a file in its own folder, the replica could rewrite to pass for another)
 TAKEN = ".taken"
+OWNERS = ".spares"  # <cloud root>/.spares/<spare folder>: the pid and start time of the server that started it
 REFILL_DELAY_S = 2.0  # a new spare's imports would compete with the replica that just took the last one
 log = logging.getLogger("fermion.backends.local")
 
@@ -57,9 +58,7 @@ class LocalBackend:
         self._pool_lock = threading.Lock()
         self._refill_timer: threading.Timer | None = None
         self._closed = False
-        self._end_stale_spares()
-        if config.warm_pool:
-            self._refill()
+        self._pool_started = False  # by this server's first start of a replica: only a leader starts them
 
     # -- what it offers ---------------------------------------------------------------------
     def offerings(self) -> list[Offering]:
@@ -73,6 +72,10 @@ class LocalBackend:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, workload: Workload) -> Handle:
+        if self.config.warm_pool and not self._pool_started:
+            self._pool_started = True
+            self._end_stale_spares()
+            self._refill_later()
         # a spare's interpreter started with Fermion's environment: a replica that sets Python's or the
         # loader's own variables (PYTHONPATH, LD_PRELOAD...) needs a process of its own, as one with mounts
         if workload.kind == "replica" and not workload.read_only and \
@@ -142,8 +145,21 @@ class LocalBackend:
                                          confinement, workdir / "replica.log", f"{self.name}-{folder}")
         self._children[pid] = proc
         write_atomic(workdir / "pid", str(pid))
+        (self.root / OWNERS).mkdir(exist_ok=True)
+        write_atomic(self.root / OWNERS / folder, _this_process())
         with self._pool_lock:
-            self._spares.append((folder, pid))
+            closed = self._closed
+            if not closed:
+                self._spares.append((folder, pid))
+        if closed:  # the server stopped meanwhile
+            self.stop({"id": folder, "pid": pid}, force=True)
+
+    def _refill_later(self) -> None:
+        with self._pool_lock:
+            if self._refill_timer is None and not self._closed:
+                self._refill_timer = threading.Timer(REFILL_DELAY_S, self._refill)
+                self._refill_timer.daemon = True
+                self._refill_timer.start()
 
     def _refill(self) -> None:
         with self._pool_lock:
@@ -166,10 +182,7 @@ class LocalBackend:
                 if not self._spares:
                     return None
                 folder, pid = self._spares.pop(0)
-                if self._refill_timer is None and not self._closed:
-                    self._refill_timer = threading.Timer(REFILL_DELAY_S, self._refill)
-                    self._refill_timer.daemon = True
-                    self._refill_timer.start()
+            self._refill_later()
             workdir = self.root / folder
             if self._alive(pid, workdir):
                 break
@@ -191,10 +204,16 @@ class LocalBackend:
         return handle
 
     def _end_stale_spares(self) -> None:
-        """Spares left by an earlier server on this cloud (never taken over) are stopped."""
+        """Spares no replica took, of a server that is gone, are stopped (a live server's are its own)."""
         for workdir in self.root.glob(f"{SPARE_PREFIX}*"):
             if workdir.is_symlink() or not workdir.is_dir() or (self.root / TAKEN / workdir.name).exists():
                 continue
+            try:
+                if (self.root / OWNERS / workdir.name).read_text() == _process(int(
+                        (self.root / OWNERS / workdir.name).read_text().split()[0])):
+                    continue
+            except (OSError, ValueError, IndexError):
+                pass
             handle: Handle = {"id": workdir.name}
             pid = self._pid(handle)
             if pid is not None and self._alive(pid, workdir):
@@ -319,3 +338,15 @@ class LocalBackend:
         for folder, pid in spares:
             with contextlib.suppress(OSError, ValueError):
                 self.stop({"id": folder, "pid": pid}, force=True)
+
+
+def _process(pid: int) -> str:
+    """A process's pid and start time ("" if it is gone): a pid alone may be reused."""
+    try:
+        return f"{pid} {Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        return ""
+
+
+def _this_process() -> str:
+    return _process(os.getpid())
