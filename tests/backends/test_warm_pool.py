@@ -1,11 +1,10 @@
 """A local cloud's warm pool: spare replica processes, started before they are needed and confined
 as replicas are, that new replicas take over with their own files, environment and memory limit;
-the pool refills, a server restart keeps the replicas and ends the untaken spares, and a replica
-that sets Python's own variables starts in a process of its own."""
+the pool refills, a killed server's untaken spares are ended by the next leader while its replicas
+are kept, and a replica that sets Python's own variables starts in a process of its own."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -31,12 +30,6 @@ def spares(home: Path) -> dict[str, int]:
     return out
 
 
-def started_at(pid: int) -> float:
-    """A process's start, in seconds since boot."""
-    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def wait_for(what: str, predicate, timeout: float = 30):  # noqa: ANN001, ANN201
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
@@ -57,11 +50,11 @@ def test_replicas_take_over_spares_with_their_own_env_and_limits(tmp_path: Path)
         replica = server.deployment("quick")["replica_list"][0]
         handle = workload_handles(home)[replica["id"]]
         assert handle == {"id": replica["id"], "pid": spare_pid, "dir": spare_folder}  # the spare became the replica
-        assert started_at(spare_pid) < time.clock_gettime(time.CLOCK_BOOTTIME) - 0.2
         # it serves with the replica's environment, from its own archive
         assert httpx.post(f"{server.url}/d/quick/version", json={}).json() == {"version": "7"}
         folder = server.workdir("warm", replica["id"])
         assert folder.name == spare_folder and (folder.parent / ".taken" / spare_folder).read_text() == replica["id"]
+        assert (folder.parent / ".replicas" / replica["id"]).read_text() == spare_folder
         assert not (folder / "assign.json").exists(), "the assignment (the replica's env) was left behind"
         assert "FERMION_REPLICA_ID" not in (folder / "replica.log").read_text()
         cgroup = Path("/sys/fs/cgroup/memory/fermion") / f"warm-{spare_folder}" / "memory.limit_in_bytes"
@@ -76,20 +69,57 @@ def test_replicas_take_over_spares_with_their_own_env_and_limits(tmp_path: Path)
         own = server.deployment("own")["replica_list"][0]
         assert "dir" not in workload_handles(home)[own["id"]] and spares(home) == refilled
 
-        # a restart keeps the replica (found in the spare's folder) and ends the untaken spare
-        assert stop(server.proc) == 0
+        # a killed server leaves its untaken spare; the next leader's first start ends it (its owner is
+        # gone) and fills a pool of its own; the replica is kept (found in the spare's folder) throughout
+        old_spare = next(iter(refilled.values()))
+        server.proc.kill()
+        server.proc.wait(10)
+        assert Path(f"/proc/{old_spare}").exists(), "nothing was to stop the spare yet"
         server = start_server(home, CLOUDS)
         assert httpx.post(f"{server.url}/d/quick/version", json={}).json() == {"version": "7"}
         d = server.deployment("quick")
         assert d["status"] == "READY" and [r["id"] for r in d["replica_list"]] == [replica["id"]]
         assert server.pid(replica["id"]) == spare_pid
-        old_spare = next(iter(refilled.values()))
+        server.cli("deploy", FLAKY, "--name", "later", "--public")
         wait_for("the old spare ended", lambda: not Path(f"/proc/{old_spare}").exists() or
                  Path(f"/proc/{old_spare}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
-        server.cli("deploy", FLAKY, "--name", "later", "--public")  # the new leader's first start fills its pool
         wait_for("a spare of the new server", lambda: spares(home))
+        assert httpx.post(f"{server.url}/d/quick/version", json={}).json() == {"version": "7"}
         assert stop(server.proc) == 0
         wait_for("the pool emptied at the stop", lambda: not spares(home), timeout=10)
     finally:
         stop(server.proc)
         kill_replicas(home)
+
+
+def test_a_replica_handed_to_a_spare_is_found_by_its_id_alone(tmp_path: Path) -> None:
+    """A start cut short after the takeover (its handle never stored) leaves no unmanaged process:
+    status and stop by the replica's id reach the spare that took it, and list_workloads names it."""
+    from fermion.backends import Isolation, LocalBackend
+    from fermion.backends._protocol import Workload
+    from fermion.clouds import CloudConfig
+    from fermion.photon.runtime import build_archive
+
+    build_archive(f"{FIXTURE_PHOTONS}:Flaky", tmp_path / "flaky.photon")
+    (tmp_path / "home").mkdir()  # hidden from the workloads: the sandbox mounts an empty folder over it
+    backend = LocalBackend(CloudConfig(name="warm", warm_pool=1), tmp_path / "workloads",
+                           server_home=tmp_path / "home", isolation=Isolation())
+    try:
+        def replica(wid: str) -> Workload:
+            return Workload(id=wid, kind="replica", archive=tmp_path / "flaky.photon", memory_gb=0.5,
+                            env={"VERSION": wid})
+
+        cold = backend.start(replica("r-first"))  # the first start fills the pool, a moment later
+        assert "dir" not in cold
+        wait_for("a spare", lambda: backend._spares, timeout=30)
+        taken = backend.start(replica("r-second"))
+        assert taken["dir"].startswith("spare-")
+        status = wait_for("it serves", lambda: (s := backend.status({"id": "r-second"})).url and s, timeout=30)
+        assert status.alive and httpx.post(f"{status.url}/version", json={}).json() == {"version": "r-second"}
+        assert {"id": "r-second", "dir": taken["dir"], "pid": taken["pid"]} in backend.list_workloads()
+        backend.stop({"id": "r-second"}, force=True)
+        wait_for("it stopped", lambda: not backend.status({"id": "r-second"}).alive, timeout=10)
+        backend.stop(cold, force=True)
+    finally:
+        backend.close()
+    assert not backend._spares

@@ -31,6 +31,8 @@ SPARE_PREFIX = "spare-"  # the folder of a warm pool's spare
 # every workload's sight (a file in its own folder, the replica could rewrite to pass for another)
 TAKEN = ".taken"
 OWNERS = ".spares"  # <cloud root>/.spares/<spare folder>: the pid and start time of the server that started it
+READ_AT_START = ("PYTHON", "LD_", "LC_", "MALLOC_", "GLIBC_")
+REPLICAS = ".replicas"  # <cloud root>/.replicas/<replica id>: the spare folder it took (before its handle is stored)
 REFILL_DELAY_S = 2.0  # a new spare's imports would compete with the replica that just took the last one
 log = logging.getLogger("fermion.backends.local")
 
@@ -72,14 +74,17 @@ class LocalBackend:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, workload: Workload) -> Handle:
-        if self.config.warm_pool and not self._pool_started:
-            self._pool_started = True
+        with self._pool_lock:
+            first, self._pool_started = not self._pool_started, True
+        if first:  # this server leads (only a leader starts workloads): the spares of one gone are ended
             self._end_stale_spares()
-            self._refill_later()
-        # a spare's interpreter started with Fermion's environment: a replica that sets Python's or the
-        # loader's own variables (PYTHONPATH, LD_PRELOAD...) needs a process of its own, as one with mounts
+            if self.config.warm_pool:
+                self._refill_later()
+        # a spare's interpreter started with Fermion's environment: a replica that sets what is read once,
+        # at a process's start (PYTHONPATH, LD_PRELOAD, the locale, TZ...), needs a process of its own,
+        # as one with mounts does
         if workload.kind == "replica" and not workload.read_only and \
-                not any(k.startswith(("PYTHON", "LD_")) for k in workload.env):
+                not any(k.startswith(READ_AT_START) or k in ("LANG", "TZ") for k in workload.env):
             taken = self._take_spare(workload)
             if taken is not None:
                 return taken
@@ -141,12 +146,13 @@ class LocalBackend:
         memory = int(self.config.capacity.memory_gb * (1 << 30))
         confinement = Confinement(workdir=workdir, hidden=[self.server_home, self.workloads_root, *self.hidden],
                                   memory_bytes=memory)
-        proc, pid = self.isolation.start([sys.executable, "-m", "fermion.photon.replica", "--standby"], env,
-                                         confinement, workdir / "replica.log", f"{self.name}-{folder}")
-        self._children[pid] = proc
-        write_atomic(workdir / "pid", str(pid))
         (self.root / OWNERS).mkdir(exist_ok=True)
         write_atomic(self.root / OWNERS / folder, _this_process())
+        # the folder on its command line, as a replica's: a restarted server knows the process by it
+        command = [sys.executable, "-m", "fermion.photon.replica", "--standby", str(workdir)]
+        proc, pid = self.isolation.start(command, env, confinement, workdir / "replica.log", f"{self.name}-{folder}")
+        self._children[pid] = proc
+        write_atomic(workdir / "pid", str(pid))
         with self._pool_lock:
             closed = self._closed
             if not closed:
@@ -162,15 +168,20 @@ class LocalBackend:
                 self._refill_timer.start()
 
     def _refill(self) -> None:
+        """Start the spares missing; the timer stays set meanwhile, so no second refill counts short."""
         with self._pool_lock:
-            self._refill_timer = None
             missing = 0 if self._closed else self.config.warm_pool - len(self._spares)
-        for _ in range(max(0, missing)):
-            try:
+        try:
+            for _ in range(max(0, missing)):
                 self._start_spare()
-            except OSError as exc:  # the pool is a speed-up: a replica still starts cold without it
-                log.warning("cloud %s: cannot start a spare replica process: %s", self.name, exc)
-                return
+        except OSError as exc:  # the pool is a speed-up: a replica still starts cold without it
+            log.warning("cloud %s: cannot start a spare replica process: %s", self.name, exc)
+        finally:
+            with self._pool_lock:
+                self._refill_timer = None
+                short = not self._closed and len(self._spares) < self.config.warm_pool
+        if short and missing > 0:  # taken while it started them
+            self._refill_later()
 
     def _take_spare(self, workload: Workload) -> Handle | None:
         """Hand ``workload`` to a spare, if one is alive: its files in the spare's folder, its memory
@@ -193,15 +204,27 @@ class LocalBackend:
             if self.isolation.cgroup_root is not None and workload.memory_gb and \
                     not self.isolation.set_memory_limit(name, int(workload.memory_gb * (1 << 30))):
                 raise OSError("its memory limit could not be set")
-            (self.root / TAKEN).mkdir(exist_ok=True)
-            write_atomic(self.root / TAKEN / folder, workload.id)
+            # both ways, before it serves: a start cut short here (the handle not stored yet) is still
+            # found, and stopped, by the replica's id alone
+            for folder_of, key, value in ((REPLICAS, workload.id, folder), (TAKEN, folder, workload.id)):
+                (self.root / folder_of).mkdir(exist_ok=True)
+                write_atomic(self.root / folder_of / key, value)
             write_atomic(workdir / ASSIGNMENT, json.dumps({"argv": command[3:], "env": env}), 0o600)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the spare is ended, never left unowned
             log.warning("cloud %s: spare %s could not take replica %s (%s): it starts cold", self.name, folder,
                         workload.id, exc)
             self.stop(handle, force=True)
             return None
         return handle
+
+    def _spare_of(self, workload_id: str) -> str | None:
+        """The spare folder a replica took over (a replica that did lives in that folder)."""
+        if "/" in workload_id or workload_id in ("", ".", ".."):
+            return None
+        try:
+            return (self.root / REPLICAS / workload_id).read_text() or None
+        except OSError:
+            return None
 
     def _end_stale_spares(self) -> None:
         """Spares no replica took, of a server that is gone, are stopped (a live server's are its own)."""
@@ -220,7 +243,7 @@ class LocalBackend:
                 self.stop(handle, force=True)
 
     def _workdir(self, handle: Handle) -> Path:
-        wid = str(handle.get("dir") or handle["id"])  # a replica that took a spare over lives in the spare's folder
+        wid = str(handle.get("dir") or self._spare_of(str(handle["id"])) or handle["id"])
         if "/" in wid or wid in ("", ".", ".."):
             raise ValueError(f"not a workload id: {wid!r}")
         return self.root / wid
@@ -291,6 +314,11 @@ class LocalBackend:
 
     def stop(self, handle: Handle, *, force: bool = False) -> None:
         workdir, pid = self._workdir(handle), self._pid(handle)
+        if workdir.name.startswith(SPARE_PREFIX):  # an assignment a spare never read holds the replica's env
+            from ..photon.replica import ASSIGNMENT
+
+            with contextlib.suppress(OSError):
+                (workdir / ASSIGNMENT).unlink()
         if pid is None or not self._alive(pid, workdir):
             return
         sig = signal.SIGKILL if force else signal.SIGTERM
@@ -332,8 +360,11 @@ class LocalBackend:
         """Stop the spares no replica took (the replicas themselves outlive the server)."""
         with self._pool_lock:
             self._closed = True
-            if self._refill_timer is not None:
-                self._refill_timer.cancel()
+            timer = self._refill_timer
+        if timer is not None:
+            timer.cancel()
+            timer.join(10)  # a refill under way ends before the pool is emptied (it sees _closed)
+        with self._pool_lock:
             spares, self._spares = self._spares, []
         for folder, pid in spares:
             with contextlib.suppress(OSError, ValueError):

@@ -260,7 +260,8 @@ class Isolation:
 
     def set_memory_limit(self, name: str, memory_bytes: int) -> bool:
         """Lower (or raise) the memory limit of a running workload's cgroup; False where it has
-        none or the kernel refuses (it already uses more)."""
+        none or the kernel refuses (cgroup v1, when it already uses more; v2 reclaims instead, and
+        kills it if it cannot)."""
         if self.cgroup_root is None or not (self.cgroup_root / name).is_dir():
             return False
         cgroup = self.cgroup_root / name

@@ -2,7 +2,7 @@
 as ``fermion photon run`` does, with its options, but parses them without the CLI (typer and rich
 take a sixth of a second to import, and every replica start waits for them).
 
-``python -m fermion.photon.replica --standby``: a spare of a warm pool. It imports the serving
+``python -m fermion.photon.replica --standby FOLDER``: a spare of a warm pool. It imports the serving
 stack (FastAPI, uvicorn, pydantic, the photon runtime: half a second of a cold start), then waits
 in its folder for ``assign.json`` ({"argv": [...], "env": {...}}), written by its backend when a
 replica takes it over; it reads and deletes the file, takes that environment and serves as above."""
@@ -18,7 +18,7 @@ ASSIGNMENT = "assign.json"
 STANDBY_POLL_S = 0.005
 
 
-def standby(folder: Path = Path(".")) -> list[str]:
+def standby(folder: Path) -> list[str]:
     """Import what serving needs, wait for the assignment, take its environment; its argv."""
     import json
     import os
@@ -39,8 +39,9 @@ def standby(folder: Path = Path(".")) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--standby"]:
-        argv = standby()
+    if len(argv) == 2 and argv[0] == "--standby":
+        argv = standby(Path(argv[1]))
+        sys.argv[1:] = argv
     parser = argparse.ArgumentParser(prog="python -m fermion.photon.replica", description=__doc__)
     parser.add_argument("ref", help="a .photon archive, or path/to/file.py:Class")
     parser.add_argument("--host", default="127.0.0.1")
