@@ -13,7 +13,7 @@ from ._output import print_error
 
 # every command of the root, in the order `fermion --help` lists them: (name, module, attribute, is a group).
 # A run imports and builds only the command it was asked for: building all of them (and importing
-# their modules) cost a `fermion` start 0.15 s, and each replica starts through `fermion photon run`.
+# their modules) cost every `fermion` start 0.15 s.
 ENTRIES = (
     ("photon", "_photon", "photon_app", True),
     ("server", "_server", "server_app", True),
@@ -74,12 +74,6 @@ def build_app(only: str | None = None) -> typer.Typer:
     if only in (None, "version"):
         root.command()(version)
     return root
-
-
-def __getattr__(name: str) -> typer.Typer:
-    if name == "app":  # the whole command, for whoever wants it as an object (tests, docs)
-        return build_app()
-    raise AttributeError(name)
 
 
 def main() -> None:

@@ -228,7 +228,7 @@ def build_archive(
     (with the same Fermion, pydantic, FastAPI and Python) takes that build's manifest (kept in
     ``$FERMION_HOME/manifests``) instead of importing the photon and FastAPI to describe its handlers again: that
     is most of a deploy's time on the client. Handler types defined outside the photon's folder are
-    not part of the key: ``cache=False`` (``--no-cache``) after changing them.
+    not part of the key: ``cache=False`` (``--rebuild``) after changing them.
     """
     target, cls_name = split_ref(ref)
     cached, key = None, None

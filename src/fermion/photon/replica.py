@@ -24,7 +24,7 @@ def standby(folder: Path) -> list[str]:
     import os
     import time
 
-    from . import _package, _run, _serve  # noqa: F401 - imported now, so that the replica needs not
+    from . import _package, _run, _serve  # noqa: F401 - imported now: the replica will not wait for them
     from ._app import build_app  # noqa: F401
 
     path = folder / ASSIGNMENT
