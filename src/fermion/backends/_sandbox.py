@@ -267,10 +267,10 @@ class Isolation:
         cgroup = self.cgroup_root / name
         try:
             if self.cgroup_version == "v1":
-                swap = cgroup / "memory.memsw.limit_in_bytes"
+                plain, swap = cgroup / "memory.limit_in_bytes", cgroup / "memory.memsw.limit_in_bytes"
                 # memsw may never be under the plain limit: lower the plain one first, raise it last
-                order = [cgroup / "memory.limit_in_bytes", swap] if swap.exists() else [cgroup / "memory.limit_in_bytes"]
-                current = int((cgroup / "memory.limit_in_bytes").read_text())
+                order = [plain, swap] if swap.exists() else [plain]
+                current = int(plain.read_text())
                 for f in (order if memory_bytes <= current else order[::-1]):
                     f.write_text(str(memory_bytes))
             else:
