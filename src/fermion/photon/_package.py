@@ -247,8 +247,9 @@ def build_archive(
             raise PhotonLoadError(f"{target} has no source file to package")
         source = Path(module_file).resolve()
         root = source.parent
-        selection = source_files(root, [*include, source.name])  # the entry file is packed even if ignored
-        digests = {rel: _file_sha256(p) for rel, p in selection.files.items()}
+        if key is None:  # a module ref: its files are known once it is imported (a file's were read above)
+            selection = source_files(root, [*include, source.name])  # the entry file is packed even if ignored
+            digests = {rel: _file_sha256(p) for rel, p in selection.files.items()}
         identity = {
             "name": photon_cls.photon_name(),
             "entry": f"{source.relative_to(root).as_posix()}:{photon_cls.__name__}",
