@@ -13,19 +13,25 @@
 3. The cheapest handler (the text photon's `stats`: count the words of a short text), 16 clients:
    Fermion direct and through its gateway, Ray Serve through its proxy. Goals: gateway >= 0.95x
    direct, and its added p50 at 1 client <= 0.4 ms.
+4. Batching: the MiniLM embedder (examples/embedder, one text per request) at 64 clients, Fermion
+   direct and through its gateway, against Ray Serve's @serve.batch with the photon's batch
+   options and model code, through its proxy (default) and in its throughput mode
+   (RAY_SERVE_THROUGHPUT_OPTIMIZED=1: requests straight to the replica, no proxy; its GC frozen at
+   start). Goal: Fermion's p99 <= Ray throughput mode's at equal or better throughput.
 
 Fairness: each system runs alone (the other one stopped: Ray's idle processes take CPU), in
 sessions taken in turn (F R R F); Ray's `max_ongoing_requests` is set above the load (64 for 16
 clients); access logs are off on both sides (Fermion's gateway and replicas log no access lines);
-both run one replica on this machine's cores. Needs Ray Serve: `pip install -c constraints.txt "ray[serve]==2.60.0"`
-(skipped with a message otherwise). Batching tails (the MiniLM embedder at 64 clients against
-Ray's throughput mode) are not in this script yet.
+both run one replica on this machine's cores, torch with the same threads (OMP_NUM_THREADS, set
+for both); the batch handler runs off the event loop on both (a worker thread). Needs Ray Serve:
+`pip install -c constraints.txt "ray[serve]==2.60.0"` (skipped with a message otherwise).
 
-Usage: python benchmarks/vs_ray.py [--duration 8] [--sessions 2] [--repeats 2]"""
+Usage: python benchmarks/vs_ray.py [--duration 8] [--sessions 2] [--repeats 2] [--part all|serving|batching]"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sqlite3
@@ -42,6 +48,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.batching import SENTENCES  # noqa: E402
 from fermion.photon import REPLICA_AUTH_HEADER  # noqa: E402
 from fermion.testing import LoadResult, closed_loop, fermion_cmd, running_server  # noqa: E402
 
@@ -51,6 +58,14 @@ CLOUDS = "clouds:\n  - name: local\n    warm_pool: 1\n"
 SERVER = "server (gateway)"
 PAUSE_S = 3.0  # between two deploys, on both systems: time for Fermion's pool to refill (it waits 2 s)
 BODY = {"text": "request through the platform to the handler", "min_length": 2}
+EMBEDDER_DIR = ROOT / "examples" / "embedder"
+EMBEDDER_PHOTON = f"{EMBEDDER_DIR / 'photon.py'}:Embedder"
+BATCH_CLIENTS = 64
+TORCH_THREADS = str(os.cpu_count() or 1)  # torch's own default here, set explicitly for both systems
+
+
+def embed_body(i: int) -> dict:
+    return {"texts": [f"{SENTENCES[i % 4]} (request {i})"]}
 
 
 def word_stats(text: str, min_length: int = 1) -> dict:
@@ -159,19 +174,36 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per load run")
     parser.add_argument("--sessions", type=int, default=2, help="sessions of each system, in turn: F R R F ...")
     parser.add_argument("--repeats", type=int, default=2, help="cold starts and wakes per session")
+    parser.add_argument("--batch-duration", type=float, default=12.0, help="seconds per batching load run")
+    parser.add_argument("--part", choices=("all", "serving", "batching"), default="all",
+                        help="serving: parts 1-3; batching: part 4")
+    parser.add_argument("--ray-batching", choices=("default", "throughput"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = TORCH_THREADS  # inherited by Fermion's replicas and Ray's workers
+    if args.ray_batching:  # a child process: one Ray batching session, its result as JSON
+        print(json.dumps(ray_batching_child(args.ray_batching, args.batch_duration).__dict__))
+        return
     try:
         import ray
         import ray.serve  # noqa: F401
     except ImportError as exc:
         print(f"vs_ray: Ray Serve is not installed ({exc}); pip install -c constraints.txt 'ray[serve]==2.60.0'")
         return
-    results: dict[str, list[Session]] = {"fermion": [], "ray": []}
     order = [("fermion", "ray"), ("ray", "fermion")]
-    for i in range(args.sessions):
-        for system in order[i % 2]:
-            results[system].append(fermion_session(args) if system == "fermion" else ray_session(args))
-    report(results, args)
+    if args.part in ("all", "serving"):
+        results: dict[str, list[Session]] = {"fermion": [], "ray": []}
+        for i in range(args.sessions):
+            for system in order[i % 2]:
+                results[system].append(fermion_session(args) if system == "fermion" else ray_session(args))
+        report(results, args)
+    if args.part in ("all", "batching"):
+        batching: dict[str, list[LoadResult]] = {}
+        for i in range(args.sessions):
+            for system in order[i % 2]:
+                runs = fermion_batching(args) if system == "fermion" else ray_batching(args)
+                for label, result in runs.items():
+                    batching.setdefault(label, []).append(result)
+        report_batching(batching, args)
     print(f"Ray {ray.__version__}; {os.cpu_count()} cores shared by the load client, the platform and the replica; "
           f"each system ran alone ({args.sessions} sessions each, in turn), the other one stopped")
 
@@ -275,6 +307,112 @@ def ray_session(args: argparse.Namespace) -> Session:
     finally:
         ray_serve.stop()
     return out
+
+
+def fermion_batching(args: argparse.Namespace) -> dict[str, LoadResult]:
+    """The embedder deployed on a running server: 64 clients direct, then through the gateway."""
+    with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp) / "home") as server:
+        subprocess.run(fermion_cmd("deploy", EMBEDDER_PHOTON, "--name", "embed", "--public"), env=server.env,
+                       check=True, capture_output=True)
+        replica = server.deployment("embed")["replica_list"][0]
+        with sqlite3.connect(server.home / "fermion.db") as db:
+            url, secret = db.execute("SELECT url, auth_secret FROM replicas WHERE id = ?", (replica["id"],)).fetchone()
+        targets = {"fermion direct": (f"{url}/embed", {REPLICA_AUTH_HEADER.decode(): secret}),
+                   "fermion gateway": (f"{server.url}/d/embed/embed", {})}
+        return {label: closed_loop(target, embed_body, concurrency=BATCH_CLIENTS, duration_s=args.batch_duration,
+                                   warmup_s=2.0, headers=headers)
+                for label, (target, headers) in targets.items()}
+
+
+def ray_batching(args: argparse.Namespace) -> dict[str, LoadResult]:
+    """Ray Serve's default, then its throughput mode, each in a process of its own (Serve reads its
+    mode from the environment when its modules load)."""
+    out = {}
+    for mode, label in (("default", "ray serve proxy"), ("throughput", "ray throughput mode")):
+        env = dict(os.environ)
+        if mode == "throughput":
+            env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+        child = subprocess.run([sys.executable, __file__, "--ray-batching", mode,
+                                "--batch-duration", str(args.batch_duration)],
+                               env=env, capture_output=True, text=True, timeout=900)
+        if child.returncode != 0:
+            raise RuntimeError(f"the Ray {mode} session failed:\n{child.stderr[-3000:]}")
+        out[label] = LoadResult(**json.loads(child.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def ray_batching_child(mode: str, duration: float) -> LoadResult:
+    import ray
+    from ray import serve
+
+    ingress = free_port()  # throughput mode: the replica serves HTTP itself, from the first free port here
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(ingress)
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(ingress + 200)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"enable_access_log": False, "log_level": "WARNING"})
+    sys.path.insert(0, str(EMBEDDER_DIR))
+    from photon import Embedder
+
+    options = Embedder.handlers()["embed"][0].batch  # the photon's own batch options, for Ray too
+    embedder_dir, threads = str(EMBEDDER_DIR), int(TORCH_THREADS)
+
+    @serve.deployment(max_ongoing_requests=2 * BATCH_CLIENTS, logging_config={"enable_access_log": False})
+    class Embed:
+        def __init__(self) -> None:
+            sys.path.insert(0, embedder_dir)
+            import torch
+            from photon import Embedder
+
+            torch.set_num_threads(threads)
+            self.model = Embedder()
+            self.model.init()
+
+        @serve.batch(max_batch_size=options.max_size, batch_wait_timeout_s=options.max_wait_ms / 1000)
+        async def embed(self, texts: list[str]) -> list[list[float]]:
+            import asyncio
+
+            return await asyncio.to_thread(self.model.encode, texts)  # off the event loop, as Fermion runs it
+
+        async def __call__(self, request) -> list[list[float]]:  # noqa: ANN001 - Starlette's request
+            import asyncio
+
+            return list(await asyncio.gather(*(self.embed(t) for t in (await request.json())["texts"])))
+
+    try:
+        serve.run(Embed.bind(), name="embed", route_prefix="/embed")
+        candidates = [port] if mode == "default" else range(ingress, ingress + 200)
+        url = next(u for u in (f"http://127.0.0.1:{p}/embed" for p in candidates) if _answers(u))
+        return closed_loop(url, embed_body, concurrency=BATCH_CLIENTS, duration_s=duration, warmup_s=2.0)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.post(url, json=embed_body(0), timeout=30).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def report_batching(runs: dict[str, list[LoadResult]], args: argparse.Namespace) -> None:
+    print()
+    print(f"batching: the MiniLM embedder, {BATCH_CLIENTS} clients, 1 text per request, {args.batch_duration:g} s "
+          f"per run, torch threads {TORCH_THREADS}, the median of {args.sessions} sessions")
+    med = {}
+    for label, results in runs.items():
+        ordered = sorted(results, key=lambda r: r.p99)
+        med[label] = ordered[(len(ordered) - 1) // 2]
+        print(line(label, med[label]))
+    ray_tp = med["ray throughput mode"]
+    for label in ("fermion direct", "fermion gateway"):
+        r = med[label]
+        print(f"  {label} / ray throughput mode: throughput {r.throughput / ray_tp.throughput:.2f}x, "
+              f"p99 {r.p99 / ray_tp.p99:.2f}x (goal: p99 <= 1.0x at throughput >= 1.0x)")
+    print(f"  fermion gateway / ray serve proxy: throughput {med['fermion gateway'].throughput / med['ray serve proxy'].throughput:.2f}x, "
+          f"p99 {med['fermion gateway'].p99 / med['ray serve proxy'].p99:.2f}x")
 
 
 def report(results: dict[str, list[Session]], args: argparse.Namespace) -> None:

@@ -202,6 +202,20 @@ def test_an_answer_nobody_asked_for_is_never_handed_out() -> None:
     assert answers == [f"/n{i}" for i in range(20)]
 
 
+def test_a_replica_over_its_latency_target_is_retried_and_its_reason_reaches_the_caller() -> None:
+    # a batched handler's max_latency_ms refusal: the handler did not run, so the gateway may try
+    # again (here the only replica, after a pause), and in the end answers 503, not 502, with why
+    body = b'{"error": {"type": "BatchOverloaded", "message": "over capacity: past max_latency_ms of 300"}}'
+    refusal = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: "
+               + str(len(body)).encode() + b"\r\n\r\n" + body)
+    replica = ScriptedReplica(lambda seen: refusal)
+    with gateway_before(replica) as url, httpx.Client(base_url=url) as http:
+        r = http.post("/d/pub/embed", json={"texts": ["a"]})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert "replica r1: over capacity: past max_latency_ms of 300" in r.json()["error"]["message"]
+    assert len(replica.seen) > 1  # tried again before giving up
+
+
 def test_fermion_credentials_never_reach_the_replica_and_the_replica_secret_does() -> None:
     replica = ScriptedReplica(echo_path)
     with gateway_before(replica) as url, httpx.Client(base_url=url) as http:

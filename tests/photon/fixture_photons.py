@@ -98,3 +98,12 @@ class Snoop(Photon):
         for i in range(0, len(block), 4096):  # touch every page so it is really resident
             block[i] = 1
         return len(block)
+
+
+class LatencyBound(Photon):
+    """A batched handler whose batches cost 100 ms, with a 300 ms latency target."""
+
+    @handler(batch={"max_size": 4, "max_wait_ms": 1, "max_latency_ms": 300})
+    def work(self, items: list[float]) -> list[float]:
+        time.sleep(0.1)
+        return items

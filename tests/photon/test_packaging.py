@@ -36,7 +36,7 @@ def test_build_writes_manifest_and_sources_only(tmp_path: Path) -> None:
     assert manifest["entry"] == "photon.py:TextTools"
     assert manifest["resources"] == {"cpus": 0.25, "memory_gb": 0.25}
     assert set(manifest["handlers"]) >= {"upper", "stats", "repeat", "count", "reverse_bytes"}
-    assert manifest["handlers"]["upper"]["batch"] == {"max_size": 16, "max_wait_ms": 20.0}
+    assert manifest["handlers"]["upper"]["batch"] == {"max_size": 16, "max_wait_ms": 20.0, "max_latency_ms": None}
     assert manifest["handlers"]["count"]["stream"] is True
     assert manifest["handlers"]["stats"]["request_schema"]
     assert len(manifest["sha256"]) == 64

@@ -30,7 +30,7 @@ def test_openapi_describes_each_handler(text_photon: Served) -> None:
     spec = httpx.get(f"{text_photon.url}/openapi.json").json()
     upper = spec["paths"]["/upper"]["post"]
     assert upper["operationId"] == "upper"
-    assert upper["x-fermion-batch"] == {"max_size": 16, "max_wait_ms": 20.0}
+    assert upper["x-fermion-batch"] == {"max_size": 16, "max_wait_ms": 20.0}  # unset options are left out
     assert spec["paths"]["/repeat"]["get"]["parameters"][0]["name"] == "text"
     assert spec["paths"]["/count"]["post"]["x-fermion-stream"] is True
     schema_ref = upper["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
@@ -119,6 +119,7 @@ def test_handler_timeout_is_504_and_counted(client: Client, text_photon: Served)
 def test_metrics_report_requests_latency_in_flight_and_batches(client: Client, text_photon: Served) -> None:
     for _ in range(3):
         client.stats(text="a b")
+    client.upper(["a"])
     metrics = httpx.get(f"{text_photon.url}/metrics").text
     assert 'fermion_requests_total{handler="stats",status="200"}' in metrics
     count_line = next(
@@ -127,6 +128,12 @@ def test_metrics_report_requests_latency_in_flight_and_batches(client: Client, t
     assert float(count_line.split()[-1]) >= 3
     assert 'fermion_requests_in_flight{handler="stats"} 0.0' in metrics
     assert 'fermion_batch_size_bucket{handler="upper",le="16.0"}' in metrics
+    # each batch's wait and run time, and the cost fit its waits follow (upper has run by now)
+    assert 'fermion_batch_wait_seconds_count{handler="upper"}' in metrics
+    assert 'fermion_batch_seconds_count{handler="upper"}' in metrics
+    fit = {term: float(line.split()[-1]) for line in metrics.splitlines() for term in ("per_item", "fixed")
+           if line.startswith(f'fermion_batch_cost_seconds{{handler="upper",term="{term}"}}')}
+    assert len(fit) == 2 and sum(fit.values()) > 0, fit
 
 
 def test_health_reports_ready(client: Client) -> None:

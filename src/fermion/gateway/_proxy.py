@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import math
 import random
 import time
@@ -97,6 +98,14 @@ async def _reply(send: Send, status: int, message: str, kind: str, retry_after: 
     if status in (408, 413):  # the rest of the body is still on the connection: never read it as a request
         headers.append((b"connection", b"close"))
     await send_error(send, status, message, kind, headers)
+
+
+def _error_message(body: bytes) -> str:
+    """The message of a replica's JSON error answer (see fermion.errors.error_body)."""
+    try:
+        return shorten(str(json.loads(body)["error"]["message"]), 300)
+    except (ValueError, KeyError, TypeError):
+        return "not ready"
 
 
 def _side(canary: tuple[int, int], headers: list[tuple[bytes, bytes]]) -> int:
@@ -293,6 +302,7 @@ class Gateway:
         last_error = "no replica answered"
         side = _side(route.canary, headers) if route.canary is not None else None
         endpoint = None
+        kind = ""
         for attempt in range(MAX_ATTEMPTS):
             # re-read the route: the controller may have published replacements since the last try
             current = self.table.get(deployment) or route
@@ -318,13 +328,18 @@ class Gateway:
                 may_resend = False  # a request that may have run is re-sent at most once
             elif kind == "unsafe":
                 return await _reply(send, 400, last_error, "BadRequest")
-            elif kind != "connect":
+            elif kind not in ("connect", "busy"):
                 break
             if attempt + 1 < MAX_ATTEMPTS:
                 self.metrics.retries.labels(deployment, kind).inc()
-        self.metrics.requests.labels(deployment, "-", "502").inc()
+        # every replica tried said it could not take the request now: the deployment is busy, not broken
+        busy = kind == "busy"
+        self.metrics.requests.labels(deployment, "-", "503" if busy else "502").inc()
         if endpoint is not None and route.canary is not None:
             self.traffic.add(deployment, endpoint.generation, time.perf_counter() - start, error=True)
+        if busy:
+            return await _reply(send, 503, f"deployment {deployment!r}: {last_error}", "ServiceUnavailable",
+                                retry_after=1)
         return await _reply(send, 502, f"deployment {deployment!r}: {last_error}", "BadGateway")
 
     async def _attempt(
@@ -357,8 +372,8 @@ class Gateway:
                 return "timeout", f"replica {endpoint.replica_id} did not answer within {UPSTREAM_TIMEOUT_S:g}s"
             try:
                 if response.status == 503 and (response.header(b"content-type") or b"").startswith(b"application/json"):
-                    await response.body()  # initializing or draining: the handler did not run
-                    return "connect", f"replica {endpoint.replica_id} is not ready"
+                    # initializing, draining or over its batch latency target: the handler did not run
+                    return "busy", f"replica {endpoint.replica_id}: {_error_message(await response.body())}"
                 version = [(b"x-fermion-version", str(endpoint.generation).encode())] if record else None
                 await self._relay(send, response, head_only=method == "HEAD", extra=version)
             except UpstreamBrokenError:

@@ -16,11 +16,15 @@ HANDLER_ATTR = "__fermion_handler__"
 
 
 class BatchOptions(BaseModel):
-    """Adaptive batching: gather concurrent calls into one call of up to ``max_size`` items."""
+    """Adaptive batching: gather concurrent calls into one call of up to ``max_size`` items,
+    waiting at most ``max_wait_ms`` for more. With ``max_latency_ms``, a call that would be
+    answered later than that (by the fitted cost of the batches ahead of it) is refused at
+    once with 503, which the gateway retries on another replica."""
 
     model_config = ConfigDict(extra="forbid")
     max_size: int = Field(32, ge=1, le=100_000)
     max_wait_ms: float = Field(5.0, ge=0, le=60_000)
+    max_latency_ms: float | None = Field(None, gt=0, le=3_600_000)
 
 
 class HandlerOptions(BaseModel):

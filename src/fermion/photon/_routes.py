@@ -81,11 +81,13 @@ class HandlerRoute:
         )
         self.batcher: Batcher | None = None
         if opts.batch is not None:
+            max_latency = opts.batch.max_latency_ms
             self.batcher = Batcher(
                 self._call_batch,
                 max_size=opts.batch.max_size,
                 max_wait_s=opts.batch.max_wait_ms / 1000,
-                on_batch=runtime.metrics.batch_size.labels(self.name).observe,
+                max_latency_s=max_latency / 1000 if max_latency is not None else None,
+                on_batch=self._record_batch,
             )
 
     # -- calling the user's code ---------------------------------------------------------
@@ -97,6 +99,15 @@ class HandlerRoute:
             limiter=self.runtime.limiter,
             abandon_on_cancel=True,
         )
+
+    def _record_batch(self, size: int, waited_s: float, ran_s: float) -> None:
+        metrics = self.runtime.metrics
+        metrics.batch_size.labels(self.name).observe(size)
+        metrics.batch_wait.labels(self.name).observe(waited_s)
+        metrics.batch_seconds.labels(self.name).observe(ran_s)
+        assert self.batcher is not None
+        metrics.batch_cost.labels(self.name, "per_item").set(self.batcher.cost.per_item)
+        metrics.batch_cost.labels(self.name, "fixed").set(self.batcher.cost.fixed)
 
     async def _call_batch(self, items: list[Any]) -> list[Any]:
         return await self._invoke(items)
