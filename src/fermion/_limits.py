@@ -136,16 +136,52 @@ def limit_bodies(app: ASGIApp, *, limit: int = API_MAX_BODY, upload_limit: int =
     return guarded
 
 
+class CoalescingTransport:
+    """A transport whose writes of one turn of the event loop leave as one send. uvicorn writes a
+    response's head and its body apart: two syscalls and two TCP segments for every small answer
+    (a fifth of a gateway's CPU per proxied request), and two reads for whoever receives it."""
+
+    __slots__ = ("_transport", "_loop", "_pending")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()  # what was written goes out before the connection closes
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline on request heads. uvicorn cancels its
-    keep-alive timer on any byte, so without this a client that sends a header line every few
-    seconds holds a connection open for ever."""
+    """uvicorn's httptools protocol with a deadline on request heads, and writes coalesced (see
+    ``CoalescingTransport``). uvicorn cancels its keep-alive timer on any byte, so without the
+    deadline a client that sends a header line every few seconds holds a connection open for ever."""
 
     header_timeout_s = HEADER_TIMEOUT_S
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         if self._head_deadline is None and (self.cycle is None or self.cycle.response_complete):

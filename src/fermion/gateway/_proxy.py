@@ -15,7 +15,7 @@ import random
 import time
 import zlib
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -89,6 +89,16 @@ class GatewayMetrics:
             "fermion_gateway_held_refused", "Held requests refused: 429 past the queue limit, 503 past its timeout.",
             ["deployment", "status"], registry=registry,
         )
+        # the children of the per-request series, by label values: labels() validates and locks
+        # on every call, a few µs each on the hot path
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def child(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
+        key = (id(metric), *values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
 
 async def _reply(send: Send, status: int, message: str, kind: str, retry_after: int | None = None) -> None:
@@ -320,7 +330,7 @@ class Gateway:
             kind, last_error = await self._attempt(send, method, endpoint, deployment, target, forward_headers, body,
                                                    record=current.canary is not None)
             if kind == "done":
-                self.metrics.latency.labels(deployment).observe(time.perf_counter() - start)
+                self.metrics.child(self.metrics.latency, deployment).observe(time.perf_counter() - start)
                 return None
             if kind == "midflight":
                 if not may_resend:
@@ -334,7 +344,7 @@ class Gateway:
                 self.metrics.retries.labels(deployment, kind).inc()
         # every replica tried said it could not take the request now: the deployment is busy, not broken
         busy = kind == "busy"
-        self.metrics.requests.labels(deployment, "-", "503" if busy else "502").inc()
+        self.metrics.child(self.metrics.requests, deployment, "-", "503" if busy else "502").inc()
         if endpoint is not None and route.canary is not None:
             self.traffic.add(deployment, endpoint.generation, time.perf_counter() - start, error=True)
         if busy:
@@ -347,11 +357,10 @@ class Gateway:
         headers: list[tuple[bytes, bytes]], body: bytes, record: bool = False,
     ) -> tuple[str, str]:
         """Forward once. ("done", "") once the client has its answer, else (failure kind, message)."""
-        url = urlsplit(endpoint.url)
-        host, port = url.hostname or "127.0.0.1", url.port or 80
+        host, port = endpoint.host, endpoint.port
         endpoint.in_flight += 1
         started = time.perf_counter()
-        gauge = self.metrics.in_flight.labels(deployment, endpoint.replica_id)
+        gauge = self.metrics.child(self.metrics.in_flight, deployment, endpoint.replica_id)
         gauge.inc()
         try:
             if endpoint.secret:
@@ -398,7 +407,7 @@ class Gateway:
                 self.traffic.add(deployment, endpoint.generation, elapsed_ms / 1000, error=response.status >= 500)
             prev = endpoint.latency_ewma_ms
             endpoint.latency_ewma_ms = elapsed_ms if prev is None else 0.9 * prev + 0.1 * elapsed_ms
-            self.metrics.requests.labels(deployment, endpoint.replica_id, str(response.status)).inc()
+            self.metrics.child(self.metrics.requests, deployment, endpoint.replica_id, str(response.status)).inc()
             return "done", ""
         finally:
             endpoint.in_flight -= 1

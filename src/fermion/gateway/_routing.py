@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 
 ERROR_WEIGHT = 0.02  # of each request in an endpoint's failure rate (about the last 50 count)
@@ -25,6 +26,13 @@ class Endpoint:
     latency_ewma_ms: float | None = None  # of successful answers, seen from the gateway
     generation: int = 0  # the deployment's version this replica runs
     error_ewma: float = 0.0  # share of recent requests that failed (5xx, refused or broken), seen from the gateway
+    # where to connect, parsed once rather than per request
+    host: str = field(init=False, repr=False, compare=False)
+    port: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
 
     def outcome(self, failed: bool) -> None:
         self.error_ewma += ERROR_WEIGHT * ((1.0 if failed else 0.0) - self.error_ewma)

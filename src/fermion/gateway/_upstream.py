@@ -155,6 +155,11 @@ class _Connection(asyncio.Protocol):
         return self.response
 
 
+def _time_out(head: asyncio.Future[None]) -> None:
+    if not head.done():
+        head.set_exception(TimeoutError())
+
+
 class UpstreamPool:
     """Idle keep-alive connections per replica address."""
 
@@ -194,14 +199,16 @@ class UpstreamPool:
         data = b"\r\n".join(lines) + b"\r\n\r\n" + body
         conn, _reused = await self._acquire(host, port)
         response = conn.send(data, head_only=method == "HEAD")
+        # one timer on the head's future: asyncio.wait_for(shield(...)) costs two futures, a task
+        # switch and its own timer on every request
+        timer = asyncio.get_running_loop().call_later(timeout_s, _time_out, response.head)
         try:
-            await asyncio.wait_for(asyncio.shield(response.head), timeout_s)
-        except UpstreamBrokenError:
+            await response.head
+        except BaseException:  # broken, timed out, or the caller gone: the connection is no one's now
             conn.transport.close()  # type: ignore[union-attr]
             raise
-        except TimeoutError:
-            conn.transport.close()  # type: ignore[union-attr]
-            raise
+        finally:
+            timer.cancel()
         return response, conn
 
     def release(self, host: str, port: int, conn: _Connection) -> None:
