@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,10 +16,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# make demo KEEP=1 keeps the demo's server (and its dashboard) up until Ctrl-C
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python examples/demo.py
+	HF_HUB_OFFLINE=1 FERMION_DEMO_KEEP=$(KEEP) $(BIN)/python examples/demo.py
 
-test: $(STAMP)
+# the dashboard's tests drive a real browser: Debian's Chromium, installed when missing
+browser:
+	command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)

@@ -11,8 +11,10 @@
    text photon, min 0 replicas) and on Ray Serve (the same handler, autoscaling from 0). Goal:
    Fermion <= 0.5 s.
 3. The cheapest handler (the text photon's `stats`: count the words of a short text), 16 clients:
-   Fermion direct and through its gateway, Ray Serve through its proxy. Goals: gateway >= 0.95x
-   direct, and its added p50 at 1 client <= 0.4 ms.
+   Fermion direct, through the server's gateway, through a gateway process (`fermion gateway
+   start`: the data plane alone) and through one of 2 workers (as many as cores) on one port;
+   Ray Serve through its proxy. Goals: gateway >= 0.95x direct, and its added p50 at 1 client
+   <= 0.4 ms. The CPU each process spends per request says where the limit is.
 4. Batching: the MiniLM embedder (examples/embedder, one text per request) at 64 clients, Fermion
    direct and through its gateway, against Ray Serve's @serve.batch with the photon's batch
    options and model code, through its proxy (default) and in its throughput mode
@@ -50,12 +52,14 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.batching import SENTENCES  # noqa: E402
 from fermion.photon import REPLICA_AUTH_HEADER  # noqa: E402
-from fermion.testing import LoadResult, closed_loop, fermion_cmd, running_server  # noqa: E402
+from fermion.testing import LoadResult, closed_loop, fermion_cmd, running_server, start_gateway, stop  # noqa: E402
 
 TEXT_PHOTON = f"{ROOT / 'examples' / 'text' / 'photon.py'}:TextTools"
 # one spare replica process kept started (Ray keeps worker processes started too)
 CLOUDS = "clouds:\n  - name: local\n    warm_pool: 1\n"
 SERVER = "server (gateway)"
+GATEWAY_PROCESS = "gateway process"
+GATEWAY_WORKERS = "gateway, 2 workers"
 PAUSE_S = 3.0  # between two deploys, on both systems: time for Fermion's pool to refill (it waits 2 s)
 BODY = {"text": "request through the platform to the handler", "min_length": 2}
 EMBEDDER_DIR = ROOT / "examples" / "embedder"
@@ -282,9 +286,18 @@ def fermion_session(args: argparse.Namespace) -> Session:
         replica = server.deployment("stats")["replica_list"][0]
         with sqlite3.connect(server.home / "fermion.db") as db:  # the replica's address and the gateway's secret
             url, secret = db.execute("SELECT url, auth_secret FROM replicas WHERE id = ?", (replica["id"],)).fetchone()
-        load_runs(out, {"fermion direct": (f"{url}/stats", {REPLICA_AUTH_HEADER.decode(): secret}),
-                        "fermion gateway": (f"{server.url}/d/stats/stats", {})}, args.duration,
-                  watch={SERVER: server.proc.pid, "replica": server.pid(replica["id"])})
+        # gateway processes apart from the server (the data plane alone): one, and two workers on one port
+        gateways = {n: start_gateway(Path(tmp) / f"gw{n}", [server.url], server.token, workers=n) for n in (1, 2)}
+        try:
+            load_runs(out, {"fermion direct": (f"{url}/stats", {REPLICA_AUTH_HEADER.decode(): secret}),
+                            "fermion gateway": (f"{server.url}/d/stats/stats", {}),
+                            GATEWAY_PROCESS: (f"{gateways[1].url}/d/stats/stats", {}),
+                            GATEWAY_WORKERS: (f"{gateways[2].url}/d/stats/stats", {})}, args.duration,
+                      watch={SERVER: server.proc.pid, "replica": server.pid(replica["id"]),
+                             GATEWAY_PROCESS: gateways[1].proc.pid, GATEWAY_WORKERS: gateways[2].proc.pid})
+        finally:
+            for gateway in gateways.values():
+                stop(gateway.proc)
     return out
 
 
@@ -441,11 +454,14 @@ def report(results: dict[str, list[Session]], args: argparse.Namespace) -> None:
                       key=lambda r: r.throughput)
         med[key] = runs[(len(runs) - 1) // 2]
         print(line(f"{key[0]}, {key[1]} client(s)", med[key]))
-    d16, g16, r16 = (med[(k, 16)] for k in ("fermion direct", "fermion gateway", "ray serve proxy"))
-    d1, g1, r1 = (med[(k, 1)] for k in ("fermion direct", "fermion gateway", "ray serve proxy"))
-    print(f"  gateway / direct at 16 clients: {g16.throughput / d16.throughput:.2f} (goal >= 0.95); "
-          f"gateway / ray proxy: {g16.throughput / r16.throughput:.2f}")
-    print(f"  gateway's added p50 at 1 client: {g1.p50 - d1.p50:.2f} ms (goal <= 0.4); ray proxy p50 {r1.p50:.2f} ms")
+    d16, r16, d1, r1 = med[("fermion direct", 16)], med[("ray serve proxy", 16)], med[("fermion direct", 1)], \
+        med[("ray serve proxy", 1)]
+    for path in ("fermion gateway", GATEWAY_PROCESS, GATEWAY_WORKERS):
+        g16, g1 = med[(path, 16)], med[(path, 1)]
+        print(f"  {path}: / direct at 16 clients {g16.throughput / d16.throughput:.2f} (goal >= 0.95), "
+              f"/ ray proxy {g16.throughput / r16.throughput:.2f}; added p50 at 1 client {g1.p50 - d1.p50:.2f} ms "
+              f"(goal <= 0.4)")
+    print(f"  ray proxy p50 at 1 client {r1.p50:.2f} ms")
     cpu: dict[tuple[str, str], list[float]] = {}
     for session in results["fermion"]:
         for key, us in session.cpu_us.items():

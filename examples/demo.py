@@ -210,6 +210,7 @@ def platform_demo(work: Path) -> None:
         dataset_demo(server, stores)
         finetune_demo(server)
         compress_demo(server)
+        dashboard_demo(server)
 
 
 def autoscale_demo(server) -> None:  # noqa: ANN001
@@ -314,6 +315,25 @@ def finetune_demo(server) -> None:  # noqa: ANN001
         table.add_row(text, answer["label"], f"{answer['probabilities'][answer['label']]:.2f}")
     console.print(table)
 
+
+
+def dashboard_demo(server) -> None:  # noqa: ANN001
+    step("19. the dashboard: the clouds, deployments and events of this run, live in a browser")
+    with server.api() as api:
+        overview = api.get("/overview").json()
+    console.print(f"{len(overview['deployments'])} deployments, {sum(c['replicas'] for c in overview['clouds'])} "
+                  f"replicas, running cost ${overview['cost_per_hour']:.4f}/h; needs attention: "
+                  f"{'; '.join(overview['attention']) or 'nothing'}")
+    console.print(f"open [bold]{server.url}/ui[/] and log in with the token [bold]{server.token}[/]")
+    if os.environ.get("FERMION_DEMO_KEEP"):
+        console.print("the server stays up until Ctrl-C")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    else:
+        console.print("(make demo KEEP=1 keeps the server up to look at it)")
 
 
 def compress_demo(server) -> None:  # noqa: ANN001

@@ -154,6 +154,8 @@ def policy(w: World) -> list[Rule]:
         Rule("DELETE", "/deployments/web", "editor", setup=w.deployment),
         Rule("GET", "/replicas", "viewer", listing=True),
         Rule("GET", "/events", "viewer", listing=True),
+        Rule("GET", "/overview", "any"),  # what the token may see: checked in tests/ui
+        Rule("GET", "/stream?limit_s=0.2", "any"),
         Rule("GET", "/jobs", "viewer", listing=True),
         Rule("POST", "/jobs", "editor", body=lambda: {"name": f"j{time.monotonic_ns()}", "command": ["true"],
                                                        "project": "ml", "resources": {"cpus": 0.25, "memory_gb": 0.25}}),

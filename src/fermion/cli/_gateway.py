@@ -25,6 +25,11 @@ def start(
         help="Keep the last routing table in this file (mode 0600: it holds replica secrets), so that a "
              "gateway restarted while every server is down still serves.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
+    workers: Annotated[int, typer.Option(
+        min=1, max=256, help="Gateway processes sharing the port (SO_REUSEPORT), each following the table; "
+                             "one Python process proxies on one core. A dead one is restarted.")] = 1,
+    reuse_port: Annotated[bool, typer.Option(
+        help="Share the port with other gateway processes started with it (SO_REUSEPORT).")] = False,
 ) -> None:
     """Serve /d/<deployment>/… in the foreground, following the routing table of the servers.
 
@@ -32,6 +37,8 @@ def start(
 
     Serves from the last table it received while the servers are down or restarting.
     """
+    if workers > 1:
+        raise typer.Exit(_supervise(workers, server, host, port, port_file, state, log_level))
     import logging
 
     import uvicorn
@@ -69,7 +76,7 @@ def start(
         if feed.load_state():
             print(f"fermion: gateway: {len(table.routes())} routes from {state}", file=sys.stderr, flush=True)
     try:
-        sock = bind_socket(host, port)
+        sock = bind_socket(host, port, reuse_port=reuse_port)
     except OSError as exc:
         raise UserInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                              hint="pick another --port, or 0 for a free one") from None
@@ -82,3 +89,74 @@ def start(
     config = uvicorn.Config(standalone_app(gateway, feed, registry, reporter), loop="uvloop", http=BoundedHttpToolsProtocol,
                             log_level=log_level, access_log=False, timeout_graceful_shutdown=10)
     DrainingServer(config).run(sockets=[sock])
+
+
+def _supervise(workers: int, servers: list[str] | None, host: str, port: int, port_file: Path | None,
+               state: Path | None, log_level: str) -> int:
+    """Run ``workers`` gateway processes on one port and keep them running until SIGTERM/SIGINT."""
+    import signal
+    import subprocess
+    import tempfile
+    import time
+
+    from ..photon.runtime import bind_socket, write_port_file
+
+    try:  # held, never listening, for the life of the group: the port stays ours while workers restart
+        holder = bind_socket(host, port, reuse_port=True, listen=False)
+    except OSError as exc:
+        raise UserInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                             hint="pick another --port, or 0 for a free one") from None
+    port = holder.getsockname()[1]
+    ready_dir = Path(tempfile.mkdtemp(prefix="fermion-gateway-"))
+    base = [sys.executable, "-m", "fermion", "gateway", "start", "--host", host, "--port", str(port),
+            "--reuse-port", "--log-level", log_level]
+    for url in servers or []:
+        base += ["--server", url]
+    if state is not None:
+        base += ["--state", str(state)]
+    stopping = False
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def spawn(i: int) -> subprocess.Popen[bytes]:
+        ready = ready_dir / f"worker-{i}"
+        ready.unlink(missing_ok=True)
+        return subprocess.Popen([*base, "--port-file", str(ready)])
+
+    procs = [spawn(i) for i in range(workers)]
+    try:
+        deadline = time.monotonic() + 120
+        while not all((ready_dir / f"worker-{i}").exists() for i in range(workers)):
+            if stopping or any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+                print("fermion: gateway: a worker did not start", file=sys.stderr, flush=True)
+                return 1
+            time.sleep(0.05)
+        if port_file:
+            write_port_file(port_file, port)
+        print(f"fermion: {workers} gateway workers on http://{host}:{port}", file=sys.stderr, flush=True)
+        while not stopping:
+            for i, proc in enumerate(procs):
+                if proc.poll() is not None and not stopping:
+                    print(f"fermion: gateway worker {proc.pid} exited ({proc.returncode}); starting another",
+                          file=sys.stderr, flush=True)
+                    procs[i] = spawn(i)
+            time.sleep(0.2)
+        return 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        holder.close()
+        for ready in ready_dir.iterdir():
+            ready.unlink()
+        ready_dir.rmdir()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -47,7 +48,8 @@ def standalone_app(gateway: Gateway, feed: TableFeed, registry: CollectorRegistr
             return
         path = scope["path"]
         if path == "/healthz":
-            body = json.dumps({"status": "ok", **feed.health()}).encode()
+            # the pid tells apart the workers of a gateway sharing one port
+            body = json.dumps({"status": "ok", "pid": os.getpid(), **feed.health()}).encode()
             return await _send(send, 200, body, b"application/json")
         if path == "/metrics":
             if not gateway.admin_request(scope["headers"]):

@@ -24,9 +24,10 @@ class GatewayProc:
 
 
 def start_gateway(workdir: Path, servers: list[str], token: str, *, state: Path | None = None,
-                  timeout: float = 60) -> GatewayProc:
-    """`fermion gateway start` on a free loopback port following ``servers``; returns once it has
-    a routing table (from a server, or from ``state`` when no server answers)."""
+                  workers: int = 1, timeout: float = 60) -> GatewayProc:
+    """`fermion gateway start` on a free loopback port following ``servers`` (``workers``
+    processes on it); returns once it has a routing table (from a server, or from ``state``
+    when no server answers)."""
     workdir.mkdir(parents=True, exist_ok=True)
     stamp = time.monotonic_ns()
     port_file, log = workdir / f"gateway-{stamp}.port", workdir / f"gateway-{stamp}.log"
@@ -35,6 +36,8 @@ def start_gateway(workdir: Path, servers: list[str], token: str, *, state: Path 
         args += ["--server", server]
     if state is not None:
         args += ["--state", str(state)]
+    if workers > 1:
+        args += ["--workers", str(workers)]
     env = {**os.environ, "FERMION_HOME": str(workdir / "gateway-home"), "FERMION_TOKEN": token,
            "FERMION_URL": servers[0]}
     with log.open("wb") as out:

@@ -1,0 +1,53 @@
+"""Take the dashboard screenshots in docs/: a server with a few deployments on three clouds, one
+cloud failed, each page in headless Chromium. Usage: python docs/screenshots.py"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+from fermion.testing import running_server  # noqa: E402
+from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON  # noqa: E402
+from tests.ui.test_dashboard import CHROMIUM_ARGS, chromium_path  # noqa: E402
+
+CLOUDS = """clouds:
+  - name: aws-us-east-1
+    pricing: {catalog: aws, instance_type: c3.xlarge}
+  - name: gcp-us-central1
+    pricing: {catalog: gcp, instance_type: n2-standard-4}
+  - name: azure-eastus
+    pricing: {catalog: azure, instance_type: Standard_D4s_v5}
+"""
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp) / "home", CLOUDS) as server:
+        server.cli("deploy", TEXT_PHOTON, "--name", "text", "--public", "--replicas", "2")
+        server.cli("deploy", f"{FIXTURE_PHOTONS}:Versioned", "--name", "versioned", "--public", "--replicas", "3",
+                   "--env", "VERSION=1")
+        server.cli("cloud", "fail", "azure-eastus")
+        time.sleep(3)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.goto(f"{server.url}/ui")
+            page.fill("#token", server.token)
+            page.click("#login button[type=submit]")
+            for view in ("overview", "deployments", "events"):
+                page.click(f"#nav a[data-view={view}]")
+                page.wait_for_selector(f"#nav a.active[data-view={view}]")
+                page.wait_for_timeout(500)
+                page.screenshot(path=str(ROOT / "docs" / f"dashboard-{view}.png"), full_page=view != "events")
+            browser.close()
+    print("wrote docs/dashboard-{overview,deployments,events}.png")
+
+
+if __name__ == "__main__":
+    main()

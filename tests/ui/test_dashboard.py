@@ -1,0 +1,143 @@
+"""The web dashboard in a real browser: headless Chromium (Debian's, installed by `make test`)
+driven by Playwright, against a real server on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from fermion.testing import ServerProc, running_server
+from tests.support import FIXTURE_PHOTONS
+
+CLOUDS = """clouds:
+  - name: alpha
+    pricing: {catalog: aws, instance_type: c3.xlarge}
+  - name: beta
+    pricing: {price_per_hour: 0.25, spot_price_per_hour: 0.08}
+"""
+# as the machine's own probe starts it: no sandbox as root, and nothing that reaches for the network
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:  # never a silent skip: the dashboard would go untested
+        pytest.fail("Chromium is not installed: `make test` installs Debian's package "
+                    "(apt-get install chromium), or install it yourself")
+    return found
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    with running_server(tmp_path_factory.mktemp("ui") / "home", CLOUDS) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context()
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def log_in(page: Page, server: ServerProc, token: str | None = None) -> None:
+    page.goto(f"{server.url}/ui")
+    page.fill("#token", token or server.token)
+    page.click("#login button[type=submit]")
+
+
+def test_login_and_a_wrong_token_is_refused(page: Page, server: ServerProc) -> None:
+    log_in(page, server, "fma_not-a-real-token")
+    expect(page.locator("#login-error")).to_contain_text("refused")
+    expect(page.locator("#view")).to_be_hidden()
+    log_in(page, server)
+    expect(page.locator("#view h1")).to_have_text("Overview")
+    expect(page.locator("#clouds [data-cloud]")).to_have_count(2)
+    expect(page.locator("#who")).to_contain_text("server admin")
+    # the running cost on the page is the API's
+    total = httpx.get(f"{server.url}/api/v1/overview", headers={"Authorization": f"Bearer {server.token}"}).json()
+    expect(page.locator("#total-cost")).to_have_text(f"${total['cost_per_hour']:.{4 if total['cost_per_hour'] < 1 else 2}f}/h")
+    # the page holds no data of its own and runs only its own files
+    html = httpx.get(f"{server.url}/ui")
+    assert "default-src 'self'" in html.headers["content-security-policy"] and server.token not in html.text
+    assert httpx.get(f"{server.url}/ui/static/../../../etc/passwd").status_code == 404
+
+
+def test_a_deployment_from_the_cli_appears_and_a_killed_replica_changes_live(page: Page, server: ServerProc) -> None:
+    log_in(page, server)
+    page.click("#nav a[data-view=deployments]")
+    expect(page.locator("#view h1")).to_have_text("Deployments")
+    page.evaluate("window.__same_page = true")  # gone if the page reloads
+    server.cli("deploy", f"{FIXTURE_PHOTONS}:Versioned", "--name", "shown", "--public", "--env", "VERSION=one")
+    card = page.locator("[data-deployment=shown]")
+    expect(card).to_be_visible(timeout=30_000)
+    expect(card.locator(".badge.READY[data-replica]")).to_have_count(1, timeout=30_000)
+    replica = server.deployment("shown")["replica_list"][0]["id"]
+    os.kill(server.pid(replica), signal.SIGKILL)
+    # the controller sees it die and replaces it: the page follows without a reload
+    expect(card.locator(f'[data-replica="{replica}"]')).to_have_count(0, timeout=30_000)
+    expect(card.locator(".badge.READY[data-replica]")).to_have_count(1, timeout=60_000)
+    expect(card).to_contain_text("exited with code 137")  # why, from the deployment's last error
+    page.click("#nav a[data-view=events]")
+    expect(page.locator("#event-log")).to_contain_text(replica)
+    assert page.evaluate("window.__same_page") is True
+
+
+def test_the_overview_shows_only_what_the_token_may_see(page: Page, server: ServerProc) -> None:
+    server.cli("project", "create", "ours")
+    server.cli("deploy", f"{FIXTURE_PHOTONS}:Versioned", "--name", "ourdep", "--project", "ours", "--public",
+               "--replicas", "0")
+    token = json.loads(server.cli("token", "create", "peek", "--project", "ours", "--role", "viewer",
+                                  "--json").stdout)["token"]
+    overview = httpx.get(f"{server.url}/api/v1/overview", headers={"Authorization": f"Bearer {token}"}).json()
+    assert [d["name"] for d in overview["deployments"]] == ["ourdep"]
+    log_in(page, server, token)
+    page.click("#nav a[data-view=deployments]")
+    expect(page.locator("[data-deployment=ourdep]")).to_be_visible()
+    expect(page.locator("[data-deployment]")).to_have_count(1)  # not the default project's
+
+
+def test_the_stream_pushes_each_new_event_to_whoever_may_see_it(server: ServerProc) -> None:
+    server.cli("project", "create", "theirs")
+    token = json.loads(server.cli("token", "create", "narrow", "--project", "theirs", "--role", "viewer",
+                                  "--json").stdout)["token"]
+    got: dict[str, list[dict]] = {"admin": [], "narrow": []}
+
+    def follow(name: str, bearer: str) -> None:
+        with httpx.stream("GET", f"{server.url}/api/v1/stream", params={"limit_s": 8},
+                          headers={"Authorization": f"Bearer {bearer}"}, timeout=20) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    got[name].append(json.loads(line.removeprefix("data: ")))
+
+    readers = [threading.Thread(target=follow, args=args) for args in (("admin", server.token), ("narrow", token))]
+    for t in readers:
+        t.start()
+    time.sleep(1.5)  # both streams are open
+    server.cli("deploy", f"{FIXTURE_PHOTONS}:Versioned", "--name", "unseen", "--public", "--replicas", "0")
+    for t in readers:
+        t.join(30)
+    assert "unseen" in {e["object_id"] for e in got["admin"] if e["kind"] == "deployment"}
+    assert "unseen" not in {e["object_id"] for e in got["narrow"]}  # another project's
+    assert httpx.get(f"{server.url}/api/v1/stream", params={"limit_s": 1}).status_code == 401
