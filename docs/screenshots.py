@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -28,24 +31,39 @@ CLOUDS = """clouds:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp) / "home", CLOUDS) as server:
+    with tempfile.TemporaryDirectory() as tmp, \
+            running_server(Path(tmp) / "home", CLOUDS, env={"FERMION_SCRAPE_S": "1"}) as server:
         server.cli("deploy", TEXT_PHOTON, "--name", "text", "--public", "--replicas", "2")
         server.cli("deploy", f"{FIXTURE_PHOTONS}:Versioned", "--name", "versioned", "--public", "--replicas", "3",
                    "--env", "VERSION=1")
         server.cli("cloud", "fail", "azure-eastus")
-        time.sleep(3)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 860})
-            page.goto(f"{server.url}/ui")
-            page.fill("#token", server.token)
-            page.click("#login button[type=submit]")
-            for view in ("overview", "deployments", "events"):
-                page.click(f"#nav a[data-view={view}]")
-                page.wait_for_selector(f"#nav a.active[data-view={view}]")
-                page.wait_for_timeout(500)
-                page.screenshot(path=str(ROOT / "docs" / f"dashboard-{view}.png"), full_page=view != "events")
-            browser.close()
+        stop = threading.Event()
+
+        def traffic() -> None:  # for the charts, until the last screenshot
+            with httpx.Client(base_url=server.url, timeout=10) as http:
+                while not stop.is_set():
+                    http.post("/d/text/stats", json={"text": "a few words of traffic"})
+                    http.post("/d/versioned/version")
+
+        sender = threading.Thread(target=traffic, daemon=True)
+        sender.start()
+        try:
+            time.sleep(12)
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 1280, "height": 860})
+                page.goto(f"{server.url}/ui")
+                page.fill("#token", server.token)
+                page.click("#login button[type=submit]")
+                for view in ("overview", "deployments", "events"):
+                    page.click(f"#nav a[data-view={view}]")
+                    page.wait_for_selector(f"#nav a.active[data-view={view}]")
+                    page.wait_for_timeout(500)
+                    page.screenshot(path=str(ROOT / "docs" / f"dashboard-{view}.png"), full_page=view != "events")
+                browser.close()
+        finally:
+            stop.set()
+            sender.join(15)
     print("wrote docs/dashboard-{overview,deployments,events}.png")
 
 

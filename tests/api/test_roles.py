@@ -151,10 +151,12 @@ def policy(w: World) -> list[Rule]:
         Rule("POST", "/deployments/web/promote", "editor"),  # allowed callers get a 409: no canary under way
         Rule("POST", "/deployments/web/rollback", "editor"),
         Rule("GET", "/deployments/web/logs", "viewer"),
+        Rule("GET", "/deployments/web/series", "viewer"),
         Rule("DELETE", "/deployments/web", "editor", setup=w.deployment),
         Rule("GET", "/replicas", "viewer", listing=True),
         Rule("GET", "/events", "viewer", listing=True),
         Rule("GET", "/overview", "any"),  # what the token may see: checked in tests/ui
+        Rule("GET", "/series", "any"),
         Rule("GET", "/stream?limit_s=0.2", "any"),
         Rule("GET", "/jobs", "viewer", listing=True),
         Rule("POST", "/jobs", "editor", body=lambda: {"name": f"j{time.monotonic_ns()}", "command": ["true"],

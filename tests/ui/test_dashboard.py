@@ -10,7 +10,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -40,7 +39,8 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
-    with running_server(tmp_path_factory.mktemp("ui") / "home", CLOUDS) as server:
+    # replicas scraped every second, not 10: the charts have points within the test
+    with running_server(tmp_path_factory.mktemp("ui") / "home", CLOUDS, env={"FERMION_SCRAPE_S": "1"}) as server:
         yield server
 
 
@@ -141,3 +141,27 @@ def test_the_stream_pushes_each_new_event_to_whoever_may_see_it(server: ServerPr
     assert "unseen" in {e["object_id"] for e in got["admin"] if e["kind"] == "deployment"}
     assert "unseen" not in {e["object_id"] for e in got["narrow"]}  # another project's
     assert httpx.get(f"{server.url}/api/v1/stream", params={"limit_s": 1}).status_code == 401
+
+
+def test_traffic_shows_as_charts_and_in_the_servers_metrics(page: Page, server: ServerProc) -> None:
+    server.cli("deploy", f"{FIXTURE_PHOTONS}:Versioned", "--name", "busy", "--public", "--env", "VERSION=b")
+    admin = {"Authorization": f"Bearer {server.token}"}
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        deadline = time.monotonic() + 60
+        while True:  # traffic until two scrapes have seen it
+            for _ in range(20):
+                assert http.post("/d/busy/version").status_code == 200
+            points = http.get("/api/v1/deployments/busy/series", headers=admin).json()
+            if len(points) > 1 and any(p["qps"] > 0 and p["p50_ms"] for p in points):
+                break
+            assert time.monotonic() < deadline, points
+        busy = next(p for p in points if p["qps"] > 0)
+        assert 0 < busy["p50_ms"] <= busy["p99_ms"] < 1000 and busy["errors"] == 0
+        assert [k.split("/")[1] for k in busy["by_version"]] == ["v1"]
+        metrics = http.get("/metrics", headers=admin).text
+    assert 'fermion_deployment_requests_per_second{cloud="' in metrics and 'deployment="busy"' in metrics
+    log_in(page, server)
+    page.click("#nav a[data-view=deployments]")
+    card = page.locator("[data-deployment=busy]")
+    expect(card.locator("[data-chart=qps] polyline")).to_have_count(1)
+    expect(card.locator("[data-chart=p50_ms] polyline")).to_have_count(2)  # p50 and p99

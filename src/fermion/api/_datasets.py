@@ -134,7 +134,7 @@ def _resolve(s: Session, row: DatasetRow, ref: str | None) -> DatasetVersionRow:
     if ref in (None, "", "latest"):
         found = _latest(s, row.name)
         if found is None:
-            raise NotFoundError(f"dataset {row.name} has no version yet", hint=f"`fermion dataset push {row.name} PATH`")
+            raise ConflictError(f"dataset {row.name} has no version yet", hint=f"`fermion dataset push {row.name} PATH`")
         return found
     assert ref is not None
     if m := re.fullmatch(r"v?([0-9]{1,9})", ref):
@@ -543,7 +543,7 @@ def sync_dataset(request: Request, name: str, spec: SyncSpec) -> StreamingRespon
     if spec.to not in p.reachable_stores():
         raise ConflictError(f"cloud {spec.to} is down, and its store with it", hint="sync once it has recovered")
     if not digests:
-        raise NotFoundError(f"dataset {name} has no version yet", hint=f"`fermion dataset push {name} PATH`")
+        raise ConflictError(f"dataset {name} has no version yet", hint=f"`fermion dataset push {name} PATH`")
     up = p.reachable_stores()
     order = [c for c in dict.fromkeys([spec.source, row.home_cloud, *up]) if c in up and c != spec.to]
     sources = [_view(p, row, c) for c in order]

@@ -27,7 +27,15 @@ from ..clouds import CloudConfig
 from ..config import stores_root
 from ..config import workloads_root as default_workloads_root
 from ..data import ObjectStore, StoreConfig, open_store
-from ..control import DeploymentController, JobController, Leadership, Scheduler, stop_on_retired_clouds, stop_orphans
+from ..control import (
+    DeploymentController,
+    JobController,
+    Leadership,
+    Scheduler,
+    Telemetry,
+    stop_on_retired_clouds,
+    stop_orphans,
+)
 from ..errors import ConflictError, FermionError, UserInputError
 from ..gateway import LOAD_STALE_S, Endpoint, Gateway, LoadBoard, RoutingTable, add_loads
 from ..photon.runtime import error_response, validation_error_response
@@ -146,6 +154,8 @@ class Platform:
                                                fetch_archive=self.fetch_archive, load=self.load,
                                                registry=self.registry, traffic=self.gateway.traffic)
         self.gateway.on_queue = lambda _deployment: self.controller.nudge()
+        self.telemetry = Telemetry(self.table)  # what the replicas serve over time: the dashboard's charts
+        self.registry.register(self.telemetry.collector())
         self.jobs = JobController(self.store, self.scheduler, self.controller, owner=f"{server_id}/jobs",
                                   on_success=lambda s, job: on_job_success(self, s, job),
                                   attempt_env=self.attempt_env, data_moves=lambda pinned: data_moves(self, pinned))
@@ -289,8 +299,10 @@ class Platform:
     def start(self) -> None:
         """Lead (run the loops, settled once) or follow (route from the store) before serving."""
         self.leadership.start()
+        self.telemetry.start()
 
     def stop(self) -> None:
+        self.telemetry.stop()
         self.leadership.stop()
         for backend in self.clouds.values():
             backend.close()

@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from ..errors import NotFoundError
 from ..store import TERMINAL_STATES, CloudRow, DeploymentRow, EventRow, ReplicaRow
 from ._auth import caller, require_token
-from ._routes import _visible_events, platform
+from ._routes import _get_deployment, _visible_events, platform
 from ._schemas import ERROR_RESPONSES, EventOut
 
 if TYPE_CHECKING:
@@ -153,6 +153,26 @@ def overview(request: Request) -> Overview:
     """The clouds with their health, capacity in use and running cost, the deployments, and recent
     events: what the caller's token may see, in one call (the dashboard's first page)."""
     return _overview(platform(request), caller(request))
+
+
+@router.get("/deployments/{name}/series")
+def deployment_series(request: Request, name: str,
+                      since_s: float | None = Query(None, gt=0, le=86_400)) -> list[dict[str, Any]]:
+    """What the deployment's replicas served over time, a point per scrape (every 10 s, 24 h kept):
+    requests and 5xx answers per second, p50 and p99 latency in ms, and the same per cloud/version."""
+    p = platform(request)
+    with p.store.session() as s:
+        _get_deployment(s, name, caller(request))
+    return p.telemetry.series(name, since_s)
+
+
+@router.get("/series")
+def all_series(request: Request, since_s: float | None = Query(3600, gt=0, le=86_400)) -> dict[str, list[dict[str, Any]]]:
+    """The series of every deployment the caller may see (see ``/deployments/{name}/series``)."""
+    p, me = platform(request), caller(request)
+    with p.store.session() as s:
+        names = [d.name for d in s.scalars(select(DeploymentRow)).all() if d.status != "DELETING" and me.visible(d.project)]
+    return {name: p.telemetry.series(name, since_s) for name in sorted(names)}
 
 
 def _events_after(p: Platform, me: Principal, after: int) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from ._planner import (
     plan_job,
 )
 from ._scheduler import Need, Scheduler
+from ._telemetry import Telemetry
 
 __all__ = [
     "TRANSITIONS",
@@ -36,6 +37,7 @@ __all__ = [
     "ReplicaChange",
     "ReplicaView",
     "Scheduler",
+    "Telemetry",
     "plan_deployment",
     "plan_job",
     "promote",

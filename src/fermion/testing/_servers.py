@@ -233,9 +233,10 @@ def kill_workloads(root: Path) -> int:
 
 
 @contextmanager
-def running_server(home: Path, clouds_yaml: str | None = None) -> Iterator[ServerProc]:
-    """A server for the ``with`` block; afterwards it is stopped and every workload it started killed."""
-    server = start_server(home, clouds_yaml)
+def running_server(home: Path, clouds_yaml: str | None = None, *, env: dict[str, str] | None = None) -> Iterator[ServerProc]:
+    """A server for the ``with`` block (``env`` added to its environment); afterwards it is stopped
+    and every workload it started killed."""
+    server = start_server(home, clouds_yaml, env=env)
     try:
         yield server
     finally:

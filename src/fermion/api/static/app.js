@@ -66,10 +66,10 @@ const views = {
   },
 
   async deployments() {
-    const list = await api("/deployments");
-    const cost = Object.fromEntries((await api("/overview")).deployments.map((d) => [d.name, d.cost_per_hour]));
+    const [list, overview, series] = await Promise.all([api("/deployments"), api("/overview"), api("/series?since_s=3600")]);
+    const cost = Object.fromEntries(overview.deployments.map((d) => [d.name, d.cost_per_hour]));
     if (!list.length) return [el("h1", {}, "Deployments"), el("p", { class: "muted" }, "No deployments yet: fermion deploy PHOTON --name NAME")];
-    return [el("h1", {}, "Deployments"), list.map((d) => deploymentCard(d, cost[d.name] || 0))];
+    return [el("h1", {}, "Deployments"), list.map((d) => deploymentCard(d, cost[d.name] || 0, series[d.name] || []))];
   },
 
   async events() {
@@ -78,7 +78,32 @@ const views = {
   },
 };
 
-function deploymentCard(d, costPerHour) {
+// a line chart of points[key] (and points[key2], dashed) over time, as inline SVG
+function chart(points, title, key, unit, key2 = null) {
+  const W = 260, H = 64, svgNS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(svgNS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("class", "chart");
+  const values = points.flatMap((p) => [p[key], key2 ? p[key2] : null]).filter((v) => v !== null && v !== undefined);
+  const top = Math.max(...values, 1e-9);
+  const t0 = points.length ? points[0].at : 0, t1 = points.length ? points[points.length - 1].at : 1;
+  const line = (k, cls) => {
+    const pts = points.filter((p) => p[k] !== null && p[k] !== undefined)
+      .map((p) => `${(((p.at - t0) / Math.max(t1 - t0, 1)) * (W - 2) + 1).toFixed(1)},${(H - 2 - (p[k] / top) * (H - 6)).toFixed(1)}`);
+    const poly = document.createElementNS(svgNS, "polyline");
+    poly.setAttribute("points", pts.join(" "));
+    poly.setAttribute("class", cls);
+    svg.append(poly);
+  };
+  line(key, "series");
+  if (key2) line(key2, "series second");
+  const last = points.length ? points[points.length - 1] : null;
+  const now = last && last[key] !== null ? `${last[key]}${unit}` : "–";
+  const now2 = key2 && last && last[key2] !== null ? ` / ${last[key2]}${unit}` : "";
+  return el("figure", { class: "figure", "data-chart": key }, el("figcaption", {}, `${title} `, el("strong", {}, now + now2)), svg);
+}
+
+function deploymentCard(d, costPerHour, points = []) {
   const byCloud = {};
   for (const r of d.replica_list) (byCloud[r.cloud || "unplaced"] ||= []).push(r);
   const rows = Object.entries(byCloud).sort().map(([cloud, replicas]) => el("tr", {},
@@ -95,6 +120,10 @@ function deploymentCard(d, costPerHour) {
     d.canary ? el("div", {}, `canary v${d.canary.generation}: ${d.canary.ready}/${d.canary.replicas} ready, ${d.canary.weight}% of traffic`) : null,
     d.autoscale ? el("div", { class: "muted" }, `autoscaling ${d.autoscale.min}–${d.autoscale.max} replicas`) : null,
     placement ? el("div", { class: "muted" }, `placement: ${placement}`) : null,
+    points.length > 1
+      ? el("div", { class: "charts" }, chart(points, "requests/s", "qps", ""), chart(points, "p50 / p99", "p50_ms", " ms", "p99_ms"),
+        chart(points, "errors/s", "errors", ""))
+      : el("div", { class: "muted charts-pending" }, "traffic charts appear after two scrapes of its replicas (every 10 s)"),
     el("table", { class: "replicas" }, el("tr", {}, el("th", {}, "cloud"), el("th", {}, "replicas")), rows));
 }
 
