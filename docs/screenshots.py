@@ -17,8 +17,7 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from fermion.testing import running_server  # noqa: E402
-from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON  # noqa: E402
-from tests.ui.test_dashboard import CHROMIUM_ARGS, chromium_path  # noqa: E402
+from tests.support import CHROMIUM_ARGS, FIXTURE_PHOTONS, TEXT_PHOTON, chromium_path  # noqa: E402
 
 CLOUDS = """clouds:
   - name: aws-us-east-1
@@ -36,6 +35,12 @@ def main() -> None:
         server.cli("deploy", TEXT_PHOTON, "--name", "text", "--public", "--replicas", "2")
         server.cli("deploy", f"{FIXTURE_PHOTONS}:Versioned", "--name", "versioned", "--public", "--replicas", "3",
                    "--env", "VERSION=1")
+        tickets = ROOT / "examples" / "data" / "tickets"
+        server.cli("dataset", "create", "tickets", str(tickets), "--cloud", "aws-us-east-1")
+        server.cli("dataset", "sync", "tickets", "--to", "gcp-us-central1")
+        server.cli("finetune", "--name", "tickets", "--data", str(tickets / "train.csv"), "--eval-data",
+                   str(tickets / "eval.csv"), "--epochs", "3", "--batch-size", "16", "--lr", "3e-3", "--timeout", "600")
+        server.cli("deploy", "--model", "tickets:1", "--name", "support-router", "--public")
         server.cli("cloud", "fail", "azure-eastus")
         stop = threading.Event()
 
@@ -55,7 +60,7 @@ def main() -> None:
                 page.goto(f"{server.url}/ui")
                 page.fill("#token", server.token)
                 page.click("#login button[type=submit]")
-                for view in ("overview", "deployments", "events"):
+                for view in ("overview", "deployments", "jobs", "models", "datasets", "cost", "events"):
                     page.click(f"#nav a[data-view={view}]")
                     page.wait_for_selector(f"#nav a.active[data-view={view}]")
                     page.wait_for_timeout(500)
@@ -64,7 +69,7 @@ def main() -> None:
         finally:
             stop.set()
             sender.join(15)
-    print("wrote docs/dashboard-{overview,deployments,events}.png")
+    print("wrote docs/dashboard-*.png")
 
 
 if __name__ == "__main__":

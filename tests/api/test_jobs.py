@@ -11,9 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from fermion.testing import ServerProc, running_server
-from tests.support import EXAMPLES
+from tests.support import EXAMPLES, dashboard
 
 CLOUDS = """
 clouds:
@@ -164,3 +165,13 @@ def test_finetune_job_registers_a_model_that_serves(server: ServerProc, tmp_path
     assert f"model {digest} (6 files" in next(iter(logs(server, "tickets-more").values()))
     second = json.loads(server.cli("model", "show", "tickets:2", "--json").stdout)
     assert second["lineage"]["base_model"] == "tickets:1" and second["lineage"]["base_model_digest"].startswith(digest)
+
+    # the dashboard draws it: the data → the job → tickets:1 → served by the deployment, and the
+    # fine-tune that started from it → tickets:2
+    with dashboard(server.url, server.token, "models") as page:
+        data = f"data:{lineage['train_sha256']}"
+        for node in (data, "job:tickets", "model:tickets:1", "deployment:tickets", "job:tickets-more", "model:tickets:2"):
+            expect(page.locator(f'[data-node="{node}"]')).to_be_visible()
+        for edge in (f"{data}>job:tickets", "job:tickets>model:tickets:1", "model:tickets:1>deployment:tickets",
+                     "model:tickets:1>job:tickets-more", "job:tickets-more>model:tickets:2"):
+            expect(page.locator(f'[data-edge="{edge}"]')).to_have_count(1)

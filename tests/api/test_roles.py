@@ -157,6 +157,8 @@ def policy(w: World) -> list[Rule]:
         Rule("GET", "/events", "viewer", listing=True),
         Rule("GET", "/overview", "any"),  # what the token may see: checked in tests/ui
         Rule("GET", "/series", "any"),
+        Rule("GET", "/lineage", "any"),
+        Rule("GET", "/costs", "any"),
         Rule("GET", "/stream?limit_s=0.2", "any"),
         Rule("GET", "/jobs", "viewer", listing=True),
         Rule("POST", "/jobs", "editor", body=lambda: {"name": f"j{time.monotonic_ns()}", "command": ["true"],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -16,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from fermion.testing import ServerProc, running_server
-from tests.support import FIXTURE_PHOTONS
+from tests.support import CHROMIUM_ARGS, FIXTURE_PHOTONS, chromium_path
 
 CLOUDS = """clouds:
   - name: alpha
@@ -24,17 +23,6 @@ CLOUDS = """clouds:
   - name: beta
     pricing: {price_per_hour: 0.25, spot_price_per_hour: 0.08}
 """
-# as the machine's own probe starts it: no sandbox as root, and nothing that reaches for the network
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
-def chromium_path() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:  # never a silent skip: the dashboard would go untested
-        pytest.fail("Chromium is not installed: `make test` installs Debian's package "
-                    "(apt-get install chromium), or install it yourself")
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +153,43 @@ def test_traffic_shows_as_charts_and_in_the_servers_metrics(page: Page, server: 
     card = page.locator("[data-deployment=busy]")
     expect(card.locator("[data-chart=qps] polyline")).to_have_count(1)
     expect(card.locator("[data-chart=p50_ms] polyline")).to_have_count(2)  # p50 and p99
+
+
+# a job that reports a training curve the way a training loop does: lines in its metrics.jsonl
+CURVE_JOB = """
+import json, os
+with open(os.path.join(os.environ["FERMION_JOB_OUTPUT"], "metrics.jsonl"), "a") as f:
+    for step in range(1, 6):
+        f.write(json.dumps({"step": step * 10, "epoch": step, "train_loss": 2.0 / step}) + "\\n")
+        f.write(json.dumps({"step": step * 10, "epoch": step, "eval_loss": 2.2 / step, "eval_accuracy": 0.5 + step / 12}) + "\\n")
+"""
+
+
+def test_the_job_page_shows_attempts_and_the_training_curve(page: Page, server: ServerProc) -> None:
+    server.cli("job", "run", "--name", "curve", "--follow", "--timeout", "120", "--", "python", "-c", CURVE_JOB)
+    log_in(page, server)
+    page.click("#nav a[data-view=jobs]")
+    card = page.locator("[data-job=curve]")
+    expect(card.locator(".badge.SUCCEEDED").first).to_be_visible()
+    expect(card.locator("[data-attempt='1']")).to_be_visible()  # its attempt on the timeline
+    for key in ("train_loss", "eval_loss", "eval_accuracy"):
+        expect(card.locator(f"[data-curve] [data-chart={key}] polyline")).to_have_count(1)
+    points = card.locator("[data-chart=eval_accuracy] polyline").get_attribute("points")
+    assert len(points.split()) == 5  # one per epoch
+    card.locator("button", has_text="logs").click()
+    expect(card.locator("pre.logs")).to_contain_text("attempt 1")
+
+
+def test_the_cost_page_adds_up_to_what_the_api_says(page: Page, server: ServerProc) -> None:
+    admin = {"Authorization": f"Bearer {server.token}"}
+    before = httpx.get(f"{server.url}/api/v1/costs", headers=admin).json()
+    assert before["total"] > 0 and sum(before["by_cloud"].values()) == pytest.approx(before["total"], abs=1e-5)
+    assert sum(before["by_deployment"].values()) + sum(before["by_job"].values()) == pytest.approx(
+        before["total"], abs=1e-5)
+    assert before["series"][-1]["by_cloud"] == pytest.approx(before["by_cloud"], abs=1e-4)
+    log_in(page, server)
+    page.click("#nav a[data-view=cost]")
+    shown = float(page.locator("#cost-total").inner_text().removeprefix("$"))
+    after = httpx.get(f"{server.url}/api/v1/costs", headers=admin).json()
+    # spend only grows while replicas run: what the page showed lies between the two answers
+    assert round(before["total"], 4) <= shown <= round(after["total"], 4) + 1e-4

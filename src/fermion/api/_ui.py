@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from ..errors import NotFoundError
-from ..store import TERMINAL_STATES, CloudRow, DeploymentRow, EventRow, ReplicaRow
+from ..store import TERMINAL_STATES, AttemptRow, CloudRow, DeploymentRow, EventRow, JobRow, ModelVersionRow, ReplicaRow
 from ._auth import caller, require_token
 from ._routes import _get_deployment, _visible_events, platform
 from ._schemas import ERROR_RESPONSES, EventOut
@@ -173,6 +173,100 @@ def all_series(request: Request, since_s: float | None = Query(3600, gt=0, le=86
     with p.store.session() as s:
         names = [d.name for d in s.scalars(select(DeploymentRow)).all() if d.status != "DELETING" and me.visible(d.project)]
     return {name: p.telemetry.series(name, since_s) for name in sorted(names)}
+
+
+@router.get("/lineage")
+def lineage(request: Request) -> dict[str, list[dict[str, str]]]:
+    """The registry as a graph: data and datasets → the jobs that trained on them → the model
+    versions they made → the variants compressed from those → the deployments serving each. Nodes
+    have an id, a kind (data, dataset, base, job, model, deployment) and a label; edges join ids."""
+    from .. import registry
+    from ..security import env_purpose
+
+    p, me = platform(request), caller(request)
+    nodes: dict[str, dict[str, str]] = {}
+    edges: list[dict[str, str]] = []
+
+    def node(kind: str, key: str, label: str) -> str:
+        nid = f"{kind}:{key}"
+        nodes.setdefault(nid, {"id": nid, "kind": kind, "label": label})
+        return nid
+
+    with p.store.session() as s:
+        rows = [r for r in s.scalars(select(ModelVersionRow).order_by(ModelVersionRow.name, ModelVersionRow.version))
+                if me.visible(r.project)]
+        for r in rows:
+            model = node("model", f"{r.name}:{r.version}", f"{r.name}:{r.version}" + (f" ({r.stage})" if r.stage else ""))
+            lin = r.lineage or {}
+            maker = node("job", str(lin["job"]), f"job {lin['job']}") if lin.get("job") else model
+            if maker != model:
+                edges.append({"from": maker, "to": model})
+            inputs = [node("dataset", f"{d['name']}:{d['version']}", f"dataset {d['name']} v{d['version']}")
+                      for d in lin.get("datasets") or []]
+            if not inputs and lin.get("train_sha256"):
+                inputs.append(node("data", str(lin["train_sha256"]), f"data {str(lin['train_sha256'])[:12]}"))
+            base = lin.get("base_model")
+            if base:
+                inputs.append(node("model", base, base) if ":" in str(base) and "/" not in str(base)
+                              else node("base", str(base), f"base {str(base).rstrip('/').rsplit('/', 1)[-1]}"))
+            if lin.get("parent"):
+                method = lin.get("method") or "variant"
+                edges.append({"from": node("model", lin["parent"], lin["parent"]), "to": model, "label": str(method)})
+            edges.extend({"from": i, "to": maker} for i in inputs)
+            for d in registry.served_by(s, r, lambda d: p.secrets.open_env(
+                    s, d.env, env_purpose("deployment", d.name), missing_ok=True, project=d.project)):
+                edges.append({"from": model, "to": node("deployment", d, f"deployment {d}")})
+    return {"nodes": list(nodes.values()), "edges": edges}
+
+
+@router.get("/costs")
+def costs(request: Request, window_s: float = Query(86_400, gt=0, le=30 * 86_400),
+          points: int = Query(48, ge=2, le=1000)) -> dict[str, Any]:
+    """Spend over the last ``window_s``, from each cloud's catalog price and how long each replica
+    and job attempt ran there (a replica from its creation to its end, an attempt from its start
+    to its end): totals per cloud, deployment and job, the cumulative spend per cloud at
+    ``points`` times from the first spend in the window to now, and the rate now. What the
+    caller may see only."""
+    p, me = platform(request), caller(request)
+    now = time.time()
+    start = now - window_s
+    spans: list[tuple[str, str, str, float, float, float]] = []  # (kind, name, cloud, from, to, $/h)
+    with p.store.session() as s:
+        deployments = {d.name for d in s.scalars(select(DeploymentRow)).all() if me.visible(d.project)}
+        for r in s.scalars(select(ReplicaRow).where(ReplicaRow.cloud.is_not(None))):
+            if r.deployment in deployments and r.cloud in p.clouds:
+                end = r.state_since if r.state in TERMINAL_STATES else now
+                spans.append(("deployment", r.deployment, r.cloud, r.created_at, end, _price(p, r.cloud, r.spot)))
+        jobs = {j.name for j in s.scalars(select(JobRow)).all() if me.visible(j.project)}
+        for a in s.scalars(select(AttemptRow).where(AttemptRow.started_at.is_not(None))):
+            if a.job in jobs and a.cloud in p.clouds:
+                spans.append(("job", a.job, a.cloud, a.started_at, a.ended_at or now, _price(p, a.cloud, a.spot)))
+
+    def spent(upto: float) -> dict[tuple[str, str, str], float]:
+        out: dict[tuple[str, str, str], float] = {}
+        for kind, name, cloud, t0, t1, rate in spans:
+            seconds = min(t1, upto) - max(t0, start)
+            if seconds > 0:
+                out[(kind, name, cloud)] = out.get((kind, name, cloud), 0.0) + rate * seconds / 3600
+        return out
+
+    total = spent(now)
+    by: dict[str, dict[str, float]] = {"cloud": {}, "deployment": {}, "job": {}}
+    for (kind, name, cloud), dollars in total.items():
+        by["cloud"][cloud] = by["cloud"].get(cloud, 0.0) + dollars
+        by[kind][name] = by[kind].get(name, 0.0) + dollars
+    series = []
+    first = max(start, min((t0 for *_, t0, _, _ in spans), default=now))  # from the first spend, not an empty day
+    for i in range(points):
+        at = first + (now - first) * (i + 1) / points
+        cumulative: dict[str, float] = {}
+        for (_, _, cloud), dollars in spent(at).items():
+            cumulative[cloud] = cumulative.get(cloud, 0.0) + dollars
+        series.append({"at": round(at, 3), "by_cloud": {c: round(v, 6) for c, v in sorted(cumulative.items())}})
+    rounded = {k: {n: round(v, 6) for n, v in sorted(d.items())} for k, d in by.items()}
+    return {"window_s": window_s, "total": round(sum(total.values()), 6), "by_cloud": rounded["cloud"],
+            "by_deployment": rounded["deployment"], "by_job": rounded["job"], "series": series,
+            "per_hour_now": round(sum(rate for *_, t1, rate in spans if t1 >= now), 6)}
 
 
 def _events_after(p: Platform, me: Principal, after: int) -> list[dict[str, Any]]:

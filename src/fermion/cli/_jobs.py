@@ -227,11 +227,16 @@ def _show_job(job: dict[str, Any]) -> None:
     print_table("attempts", ["#", "cloud", "state", "exit", "reason"],
                 [(a["number"], a["cloud"], a["state"], a["exit_code"], a["reason"]) for a in job["attempts"]])
     # per epoch, the last word: an attempt resumed from a checkpoint before an epoch's end evaluates it again
-    evals = list({m["epoch"]: m for m in job["metrics"] if "eval_accuracy" in m}.values())
+    # (a job's own metrics.jsonl may hold any of these, or none: a missing one shows as "-")
+    evals = list({m.get("epoch"): m for m in job["metrics"] if "eval_accuracy" in m}.values())
     if evals:
         print_table("training curve (per epoch)", ["epoch", "step", "eval loss", "accuracy", "macro F1"],
-                    [(m["epoch"], m["step"], f"{m['eval_loss']:.4f}", f"{m['eval_accuracy']:.3f}",
-                      f"{m['eval_macro_f1']:.3f}") for m in evals])
+                    [(m.get("epoch", "-"), m.get("step", "-"), _number(m.get("eval_loss"), 4),
+                      _number(m.get("eval_accuracy"), 3), _number(m.get("eval_macro_f1"), 3)) for m in evals])
+
+
+def _number(value: object, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
 
 
 @job_app.command("list")

@@ -94,21 +94,27 @@ def promote(s: Session, store: Store, ref: str, stage: str) -> ModelVersionRow:
     return row
 
 
-def delete(s: Session, store: Store, ref: str, env_of: Callable[[DeploymentRow], dict[str, str]]) -> None:
-    """Delete a version, unless a deployment serves it (``env_of`` gives a deployment's opened env)
-    or an unfinished fine-tune starts from it."""
-    row = get_version(s, ref)
+def served_by(s: Session, row: ModelVersionRow, env_of: Callable[[DeploymentRow], dict[str, str]]) -> list[str]:
+    """The deployments that serve this version (``env_of`` gives a deployment's opened env): by its
+    folder, or by a reference (NAME, NAME:3) that names this version now."""
 
     def serves(d: DeploymentRow) -> bool:
         env = env_of(d)
         if env.get("FERMION_MODEL_DIR") == row.artifact_uri:
             return True
-        try:  # a reference (NAME, NAME:3) that names this version now
+        try:
             return bool(env.get("FERMION_MODEL")) and get_version(s, env["FERMION_MODEL"]) is row
         except (NotFoundError, UserInputError):
             return False
 
-    users = [d.name for d in s.scalars(select(DeploymentRow)).all() if d.status != "DELETING" and serves(d)]
+    return [d.name for d in s.scalars(select(DeploymentRow)).all() if d.status != "DELETING" and serves(d)]
+
+
+def delete(s: Session, store: Store, ref: str, env_of: Callable[[DeploymentRow], dict[str, str]]) -> None:
+    """Delete a version, unless a deployment serves it (``env_of`` gives a deployment's opened env)
+    or an unfinished fine-tune starts from it."""
+    row = get_version(s, ref)
+    users = served_by(s, row, env_of)
     ref = f"{row.name}:{row.version}"
     users += [f"job {j.name}" for j in s.scalars(select(JobRow).where(JobRow.status.not_in(JOB_ENDED))).all()
               if (j.spec.get("base_model") or {}).get("ref") == ref]

@@ -72,6 +72,53 @@ const views = {
     return [el("h1", {}, "Deployments"), list.map((d) => deploymentCard(d, cost[d.name] || 0, series[d.name] || []))];
   },
 
+  async jobs() {
+    const jobs = (await api("/jobs")).reverse();
+    if (!jobs.length) return [el("h1", {}, "Jobs"), el("p", { class: "muted" }, "No jobs yet: fermion job run, fermion finetune")];
+    return [el("h1", {}, "Jobs"), jobs.map(jobCard)];
+  },
+
+  async models() {
+    const [models, graph] = await Promise.all([api("/models"), api("/lineage")]);
+    const rows = models.map((m) => el("tr", { "data-model": `${m.name}:${m.version}` },
+      el("td", {}, `${m.name}:${m.version}`), el("td", {}, m.stage ? badge(m.stage) : "–"),
+      el("td", {}, metricText(m.metrics)), el("td", {}, m.lineage && m.lineage.job ? `job ${m.lineage.job}` : m.lineage && m.lineage.parent ? `from ${m.lineage.parent}` : "–"),
+      el("td", {}, when(m.created_at))));
+    return [el("h1", {}, "Models"),
+      models.length ? el("table", {}, el("tr", {}, ["version", "stage", "metrics", "made by", "created"].map((h) => el("th", {}, h))), rows)
+        : el("p", { class: "muted" }, "No model versions yet: fermion finetune registers one"),
+      el("h2", {}, "Lineage"), lineageGraph(graph)];
+  },
+
+  async datasets() {
+    const list = await api("/datasets");
+    if (!list.length) return [el("h1", {}, "Datasets"), el("p", { class: "muted" }, "No datasets yet: fermion dataset push NAME PATH")];
+    const shown = await Promise.all(list.map((d) => api(`/datasets/${encodeURIComponent(d.name)}`)));
+    return [el("h1", {}, "Datasets"), shown.map((d) => {
+      const clouds = Object.keys(d.stores).sort();
+      return el("div", { class: "card deployment", "data-dataset": d.name },
+        el("div", { class: "head" }, el("span", { class: "name" }, d.name), d.encrypted ? badge("encrypted") : null,
+          el("span", { class: "muted" }, `home ${d.cloud} · project ${d.project}`)),
+        el("table", {}, el("tr", {}, el("th", {}, "version"), el("th", {}, "files"), el("th", {}, "size"), el("th", {}, "message"), clouds.map((c) => el("th", {}, c))),
+          d.versions.slice().reverse().map((v) => el("tr", {}, el("td", {}, `v${v.number}`), el("td", {}, v.files), el("td", {}, bytes(v.size)), el("td", {}, v.message || ""),
+            clouds.map((c) => el("td", { "data-held": `${c}:${v.number}` }, d.stores[c].error ? "?" : d.stores[c].versions.includes(v.number) ? "✓" : "–"))))));
+    })];
+  },
+
+  async cost() {
+    const c = await api("/costs?window_s=86400&points=48");
+    const clouds = Object.keys(c.by_cloud);
+    const table = (title, entries) => el("div", { class: "card" }, el("h2", {}, title),
+      el("table", {}, Object.entries(entries).sort((a, b) => b[1] - a[1]).map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", { class: "num" }, dollars(v))))));
+    return [el("h1", {}, "Cost"),
+      el("div", { class: "grid" },
+        el("div", { class: "card" }, el("div", { class: "muted" }, "spent in the last 24 h"), el("div", { class: "stat", id: "cost-total" }, dollars(c.total))),
+        el("div", { class: "card" }, el("div", { class: "muted" }, "spending now"), el("div", { class: "stat" }, money(c.per_hour_now)))),
+      el("h2", {}, "Cumulative spend per cloud"),
+      el("div", { class: "charts" }, clouds.map((cloud) => chart(c.series.map((p) => ({ at: p.at, v: p.by_cloud[cloud] || 0 })), `${cloud} $`, "v", ""))),
+      el("div", { class: "grid" }, table("per cloud", c.by_cloud), table("per deployment", c.by_deployment), table("per job", c.by_job))];
+  },
+
   async events() {
     const events = await api("/events?limit=200");
     return [el("h1", {}, "Events"), el("p", { class: "muted" }, "Live: new events appear at the top."), eventTable(events.reverse(), "event-log")];
@@ -98,8 +145,9 @@ function chart(points, title, key, unit, key2 = null) {
   line(key, "series");
   if (key2) line(key2, "series second");
   const last = points.length ? points[points.length - 1] : null;
-  const now = last && last[key] !== null ? `${last[key]}${unit}` : "–";
-  const now2 = key2 && last && last[key2] !== null ? ` / ${last[key2]}${unit}` : "";
+  const fmt = (v) => (Number.isInteger(v) ? String(v) : Number(v.toPrecision(3)).toString());
+  const now = last && last[key] !== null && last[key] !== undefined ? `${fmt(last[key])}${unit}` : "–";
+  const now2 = key2 && last && last[key2] !== null && last[key2] !== undefined ? ` / ${fmt(last[key2])}${unit}` : "";
   return el("figure", { class: "figure", "data-chart": key }, el("figcaption", {}, `${title} `, el("strong", {}, now + now2)), svg);
 }
 
@@ -125,6 +173,107 @@ function deploymentCard(d, costPerHour, points = []) {
         chart(points, "errors/s", "errors", ""))
       : el("div", { class: "muted charts-pending" }, "traffic charts appear after two scrapes of its replicas (every 10 s)"),
     el("table", { class: "replicas" }, el("tr", {}, el("th", {}, "cloud"), el("th", {}, "replicas")), rows));
+}
+
+const dollars = (x) => `$${x.toFixed(4)}`;
+const bytes = (n) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`);
+
+function metricText(metrics) {
+  if (!metrics) return "–";
+  const final = metrics.final || metrics;
+  return ["accuracy", "loss", "f1_macro"].filter((k) => typeof final[k] === "number").map((k) => `${k} ${final[k].toFixed(3)}`).join(" · ") || "–";
+}
+
+function jobCard(j) {
+  const t0 = Math.min(...j.attempts.map((a) => a.started_at || j.created_at), j.created_at);
+  const t1 = Math.max(...j.attempts.map((a) => a.ended_at || Date.now() / 1000), t0 + 1);
+  const lanes = {};
+  for (const a of j.attempts) (lanes[a.cloud || "unplaced"] ||= []).push(a);
+  const timeline = el("div", { class: "timeline" }, Object.entries(lanes).map(([cloud, attempts]) => el("div", { class: "lane" },
+    el("span", { class: "lane-name" }, cloud),
+    el("span", { class: "lane-track" }, attempts.map((a) => {
+      const from = ((a.started_at || t0) - t0) / (t1 - t0), to = ((a.ended_at || t1) - t0) / (t1 - t0);
+      return el("span", { class: `attempt badge ${a.state}`, "data-attempt": a.number, title: `attempt ${a.number}: ${a.state} — ${a.reason}`,
+        style: { left: `${(100 * from).toFixed(1)}%`, width: `${Math.max(2, 100 * (to - from)).toFixed(1)}%` } }, `#${a.number}`);
+    })))));
+  const handovers = j.attempts.filter((a) => a.reason).map((a) => el("li", {}, `attempt ${a.number} on ${a.cloud}: ${a.state} — ${a.reason}`));
+  const curve = trainingCurve(j.metrics || []);
+  const logs = el("pre", { class: "logs", hidden: true });
+  const toggle = el("button", { type: "button", class: "small", onclick: async () => {
+    if (!logs.hidden) { logs.hidden = true; return; }
+    const got = await api(`/jobs/${encodeURIComponent(j.name)}/logs?tail=200`);
+    logs.textContent = Object.entries(got).map(([k, v]) => `== ${k}\n${v}`).join("\n");
+    logs.hidden = false;
+  } }, "logs");
+  return el("div", { class: "card deployment", "data-job": j.name },
+    el("div", { class: "head" }, el("span", { class: "name" }, j.name), badge(j.status),
+      el("span", { class: "muted" }, `${j.kind} · ${j.attempts.length} attempt(s) · ${j.restarts} restart(s)`), toggle),
+    j.reason ? el("div", { class: "muted" }, j.reason) : null,
+    timeline, handovers.length ? el("ul", { class: "handovers" }, handovers) : null, curve, logs);
+}
+
+function trainingCurve(rows) {
+  const keys = ["train_loss", "eval_loss", "eval_accuracy", "loss", "accuracy"].filter((k) => rows.some((r) => typeof r[k] === "number"));
+  if (!keys.length) return null;
+  const byStep = (k) => rows.filter((r) => typeof r[k] === "number").map((r, i) => ({ at: typeof r.step === "number" ? r.step : i, [k]: r[k] }));
+  return el("div", { class: "charts training", "data-curve": "true" }, keys.map((k) => chart(byStep(k), k, k, "")));
+}
+
+// the lineage as columns, left to right: data, jobs, models, deployments (a variant right of its parent)
+function lineageGraph(graph) {
+  const svgNS = "http://www.w3.org/2000/svg";
+  if (!graph.nodes.length) return el("p", { class: "muted" }, "Nothing registered yet.");
+  const depth = {};
+  const incoming = {};
+  for (const e of graph.edges) (incoming[e.to] ||= []).push(e.from);
+  const level = (id, seen = new Set()) => {
+    if (depth[id] !== undefined) return depth[id];
+    if (seen.has(id)) return 0;
+    seen.add(id);
+    depth[id] = Math.max(-1, ...(incoming[id] || []).map((f) => level(f, seen))) + 1;
+    return depth[id];
+  };
+  graph.nodes.forEach((n) => level(n.id));
+  const columns = {};
+  for (const n of graph.nodes) (columns[depth[n.id]] ||= []).push(n);
+  const W = 190, H = 34, GX = 60, GY = 16;
+  const pos = {};
+  const ncol = Math.max(...Object.keys(columns).map(Number)) + 1;
+  let rows = 0;
+  for (const [c, nodes] of Object.entries(columns)) {
+    nodes.forEach((n, i) => { pos[n.id] = { x: 10 + Number(c) * (W + GX), y: 10 + i * (H + GY) }; });
+    rows = Math.max(rows, nodes.length);
+  }
+  const svg = document.createElementNS(svgNS, "svg");
+  const width = 20 + ncol * (W + GX), height = 20 + rows * (H + GY);
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("width", width);
+  svg.setAttribute("class", "lineage");
+  for (const e of graph.edges) {
+    const a = pos[e.from], b = pos[e.to];
+    if (!a || !b) continue;
+    const path = document.createElementNS(svgNS, "path");
+    path.setAttribute("d", `M${a.x + W},${a.y + H / 2} C${a.x + W + GX / 2},${a.y + H / 2} ${b.x - GX / 2},${b.y + H / 2} ${b.x},${b.y + H / 2}`);
+    path.setAttribute("class", "edge");
+    path.setAttribute("data-edge", `${e.from}>${e.to}`);
+    svg.append(path);
+  }
+  for (const n of graph.nodes) {
+    const g = document.createElementNS(svgNS, "g");
+    g.setAttribute("class", `node ${n.kind}`);
+    g.setAttribute("data-node", n.id);
+    const rect = document.createElementNS(svgNS, "rect");
+    for (const [k, v] of Object.entries({ x: pos[n.id].x, y: pos[n.id].y, width: W, height: H, rx: 6 })) rect.setAttribute(k, v);
+    const text = document.createElementNS(svgNS, "text");
+    text.setAttribute("x", pos[n.id].x + 10);
+    text.setAttribute("y", pos[n.id].y + H / 2 + 4);
+    text.textContent = n.label.length > 28 ? `${n.label.slice(0, 27)}…` : n.label;
+    const title = document.createElementNS(svgNS, "title");
+    title.textContent = n.label;
+    g.append(rect, text, title);
+    svg.append(g);
+  }
+  return el("div", { class: "card graph" }, svg);
 }
 
 function eventTable(events, id = null) {
