@@ -28,7 +28,7 @@ browser:
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-bench: $(STAMP)
+bench: $(STAMP) browser
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[ml,dev,ray,bench]'
 	for b in benchmarks/*.py; do HF_HUB_OFFLINE=1 $(BIN)/python $$b || exit 1; done
 

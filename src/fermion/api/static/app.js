@@ -66,10 +66,17 @@ const views = {
   },
 
   async deployments() {
-    const [list, overview, series] = await Promise.all([api("/deployments"), api("/overview"), api("/series?since_s=3600")]);
+    const [list, overview, series, events] = await Promise.all([api("/deployments"), api("/overview"), api("/series?since_s=3600"),
+      api("/events?limit=500")]);
     const cost = Object.fromEntries(overview.deployments.map((d) => [d.name, d.cost_per_hour]));
     if (!list.length) return [el("h1", {}, "Deployments"), el("p", { class: "muted" }, "No deployments yet: fermion deploy PHOTON --name NAME")];
-    return [el("h1", {}, "Deployments"), list.map((d) => deploymentCard(d, cost[d.name] || 0, series[d.name] || []))];
+    // its decisions: scaling, rollout steps and each replica's placement (with why), newest first
+    const decisions = (d) => {
+      const mine = new Set(d.replica_list.map((r) => r.id));
+      return events.filter((e) => (e.kind === "deployment" && e.object_id === d.name) || (e.kind === "replica" && mine.has(e.object_id)
+        && (e.new === "PROVISIONING" || e.new === "FAILED" || e.new === "STOPPED"))).slice(-6).reverse();
+    };
+    return [el("h1", {}, "Deployments"), list.map((d) => deploymentCard(d, cost[d.name] || 0, series[d.name] || [], decisions(d)))];
   },
 
   async jobs() {
@@ -151,7 +158,7 @@ function chart(points, title, key, unit, key2 = null) {
   return el("figure", { class: "figure", "data-chart": key }, el("figcaption", {}, `${title} `, el("strong", {}, now + now2)), svg);
 }
 
-function deploymentCard(d, costPerHour, points = []) {
+function deploymentCard(d, costPerHour, points = [], decisions = []) {
   const byCloud = {};
   for (const r of d.replica_list) (byCloud[r.cloud || "unplaced"] ||= []).push(r);
   const rows = Object.entries(byCloud).sort().map(([cloud, replicas]) => el("tr", {},
@@ -172,7 +179,9 @@ function deploymentCard(d, costPerHour, points = []) {
       ? el("div", { class: "charts" }, chart(points, "requests/s", "qps", ""), chart(points, "p50 / p99", "p50_ms", " ms", "p99_ms"),
         chart(points, "errors/s", "errors", ""))
       : el("div", { class: "muted charts-pending" }, "traffic charts appear after two scrapes of its replicas (every 10 s)"),
-    el("table", { class: "replicas" }, el("tr", {}, el("th", {}, "cloud"), el("th", {}, "replicas")), rows));
+    el("table", { class: "replicas" }, el("tr", {}, el("th", {}, "cloud"), el("th", {}, "replicas")), rows),
+    decisions.length ? el("ul", { class: "handovers decisions" }, decisions.map((e) => el("li", {},
+      `${when(e.at)} ${e.kind} ${e.object_id}: ${e.old ? `${e.old} → ` : ""}${e.new} — ${e.reason}`))) : null);
 }
 
 const dollars = (x) => `$${x.toFixed(4)}`;
