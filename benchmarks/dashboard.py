@@ -13,8 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fermion.testing import running_server  # noqa: E402
-from tests.support import FIXTURE_PHOTONS, dashboard  # noqa: E402
+from fermion.testing import dashboard, running_server  # noqa: E402
+
+TEXT_PHOTON = f"{ROOT / 'examples' / 'text' / 'photon.py'}:TextTools"
 
 CLOUDS = """clouds:
   - name: aws-us-east-1
@@ -35,7 +36,7 @@ def renders(page, view: str, n: int = 15) -> list[float]:  # noqa: ANN001 - a Pl
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp) / "home", CLOUDS) as server:
-        server.cli("deploy", f"{FIXTURE_PHOTONS}:Versioned", "--name", "d00", "--public", "--replicas", "2")
+        server.cli("deploy", TEXT_PHOTON, "--name", "d00", "--public", "--replicas", "2")
         photon = server.deployment("d00")["photon"]
         results = {}
         with dashboard(server.url, server.token) as page:

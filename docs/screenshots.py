@@ -16,8 +16,8 @@ sys.path.insert(0, str(ROOT))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from fermion.testing import running_server  # noqa: E402
-from tests.support import CHROMIUM_ARGS, FIXTURE_PHOTONS, TEXT_PHOTON, chromium_path  # noqa: E402
+from fermion.testing import CHROMIUM_ARGS, chromium_path, running_server  # noqa: E402
+from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON  # noqa: E402
 
 CLOUDS = """clouds:
   - name: aws-us-east-1
@@ -38,8 +38,8 @@ def main() -> None:
         tickets = ROOT / "examples" / "data" / "tickets"
         server.cli("dataset", "create", "tickets", str(tickets), "--cloud", "aws-us-east-1")
         server.cli("dataset", "sync", "tickets", "--to", "gcp-us-central1")
-        server.cli("finetune", "--name", "tickets", "--data", str(tickets / "train.csv"), "--eval-data",
-                   str(tickets / "eval.csv"), "--epochs", "3", "--batch-size", "16", "--lr", "3e-3", "--timeout", "600")
+        server.cli("finetune", "--name", "tickets", "--data", "dataset:tickets@1/train.csv", "--eval-data",
+                   "dataset:tickets@1/eval.csv", "--epochs", "3", "--batch-size", "16", "--lr", "3e-3", "--timeout", "600")
         server.cli("deploy", "--model", "tickets:1", "--name", "support-router", "--public")
         server.cli("cloud", "fail", "azure-eastus")
         stop = threading.Event()

@@ -321,9 +321,14 @@ def dashboard_demo(server) -> None:  # noqa: ANN001
     step("19. the dashboard: the clouds, deployments and events of this run, live in a browser")
     with server.api() as api:
         overview = api.get("/overview").json()
+        graph = api.get("/lineage").json()
+        spent = api.get("/costs").json()
     console.print(f"{len(overview['deployments'])} deployments, {sum(c['replicas'] for c in overview['clouds'])} "
-                  f"replicas, running cost ${overview['cost_per_hour']:.4f}/h; needs attention: "
-                  f"{'; '.join(overview['attention']) or 'nothing'}")
+                  f"replicas, running cost ${overview['cost_per_hour']:.4f}/h, ${spent['total']:.4f} spent so far; "
+                  f"needs attention: {'; '.join(overview['attention']) or 'nothing'}")
+    labels = {n["id"]: n["label"] for n in graph["nodes"]}
+    console.print("lineage (the Models page draws it): " + "; ".join(
+        f"{labels[e['from']]} → {labels[e['to']]}" for e in graph["edges"]))
     console.print(f"open [bold]{server.url}/ui[/] and log in with the token [bold]{server.token}[/]")
     if os.environ.get("FERMION_DEMO_KEEP"):
         console.print("the server stays up until Ctrl-C")

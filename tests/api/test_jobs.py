@@ -13,8 +13,8 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from fermion.testing import ServerProc, running_server
-from tests.support import EXAMPLES, dashboard
+from fermion.testing import ServerProc, dashboard, running_server
+from tests.support import EXAMPLES
 
 CLOUDS = """
 clouds:

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from fermion.testing import ServerProc, running_server
-from tests.support import CHROMIUM_ARGS, FIXTURE_PHOTONS, chromium_path
+from fermion.testing import CHROMIUM_ARGS, ServerProc, chromium_path, running_server
+from tests.support import FIXTURE_PHOTONS
 
 CLOUDS = """clouds:
   - name: alpha

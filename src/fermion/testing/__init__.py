@@ -1,11 +1,12 @@
 """Public helpers for tests, examples and benchmarks: serve a photon, run a server, put load on a
-gateway, start a local multi-node Ray cluster, and a backend with instant starts for measuring
-the control plane. Everything runs for real on loopback and is stopped by pid."""
+gateway, start a local multi-node Ray cluster, a backend with instant starts for measuring the
+control plane, and the dashboard in headless Chromium. Everything runs for real on loopback and is stopped by pid."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._browser import CHROMIUM_ARGS, chromium_path, dashboard
 from ._closed_loop import LoadResult, closed_loop
 from ._emulators import Emulator, azurite_available, emulators, start_azurite, start_gcs_emulator, start_s3_emulator
 from ._gateways import GatewayProc, start_gateway
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from ..backends import LocalRayCluster, local_ray_cluster
 
 __all__ = [
+    "CHROMIUM_ARGS",
     "Emulator",
     "GatewayProc",
     "InstantBackend",
@@ -39,7 +41,9 @@ __all__ = [
     "Served",
     "ServerProc",
     "azurite_available",
+    "chromium_path",
     "closed_loop",
+    "dashboard",
     "emulators",
     "fermion_cmd",
     "kill_replicas",

@@ -3,7 +3,7 @@
 "use strict";
 
 const TOKEN_KEY = "fermion-token";
-const state = { token: sessionStorage.getItem(TOKEN_KEY), view: "overview", stream: null, timer: null, tick: null };
+const state = { token: sessionStorage.getItem(TOKEN_KEY), view: "overview", stream: null, timer: null, tick: null, openLogs: new Set() };
 const $ = (selector) => document.querySelector(selector);
 
 function el(tag, attrs = {}, ...children) {
@@ -208,12 +208,17 @@ function jobCard(j) {
   const handovers = j.attempts.filter((a) => a.reason).map((a) => el("li", {}, `attempt ${a.number} on ${a.cloud}: ${a.state} — ${a.reason}`));
   const curve = trainingCurve(j.metrics || []);
   const logs = el("pre", { class: "logs", hidden: true });
-  const toggle = el("button", { type: "button", class: "small", onclick: async () => {
-    if (!logs.hidden) { logs.hidden = true; return; }
+  const showLogs = async () => {
     const got = await api(`/jobs/${encodeURIComponent(j.name)}/logs?tail=200`);
     logs.textContent = Object.entries(got).map(([k, v]) => `== ${k}\n${v}`).join("\n");
     logs.hidden = false;
+  };
+  const toggle = el("button", { type: "button", class: "small", onclick: () => {
+    if (state.openLogs.has(j.name)) { state.openLogs.delete(j.name); logs.hidden = true; return; }
+    state.openLogs.add(j.name);
+    showLogs();
   } }, "logs");
+  if (state.openLogs.has(j.name)) showLogs(); // open logs stay open across redraws, and follow the job
   return el("div", { class: "card deployment", "data-job": j.name },
     el("div", { class: "head" }, el("span", { class: "name" }, j.name), badge(j.status),
       el("span", { class: "muted" }, `${j.kind} · ${j.attempts.length} attempt(s) · ${j.restarts} restart(s)`), toggle),
