@@ -323,8 +323,8 @@ def dashboard_demo(server) -> None:  # noqa: ANN001
         overview = api.get("/overview").json()
         graph = api.get("/lineage").json()
         spent = api.get("/costs").json()
-    console.print(f"{len(overview['deployments'])} deployments, {sum(c['replicas'] for c in overview['clouds'])} "
-                  f"replicas, running cost ${overview['cost_per_hour']:.4f}/h, ${spent['total']:.4f} spent so far; "
+    console.print(f"deployments: {len(overview['deployments'])}, replicas: {sum(c['replicas'] for c in overview['clouds'])}, "
+                  f"running cost ${overview['cost_per_hour']:.4f}/h, ${spent['total']:.4f} spent so far; "
                   f"needs attention: {'; '.join(overview['attention']) or 'nothing'}")
     labels = {n["id"]: n["label"] for n in graph["nodes"]}
     console.print("lineage (the Models page draws it): " + "; ".join(

@@ -193,3 +193,21 @@ def test_the_cost_page_adds_up_to_what_the_api_says(page: Page, server: ServerPr
     after = httpx.get(f"{server.url}/api/v1/costs", headers=admin).json()
     # spend only grows while replicas run: what the page showed lies between the two answers
     assert round(before["total"], 4) <= shown <= round(after["total"], 4) + 1e-4
+
+
+def test_a_stream_ends_when_its_token_is_revoked(server: ServerProc) -> None:
+    made = json.loads(server.cli("token", "create", "short-lived", "--role", "viewer", "--json").stdout)
+    lines: list[str] = []
+
+    def follow() -> None:
+        with httpx.stream("GET", f"{server.url}/api/v1/stream", params={"limit_s": 60},
+                          headers={"Authorization": f"Bearer {made['token']}"}, timeout=90) as r:
+            lines.extend(r.iter_lines())
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    time.sleep(1)
+    server.cli("token", "revoke", made["id"])
+    reader.join(30)  # the stream checks its token every 5 s: it ends long before its 60 s
+    assert not reader.is_alive()
+    assert "event: ended" in lines

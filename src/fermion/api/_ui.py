@@ -20,11 +20,12 @@ import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
-from ..errors import NotFoundError
+from ..errors import FermionError, NotFoundError
 from ..store import TERMINAL_STATES, AttemptRow, CloudRow, DeploymentRow, EventRow, JobRow, ModelVersionRow, ReplicaRow
 from ._auth import caller, require_token
+from ._principal import authenticate
 from ._routes import _get_deployment, _visible_events, platform
 from ._schemas import ERROR_RESPONSES, EventOut
 
@@ -46,6 +47,7 @@ PAGE_HEADERS = {
 }
 STREAM_POLL_S = 0.5  # how often the stream looks for new events
 STREAM_PING_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
+STREAM_RECHECK_S = 5.0  # how often an open stream checks its token again
 RECENT_EVENTS = 30
 
 
@@ -97,7 +99,9 @@ class Overview(BaseModel):
     last_event: int  # where a stream started now would begin
 
 
-def _price(p: Platform, cloud: str, spot: bool) -> float:
+def _price(p: Platform, cloud: str | None, spot: bool) -> float:
+    if cloud not in p.clouds:  # unplaced, or a cloud no longer configured: no catalog price to charge
+        return 0.0
     offering = p.scheduler.offering(cloud)
     return offering.spot_price if spot and offering.spot_price is not None else offering.price
 
@@ -195,26 +199,39 @@ def lineage(request: Request) -> dict[str, list[dict[str, str]]]:
     with p.store.session() as s:
         rows = [r for r in s.scalars(select(ModelVersionRow).order_by(ModelVersionRow.name, ModelVersionRow.version))
                 if me.visible(r.project)]
+        envs: dict[str, dict[str, str]] = {}
+
+        def env_of(d: DeploymentRow) -> dict[str, str]:
+            """A deployment's opened env, once per call; none for one the caller may not see."""
+            if d.name not in envs:
+                envs[d.name] = p.secrets.open_env(s, d.env, env_purpose("deployment", d.name), missing_ok=True,
+                                                  project=d.project) if me.visible(d.project) else {}
+            return envs[d.name]
+
         for r in rows:
-            model = node("model", f"{r.name}:{r.version}", f"{r.name}:{r.version}" + (f" ({r.stage})" if r.stage else ""))
-            lin = r.lineage or {}
-            maker = node("job", str(lin["job"]), f"job {lin['job']}") if lin.get("job") else model
+            staged = r.stage and r.stage != "none"
+            model = node("model", f"{r.name}:{r.version}", f"{r.name}:{r.version}" + (f" ({r.stage})" if staged else ""))
+            # a lineage is partly what a job wrote (its result.json): every piece is taken as text
+            lin = r.lineage if isinstance(r.lineage, dict) else {}
+            job = lin.get("job")
+            maker = node("job", str(job), f"job {job}") if job else model
             if maker != model:
                 edges.append({"from": maker, "to": model})
-            inputs = [node("dataset", f"{d['name']}:{d['version']}", f"dataset {d['name']} v{d['version']}")
-                      for d in lin.get("datasets") or []]
+            datasets = [d for d in lin.get("datasets") or [] if isinstance(d, dict) and "name" in d]
+            inputs = [node("dataset", f"{d['name']}:{d.get('version')}", f"dataset {d['name']} v{d.get('version')}")
+                      for d in datasets]
             if not inputs and lin.get("train_sha256"):
                 inputs.append(node("data", str(lin["train_sha256"]), f"data {str(lin['train_sha256'])[:12]}"))
-            base = lin.get("base_model")
+            base = str(lin.get("base_model") or "")
             if base:
-                inputs.append(node("model", base, base) if ":" in str(base) and "/" not in str(base)
-                              else node("base", str(base), f"base {str(base).rstrip('/').rsplit('/', 1)[-1]}"))
+                inputs.append(node("model", base, base) if ":" in base and "/" not in base
+                              else node("base", base, f"base {base.rstrip('/').rsplit('/', 1)[-1]}"))
             if lin.get("parent"):
-                method = lin.get("method") or "variant"
-                edges.append({"from": node("model", lin["parent"], lin["parent"]), "to": model, "label": str(method)})
+                parent = str(lin["parent"])
+                edges.append({"from": node("model", parent, parent), "to": model,
+                              "label": str(lin.get("method") or "variant")})
             edges.extend({"from": i, "to": maker} for i in inputs)
-            for d in registry.served_by(s, r, lambda d: p.secrets.open_env(
-                    s, d.env, env_purpose("deployment", d.name), missing_ok=True, project=d.project)):
+            for d in registry.served_by(s, r, env_of):
                 edges.append({"from": model, "to": node("deployment", d, f"deployment {d}")})
     return {"nodes": list(nodes.values()), "edges": edges}
 
@@ -233,12 +250,14 @@ def costs(request: Request, window_s: float = Query(86_400, gt=0, le=30 * 86_400
     spans: list[tuple[str, str, str, float, float, float]] = []  # (kind, name, cloud, from, to, $/h)
     with p.store.session() as s:
         deployments = {d.name for d in s.scalars(select(DeploymentRow)).all() if me.visible(d.project)}
-        for r in s.scalars(select(ReplicaRow).where(ReplicaRow.cloud.is_not(None))):
+        for r in s.scalars(select(ReplicaRow).where(ReplicaRow.cloud.is_not(None), or_(
+                ReplicaRow.state.not_in(TERMINAL_STATES), ReplicaRow.state_since >= start))):
             if r.deployment in deployments and r.cloud in p.clouds:
                 end = r.state_since if r.state in TERMINAL_STATES else now
                 spans.append(("deployment", r.deployment, r.cloud, r.created_at, end, _price(p, r.cloud, r.spot)))
         jobs = {j.name for j in s.scalars(select(JobRow)).all() if me.visible(j.project)}
-        for a in s.scalars(select(AttemptRow).where(AttemptRow.started_at.is_not(None))):
+        for a in s.scalars(select(AttemptRow).where(AttemptRow.started_at.is_not(None), or_(
+                AttemptRow.ended_at.is_(None), AttemptRow.ended_at >= start))):
             if a.job in jobs and a.cloud in p.clouds:
                 spans.append(("job", a.job, a.cloud, a.started_at, a.ended_at or now, _price(p, a.cloud, a.spot)))
 
@@ -269,21 +288,28 @@ def costs(request: Request, window_s: float = Query(86_400, gt=0, le=30 * 86_400
             "per_hour_now": round(sum(rate for *_, t1, rate in spans if t1 >= now), 6)}
 
 
-def _events_after(p: Platform, me: Principal, after: int) -> list[dict[str, Any]]:
+STREAM_BATCH = 500
+
+
+def _events_after(p: Platform, me: Principal, after: int) -> tuple[list[dict[str, Any]], int]:
+    """The events after ``after`` the caller may see, and where the next look starts. The newest
+    id is read first and the rows up to it after, so an event committed between the two is not
+    jumped over; events the caller may not see still move the cursor on."""
     with p.store.session() as s:
-        q = select(EventRow).where(EventRow.id > after).order_by(EventRow.id).limit(500)
+        newest = s.scalar(select(func.max(EventRow.id))) or after
+        q = select(EventRow).where(EventRow.id > after, EventRow.id <= newest).order_by(EventRow.id).limit(STREAM_BATCH)
         if not me.is_admin:
             q = q.where(_visible_events(s, me))
         rows = s.scalars(q).all()
-        newest = s.scalar(select(func.max(EventRow.id))) or after
         out = [EventOut.model_validate(e, from_attributes=True).model_dump() for e in rows]
-    # events the caller may not see still move the cursor on, so they are never looked at again
-    return out if out else [{"id": newest, "hidden": True}] if newest > after else []
+    if len(rows) == STREAM_BATCH:  # more than one batch: go on from the last one sent
+        return out, int(rows[-1].id)
+    return out, max(newest, after)
 
 
 # a stream, not a JSON operation: kept out of the OpenAPI schema (and so out of schema fuzzing)
 @router.get("/stream", include_in_schema=False)
-async def stream(request: Request, after: int | None = None,
+async def stream(request: Request, after: int | None = Query(None, ge=0, le=2**62),
                  limit_s: float | None = Query(None, gt=0, le=86_400)) -> StreamingResponse:
     """New events as server-sent events (``event: change``, data: the event as JSON), from the
     event after ``after`` (default: from now on); a comment line every 15 s while nothing happens.
@@ -294,15 +320,21 @@ async def stream(request: Request, after: int | None = None,
     end = time.monotonic() + limit_s if limit_s is not None else float("inf")
 
     async def events() -> AsyncIterator[bytes]:
-        cursor, quiet_since = after, time.monotonic()
+        nonlocal me
+        cursor, quiet_since, checked = after, time.monotonic(), time.monotonic()
         yield b": stream open\n\n"
         while time.monotonic() < end and not await request.is_disconnected():
-            found = await anyio.to_thread.run_sync(_events_after, p, me, cursor)
+            if time.monotonic() - checked > STREAM_RECHECK_S:  # revoked, expired or moved: the stream ends
+                try:
+                    me = await anyio.to_thread.run_sync(_authenticate_again, request)
+                except FermionError:
+                    yield b"event: ended\ndata: {\"reason\": \"the token is no longer valid\"}\n\n"
+                    return
+                checked = time.monotonic()
+            found, cursor = await anyio.to_thread.run_sync(_events_after, p, me, cursor)
             for event in found:
-                cursor = max(cursor, int(event["id"]))
-                if not event.get("hidden"):
-                    yield f"id: {event['id']}\nevent: change\ndata: {json.dumps(event)}\n\n".encode()
-                    quiet_since = time.monotonic()
+                yield f"id: {event['id']}\nevent: change\ndata: {json.dumps(event)}\n\n".encode()
+                quiet_since = time.monotonic()
             if time.monotonic() - quiet_since > STREAM_PING_S:
                 yield b": ping\n\n"
                 quiet_since = time.monotonic()
@@ -310,6 +342,11 @@ async def stream(request: Request, after: int | None = None,
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _authenticate_again(request: Request) -> Principal:
+    request.state.principal = None  # authenticate() keeps the first answer for the request
+    return authenticate(request, None)
 
 
 def _newest_event(p: Platform) -> int:

@@ -126,7 +126,10 @@ def _supervise(workers: int, servers: list[str] | None, host: str, port: int, po
     def spawn(i: int) -> subprocess.Popen[bytes]:
         ready = ready_dir / f"worker-{i}"
         ready.unlink(missing_ok=True)
-        return subprocess.Popen([*base, "--port-file", str(ready)])
+        started[i] = time.monotonic()
+        return subprocess.Popen([*base, "--port-file", str(ready)], preexec_fn=_die_with_parent)
+
+    started: dict[int, float] = {}
 
     procs = [spawn(i) for i in range(workers)]
     try:
@@ -141,7 +144,8 @@ def _supervise(workers: int, servers: list[str] | None, host: str, port: int, po
         print(f"fermion: {workers} gateway workers on http://{host}:{port}", file=sys.stderr, flush=True)
         while not stopping:
             for i, proc in enumerate(procs):
-                if proc.poll() is not None and not stopping:
+                # a worker that keeps dying is started again at most every 2 s
+                if proc.poll() is not None and not stopping and time.monotonic() - started[i] > 2.0:
                     print(f"fermion: gateway worker {proc.pid} exited ({proc.returncode}); starting another",
                           file=sys.stderr, flush=True)
                     procs[i] = spawn(i)
@@ -160,3 +164,14 @@ def _supervise(workers: int, servers: list[str] | None, host: str, port: int, po
         for ready in ready_dir.iterdir():
             ready.unlink()
         ready_dir.rmdir()
+
+
+def _die_with_parent() -> None:
+    """In a worker, before it runs: SIGTERM when its supervisor dies, even by SIGKILL (Linux)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

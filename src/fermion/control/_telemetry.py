@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 SCRAPE_S = float(os.environ.get("FERMION_SCRAPE_S", "10"))
 KEEP_POINTS = 8640  # 24 h at 10 s
 SCRAPE_TIMEOUT_S = 3.0
+MAX_METRICS_BYTES = 4 << 20
 
 
 @dataclass
@@ -160,9 +161,13 @@ class Telemetry:
                 try:
                     r = http.get(f"{e.url}/metrics", headers=headers)
                     r.raise_for_status()
-                except httpx.HTTPError:
-                    continue  # stopping, or not answering: its requests show in the next round
-                now_samples[e.replica_id] = (route.deployment, e.cloud, e.generation, parse_sample(r.text, time.time()))
+                    if len(r.content) > MAX_METRICS_BYTES:
+                        continue
+                    # a replica runs its user's code: what it answers is parsed as untrusted
+                    sample = parse_sample(r.text, time.time())
+                except (httpx.HTTPError, ValueError, KeyError):
+                    continue  # stopping, not answering or answering nonsense: its requests show in a later round
+                now_samples[e.replica_id] = (route.deployment, e.cloud, e.generation, sample)
         pairs: dict[tuple[str, str, int], list[tuple[Sample, Sample]]] = {}
         for replica, (deployment, cloud, generation, sample) in now_samples.items():
             before = self._last.get(replica)

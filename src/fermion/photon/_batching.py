@@ -67,8 +67,8 @@ class Batcher:
     when no further call is expected before its deadline (from the recent arrival rate), and
     never waits longer than a batch's fitted fixed cost, the most a wait can save. With
     ``max_latency_s``, a call that would finish later than that (from the fitted cost of the
-    batches ahead of it) is refused with ``BatchOverloaded`` instead of queued, and a batch
-    leaves early enough for its oldest call to make it. A call larger than ``max_size`` runs
+    batches ahead of it) is refused with ``BatchOverloaded`` instead of queued (never when the
+    batcher is idle), and a batch leaves early enough for its oldest call to make it. A call larger than ``max_size`` runs
     as a batch of its own. When a merged batch fails, each call in it is retried alone so an
     error reaches only the caller whose input caused it.
     """
@@ -101,7 +101,10 @@ class Batcher:
             return []
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if self._max_latency_s is not None:
+        # with nothing queued or running a call always goes: refusing it would also stop the fit
+        # from learning that batches got cheaper again (one slow batch would refuse all for ever)
+        idle = not self._pending and self._busy_until == 0.0
+        if self._max_latency_s is not None and not idle:
             expected = self._expected_finish(len(items), now)
             if expected > self._max_latency_s:
                 raise BatchOverloaded(

@@ -301,8 +301,10 @@ function eventTable(events, id = null) {
 async function render() {
   const view = views[state.view] ? state.view : "overview";
   for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.view === view);
+  const seq = (state.seq = (state.seq || 0) + 1);
   try {
     const content = await views[view]();
+    if (seq !== state.seq) return; // a newer render started meanwhile: its answer is the fresher one
     $("#view").replaceChildren(...content.flat());
     $("#view").dataset.rendered = String(Date.now());
   } catch (err) {
