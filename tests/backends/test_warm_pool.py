@@ -114,7 +114,9 @@ def test_a_replica_handed_to_a_spare_is_found_by_its_id_alone(tmp_path: Path) ->
         wait_for("a spare", lambda: backend._spares, timeout=30)
         taken = backend.start(replica("r-second"))
         assert taken["dir"].startswith("spare-")
-        status = wait_for("it serves", lambda: (s := backend.status({"id": "r-second"})).url and s, timeout=30)
+        status = wait_for("it listens", lambda: (s := backend.status({"id": "r-second"})).url and s, timeout=30)
+        # listening comes before init() has run (a replica answers 503 until then)
+        wait_for("it is ready", lambda: httpx.get(f"{status.url}/healthz").status_code == 200, timeout=30)
         assert status.alive and httpx.post(f"{status.url}/version", json={}).json() == {"version": "r-second"}
         assert {"id": "r-second", "dir": taken["dir"], "pid": taken["pid"]} in backend.list_workloads()
         backend.stop({"id": "r-second"}, force=True)
