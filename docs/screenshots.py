@@ -14,19 +14,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from playwright.sync_api import sync_playwright  # noqa: E402
-
-from fermion.testing import CHROMIUM_ARGS, chromium_path, running_server  # noqa: E402
+from benchmarks.dashboard import CLOUDS  # noqa: E402  (three priced clouds, as the benchmark's)
+from fermion.testing import dashboard, running_server  # noqa: E402
 from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON  # noqa: E402
-
-CLOUDS = """clouds:
-  - name: aws-us-east-1
-    pricing: {catalog: aws, instance_type: c3.xlarge}
-  - name: gcp-us-central1
-    pricing: {catalog: gcp, instance_type: n2-standard-4}
-  - name: azure-eastus
-    pricing: {catalog: azure, instance_type: Standard_D4s_v5}
-"""
 
 
 def main() -> None:
@@ -54,18 +44,12 @@ def main() -> None:
         sender.start()
         try:
             time.sleep(12)
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": 1280, "height": 860})
-                page.goto(f"{server.url}/ui")
-                page.fill("#token", server.token)
-                page.click("#login button[type=submit]")
+            with dashboard(server.url, server.token, viewport={"width": 1280, "height": 860}) as page:
                 for view in ("overview", "deployments", "jobs", "models", "datasets", "cost", "events"):
                     page.click(f"#nav a[data-view={view}]")
                     page.wait_for_selector(f"#nav a.active[data-view={view}]")
                     page.wait_for_timeout(500)
                     page.screenshot(path=str(ROOT / "docs" / f"dashboard-{view}.png"), full_page=view != "events")
-                browser.close()
         finally:
             stop.set()
             sender.join(15)

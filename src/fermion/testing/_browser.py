@@ -22,15 +22,15 @@ def chromium_path() -> str:
 
 
 @contextmanager
-def dashboard(url: str, token: str, view: str = "overview") -> Iterator[Any]:
-    """A headless Chromium page (Playwright's) logged in to the dashboard of the server at ``url``,
-    showing ``view``."""
+def dashboard(url: str, token: str, view: str = "overview", *, viewport: dict[str, int] | None = None) -> Iterator[Any]:
+    """A headless Chromium page (Playwright's, of ``viewport`` size) logged in to the dashboard of
+    the server at ``url``, showing ``view``."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
+            page = browser.new_page(viewport=viewport) if viewport else browser.new_page()
             page.goto(f"{url}/ui#/{view}")
             page.fill("#token", token)
             page.click("#login button[type=submit]")
