@@ -1,7 +1,8 @@
 """Fermion: a self-hostable AI cloud.
 
 Write a service as a :class:`Photon`, serve it with ``fermion photon run``, call it with
-:class:`Client`.
+:class:`Client`; drive the platform (deploy, migrate, jobs, fine-tunes, models, datasets) from
+Python with :func:`connect`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .errors import (
 if TYPE_CHECKING:
     from .client import Client
     from .photon import BatchOptions, Photon, handler
+    from .sdk import connect
 
 __all__ = [
     "BatchOptions",
@@ -35,6 +37,7 @@ __all__ = [
     "UserInputError",
     "ValidationFailed",
     "__version__",
+    "connect",
     "handler",
 ]
 
@@ -46,6 +49,10 @@ def __getattr__(name: str) -> Any:
         from .client import Client
 
         return Client
+    if name == "connect":
+        from .sdk import connect
+
+        return connect
     if name in ("BatchOptions", "Photon", "handler"):
         from . import photon
 

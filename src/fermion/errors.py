@@ -102,8 +102,29 @@ _EXIT_BY_STATUS = {
 }
 
 
-class ValidationFailed(RemoteError):
+class ValidationFailed(RemoteError, UserInputError):
     """The server rejected the input (HTTP 422)."""
+
+
+# a server's 4xx is also the error it names: `except NotFoundError` catches a 404 from afar too
+class RemoteUserInputError(RemoteError, UserInputError):
+    """The server found the request wrong (HTTP 400)."""
+
+
+class RemoteNotFound(RemoteError, NotFoundError):
+    """HTTP 404."""
+
+
+class RemoteConflict(RemoteError, ConflictError):
+    """HTTP 409: the object's state forbids it now."""
+
+
+class RemoteAuthError(RemoteError, AuthError):
+    """HTTP 401."""
+
+
+class RemotePermissionDenied(RemoteError, PermissionDeniedError):
+    """HTTP 403."""
 
 
 class HandlerTimeout(RemoteError):
@@ -122,5 +143,7 @@ class TransportError(FermionError):
 
 def remote_error_for(status: int, message: str, detail: object = None) -> RemoteError:
     """The most specific RemoteError subclass for an HTTP status."""
-    cls = {422: ValidationFailed, 504: HandlerTimeout, 503: ServiceUnavailable}.get(status, RemoteError)
+    cls = {400: RemoteUserInputError, 401: RemoteAuthError, 403: RemotePermissionDenied, 404: RemoteNotFound,
+           409: RemoteConflict, 422: ValidationFailed, 504: HandlerTimeout,
+           503: ServiceUnavailable}.get(status, RemoteError)
     return cls(status, message, detail=detail)

@@ -148,6 +148,7 @@ def policy(w: World) -> list[Rule]:
         Rule("GET", "/deployments/web", "viewer"),
         Rule("POST", "/deployments/web/scale", "editor", body=lambda: {"replicas": 0}),
         Rule("POST", "/deployments/web/rebalance", "editor", body=lambda: {}),
+        Rule("POST", "/deployments/web/migrate", "editor", body=lambda: {"clouds": ["alpha"]}),
         Rule("POST", "/deployments/web/promote", "editor"),  # allowed callers get a 409: no canary under way
         Rule("POST", "/deployments/web/rollback", "editor"),
         Rule("GET", "/deployments/web/logs", "viewer"),
@@ -159,6 +160,7 @@ def policy(w: World) -> list[Rule]:
         Rule("GET", "/series", "any"),
         Rule("GET", "/lineage", "any"),
         Rule("GET", "/costs", "any"),
+        Rule("POST", "/pipelines/plan", "any", body=lambda: {"pipeline": {"name": "p", "steps": [{"name": "a"}]}}),
         Rule("GET", "/stream?limit_s=0.2", "any"),
         Rule("GET", "/jobs", "viewer", listing=True),
         Rule("POST", "/jobs", "editor", body=lambda: {"name": f"j{time.monotonic_ns()}", "command": ["true"],

@@ -177,6 +177,18 @@ def clouds_holding(p: Platform, view_of: Callable[[str], DatasetView], digest: s
     return out
 
 
+def dataset_input(p: Platform, ref: str, me: Principal) -> tuple[int, list[str]]:
+    """A version's size in bytes and the clouds whose stores hold it now (for a placement), by
+    NAME or NAME@VERSION; 404 for a dataset the caller may not see."""
+    name, _, version = ref.partition("@")
+    with p.store.session() as s:
+        row = _dataset(s, name, me)
+        v = _resolve(s, row, version or None)
+        s.expunge(row)
+        size, digest = v.size, v.digest
+    return size, clouds_holding(p, lambda cloud: _view(p, row, cloud), digest, row.home_cloud)
+
+
 def _holders(p: Platform, row: DatasetRow, digest: str, first: str | None = None) -> list[DatasetView]:
     """The stores that hold a version, ``first`` first, then the dataset's home, then the rest."""
     up = p.reachable_stores()

@@ -356,24 +356,68 @@ class RebalanceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     apply: bool = False
     min_saving: float = Field(0.1, ge=0, le=1, description="move only if the cost falls by this share")
+    alpha: float = Field(1.0, ge=0, le=1e6, description="weight of the performance penalty (per 100 ms of latency)")
+    beta: float = Field(1.0, ge=0, le=1e6, description="weight of the cost (per $/hour)")
 
 
 @router.post("/deployments/{name}/rebalance")
 def rebalance_deployment(request: Request, name: str, spec: RebalanceSpec) -> dict[str, object]:
-    """The optimizer's placement for this deployment now; with apply, move replicas there one at a
-    time (a new replica is READY before an old one drains) when the saving beats min_saving."""
+    """The optimizer's placement for this deployment now, by alpha * performance + beta * cost; with
+    apply, move replicas there one at a time (a new replica is READY before an old one drains) when
+    the saving beats min_saving."""
+    from ..placement import Objective
+
     p = platform(request)
-    with p.store.session() as s:
-        d = _get_deployment(s, name, caller(request), "editor")
-        if d.status != "READY":
-            raise ConflictError(f"deployment {name!r} is {d.status}", hint="rebalance a READY deployment")
-    out = p.controller.plan_rebalance(name)
+    _require_ready(p, name, caller(request), "rebalance")
+    out = p.controller.plan_rebalance(name, Objective(alpha=spec.alpha, beta=spec.beta))
     out["applied"] = False
     if spec.apply:
         p.require_leader("move replicas")
     if spec.apply and out["target"] and out["saving"] >= spec.min_saving and out["target"] != out["current"]:
         p.controller.start_rebalance(name, out["target"], f"saving {out['saving']:.0%} of the cost per hour")
         out["applied"] = True
+    return out
+
+
+def _require_ready(p, name: str, me: Principal, verb: str, moving_ok: bool = True) -> None:  # noqa: ANN001
+    with p.store.session() as s:
+        d = _get_deployment(s, name, me, "editor")
+        if d.status != "READY":
+            raise ConflictError(f"deployment {name!r} is {d.status}", hint=f"{verb} a READY deployment")
+        if d.target is not None and not moving_ok:
+            raise ConflictError(f"deployment {name!r} is already moving to {d.target}",
+                                hint="wait for the move to end (`fermion deployment status`)")
+
+
+class MigrateSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    clouds: list[str] = Field(min_length=1, max_length=64, description="the clouds the deployment should run on")
+
+
+@router.post("/deployments/{name}/migrate")
+def migrate_deployment(request: Request, name: str, spec: MigrateSpec) -> dict[str, object]:
+    """Move a live deployment onto ``clouds``: they become its allowed clouds, and its replicas move
+    one at a time to the optimizer's placement over them, each new one READY before an old one drains
+    (no request fails). Answers the plan; ``applied`` is false when it already runs there."""
+    p, me = platform(request), caller(request)
+    _require_ready(p, name, me, "migrate", moving_ok=False)
+    unknown = [c for c in spec.clouds if c not in p.clouds]
+    if unknown:
+        raise UserInputError(f"no cloud named {shorten(unknown[0])!r}", hint=f"clouds: {', '.join(sorted(p.clouds))}")
+    p.require_leader("move replicas")
+    out = p.controller.plan_rebalance(name, clouds=spec.clouds)
+    if not out["target"]:
+        why = "; ".join(f"{r['cloud']} is {r['reason']}" for r in out["plan"]["rejected"])
+        raise ConflictError(f"deployment {name!r} cannot run on {', '.join(spec.clouds)}: "
+                            f"{why or out['plan']['infeasible_reason']}", hint="name clouds that are healthy and have room")
+    with p.store.session() as s:
+        d = _get_deployment(s, name, me, "editor")
+        old = list(d.clouds or [])
+        d.clouds = list(dict.fromkeys(spec.clouds))
+        p.store.record(s, "deployment", name, ",".join(old) or "any cloud", ",".join(d.clouds), "migrating")
+    out["applied"] = out["target"] != out["current"]
+    if out["applied"]:
+        p.controller.start_rebalance(name, out["target"], f"migrating to {', '.join(spec.clouds)}")
     return out
 
 

@@ -66,6 +66,7 @@ from ._code import router as code_router
 from ._datasets import data_moves, stores_router
 from ._datasets import router as datasets_router
 from ._gateway_feed import router as gateway_feed_router
+from ._pipelines import router as pipelines_router
 from ._ui import router as ui_api_router
 from ._ui import ui_router
 from ._auth import require_token
@@ -387,6 +388,7 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(audit_router)
     app.include_router(access_router)
     app.include_router(gateway_feed_router)
+    app.include_router(pipelines_router)
     app.include_router(ui_router)
     app.include_router(ui_api_router)
     return app

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ..errors import UserInputError
 from ._output import console, print_error, print_json, print_table
-from ._platform import Api
+from ._platform import connect
 
 
 def parse_since(value: str, now: float | None = None) -> float:
@@ -36,9 +36,9 @@ def audit(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Mutating API calls, newest last; --verify checks that no record was altered or removed."""
-    api = Api()
+    conn = connect()
     if verify:
-        out = api.get("/audit/verify")
+        out = conn.audit.verify()
         if json_out:
             print_json(out)
         elif out["ok"]:
@@ -49,12 +49,11 @@ def audit(
         if not out["ok"]:
             raise typer.Exit(1)
         return
-    params: dict[str, Any] = {"actor": actor, "target": target, "method": method, "limit": limit,
-                              "since": parse_since(since) if since is not None else None}
-    rows = api.get("/audit", **{k: v for k, v in params.items() if v is not None})
+    rows = conn.audit(actor=actor, target=target, method=method, limit=limit,
+                      since=parse_since(since) if since is not None else None)
     if json_out:
-        print_json(rows)
+        print_json([r.to_json() for r in rows])
         return
     print_table("audit", ["time", "actor", "method", "target", "status", "client"],
-                [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"])), r["actor"], r["method"],
-                  r["target"] or r["path"], r["status"], r["client"]) for r in rows])
+                [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.at)), r.actor, r.method,
+                  r.target or r.path, r.status, r.client) for r in rows])

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import typer
 
 from ._jobs import model_app
-from ._platform import Api
+from ._platform import bars, connect
 from ._output import console, print_json, print_table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -41,31 +40,23 @@ def compress(
 ) -> None:
     """Make a registered classifier smaller or faster, as a job on the best cloud: the variant is the
     model's next version, measured beside its parent (accuracy, size, memory, latency, throughput, cost)."""
-    from ._jobs import _follow, _show_job, ship_local_data
+    from ._jobs import _follow, _show_job
 
-    settings = {"backend": backend, "sparsity": sparsity, "prune_kind": prune_kind, "layers": layers,
-                "epochs": epochs, "lr": lr}
-    body: dict[str, Any] = {"model": model, "method": method, "settings": settings,
-                            "max_accuracy_drop": max_accuracy_drop, "train_data": data, "eval_data": eval_data}
-    if candidates:
-        body["candidates"] = [c.strip() for c in candidates.split(",") if c.strip()]
-    stem = "".join(c if c.isalnum() else "-" for c in f"{model}-{method}".lower()).strip("-")[:40]
-    spec: dict[str, Any] = {"name": name or f"{stem}-{int(time.time()) % 100000}", "compress": body,
-                            "model_name": model_name, "clouds": cloud or [], "max_restarts": 1,
-                            "resources": {"cpus": cpus, "memory_gb": memory_gb}, "project": project}
-    api = Api()
-    ship_local_data(api, body, spec, project, json_out)
-    job = api.request("POST", "/jobs", json=spec)
-    if follow:
-        job = _follow(api, spec["name"], timeout, show=not json_out)
-    variant = api.get(f"/models/{job['result']['model']}") if job.get("result") else None
+    conn = connect()
+    out = conn.compress(model, method, backend=backend, sparsity=sparsity, prune_kind=prune_kind, layers=layers,
+                        epochs=epochs, lr=lr, max_accuracy_drop=max_accuracy_drop, data=data, eval_data=eval_data,
+                        candidates=[c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
+                        name=name, model_name=model_name, clouds=cloud, cpus=cpus, memory_gb=memory_gb,
+                        project=project, wait=False, progress=bars)
+    job = _follow(conn, out.job.name, timeout, show=not json_out) if follow else out.job
+    variant = conn.models.get(job.result["model"]) if job.result and job.result.get("model") else None
     if json_out:
-        print_json({"job": job, "model": variant})
+        print_json({"job": job.to_json(), "model": variant.to_json() if variant else None})
     else:
         _show_job(job)
         if variant is not None:
-            show_variant(variant)
-    if job["status"] == "FAILED":
+            show_variant(variant.to_json())
+    if job.status == "FAILED":
         raise typer.Exit(1)
 
 
@@ -159,8 +150,8 @@ def measured_of(m: dict[str, Any], other: dict[str, Any]) -> dict[str, Any] | No
 def model_compare(a: Annotated[str, typer.Argument(help="NAME:VERSION")],
                   b: Annotated[str, typer.Argument(help="NAME:VERSION")], json_out: JsonOpt = False) -> None:
     """Two versions side by side: accuracy, size, memory, latency, throughput, and their lineage."""
-    api = Api()
-    ma, mb = api.get(f"/models/{a}"), api.get(f"/models/{b}")
+    conn = connect()
+    ma, mb = conn.models.get(a).to_json(), conn.models.get(b).to_json()
     fa, fb = measured_of(ma, mb), measured_of(mb, ma)
     if json_out:
         print_json({"a": {"ref": a, "figures": fa, "lineage": ma["lineage"]},

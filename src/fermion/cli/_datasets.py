@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from ..errors import FermionError, UserInputError, remote_error_for
+from ..errors import UserInputError
 from ._output import console, print_json, print_table
-from ._platform import Api
+from ..sdk import Connection, split_ref
+from ._platform import bars, connect, progress_console
 
 dataset_app = typer.Typer(help="Versioned datasets across the clouds' stores: push, pull, sync, verify, dedup.",
                           no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 CloudOpt = Annotated[str | None, typer.Option(help="The cloud whose store to use (default: the dataset's).")]
-WORKERS = 8
-progress_console = Console(stderr=True)  # bars on stderr: stdout stays the result (`--json` parses)
 
 
 def _ref(ref: str) -> tuple[str, str | None]:
-    name, _, version = ref.partition("@")
-    if not name:
-        raise UserInputError(f"invalid dataset reference {ref!r}", hint="use NAME or NAME@VERSION")
-    return name, version or None
+    return split_ref(ref)
 
 
 def _size(n: float) -> str:
@@ -39,67 +33,16 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-@contextlib.contextmanager
-def _bar(description: str, total: int | None) -> Iterator[Any]:
-    """A Rich bar of bytes with the rate; yields a callable that advances it by n bytes."""
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
-
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=progress_console, transient=False) as progress:
-        task = progress.add_task(description, total=total)
-        yield progress, task
-
-
-def send_plan(api: Api, plan: Any, description: str, missing_path: str, chunk_path: str,
-              where: dict[str, str | None]) -> Any:
-    """Send the chunks of a planned folder that the server's store lacks, with a bar of bytes;
-    ``where`` (the cloud, or the project) goes with each call. Returns the TransferReport."""
-    from ..data import Progress, send_chunks
-
-    chunks = plan.chunks
-    missing: list[str] = []
-    items = list(chunks.items())
-    for i in range(0, len(items), 100_000):
-        missing += api.request("POST", missing_path, json={**where, "chunks": dict(items[i:i + 100_000])})["missing"]
-    params = {k: v for k, v in where.items() if v} or None
-
-    def put(sha: str, data: bytes) -> int:
-        api.request("PUT", f"{chunk_path}/{sha}", params=params, content=data,
-                    headers={"content-type": "application/octet-stream"})
-        return len(data)
-
-    with _bar(description, sum(chunks[s] for s in missing)) as (progress, task):
-        return send_chunks(plan, missing, put, workers=WORKERS, progress=Progress(lambda n: progress.advance(task, n)))
-
-
-def plan_cache(path: Path) -> Path:
-    """What this machine read of a folder last time: unchanged files are not read again."""
-    import hashlib
-
-    from ..config import fermion_home
-
-    return fermion_home() / "plans" / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.json"
-
-
-def _push(api: Api, name: str, path: Path, cloud: str | None, message: str, json_out: bool,
+def _push(conn: Connection, name: str, path: Path, cloud: str | None, message: str, json_out: bool,
           cache: bool = True) -> None:
-    from ..data import plan_folder
-
-    with progress_console.status(f"chunking {path}…"):
-        plan = plan_folder(path, plan_cache(path) if cache else None)
-    report = send_plan(api, plan, f"push {name}", f"/datasets/{name}/missing", f"/datasets/{name}/chunks",
-                       {"cloud": cloud})
-    version = api.request("POST", f"/datasets/{name}/versions",
-                          json={"cloud": cloud, "message": message, "files": [e.model_dump() for e in plan.entries]})
+    version = conn.datasets.push(name, path, cloud=cloud, message=message, cache=cache, progress=bars)
     if json_out:
-        print_json({**version, "sent_bytes": report.bytes_sent, "sent_chunks": report.chunks_sent,
-                    "skipped_bytes": report.bytes_skipped})
+        print_json(version.to_json())
         return
-    state = "new version" if version["new"] else "unchanged: the latest version holds these files already"
-    console.print(f"{name} v{version['number']} ({state}) on {version['cloud']}: {version['files']} files, "
-                  f"{_size(version['size'])}; sent {_size(report.bytes_sent)} in {report.chunks_sent} chunks, "
-                  f"{_size(report.bytes_skipped)} were there already")
+    state = "new version" if version.new else "unchanged: the latest version holds these files already"
+    console.print(f"{name} v{version.number} ({state}) on {version.cloud}: {version.files} files, "
+                  f"{_size(version.size)}; sent {_size(version.sent_bytes)} in {version.sent_chunks} chunks, "
+                  f"{_size(version.skipped_bytes)} were there already")
 
 
 SourceArg = Annotated[str | None, typer.Argument(
@@ -150,10 +93,10 @@ def _download_http(url: str, dest: Path) -> None:
             if r.status_code != 200:
                 raise UserInputError(f"{url} answered HTTP {r.status_code}", hint="check the URL")
             total = int(r.headers.get("content-length") or 0) or None
-            with _bar(f"fetch {name}", total) as (progress, task), open(target, "wb") as f:
+            with bars(f"fetch {name}", total) as bar, open(target, "wb") as f:
                 for piece in r.iter_bytes(1 << 20):
                     f.write(piece)
-                    progress.advance(task, len(piece))
+                    bar.advance(len(piece))
     except (httpx.HTTPError, ValueError, OSError) as exc:
         raise UserInputError(f"cannot fetch {public_url(url)}: {exc}",
                              hint="check the URL and that this machine can reach it") from None
@@ -187,7 +130,7 @@ def _download_objects(url: str, endpoint: str | None, options: list[str] | None,
             objects = source.list("")
         if not objects:
             raise UserInputError(f"{url} holds no objects", hint="check the bucket, the prefix and the credentials")
-        with _bar(f"fetch {url}", sum(objects.values())) as (progress, task):
+        with bars(f"fetch {url}", sum(objects.values())) as bar:
             for key, size in sorted(objects.items()):
                 try:
                     target = dest / safe_relpath(key)
@@ -195,7 +138,7 @@ def _download_objects(url: str, endpoint: str | None, options: list[str] | None,
                     source.download(key, target)
                 except (ValueError, OSError) as exc:  # e.g. both "a" and "a/b": a file cannot be a folder too
                     raise UserInputError(f"{url}: object {key!r} cannot be a file of a dataset: {exc}") from None
-                progress.advance(task, size)
+                bar.advance(size)
     except StoreError as exc:
         raise StoreError(exc.message, hint="check the URL, --endpoint and the --source-option credentials") from None
 
@@ -216,14 +159,13 @@ def create(
     """Create a dataset, and push a folder or a URL's objects as its first version."""
     with contextlib.ExitStack() as stack:
         folder = stack.enter_context(_fetched(source, endpoint, source_option)) if source is not None else None
-        api = Api()  # the source is read first: a bad one leaves no empty dataset behind
-        out = api.request("POST", "/datasets", json={"name": name, "cloud": cloud, "encrypted": encrypt,
-                                                      "project": project, "description": description})
+        conn = connect()  # the source is read first: a bad one leaves no empty dataset behind
+        out = conn.datasets.create(name, cloud=cloud, encrypt=encrypt, project=project, description=description)
         if not json_out:
             console.print(f"dataset {name} created on {out['cloud']}{' (encrypted)' if encrypt else ''}")
         if folder is not None:
             note = message or ("" if folder[1] else f"imported from {public_url(source)}")
-            _push(api, name, folder[0], cloud, note, json_out, cache=folder[1])
+            _push(conn, name, folder[0], cloud, note, json_out, cache=folder[1])
         elif json_out:
             print_json(out)
 
@@ -242,7 +184,7 @@ def push(
     push sends the rest when run again."""
     with _fetched(source, endpoint, source_option) as (folder, local):
         note = message or ("" if local else f"imported from {public_url(source)}")
-        _push(Api(), name, folder, cloud, note, json_out, cache=local)
+        _push(connect(), name, folder, cloud, note, json_out, cache=local)
 
 
 @dataset_app.command("pull")
@@ -253,60 +195,12 @@ def pull(
     json_out: JsonOpt = False,
 ) -> None:
     """Write a version's files to a folder; files already there and equal are kept."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..data import CorruptChunk, FileEntry, sha256_file, write_chunks
-
-    name, version = _ref(ref)
-    api = Api()
-    v = api.get(f"/datasets/{name}/versions/{version or 'latest'}")
-    entries = [FileEntry.model_validate(f) for f in v["files"]]
-    dest.mkdir(parents=True, exist_ok=True)
-    fetched = kept = 0
-    with _bar(f"pull {name} v{v['number']}", v["size"]) as (progress, task):
-        def fetch(entry: FileEntry) -> int:
-            path = dest / entry.path  # FileEntry refuses a path that leaves dest
-            if path.is_file() and not path.is_symlink() and path.stat().st_size == entry.size \
-                    and sha256_file(path) == entry.sha256:
-                progress.advance(task, entry.size)
-                return 0
-
-            def chunks() -> Iterator[bytes]:
-                for sha, size in entry.chunks:
-                    yield api.raw("GET", f"/datasets/{name}/chunks/{sha}", params={"cloud": cloud} if cloud else None)
-                    progress.advance(task, size)
-
-            try:
-                write_chunks(path, chunks(), entry.sha256)
-            except CorruptChunk:
-                raise FermionError(f"{entry.path} arrived corrupt", hint=f"`fermion dataset verify {name}`") from None
-            return 1
-
-        with ThreadPoolExecutor(WORKERS) as pool:
-            results = list(pool.map(fetch, entries))
-    fetched, kept = sum(results), len(results) - sum(results)
+    name, _ = _ref(ref)
+    out = connect().datasets.pull(ref, dest, cloud=cloud, progress=bars)
     if json_out:
-        print_json({"number": v["number"], "digest": v["digest"], "files": len(entries), "fetched": fetched, "kept": kept})
+        print_json(out.to_json())
     else:
-        console.print(f"{name} v{v['number']} → {dest}: {fetched} files fetched, {kept} already there")
-
-
-def _stream(api: Api, path: str, body: dict[str, Any], description: str) -> dict[str, Any]:
-    """Follow a server-side transfer: its JSON lines drive a progress bar; the last is its result."""
-    with _bar(description, None) as (progress, task), api.stream("POST", path, json=body) as lines:
-        for raw in lines:
-            line = json.loads(raw)
-            if "total" in line:
-                progress.update(task, total=line["total"])
-            elif "done" in line:
-                progress.update(task, completed=line["done"])
-            elif "error" in line:
-                hint = f" ({line['hint']})" if line.get("hint") else ""
-                raise remote_error_for(int(line.get("status", 500)), f"{line['error']}{hint}")
-            elif "result" in line:
-                progress.update(task, completed=progress.tasks[0].total or 0)
-                return line["result"]
-    raise FermionError("the server ended the transfer without a result", hint="run it again: it resumes")
+        console.print(f"{name} v{out.number} → {dest}: {out.fetched} files fetched, {out.kept} already there")
 
 
 @dataset_app.command("sync")
@@ -318,8 +212,8 @@ def sync_cmd(
 ) -> None:
     """Copy versions to another cloud's store: only the chunks it lacks, each from the nearest
     store that holds it intact (so a sync also repairs what verify found)."""
-    name, version = _ref(ref)
-    result = _stream(Api(), f"/datasets/{name}/sync", {"to": to, "from": source, "version": version}, f"sync {name} → {to}")
+    name, _ = _ref(ref)
+    result = connect().datasets.sync(ref, to, source=source, progress=bars)
     if json_out:
         print_json(result)
         return
@@ -335,29 +229,29 @@ def sync_cmd(
 @dataset_app.command("list")
 def list_cmd(json_out: JsonOpt = False) -> None:
     """Every dataset you can see."""
-    rows = Api().get("/datasets")
+    rows = connect().datasets()
     if json_out:
-        print_json(rows)
+        print_json([r.to_json() for r in rows])
         return
     print_table("datasets", ["name", "project", "cloud", "versions", "files", "size", "encrypted"],
-                [[r["name"], r["project"], r["cloud"], r["versions"], r["files"], _size(r["size"]),
-                  "yes" if r["encrypted"] else ""] for r in rows])
+                [[r.name, r.project, r.cloud, r.versions, r.files, _size(r.size), "yes" if r.encrypted else ""]
+                 for r in rows])
 
 
 @dataset_app.command("show")
 def show(name: Annotated[str, typer.Argument(help="The dataset.")], json_out: JsonOpt = False) -> None:
     """A dataset's versions, and which clouds' stores hold each."""
-    d = Api().get(f"/datasets/{name}")
+    d = connect().datasets.get(name)
     if json_out:
-        print_json(d)
+        print_json(d.to_json())
         return
-    held = {cloud: set(info.get("versions", [])) for cloud, info in d["stores"].items()}
-    console.print(f"[bold]{d['name']}[/bold] · project {d['project']} · home {d['cloud']}"
-                  f"{' · encrypted' if d['encrypted'] else ''}{' · ' + d['description'] if d['description'] else ''}")
+    held = {cloud: set(info.get("versions", [])) for cloud, info in d.stores.items()}
+    console.print(f"[bold]{d.name}[/bold] · project {d.project} · home {d.cloud}"
+                  f"{' · encrypted' if d.encrypted else ''}{' · ' + d.description if d.description else ''}")
     print_table("versions", ["version", "digest", "files", "size", "stores", "message"],
-                [[v["number"], v["digest"][:12], v["files"], _size(v["size"]),
-                  ", ".join(c for c in held if v["number"] in held[c]) or "none", v["message"]] for v in d["versions"]])
-    for cloud, info in d["stores"].items():
+                [[v.number, v.digest[:12], v.files, _size(v.size),
+                  ", ".join(c for c in held if v.number in held[c]) or "none", v.message] for v in d.versions])
+    for cloud, info in d.stores.items():
         if "error" in info:
             console.print(f"[red]{cloud}[/red]: {info['error']}")
 
@@ -370,7 +264,7 @@ def diff_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Files added, removed and changed between two versions."""
-    d = Api().get(f"/datasets/{name}/diff", a=a, b=b)
+    d = connect().datasets.diff(name, a, b)
     if json_out:
         print_json(d)
         return
@@ -389,8 +283,8 @@ def verify_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Read back every chunk and check it; corrupt ones are named and moved aside (sync repairs them)."""
-    name, version = _ref(ref)
-    out = Api().request("POST", f"/datasets/{name}/verify", json={"cloud": cloud, "version": version}, timeout=None)
+    name, _ = _ref(ref)
+    out = connect().datasets.verify(ref, cloud=cloud)
     if json_out:
         print_json(out)
     else:
@@ -418,10 +312,9 @@ def dedup(
     json_out: JsonOpt = False,
 ) -> None:
     """Remove exact and near-duplicate rows (MinHash) of text and tabular files, as a new version."""
-    name, version = _ref(ref)
+    name, _ = _ref(ref)
     with progress_console.status(f"deduplicating {ref}…"):
-        out = Api().request("POST", f"/datasets/{name}/dedup", json={"version": version, "threshold": threshold,
-                                                                     "column": column}, timeout=None)
+        out = connect().datasets.dedup(ref, threshold=threshold, column=column)
     if json_out:
         print_json(out)
         return
@@ -439,10 +332,10 @@ def delete(
     json_out: JsonOpt = False,
 ) -> None:
     """Delete a version, or the dataset, from every store; unneeded chunks are collected."""
-    name, version = _ref(ref)
+    _ref(ref)
     if not yes and not typer.confirm(f"delete {ref} from every store?"):
         raise typer.Abort()
-    out = Api().request("DELETE", f"/datasets/{name}", params={"version": version} if version else None, timeout=None)
+    out = connect().datasets.delete(ref)
     if json_out:
         print_json(out)
         return

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import tempfile
+import contextlib
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ._output import console, print_json, print_table
 from ._photon import REBUILD_HELP
-from ._platform import Api, save_credentials
+from ..sdk import Deployment
+from ._platform import connect, save_credentials
 
 deployment_app = typer.Typer(help="Inspect and manage deployments.", no_args_is_help=True)
 cloud_app = typer.Typer(help="Inspect the clouds this server manages.", no_args_is_help=True)
@@ -73,113 +74,76 @@ def deploy(
 ) -> None:
     """Build (if needed), upload and deploy a photon; a new version rolls out without downtime."""
     from ..errors import UserInputError
-    from ..photon.runtime import build_archive
 
     if not name:
         raise UserInputError("--name is required", hint="fermion deploy REF --name my-service")
-    api = Api()
-    env = list(env or [])
-    if model is not None:
-        version = api.get(f"/models/{model}")
-        if version["artifact_uri"].startswith("store:"):  # each replica fetches it from the stores
-            env.append(f"FERMION_MODEL={version['name']}:{version['version']}")
-        else:  # registered before models went to the stores: its folder, shown read-only
-            env.append(f"FERMION_MODEL_DIR={version['artifact_uri']}")
-        ref = ref or f"{Path(__file__).resolve().parents[1] / 'photons' / 'classifier' / 'photon.py'}:Classifier"
-    if ref is None:
-        raise UserInputError("give a photon to deploy, or --model NAME:VERSION")
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(ref) if ref.endswith(".photon") else Path(tmp) / "upload.photon"
-        if not ref.endswith(".photon"):
-            build_archive(ref, archive, cache=not rebuild)
-        with archive.open("rb") as f:
-            photon = api.request("POST", "/photons", files={"file": (archive.name, f, "application/zip")})
     env_map: dict[str, str] = {}
-    for item in env:
+    for item in env or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserInputError(f"--env {item!r} is not KEY=VALUE")
         env_map[key] = value
-    spec: dict[str, Any] = {"photon": photon["sha256"], "replicas": replicas, "clouds": cloud or [],
-                            "env": env_map, "public": public}
-    if project is not None:
-        spec["project"] = project
-    if rate_limit is not None:
-        spec["rate_limit"] = {"requests_per_second": rate_limit, "burst": burst}
-    if cpus is not None or memory_gb is not None:
-        spec["resources"] = {"cpus": cpus or 1, "memory_gb": memory_gb or 1}
+    autoscale_spec = spot_spec = placement_spec = canary_spec = None
     if min_replicas is not None or max_replicas is not None:
         low = min_replicas if min_replicas is not None else 1
         high = max_replicas if max_replicas is not None else max(low, replicas, 1)
         if low > high:
             raise UserInputError(f"--min-replicas {low} is above --max-replicas {high}")
-        spec["autoscale"] = {"min": low, "max": high, "target_ongoing_requests": target_ongoing_requests,
-                             "upscale_delay_s": upscale_delay, "downscale_delay_s": downscale_delay,
-                             "scale_to_zero_delay_s": scale_to_zero_delay, "queue_limit": queue_limit,
-                             "queue_timeout_s": queue_timeout}
+        autoscale_spec = {"min": low, "max": high, "target_ongoing_requests": target_ongoing_requests,
+                          "upscale_delay_s": upscale_delay, "downscale_delay_s": downscale_delay,
+                          "scale_to_zero_delay_s": scale_to_zero_delay, "queue_limit": queue_limit,
+                          "queue_timeout_s": queue_timeout}
     if spot_share is not None:
         if spot_fallback not in ("on_demand", "none"):
             raise UserInputError(f"--spot-fallback {spot_fallback!r} is not on_demand or none")
-        spec["spot"] = {"share": spot_share, "fallback": spot_fallback, "max_reclaim_share": spot_max_reclaim_share}
+        spot_spec = {"share": spot_share, "fallback": spot_fallback, "max_reclaim_share": spot_max_reclaim_share}
     if reoptimize_every is not None:
-        spec["placement"] = {"reoptimize_every_s": reoptimize_every, "min_saving": min_saving}
+        placement_spec = {"reoptimize_every_s": reoptimize_every, "min_saving": min_saving}
     if canary is not None:
-        spec["canary"] = {"weight": canary, "replicas": canary_replicas, "window_s": canary_window,
-                          "min_requests": canary_min_requests, "max_error_rate_increase": canary_max_error_increase,
-                          "max_p99_ratio": canary_max_p99_ratio, "auto": canary_auto}
-    out = api.request("PUT", f"/deployments/{name}", json=spec)
-    token = out.get("token")
-    if wait:
-        deadline = time.monotonic() + timeout
-        with console.status(f"waiting for {name} to be ready…"):
-            while not _settled(out) and time.monotonic() < deadline:
-                time.sleep(0.5)
-                out = api.get(f"/deployments/{name}")
-    out["token"] = token
+        canary_spec = {"weight": canary, "replicas": canary_replicas, "window_s": canary_window,
+                       "min_requests": canary_min_requests, "max_error_rate_increase": canary_max_error_increase,
+                       "max_p99_ratio": canary_max_p99_ratio, "auto": canary_auto}
+    with console.status(f"deploying {name}…") if wait and not json_out else contextlib.nullcontext():
+        out = connect().deploy(ref, name=name, model=model, replicas=replicas, clouds=cloud, cpus=cpus,
+                               memory_gb=memory_gb, env=env_map, public=public, project=project, rebuild=rebuild,
+                               rate_limit=rate_limit, burst=burst, autoscale=autoscale_spec, canary=canary_spec,
+                               spot=spot_spec, placement=placement_spec, wait=wait, timeout=timeout)
     if json_out:
-        print_json(out)
+        print_json(out.to_json())
         return
     _show_deployment(out)
-    if token:
-        console.print(f"deployment token (shown once): [bold]{token}[/]")
-    if out["status"] == "FAILED":
+    if out.token:
+        console.print(f"deployment token (shown once): [bold]{out.token}[/]")
+    if out.status == "FAILED":
         raise typer.Exit(1)
 
 
-def _settled(d: dict[str, Any]) -> bool:
-    """Done waiting: READY (with its canary's replicas, if one was asked for), IDLE or FAILED."""
-    if d["status"] == "FAILED":
-        return True
-    canary = d.get("canary")
-    return d["status"] in ("READY", "IDLE") and (not canary or canary["ready"] >= canary["replicas"])
-
-
-def _show_deployment(d: dict[str, Any]) -> None:
-    colour = {"READY": "green", "FAILED": "red", "DEGRADED": "yellow", "IDLE": "blue"}.get(d["status"], "cyan")
-    console.print(f"[bold]{d['name']}[/] photon={d['photon_name']} gen={d['generation']} "
-                  f"[{colour}]{d['status']}[/] {d['ready']}/{d['replicas']} ready — {d['status_reason']}")
-    console.print(f"endpoint: {d['endpoint']}  ({'public' if d['public'] else 'token required'})")
-    if d.get("autoscale"):
-        a = d["autoscale"]
+def _show_deployment(d: Deployment) -> None:
+    colour = {"READY": "green", "FAILED": "red", "DEGRADED": "yellow", "IDLE": "blue"}.get(d.status, "cyan")
+    console.print(f"[bold]{d.name}[/] photon={d.photon_name} gen={d.generation} "
+                  f"[{colour}]{d.status}[/] {d.ready}/{d.replicas} ready — {d.status_reason}")
+    console.print(f"endpoint: {d.endpoint}  ({'public' if d.public else 'token required'})")
+    if d.autoscale:
+        a = d.autoscale
         console.print(f"autoscale: {a['min']}–{a['max']} replicas, {a['target_ongoing_requests']:g} in flight each "
                       f"(up after {a['upscale_delay_s']:g}s, down after {a['downscale_delay_s']:g}s"
                       + (f", to zero after {a['scale_to_zero_delay_s']:g}s idle" if a["min"] == 0 else "") + ")")
-    if d.get("canary"):
-        c = d["canary"]
+    if d.canary:
+        c = d.canary
         console.print(f"canary: generation {c['generation']}, {c['weight']}% of the traffic, {c['ready']}/{c['replicas']} "
                       f"ready; " + (f"promoted after {c['window_s']:g}s if it holds (≥ {c['min_requests']} answers, error "
                                     f"rate ≤ stable + {100 * c['max_error_rate_increase']:g} points, p99 ≤ "
                                     f"{c['max_p99_ratio']:g}× stable), rolled back as soon as it does not"
                                     if c["auto"] else "ended by `fermion deployment promote|rollback` only"))
-    if d.get("last_error"):
-        console.print(f"[red]last error:[/] {d['last_error']}")
-    if d.get("spot"):
-        s = d["spot"]
+    if d.last_error:
+        console.print(f"[red]last error:[/] {d.last_error}")
+    if d.spot:
+        s = d.spot
         console.print(f"spot: {s['share']:.0%} of the replicas, fallback {s['fallback']}, at most "
                       f"{s['max_reclaim_share']:.0%} of them on spot per cloud")
     print_table(None, ["replica", "cloud", "market", "gen", "state", "since", "reason"],
-                [(r["id"], r["cloud"], "spot" if r.get("spot") else "on-demand", r["generation"], r["state"],
-                  _age(r["state_since"]), r["reason"]) for r in d["replica_list"]])
+                [(r.id, r.cloud, "spot" if r.spot else "on-demand", r.generation, r.state,
+                  _age(r.state_since), r.reason) for r in d.replica_list])
 
 
 def _age(since: float) -> str:
@@ -190,34 +154,33 @@ def _age(since: float) -> str:
 @deployment_app.command("list")
 def deployment_list(json_out: JsonOpt = False) -> None:
     """All deployments."""
-    rows = Api().get("/deployments")
+    rows = connect().deployments()
     if json_out:
-        print_json(rows)
+        print_json([d.to_json() for d in rows])
         return
     print_table("deployments", ["name", "photon", "gen", "status", "ready", "clouds", "endpoint"],
-                [(d["name"], d["photon_name"], d["generation"], d["status"], f"{d['ready']}/{d['replicas']}",
-                  ",".join(sorted({r["cloud"] for r in d["replica_list"] if r["cloud"]})), d["endpoint"]) for d in rows])
+                [(d.name, d.photon_name, d.generation, d.status, f"{d.ready}/{d.replicas}",
+                  ",".join(sorted({r.cloud for r in d.replica_list if r.cloud})), d.endpoint) for d in rows])
 
 
 @deployment_app.command("status")
 def deployment_status(name: str, json_out: JsonOpt = False) -> None:
     """A deployment with its replicas and recent events."""
-    api = Api()
-    d = api.get(f"/deployments/{name}")
+    handle = connect().deployment(name)
+    d = handle.get()
     if json_out:
-        print_json(d)
+        print_json(d.to_json())
         return
     _show_deployment(d)
-    events = api.get("/events", object_id=name, limit=10)
     print_table("recent events", ["time", "change", "reason"],
-                [(time.strftime("%H:%M:%S", time.localtime(e["at"])), f"{e['old']} → {e['new']}", e["reason"])
-                 for e in events])
+                [(time.strftime("%H:%M:%S", time.localtime(e.at)), f"{e.old} → {e.new}", e.reason)
+                 for e in handle.events(limit=10)])
 
 
 @deployment_app.command("logs")
 def deployment_logs(name: str, tail: Annotated[int, typer.Option(help="Lines per replica.")] = 50) -> None:
     """The last lines of each replica's log."""
-    for replica, text in Api().get(f"/deployments/{name}/logs", tail=tail).items():
+    for replica, text in connect().deployment(name).logs(tail).items():
         console.rule(replica)
         console.print(text, markup=False, highlight=False)
 
@@ -226,93 +189,112 @@ def deployment_logs(name: str, tail: Annotated[int, typer.Option(help="Lines per
 def deployment_scale(name: str, replicas: Annotated[int, typer.Argument(help="New replica count.")],
                      json_out: JsonOpt = False) -> None:
     """Change the number of replicas."""
-    d = Api().request("POST", f"/deployments/{name}/scale", json={"replicas": replicas})
+    d = connect().deployment(name).scale(replicas)
     if json_out:
-        print_json(d)
+        print_json(d.to_json())
     else:
         console.print(f"{name}: scaling to {replicas} replicas")
+
+
+@deployment_app.command("migrate")
+def deployment_migrate(
+    name: str,
+    cloud: Annotated[list[str], typer.Option(help="A cloud to run on (repeat).")],
+    wait: Annotated[bool, typer.Option(help="Wait until every replica runs there.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300,
+    json_out: JsonOpt = False,
+) -> None:
+    """Move a live deployment onto these clouds, one replica at a time: each new replica is READY
+    before an old one drains, so no request fails."""
+    from ._placement import show_optimization
+
+    handle = connect().deployment(name)
+    with console.status(f"moving {name} to {', '.join(cloud)}…") if wait and not json_out else contextlib.nullcontext():
+        out = handle.migrate(cloud, wait=wait, timeout=timeout)
+    if json_out:
+        print_json(out.to_json())
+        return
+    show_optimization(out)
+    console.print(f"{name}: " + (f"now on {out.target}" if wait and out.applied else
+                                 f"moving to {out.target}, one replica at a time" if out.applied else
+                                 f"already on {out.target}; its allowed clouds are now {', '.join(cloud)}"))
 
 
 @deployment_app.command("promote")
 def deployment_promote(name: str, json_out: JsonOpt = False) -> None:
     """End the canary: it becomes the deployment's version, and the stable replicas roll over to it."""
-    _end_canary(name, "promote", "canary promoted; generation {generation} rolls out", json_out)
+    d = connect().deployment(name).promote()
+    _said(d, json_out, f"{name}: canary promoted; generation {d.generation} rolls out")
 
 
 @deployment_app.command("rollback")
 def deployment_rollback(name: str, json_out: JsonOpt = False) -> None:
     """End the canary: its replicas drain, and the running version takes all the traffic again."""
-    _end_canary(name, "rollback", "canary rolled back; generation {generation} takes all the traffic", json_out)
+    d = connect().deployment(name).rollback()
+    _said(d, json_out, f"{name}: canary rolled back; generation {d.generation} takes all the traffic")
 
 
-def _end_canary(name: str, action: str, said: str, json_out: bool) -> None:
-    d = Api().request("POST", f"/deployments/{name}/{action}")
+def _said(d: Deployment, json_out: bool, text: str) -> None:
     if json_out:
-        print_json(d)
+        print_json(d.to_json())
     else:
-        console.print(f"{name}: " + said.format(generation=d["generation"]))
+        console.print(text)
 
 
 @deployment_app.command("delete")
 def deployment_delete(name: str) -> None:
     """Drain every replica and remove the deployment."""
-    Api().request("DELETE", f"/deployments/{name}")
+    connect().deployment(name).delete()
     console.print(f"{name}: deleting (replicas drain first)")
 
 
 @cloud_app.command("list")
 def cloud_list(json_out: JsonOpt = False) -> None:
     """Clouds with health, capacity and replica counts."""
-    rows = Api().get("/clouds")
+    rows = connect().clouds()
     if json_out:
-        print_json(rows)
+        print_json([c.to_json() for c in rows])
         return
     print_table("clouds", ["name", "kind", "health", "replicas", "cpus free/total", "memory GB free/total", "injected"],
-                [(c["name"], c["kind"], c["health"] + (f" ({c['health_reason']})" if c["health_reason"] else ""),
-                  c["replicas"], f"{c['free']['cpus']:g}/{c['capacity']['cpus']:g}",
-                  f"{c['free']['memory_gb']:g}/{c['capacity']['memory_gb']:g}",
-                  ", ".join(f"{k}={v}" for k, v in c["inject"].items() if v) or "-") for c in rows])
+                [(c.name, c.kind, c.health + (f" ({c.health_reason})" if c.health_reason else ""),
+                  c.replicas, f"{c.free['cpus']:g}/{c.capacity['cpus']:g}",
+                  f"{c.free['memory_gb']:g}/{c.capacity['memory_gb']:g}",
+                  ", ".join(f"{k}={v}" for k, v in c.inject.items() if v) or "-") for c in rows])
 
 
 @cloud_app.command("status")
 def cloud_status(name: str, json_out: JsonOpt = False) -> None:
     """One cloud and the replicas on it."""
-    api = Api()
-    cloud = next((c for c in api.get("/clouds") if c["name"] == name), None)
-    if cloud is None:
-        from ..errors import NotFoundError
-
-        raise NotFoundError(f"no cloud named {name!r}", hint="see `fermion cloud list`")
-    replicas = [r for r in api.get("/replicas") if r["cloud"] == name]
+    conn = connect()
+    cloud = conn.clouds.get(name)
+    replicas = [r for r in conn.deployments.replicas() if r.cloud == name]
     if json_out:
-        print_json({**cloud, "replica_list": replicas})
+        print_json({**cloud.to_json(), "replica_list": [r.to_json() for r in replicas]})
         return
-    console.print(f"[bold]{name}[/] {cloud['kind']} {cloud['health']} — {cloud['free']['cpus']:g} cpus free")
+    console.print(f"[bold]{name}[/] {cloud.kind} {cloud.health} — {cloud.free['cpus']:g} cpus free")
     print_table(None, ["replica", "deployment", "state", "since", "reason"],
-                [(r["id"], r["deployment"], r["state"], _age(r["state_since"]), r["reason"]) for r in replicas])
+                [(r.id, r.deployment, r.state, _age(r.state_since), r.reason) for r in replicas])
 
 
 @cloud_app.command("fail")
 def cloud_fail(name: str) -> None:
     """Inject an outage: kill every replica on the cloud and refuse new ones."""
-    out = Api().request("POST", f"/clouds/{name}/fail")
+    out = connect().clouds.fail(name)
     console.print(f"cloud {name}: down, {out['killed']} replicas and {out['attempts_killed']} job attempts killed")
 
 
 @cloud_app.command("recover")
 def cloud_recover(name: str) -> None:
     """End an injected outage."""
-    Api().request("POST", f"/clouds/{name}/recover")
+    connect().clouds.recover(name)
     console.print(f"cloud {name}: healthy")
 
 
 @cloud_app.command("gc")
 def cloud_gc(json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Collect garbage in every reachable store: ended jobs' checkpoints, then chunks nothing names."""
-    import httpx
-
     with console.status("collecting garbage in the clouds' stores…"):  # one listing of each store: minutes on a big one
-        out = Api().request("POST", "/stores/gc", timeout=httpx.Timeout(60, read=None))
+        out = connect().clouds.gc()
     if json_out:
         print_json(out)
         return
@@ -331,17 +313,17 @@ def login(url: Annotated[str, typer.Argument(help="Server URL")],
 
         ssl_context_from(ca)  # refuse a missing or unreadable file before saving it
     path = save_credentials(url.rstrip("/"), token, ca=str(ca.resolve()) if ca else None)
-    Api().get("/clouds")  # proves the token works
+    connect().clouds()  # proves the token works
     console.print(f"saved to {path}")
 
 
 def events(object_id: Annotated[str | None, typer.Option("--object", help="Only this object.")] = None,
            limit: Annotated[int, typer.Option(help="How many.")] = 50, json_out: JsonOpt = False) -> None:
     """Recent state changes."""
-    rows = Api().get("/events", object_id=object_id, limit=limit) if object_id else Api().get("/events", limit=limit)
+    rows = connect().events(object_id, limit)
     if json_out:
-        print_json(rows)
+        print_json([e.to_json() for e in rows])
         return
     print_table("events", ["time", "kind", "object", "change", "reason"],
-                [(time.strftime("%H:%M:%S", time.localtime(e["at"])), e["kind"], e["object_id"],
-                  f"{e['old']} → {e['new']}", e["reason"]) for e in rows])
+                [(time.strftime("%H:%M:%S", time.localtime(e.at)), e.kind, e.object_id,
+                  f"{e.old} → {e.new}", e.reason) for e in rows])

@@ -2,59 +2,60 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ._output import console, print_json, print_table
-from ._platform import Api
+from ..sdk import Code, Connection, Job
+from ._platform import bars, connect, progress_console
 
 job_app = typer.Typer(help="Run and inspect jobs (commands and fine-tunes) on the clouds.", no_args_is_help=True)
 model_app = typer.Typer(help="The model registry: versions, metrics, lineage, stages.", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 ProjectOpt = Annotated[str | None, typer.Option(help="The project (default: your token's, or default).")]
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
-def _follow(api: Api, name: str, timeout: float, show: bool = True) -> dict[str, Any]:
+def _follow(conn: Connection, name: str, timeout: float, show: bool = True) -> Job:
     """Wait for the job to end, with a progress bar of its training steps when it reports them
     (none with ``show`` off: the output is then JSON for a script)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    deadline = time.monotonic() + timeout
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console, transient=False, disable=not show) as progress:
         task = progress.add_task(name, total=None, info="")
-        while True:
-            job = api.get(f"/jobs/{name}")
-            steps = [m for m in job["metrics"] if "train_loss" in m and "step" in m]
-            evals = [m for m in job["metrics"] if "eval_accuracy" in m]
-            info = f"{job['status']} attempt {len(job['attempts'])}"
+
+        def shown(job: Job) -> None:
+            steps = [m for m in job.metrics if "train_loss" in m and "step" in m]
+            evals = [m for m in job.metrics if "eval_accuracy" in m]
+            info = f"{job.status} attempt {len(job.attempts)}"
             if steps:
                 info += f" · step {steps[-1]['step']} loss {steps[-1]['train_loss']:.3f}"
             if evals:
                 info += f" · eval acc {evals[-1]['eval_accuracy']:.3f}"
-            phases = [m for m in job["metrics"] if "phase" in m]  # a compression's steps and measurements
+            phases = [m for m in job.metrics if "phase" in m]  # a compression's steps and measurements
             if phases:
                 info += f" · {phases[-1]['phase']} {phases[-1].get('variant', '')}"
             progress.update(task, info=info)
-            if job["status"] in TERMINAL or time.monotonic() > deadline:
-                return job
-            time.sleep(0.5)
+
+        return conn.jobs.wait(name, timeout, on_update=shown)
 
 
-def _submit(api: Api, spec: dict[str, Any], follow: bool, timeout: float, json_out: bool) -> None:
-    job = api.request("POST", "/jobs", json=spec)
+def _submit(conn: Connection, spec: dict[str, Any], follow: bool, timeout: float, json_out: bool) -> None:
+    job = conn.jobs.submit(spec)
+    _ended(conn, job, follow, timeout, json_out)
+
+
+def _ended(conn: Connection, job: Job, follow: bool, timeout: float, json_out: bool) -> None:
     if follow:
-        job = _follow(api, spec["name"], timeout, show=not json_out)
+        job = _follow(conn, job.name, timeout, show=not json_out)
     if json_out:
-        print_json(job)
+        print_json(job.to_json())
     else:
         _show_job(job)
-    if job["status"] == "FAILED":
+    if job.status == "FAILED":
         raise typer.Exit(1)
 
 
@@ -112,41 +113,25 @@ def job_run(
     if folder is not None and workdir is None and spec is not None:
         folder = spec.parent / str(folder)  # a spec's workdir is relative to the spec
     body.pop("workdir", None)
-    api = Api()
+    conn = connect()
     if folder is not None:
-        body["code"] = ship_code(api, Path(folder), body.get("project"), json_out)["digest"]
+        body["code"] = ship_code(conn, Path(folder), body.get("project"), json_out).digest
     else:
         local = next((a for a in body.get("command") or [] if isinstance(a, str) and not a.startswith("-")
                       and not Path(a).is_absolute() and Path(a).is_file()), None)
         if local is not None:  # it would not be there: the job runs on another machine
             raise UserInputError(f"the command names {local}, a file of this folder, but the job runs on its cloud, "
                                  "where only what is sent with it is", hint="send this folder with it: --workdir .")
-    _submit(api, body, follow, timeout, json_out)
+    _submit(conn, body, follow, timeout, json_out)
 
 
-def ship_code(api: Api, root: Path, project: str | None, quiet: bool = False, pick: bool = True) -> dict[str, Any]:
-    """Send ``root``'s sources (as a photon's are picked; with ``pick`` False, every file) to the
-    server as a job's code: only the chunks its store lacks. Returns the code's digest, files,
-    size and stores."""
-    from ..data import plan_folder
-    from ..errors import UserInputError
-    from ..photon.runtime import source_files
-    from ._datasets import plan_cache, progress_console, send_plan
-
-    if not root.is_dir():
-        raise UserInputError(f"--workdir {root} is not a folder", hint="give the folder that holds the job's code")
-    with progress_console.status(f"reading {root}…"):
-        selection = source_files(root.resolve(), kind="job") if pick else None
-        plan = plan_folder(root, plan_cache(root) if pick else None,
-                           files=sorted(selection.files.items()) if selection else None)
-    if not plan.entries:
-        raise UserInputError(f"--workdir {root} holds no file to send", hint="check its .gitignore and .fermionignore")
-    report = send_plan(api, plan, f"code {root.name or root}", "/code/missing", "/code/chunks", {"project": project})
-    code = api.request("POST", "/code", json={"project": project, "files": [e.model_dump() for e in plan.entries]})
+def ship_code(conn: Connection, root: Path, project: str | None, quiet: bool = False) -> Code:
+    """Send ``root``'s sources as a job's code (through the SDK), and say what went."""
+    code = conn.ship_code(root, project, progress=bars)
     if not quiet:
-        skipped = f"; left out as secrets: {', '.join(selection.skipped)}" if selection and selection.skipped else ""
-        progress_console.print(f"code {code['digest'][:12]}: {code['files']} files, {code['size']} bytes "
-                               f"({report.bytes_sent} sent), kept in the stores of {', '.join(code['stores'])}{skipped}")
+        skipped = f"; left out as secrets: {', '.join(code.left_out)}" if code.left_out else ""
+        progress_console.print(f"code {code.digest[:12]}: {code.files} files, {code.size} bytes "
+                               f"({code.sent_bytes} sent), kept in the stores of {', '.join(code.stores)}{skipped}")
     return code
 
 
@@ -179,56 +164,24 @@ def finetune(
 
     if task != "classification":
         raise UserInputError(f"task {task!r} is not supported", hint="use --task classification")
-    # a folder is named by its absolute path; a registry reference NAME:VERSION, as it is (the
-    # server pins it, and each attempt fetches it from the stores)
-    base_dir = str(Path(base).resolve()) if base and Path(base).exists() else base
-    ft: dict[str, Any] = {"train_data": data, "eval_data": eval_data,
-                          "base": base_dir, "method": method, "epochs": epochs, "batch_size": batch_size,
-                          "grad_accum": grad_accum, "lr": lr, "precision": precision,
-                          "checkpoint_every": checkpoint_every, "seed": seed}
-    api = Api()
-    spec: dict[str, Any] = {"name": name, "finetune": ft, "model_name": model_name, "clouds": cloud or [],
-                            "resources": {"cpus": cpus, "memory_gb": 2}, "max_restarts": max_restarts,
-                            "project": project}
-    ship_local_data(api, ft, spec, project, json_out)
-    _submit(api, spec, follow, timeout, json_out)
+    conn = connect()
+    job = conn.finetune(name, data, eval_data=eval_data, base=base, method=method, epochs=epochs,
+                        batch_size=batch_size, grad_accum=grad_accum, lr=lr, precision=precision,
+                        checkpoint_every=checkpoint_every, seed=seed, model_name=model_name, clouds=cloud, cpus=cpus,
+                        max_restarts=max_restarts, project=project, wait=False, progress=bars)
+    _ended(conn, job, follow, timeout, json_out)
 
 
-def ship_local_data(api: Api, settings: dict[str, Any], spec: dict[str, Any], project: str | None,
-                    json_out: bool) -> None:
-    """A data file of this machine's goes with the job, as a job's code does (its cloud has no other
-    way to it): ``settings`` then name it code/..., and ``spec`` carries the code's digest."""
-    import shutil
-    import tempfile
-
-    from ..errors import UserInputError
-
-    local = {key: value for key in ("train_data", "eval_data")
-             if (value := settings.get(key)) is not None and not value.startswith("dataset:")}
-    if not local:
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        for key, value in local.items():
-            if not Path(value).is_file():
-                raise UserInputError(f"--{key.replace('_', '-').replace('train-', '')}: {value} is not a file",
-                                     hint="give a .csv or .jsonl file, or dataset:NAME@VERSION/PATH")
-            rel = f"{key.split('_')[0]}/{Path(value).name}"
-            (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(value, Path(tmp) / rel)
-            settings[key] = f"code/{rel}"
-        spec["code"] = ship_code(api, Path(tmp), project, json_out, pick=False)["digest"]
-
-
-def _show_job(job: dict[str, Any]) -> None:
-    colour = {"SUCCEEDED": "green", "FAILED": "red", "RUNNING": "cyan"}.get(job["status"], "yellow")
-    console.print(f"[bold]{job['name']}[/] ({job['kind']}) [{colour}]{job['status']}[/] — {job['reason']}")
-    if job.get("result"):
-        console.print(f"result: {job['result']}")
+def _show_job(job: Job) -> None:
+    colour = {"SUCCEEDED": "green", "FAILED": "red", "RUNNING": "cyan"}.get(job.status, "yellow")
+    console.print(f"[bold]{job.name}[/] ({job.kind}) [{colour}]{job.status}[/] — {job.reason}")
+    if job.result:
+        console.print(f"result: {job.result}")
     print_table("attempts", ["#", "cloud", "state", "exit", "reason"],
-                [(a["number"], a["cloud"], a["state"], a["exit_code"], a["reason"]) for a in job["attempts"]])
+                [(a.number, a.cloud, a.state, a.exit_code, a.reason) for a in job.attempts])
     # per epoch, the last word: an attempt resumed from a checkpoint before an epoch's end evaluates it again
     # (a job's own metrics.jsonl may hold any of these, or none: a missing one shows as "-")
-    evals = list({m.get("epoch"): m for m in job["metrics"] if "eval_accuracy" in m}.values())
+    evals = list({m.get("epoch"): m for m in job.metrics if "eval_accuracy" in m}.values())
     if evals:
         print_table("training curve (per epoch)", ["epoch", "step", "eval loss", "accuracy", "macro F1"],
                     [(m.get("epoch", "-"), m.get("step", "-"), _number(m.get("eval_loss"), 4),
@@ -242,21 +195,21 @@ def _number(value: object, digits: int) -> str:
 @job_app.command("list")
 def job_list(json_out: JsonOpt = False) -> None:
     """All jobs."""
-    jobs = Api().get("/jobs")
+    jobs = connect().jobs()
     if json_out:
-        print_json(jobs)
+        print_json([j.to_json() for j in jobs])
         return
     print_table("jobs", ["name", "kind", "status", "attempts", "restarts", "reason"],
-                [(j["name"], j["kind"], j["status"], len(j["attempts"]), f"{j['restarts']}/{j['max_restarts']}",
-                  j["reason"]) for j in jobs])
+                [(j.name, j.kind, j.status, len(j.attempts), f"{j.restarts}/{j.max_restarts}",
+                  j.reason) for j in jobs])
 
 
 @job_app.command("status")
 def job_status(name: str, json_out: JsonOpt = False) -> None:
     """A job's attempts, its training curve and result."""
-    job = Api().get(f"/jobs/{name}")
+    job = connect().jobs.get(name)
     if json_out:
-        print_json(job)
+        print_json(job.to_json())
     else:
         _show_job(job)
 
@@ -264,7 +217,7 @@ def job_status(name: str, json_out: JsonOpt = False) -> None:
 @job_app.command("logs")
 def job_logs(name: str, tail: Annotated[int, typer.Option(help="Lines per attempt.")] = 100) -> None:
     """Each attempt's log."""
-    for attempt, text in Api().get(f"/jobs/{name}/logs", tail=tail).items():
+    for attempt, text in connect().jobs.logs(name, tail).items():
         console.rule(attempt)
         console.print(text, markup=False, highlight=False)
 
@@ -272,51 +225,51 @@ def job_logs(name: str, tail: Annotated[int, typer.Option(help="Lines per attemp
 @job_app.command("cancel")
 def job_cancel(name: str) -> None:
     """Stop a job's running attempt and mark it cancelled."""
-    job = Api().request("POST", f"/jobs/{name}/cancel")
-    console.print(f"{name}: {job['status']}")
+    job = connect().jobs.cancel(name)
+    console.print(f"{name}: {job.status}")
 
 
 @model_app.command("list")
 def model_list(json_out: JsonOpt = False) -> None:
     """Every model version."""
-    rows = Api().get("/models")
+    rows = connect().models()
     if json_out:
-        print_json(rows)
+        print_json([m.to_json() for m in rows])
         return
     print_table("models", ["name", "version", "stage", "accuracy", "baseline", "job", "base model"],
-                [(m["name"], m["version"], m["stage"], f"{m['metrics'].get('final', {}).get('accuracy', 0):.3f}",
-                  f"{m['metrics'].get('baseline', {}).get('accuracy', 0):.3f}", m["lineage"].get("job"),
-                  Path(str(m["lineage"].get("base_model", ""))).name) for m in rows])
+                [(m.name, m.version, m.stage, f"{m.metrics.get('final', {}).get('accuracy', 0):.3f}",
+                  f"{m.metrics.get('baseline', {}).get('accuracy', 0):.3f}", m.lineage.get("job"),
+                  Path(str(m.lineage.get("base_model", ""))).name) for m in rows])
 
 
 @model_app.command("show")
 def model_show(ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION")], json_out: JsonOpt = False) -> None:
     """One version with its metrics and lineage."""
-    m = Api().get(f"/models/{ref}")
+    m = connect().models.get(ref)
     if json_out:
-        print_json(m)
+        print_json(m.to_json())
         return
     from ._compress import show_variant, show_variants
 
-    console.print(f"[bold]{m['name']}:{m['version']}[/] stage={m['stage']} artifact={m['artifact_uri']}")
-    print_table("lineage", ["key", "value"], sorted(m["lineage"].items()))
-    if m["metrics"].get("report"):  # a compressed variant: its measured report
-        show_variant(m)
+    console.print(f"[bold]{m.ref}[/] stage={m.stage} artifact={m.artifact_uri}")
+    print_table("lineage", ["key", "value"], sorted(m.lineage.items()))
+    if m.metrics.get("report"):  # a compressed variant: its measured report
+        show_variant(m.to_json())
     else:
-        print_table("metrics", ["key", "value"], sorted((k, v) for k, v in m["metrics"].items()))
-    if m.get("variants"):
-        show_variants(m["variants"])
+        print_table("metrics", ["key", "value"], sorted((k, v) for k, v in m.metrics.items()))
+    if m.variants:
+        show_variants(m.variants)
 
 
 @model_app.command("promote")
 def model_promote(ref: str, stage: Annotated[str, typer.Option(help="staging, production or archived")] = "production") -> None:
     """Move a version to a stage (one production version per model)."""
-    m = Api().request("POST", f"/models/{ref}/promote", json={"stage": stage})
-    console.print(f"{m['name']}:{m['version']} is now {m['stage']}")
+    m = connect().models.promote(ref, stage)
+    console.print(f"{m.ref} is now {m.stage}")
 
 
 @model_app.command("delete")
 def model_delete(ref: str) -> None:
     """Delete a version and its artifact (refused while a deployment serves it)."""
-    Api().request("DELETE", f"/models/{ref}")
+    connect().models.delete(ref)
     console.print(f"deleted {ref}")

@@ -25,6 +25,7 @@ ENTRIES = (
     ("job", "_jobs", "job_app", True),
     ("dataset", "_datasets", "dataset_app", True),
     ("model", "_jobs", "model_app", True),
+    ("pipeline", "_pipelines", "pipeline_app", True),
     ("secret", "_secrets", "secret_app", True),
     ("token", "_access", "token_app", True),
     ("user", "_access", "user_app", True),

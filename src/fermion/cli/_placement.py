@@ -46,11 +46,13 @@ def optimize_cmd(
     deployment: Annotated[str | None, typer.Option(help="Optimize this running deployment over the server's clouds.")] = None,
     apply: Annotated[bool, typer.Option(help="With --deployment: move replicas to the plan, one at a time.")] = False,
     min_saving: Annotated[float, typer.Option(help="With --apply: move only if cost falls by this share.")] = 0.1,
+    alpha: Annotated[float, typer.Option(help="With --deployment: weight of the performance penalty.")] = 1.0,
+    beta: Annotated[float, typer.Option(help="With --deployment: weight of the cost ($/hour).")] = 1.0,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Place replicas over the catalogs at the best alpha * performance + beta * cost, and say why."""
     if deployment is not None:
-        _optimize_deployment(deployment, apply, min_saving, json_out)
+        _optimize_deployment(deployment, apply, min_saving, alpha, beta, json_out)
         return
     if spec is None:
         raise UserInputError("give a placement spec file, or --deployment NAME",
@@ -78,22 +80,29 @@ def optimize_cmd(
         raise typer.Exit(1)
 
 
-def _optimize_deployment(name: str, apply: bool, min_saving: float, json_out: bool) -> None:
-    from ..placement import PlacementRequest, Plan
-    from ._platform import Api
+def _optimize_deployment(name: str, apply: bool, min_saving: float, alpha: float, beta: float,
+                         json_out: bool) -> None:
+    from ._platform import connect
 
-    out = Api().request("POST", f"/deployments/{name}/rebalance", json={"apply": apply, "min_saving": min_saving})
+    out = connect().deployment(name).optimize(alpha, beta, apply=apply, min_saving=min_saving)
     if json_out:
-        print_json(out)
+        print_json(out.to_json())
         return
-    plan = Plan.model_validate(out["plan"])
-    show_plan(plan, PlacementRequest(replicas=max(1, sum(out["current"].values()))))
-    console.print(f"now: {out['current']} at ${out['current_cost_per_hour']:.4f}/h; "
-                  f"best: {out['target']} at ${out['target_cost_per_hour'] or 0:.4f}/h (saving {out['saving']:.0%})")
-    if out["applied"]:
+    show_optimization(out, alpha, beta)
+    if out.applied:
         console.print("[green]moving replicas[/], one at a time (watch `fermion deployment status`)")
     elif apply:
         console.print(f"not moved: the saving is below {min_saving:.0%} or the placement is already best")
+
+
+def show_optimization(out: Any, alpha: float = 1.0, beta: float = 1.0) -> None:
+    """A deployment's optimal placement against where it runs now (an SDK Optimization)."""
+    from ..placement import Objective, PlacementRequest
+
+    show_plan(out.plan, PlacementRequest(replicas=max(1, sum(out.current.values()), sum((out.target or {}).values())),
+                                         objective=Objective(alpha=alpha, beta=beta)))
+    console.print(f"now: {out.current} at ${out.current_cost_per_hour:.4f}/h; "
+                  f"best: {out.target} at ${out.target_cost_per_hour or 0:.4f}/h (saving {out.saving:.0%})")
 
 
 def show_plan(plan: Any, request: Any) -> None:

@@ -1,104 +1,40 @@
-"""Talking to a Fermion server from the CLI: where it is, its token, and JSON over HTTP."""
+"""The CLI's way to a Fermion server: the SDK's connection, and Rich bars for its progress."""
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 from collections.abc import Iterator
-import ssl
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import httpx
+from rich.console import Console
 
-from .._files import write_atomic
-from ..client import Client
-from ..config import fermion_home
-from ..errors import AuthError, TransportError
+from ..sdk import CREDENTIALS, Bar, Connection, connect, load_credentials, save_credentials
 
-CREDENTIALS = "cli.json"
+__all__ = ["CREDENTIALS", "Connection", "bars", "connect", "load_credentials", "progress_console", "save_credentials"]
+
+progress_console = Console(stderr=True)  # bars on stderr: stdout stays the result (`--json` parses)
 
 
-def save_credentials(url: str, token: str, home: Path | None = None, ca: str | None = None) -> Path:
-    """Write cli.json (mode 0600); ``ca`` is a certificate file the CLI verifies an https server with."""
-    path = (home or fermion_home()) / CREDENTIALS
-    write_atomic(path, json.dumps({"url": url, "token": token, **({"ca": ca} if ca else {})}), 0o600)
-    return path
+class _RichBar:
+    def __init__(self, progress: Any, task: Any) -> None:
+        self._progress, self._task = progress, task
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._task, n)
+
+    def total(self, n: int | None) -> None:
+        self._progress.update(self._task, total=n)
+
+    def completed(self, n: int) -> None:
+        self._progress.update(self._task, completed=n)
 
 
-class Credentials(NamedTuple):
-    url: str
-    token: str
-    ca: str | None  # certificate file to verify the server with; None: the default trust store
+@contextlib.contextmanager
+def bars(description: str, total: int | None) -> Iterator[Bar]:
+    """A Rich bar of bytes with the rate (the SDK's progress, drawn on stderr)."""
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
 
-
-def load_credentials() -> Credentials:
-    """The server URL, token and CA: FERMION_URL, FERMION_TOKEN and FERMION_CA, else cli.json."""
-    url, token = os.environ.get("FERMION_URL"), os.environ.get("FERMION_TOKEN")
-    ca = os.environ.get("FERMION_CA") or None
-    path = fermion_home() / CREDENTIALS
-    if path.exists():
-        saved = json.loads(path.read_text())
-        # the saved CA belongs to the saved server, not to one FERMION_URL names
-        if ca is None and (not url or url.rstrip("/") == str(saved.get("url", "")).rstrip("/")):
-            ca = saved.get("ca")
-        url, token = url or saved.get("url"), token or saved.get("token")
-    if not url or not token:
-        raise AuthError(
-            "no Fermion server configured",
-            hint="start one with `fermion server start`, or run `fermion login URL --token TOKEN`",
-        )
-    return Credentials(url.rstrip("/"), token, ca)
-
-
-class Api:
-    """JSON calls to /api/v1 with the saved token; errors become Fermion errors."""
-
-    def __init__(self) -> None:
-        self.url, self.token, ca = load_credentials()
-        verify: ssl.SSLContext | bool = True
-        if ca:
-            from ..security import ssl_context_from
-
-            verify = ssl_context_from(ca)
-        elif self.url.startswith("http://"):
-            verify = False  # no TLS on this connection: loading the CA bundle for nothing costs a tenth of a second
-        self._http = httpx.Client(base_url=f"{self.url}/api/v1", timeout=60, verify=verify,
-                                  headers={"Authorization": f"Bearer {self.token}"})
-
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise self._unreachable(exc) from exc
-        Client._raise_for(response)
-        return response
-
-    def _unreachable(self, exc: httpx.TransportError) -> TransportError:
-        hint = "is `fermion server start` running?"
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            hint = "trust its certificate: `fermion login URL --ca CERT`, or set FERMION_CA"
-        return TransportError(f"cannot reach the Fermion server at {self.url}: {exc}", hint=hint)
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._send(method, path, **kwargs).json()
-
-    def raw(self, method: str, path: str, **kwargs: Any) -> bytes:
-        """The body of the answer as bytes (a dataset's chunk, say)."""
-        return self._send(method, path, **kwargs).content
-
-    @contextlib.contextmanager
-    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[Iterator[str]]:
-        """The lines of a streamed answer, as they arrive (no read timeout: a transfer may be long)."""
-        try:
-            with self._http.stream(method, path, timeout=httpx.Timeout(60, read=None), **kwargs) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    Client._raise_for(response)
-                yield response.iter_lines()
-        except httpx.TransportError as exc:
-            raise self._unreachable(exc) from exc
-
-    def get(self, path: str, **params: Any) -> Any:
-        return self.request("GET", path, params=params or None)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=progress_console, transient=False) as progress:
+        yield _RichBar(progress, progress.add_task(description, total=total))

@@ -11,7 +11,7 @@ import typer
 
 from ..errors import UserInputError
 from ._output import console, print_json, print_table
-from ._platform import Api
+from ._platform import connect
 
 ProjectOpt = Annotated[str | None, typer.Option(help="The project (default: your token's, or default).")]
 secret_app = typer.Typer(help="Manage secrets (use them in env as secret:NAME).", no_args_is_help=True)
@@ -40,34 +40,34 @@ def secret_set(
     project: ProjectOpt = None,
 ) -> None:
     """Create or replace a secret; the value comes from --value, --from-file, stdin, else a prompt."""
-    out = Api().request("PUT", f"/secrets/{name}", json={"value": _read_value(value, from_file), "project": project})
-    console.print(f"secret {name}: {'created' if out['created'] else 'replaced'}")
+    created = connect().secrets.set(name, _read_value(value, from_file), project)
+    console.print(f"secret {name}: {'created' if created else 'replaced'}")
 
 
 @secret_app.command("list")
 def secret_list(json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
                 project: ProjectOpt = None) -> None:
     """Secret names and when they changed (never their values)."""
-    rows = Api().get("/secrets", **({"project": project} if project else {}))
+    rows = connect().secrets(project)
     if json_out:
-        print_json(rows)
+        print_json([r.to_json() for r in rows])
         return
     fmt = "%Y-%m-%d %H:%M:%S"
     print_table("secrets", ["project", "name", "created", "updated"],
-                [(r["project"], r["name"], time.strftime(fmt, time.localtime(r["created_at"])),
-                  time.strftime(fmt, time.localtime(r["updated_at"]))) for r in rows])
+                [(r.project, r.name, time.strftime(fmt, time.localtime(r.created_at)),
+                  time.strftime(fmt, time.localtime(r.updated_at))) for r in rows])
 
 
 @secret_app.command("delete")
 def secret_delete(name: str, project: ProjectOpt = None) -> None:
     """Delete a secret (refused while a deployment or job refers to it)."""
-    Api().request("DELETE", f"/secrets/{name}", params={"project": project} if project else None)
+    connect().secrets.delete(name, project)
     console.print(f"secret {name}: deleted")
 
 
 @secret_app.command("rotate")
 def secret_rotate() -> None:
     """Re-encrypt every secret and stored env under a new master key."""
-    out = Api().request("POST", "/secrets/rotate")
+    out = connect().secrets.rotate()
     console.print(f"master key rotated to {out['key_id']}: {out['secrets']} secrets, "
                   f"{out['deployments']} deployment envs and {out['jobs']} job envs re-encrypted")

@@ -50,6 +50,8 @@ class CloudConfig(BaseModel):
     regions: list[str] = Field(default_factory=lambda: ["local"], min_length=1)
     capacity: Capacity = Field(default_factory=Capacity)
     pricing: Pricing = Field(default_factory=Pricing)
+    # how fast a slot here computes, against 1.0: a pipeline step's hours divide by it when it is placed
+    speed: float = Field(1.0, gt=0, le=1000)
     inject: Injected = Field(default_factory=Injected)
     # kind: ray — the cluster ("host:port", or "auto" for the one this machine is part of), and
     # the custom resource that marks this cloud's node group (several clouds can share a cluster)

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import delete, insert, select, update
@@ -41,6 +41,9 @@ from ._autoscale import AutoscalePolicy, Load, ScalerState, decide
 from ._canary import CanaryPolicy, VersionStats, judge, promote, roll_back
 from ._planner import DeploymentPlan, DeploymentView, Observation, ReplicaView, plan_deployment
 from ._scheduler import Choice, Need, Scheduler, max_per_cloud
+
+if TYPE_CHECKING:
+    from ..placement import Objective
 
 log = logging.getLogger("fermion.controller")
 LEASE_S = 30.0
@@ -738,9 +741,11 @@ class DeploymentController(ReconcileLoop):
             self.table.set(d.name, route)
 
     # -- moving replicas to a better placement ---------------------------------------------
-    def plan_rebalance(self, name: str) -> dict[str, Any]:
-        """The optimal placement of a deployment's replicas over the healthy clouds, vs. now."""
-        from ..placement import CloudState, Constraints, PlacementRequest, optimize
+    def plan_rebalance(self, name: str, objective: Objective | None = None,
+                       clouds: list[str] | None = None) -> dict[str, Any]:
+        """The optimal placement of a deployment's replicas over the healthy clouds (its allowed
+        ones, or ``clouds``), vs. now."""
+        from ..placement import CloudState, Constraints, Objective, PlacementRequest, optimize
 
         with self.store.session() as s:
             d = s.get(DeploymentRow, name)
@@ -755,7 +760,7 @@ class DeploymentController(ReconcileLoop):
             need, target, moving = Need.of(d.resources), d.target, d.target is not None
         free = self.scheduler.free()
         latency, failing = self.scheduler.observed_latency(), self.scheduler.observed_failure_rate()
-        allowed = self._allowed(d)
+        allowed = [n for n in self.scheduler.backends if n in clouds] if clouds else self._allowed(d)
         offerings, states, prices = [], {}, {}
         for n in allowed:
             offering = self.scheduler.offering(n)
@@ -768,7 +773,8 @@ class DeploymentController(ReconcileLoop):
                                    max_replicas=int(min(room_cpus / need.cpus, room_mem / need.memory_gb)),
                                    observed_latency_ms=latency.get(n), failure_rate=failing.get(n, 0.0))
         request = PlacementRequest(cpus=need.cpus, memory_gb=need.memory_gb, replicas=max(1, d.replicas),
-                                   constraints=Constraints(max_per_cloud=max_per_cloud(allowed, d.replicas)))
+                                   constraints=Constraints(max_per_cloud=max_per_cloud(allowed, d.replicas)),
+                                   objective=objective or Objective())
         plan = optimize(request, offerings, states)
         current_cost = sum(prices.get(c, 0.0) * k for c, k in counts.items())
         return {

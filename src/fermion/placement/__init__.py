@@ -1,6 +1,7 @@
-"""Catalogs of offerings and the placement optimizer."""
+"""Catalogs of offerings, the placement optimizer for replicas, and the placement of a pipeline's steps."""
 
 from ._catalog import CatalogInfo, Offering, builtin_catalogs, find_offering, list_offerings
+from ._dag import DataInput, Move, PipelinePlan, Site, StepNeed, StepPlacement, place_pipeline, score_of
 from ._optimizer import (
     CloudState,
     Constraints,
@@ -17,6 +18,12 @@ __all__ = [
     "CatalogInfo",
     "CloudState",
     "Constraints",
+    "DataInput",
+    "Move",
+    "PipelinePlan",
+    "Site",
+    "StepNeed",
+    "StepPlacement",
     "Objective",
     "Offering",
     "Placement",
@@ -28,4 +35,6 @@ __all__ = [
     "find_offering",
     "list_offerings",
     "optimize",
+    "place_pipeline",
+    "score_of",
 ]

@@ -94,6 +94,21 @@ class Plan(BaseModel):
             out[p.cloud] = out.get(p.cloud, 0) + p.count
         return out
 
+    def explain(self) -> str:
+        """The choice in words: each placement with its price, penalty and score, then each cloud
+        turned down and why."""
+        if not self.feasible:
+            lines = [f"infeasible: {self.infeasible_reason}"]
+        else:
+            lines = [f"{p.count} on {p.cloud}/{p.region} {p.instance_type}{' (spot)' if p.spot else ''}: "
+                     f"${p.price_per_hour:.4f}/h each, performance penalty {p.performance_penalty:.3f}, "
+                     f"score {p.score:.4f} each" + (f"; once ${p.one_time_cost:.4f} ({p.note})" if p.note else "")
+                     for p in self.placements]
+            lines.append(f"total ${self.cost_per_hour:.4f}/h, score {self.score:.4f} ({self.method}, "
+                         f"{self.solve_ms:.1f} ms)")
+        lines += [f"not {r.cloud}: {r.reason}" for r in self.rejected]
+        return "\n".join(lines)
+
 
 @dataclass
 class _Variant:
