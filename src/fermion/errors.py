@@ -135,6 +135,13 @@ class ServiceUnavailable(RemoteError):
     """The server is not ready or is draining (HTTP 503)."""
 
 
+class TimedOut(FermionError, TimeoutError):
+    """Waited as long as asked, and what was awaited has not happened (it may still)."""
+
+    http_status = 504
+    exit_code = 7
+
+
 class TransportError(FermionError):
     """The server could not be reached or did not answer in time."""
 

@@ -54,16 +54,19 @@ def test_the_weights_choose_between_the_fast_cloud_and_the_cheap_one(server: Ser
 
 
 def test_a_step_without_an_estimate_takes_its_last_run(server: ServerProc, tmp_path: Path) -> None:
-    server.cli("job", "run", "--name", "solo-work", "--cloud", "cheap", "--follow", "--timeout", "60",
-               "--", "python", "-c", "import time; time.sleep(1.0)")
-    spec = {"name": "solo", "steps": [{"name": "work", "command": ["python", "-c", "pass"]},
-                                      {"name": "other", "command": ["true"], "after": ["work"]}]}
+    spec = {"name": "solo", "alpha": 0, "beta": 1,
+            "steps": [{"name": "work", "command": ["python", "-c", "import time; time.sleep(1.0)"]},
+                      {"name": "other", "command": ["true"], "after": ["work"], "estimate": {"hours": 0.5}}]}
     with fermion.connect(server.url, server.token) as conn:
+        before = conn.pipelines.plan(spec, alpha=1, beta=0)
+        assert before.estimates["work"].startswith("a guess") and before.estimates["other"] == "the spec"
+        ran = conn.pipelines.run(spec, wait=True, timeout=120)
+        assert ran.status == "SUCCEEDED", [(s.step, s.reason) for s in ran.steps]
+        assert ran.step("work").cloud == "cheap"  # beta only: the cheap cloud
         out = conn.pipelines.plan(spec, alpha=1, beta=0)
-    assert out.estimates["work"] == "the last run (solo-work on cheap)"
-    assert out.estimates["other"].startswith("a guess")
+    assert out.estimates["work"] == "run 1 (on cheap)"
     work = next(p for p in out.plan.steps if p.step == "work")
-    assert 1.0 / 3600 / 4 <= work.run_h < 10.0 / 3600  # about a second on cheap, a quarter of it on fast
+    assert 1.0 / 3600 / 4 <= work.run_h < 30.0 / 3600  # about a second on cheap, a quarter of it on fast
 
 
 def test_the_cli_prints_the_plan_and_refuses_bad_pipelines(server: ServerProc, tmp_path: Path) -> None:

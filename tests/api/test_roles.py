@@ -89,6 +89,16 @@ class World:
         assert api.post("/datasets/ds/versions", json={"files": self.files}).status_code == 201
         self.chunk = sha
 
+    PIPELINE = {"name": "pl", "project": "ml", "steps": [{"name": "a", "command": ["true"],
+                                                          "resources": {"cpus": 0.25, "memory_gb": 0.25}}]}
+
+    def pipeline(self, api: httpx.Client) -> None:
+        """Pipeline pl of project ml, with a run."""
+        if api.get("/pipelines/pl").status_code == 404:
+            assert api.post("/pipelines", json={"pipeline": self.PIPELINE}).status_code == 201
+        if api.get("/pipelines/pl/runs/latest").status_code == 404:
+            assert api.post("/pipelines/pl/runs", json={}).status_code == 201
+
     def model(self) -> None:
         db = self.server.home / "fermion.db"
         with sqlite3.connect(db) as conn:
@@ -161,6 +171,15 @@ def policy(w: World) -> list[Rule]:
         Rule("GET", "/lineage", "any"),
         Rule("GET", "/costs", "any"),
         Rule("POST", "/pipelines/plan", "any", body=lambda: {"pipeline": {"name": "p", "steps": [{"name": "a"}]}}),
+        Rule("POST", "/pipelines", "editor", body=lambda: {"pipeline": World.PIPELINE}),
+        Rule("GET", "/pipelines", "viewer", listing=True),
+        Rule("GET", "/pipelines/pl", "viewer", setup=w.pipeline),
+        Rule("POST", "/pipelines/pl/runs", "editor", body=lambda: {}),  # allowed: 201, or 409 while one runs
+        Rule("GET", "/pipelines/pl/runs", "viewer"),
+        Rule("GET", "/pipelines/pl/runs/latest", "viewer"),
+        Rule("GET", "/pipelines/pl/runs/latest/logs", "viewer"),
+        Rule("POST", "/pipelines/pl/runs/latest/cancel", "editor"),  # allowed: 200, or 409 once it ended
+        Rule("DELETE", "/pipelines/pl", "editor", setup=w.pipeline),  # allowed: 200, or 409 while one runs
         Rule("GET", "/stream?limit_s=0.2", "any"),
         Rule("GET", "/jobs", "viewer", listing=True),
         Rule("POST", "/jobs", "editor", body=lambda: {"name": f"j{time.monotonic_ns()}", "command": ["true"],

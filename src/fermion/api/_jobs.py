@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,9 @@ class JobSpec(BaseModel):
     code: str | None = Field(None, pattern="^[0-9a-f]{64}$",
                              description="the digest of code sent to POST /api/v1/code: the command runs in it")
     project: str | None = Field(None, description="default: the token's project, else the user's only one, else default")
+    prefer: str | None = Field(None, pattern=NAME_PATTERN,
+                               description="the cloud to try first (a pipeline's placement); others if it has no room")
+    pipeline: dict[str, Any] | None = Field(None, description="the pipeline run that started it: name, run, step")
 
 
 def _platform(request: Request):  # noqa: ANN202
@@ -104,8 +108,22 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
         raise UserInputError("a job needs a command (after --) or fine-tune settings")
     else:  # the output: a folder of each attempt's, on its cloud, sent to the stores when it succeeds
         stored["outputs"] = "stores"
+        if spec.model_name:  # what it writes under model/ becomes a version, with result.json's metrics
+            stored["model_name"] = spec.model_name
     if spec.code is not None:
         stored["code"] = spec.code
+    if spec.prefer is not None:
+        if spec.prefer not in p.clouds:
+            raise UserInputError(f"unknown cloud {spec.prefer!r}", hint=f"known: {', '.join(sorted(p.clouds))}")
+        stored["prefer"] = spec.prefer
+    if spec.pipeline is not None:
+        stored["pipeline"] = {k: spec.pipeline.get(k) for k in ("name", "run", "step")}
+        models = spec.pipeline.get("models") or {}
+        if not isinstance(models, dict) or not all(
+                isinstance(k, str) and re.fullmatch(r"[A-Z0-9_]{1,60}", k) and isinstance(v, str) and len(v) < 200
+                for k, v in models.items()):
+            raise UserInputError("pipeline.models must map STEP names (A-Z, 0-9, _) to model references")
+        stored["pipeline"]["models"] = models
     if not p.public_url:  # its wrapper could send and fetch nothing
         raise UserInputError("this server has no URL its job attempts could reach it by",
                              hint="run it with `fermion server start`, which serves at that URL")
@@ -126,7 +144,7 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
             raise ConflictError(f"job {spec.name!r} exists", hint="pick another name or delete the old job")
         model = stored.get("model_name") or spec.model_name or spec.name
         other = s.scalars(select(ModelVersionRow.project).where(ModelVersionRow.name == model)).first()
-        if kind in ("finetune", "compress") and other is not None and other != project:
+        if (kind in ("finetune", "compress") or stored.get("model_name")) and other is not None and other != project:
             raise ConflictError(f"model name {model!r} belongs to another project", hint="pick another --model-name")
         p.secrets.check_references(s, spec.env, project)
         out_dir.mkdir(parents=True, exist_ok=True)  # the server's own: the metrics its attempts send
@@ -251,7 +269,14 @@ def job_logs(request: Request, name: str, tail: int = 200) -> dict[str, str]:
     """Each attempt's log (its last ``tail`` lines), by attempt."""
     p = _platform(request)
     with p.store.session() as s:
-        job = _get_job(s, name, caller(request))
+        _get_job(s, name, caller(request))
+    return job_log_texts(p, name, tail)
+
+
+def job_log_texts(p, name: str, tail: int) -> dict[str, str]:  # noqa: ANN001
+    """A job's attempts' logs with its env's values masked (the caller checked it may read them)."""
+    with p.store.session() as s:
+        job = _get_job(s, name, None)
         hide = p.secrets.open_env(s, job.env, env_purpose("job", name), missing_ok=True, project=job.project).values()
         attempts = s.scalars(select(AttemptRow).where(AttemptRow.job == name).order_by(AttemptRow.number)).all()
     return {f"attempt {a.number} ({a.cloud}, {a.state})":
@@ -274,6 +299,9 @@ def on_job_success(p, s, job: JobRow) -> None:  # noqa: ANN001
         from ._compress import register_variant
 
         register_variant(p, s, job)
+        return
+    if job.kind == "command" and job.spec.get("model_name"):
+        _register_command_model(p, s, job)
         return
     if job.kind != "finetune":
         return
@@ -305,6 +333,24 @@ def on_job_success(p, s, job: JobRow) -> None:  # noqa: ANN001
                   "baseline_accuracy": result["baseline"]["accuracy"]}
 
 
+def _register_command_model(p, s, job: JobRow) -> None:  # noqa: ANN001
+    """A command job named a model: its output's model/ folder becomes the next version, with the
+    metrics (and any lineage) its result.json gives."""
+    from ._artifacts import job_result, register_output
+
+    result, output, holders = job_result(p, job)
+    metrics = result.get("metrics") if isinstance(result, dict) else None
+    if not isinstance(metrics, dict):
+        raise UserInputError(f"job {job.name}'s result.json has no metrics mapping",
+                             hint='write {"metrics": {...}} to $FERMION_JOB_OUTPUT/result.json')
+    artifact_uri, size, kept = register_output(p, job, output, holders)
+    extra = result.get("lineage") if isinstance(result.get("lineage"), dict) else {}
+    name = job.spec["model_name"]
+    row = registry.record(s, p.store, name, registry.next_version(s, name), artifact_uri, metrics,
+                          {**extra, **job_lineage(s, job), "stores": kept, "bytes": size}, project=job.project)
+    job.result = {"model": f"{row.name}:{row.version}", "metrics": metrics}
+
+
 def job_lineage(s, job: JobRow) -> dict[str, Any]:  # noqa: ANN001
     """What a registered version records of the job that made it: its attempts' clouds, its data, the code."""
     from .. import __version__
@@ -314,7 +360,9 @@ def job_lineage(s, job: JobRow) -> dict[str, Any]:  # noqa: ANN001
             "datasets": [{"name": d["name"], "version": d["number"], "digest": d["digest"]}
                          for d in job.spec.get("datasets", [])],
             "clouds": [a.cloud for a in sorted(attempts, key=lambda a: a.number)],
-            "code_version": f"fermion {__version__}", "python": sys.version.split()[0]}
+            "code_version": f"fermion {__version__}", "python": sys.version.split()[0],
+            **({"pipeline": {k: job.spec["pipeline"].get(k) for k in ("name", "run", "step")}}
+               if job.spec.get("pipeline") else {})}
 
 
 def _model_out(r: ModelVersionRow) -> dict[str, Any]:

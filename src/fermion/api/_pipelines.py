@@ -1,25 +1,30 @@
-"""/api/v1/pipelines: where a pipeline's steps should run, by ``alpha * time + beta * cost``."""
+"""/api/v1/pipelines: register pipelines, plan where their steps run (``alpha * time + beta *
+cost``), start runs (by hand or by trigger), and read their steps and logs."""
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from ..errors import UserInputError, shorten
+from ..control import job_name, token_purpose
+from ..errors import ConflictError, NotFoundError, UserInputError, shorten
 from ..pipelines import DEFAULT_HOURS, PipelineSpec, StepSpec, parse_pipeline
-from ..placement import DataInput, Site, StepNeed, place_pipeline
-from ..store import AttemptRow, JobRow
+from ..placement import DataInput, PipelinePlan, Site, StepNeed, place_pipeline
+from ..security import hash_token, new_token
+from ..store import DatasetVersionRow, MembershipRow, PipelineRow, PipelineRunRow, StepRunRow, TokenRow, UserRow
 from ._auth import caller, require_token
 from ._datasets import dataset_input
-from ._principal import Principal
+from ._principal import Principal, require_project
 from ._schemas import ERROR_RESPONSES
 
 router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
 EXHAUSTIVE_MAX = 100_000  # assignments an exhaustive search may try
+RUN_TOKEN_DAYS = 7  # a run's token outlives no run that long
 
 
 class PlanRequest(BaseModel):
@@ -31,12 +36,26 @@ class PlanRequest(BaseModel):
     transfer_gb_per_hour: float = Field(360.0, gt=0, le=1e9, description="between two clouds' stores")
 
 
+class RegisterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pipeline: dict[str, Any] = Field(description="the pipeline, with each workdir sent as code and each photon uploaded")
+
+
 @router.post("/pipelines/plan")
 def plan_pipeline(request: Request, body: PlanRequest) -> dict[str, Any]:
     """A cloud for each compute step (the gates, deploys and promotions run on the server), with the
     completion time, the cost (machine hours and egress of the data each step fetches) and why."""
     p, me = request.app.state.platform, caller(request)
     spec = parse_pipeline(body.pipeline)
+    plan, estimates = place(p, spec, me, body.alpha, body.beta, body.method, body.transfer_gb_per_hour)
+    return {"pipeline": spec.name, "plan": plan.model_dump(), "estimates": estimates,
+            "server_steps": [s.name for s in spec.steps if not s.compute], "explanation": plan.explain()}
+
+
+def place(p, spec: PipelineSpec, me: Principal, alpha: float | None = None, beta: float | None = None,  # noqa: ANN001
+          method: str = "auto", rate: float = 360.0) -> tuple[PipelinePlan, dict[str, str]]:
+    """The placement of ``spec``'s compute steps over the server's clouds, and where each step's
+    hours came from."""
     sites = [Site(name=name, price_per_hour=config.prices()[0], speed=config.speed,
                   egress_per_gb=config.egress_per_gb(), healthy=p.scheduler.healthy(name))
              for name, config in sorted(p.configs.items())]
@@ -48,42 +67,273 @@ def plan_pipeline(request: Request, body: PlanRequest) -> dict[str, Any]:
         if unknown:
             raise UserInputError(f"step {step.name}: no cloud named {shorten(unknown[0])!r}",
                                  hint=f"clouds: {', '.join(sorted(p.configs))}")
+        cpus, memory = float(step.resources.get("cpus", 1)), float(step.resources.get("memory_gb", 1))
+        fits = [c for c in (step.clouds or sorted(p.configs))
+                if p.configs[c].capacity.cpus >= cpus and p.configs[c].capacity.memory_gb >= memory]
+        if not fits:
+            raise UserInputError(f"step {step.name} needs {cpus:g} cpus and {memory:g} GB: no allowed cloud is that big",
+                                 hint="ask for less, or allow a bigger cloud")
         hours, estimates[step.name] = _hours(p, spec, step, me)
         needs.append(StepNeed(name=step.name, hours=hours, after=spec.compute_after(step),
                               inputs=[_input(p, ref, me) for ref in step.datasets],
-                              output_gb=step.estimate.output_gb, clouds=step.clouds))
+                              output_gb=step.estimate.output_gb, clouds=fits))
     if not needs:
         raise UserInputError(f"pipeline {spec.name} has no step that runs on a cloud",
                              hint="job, finetune, eval and compress steps are placed; the others run on the server")
-    if body.method == "exhaustive":
+    if method == "exhaustive":
         tries = math.prod(len([s for s in sites if not n.clouds or s.name in n.clouds]) for n in needs)
         if tries > EXHAUSTIVE_MAX:
             raise UserInputError(f"an exhaustive search would try {tries} placements", hint="use method auto")
-    alpha = spec.alpha if body.alpha is None else body.alpha
-    beta = spec.beta if body.beta is None else body.beta
-    plan = place_pipeline(needs, sites, alpha=alpha, beta=beta, transfer_gb_per_hour=body.transfer_gb_per_hour,
-                          method=body.method)
-    return {"pipeline": spec.name, "plan": plan.model_dump(), "estimates": estimates,
-            "server_steps": [s.name for s in spec.steps if not s.compute], "explanation": plan.explain()}
+    plan = place_pipeline(needs, sites, alpha=spec.alpha if alpha is None else alpha,
+                          beta=spec.beta if beta is None else beta, transfer_gb_per_hour=rate, method=method)
+    return plan, estimates
 
 
 def _input(p, ref: str, me: Principal) -> DataInput:  # noqa: ANN001
     size, clouds = dataset_input(p, ref, me)
-    return DataInput(name=ref, size_gb=size / 1e9, at=clouds or [next(iter(p.configs))])
+    if not clouds:
+        raise ConflictError(f"no reachable store holds {ref} now", hint="`fermion dataset verify` it, or sync it")
+    return DataInput(name=ref, size_gb=size / 1e9, at=clouds)
 
 
 def _hours(p, spec: PipelineSpec, step: StepSpec, me: Principal) -> tuple[float, str]:  # noqa: ANN001
-    """The step's hours on a cloud of speed 1, and where that figure comes from: its spec, the last
-    successful run of the job it runs as (``PIPELINE-STEP``, scaled by its cloud's speed), or a guess."""
+    """The step's hours on a cloud of speed 1, and where that figure comes from: its spec, its last
+    successful run (scaled by the speed of the cloud it ran on), or a guess."""
     if step.estimate.hours is not None:
         return step.estimate.hours, "the spec"
     with p.store.session() as s:
-        job = s.get(JobRow, f"{spec.name}-{step.name}")
-        attempt = None
-        if job is not None and job.status == "SUCCEEDED" and me.visible(job.project):
-            attempt = s.scalars(select(AttemptRow).where(AttemptRow.job == job.name, AttemptRow.state == "SUCCEEDED")
-                                .order_by(AttemptRow.number.desc()).limit(1)).first()
-        if attempt is not None and attempt.started_at and attempt.ended_at and attempt.cloud in p.configs:
-            hours = max(0.0, attempt.ended_at - attempt.started_at) / 3600 * p.configs[attempt.cloud].speed
-            return hours, f"the last run ({job.name} on {attempt.cloud})"
+        last = s.execute(select(StepRunRow, PipelineRunRow.number).join(
+            PipelineRunRow, PipelineRunRow.id == StepRunRow.run_id).where(
+            PipelineRunRow.pipeline == spec.name, StepRunRow.step == step.name, StepRunRow.status == "SUCCEEDED",
+            StepRunRow.ended_at.is_not(None), StepRunRow.started_at.is_not(None)).order_by(
+            PipelineRunRow.number.desc()).limit(1)).first()
+        project = s.get(PipelineRow, spec.name).project if s.get(PipelineRow, spec.name) else None
+    if last is not None and project is not None and me.visible(project) and last[0].cloud in p.configs:
+        row, number = last
+        hours = max(0.0, row.ended_at - row.started_at) / 3600 * p.configs[row.cloud].speed
+        return hours, f"run {number} (on {row.cloud})"
     return DEFAULT_HOURS, "a guess (give estimate.hours, or run it once)"
+
+
+# -- registering and running ------------------------------------------------------------------
+@router.post("/pipelines", status_code=201)
+def register_pipeline(request: Request, body: RegisterRequest) -> dict[str, Any]:
+    """Create or replace a pipeline (its runs so far stay). Its triggers count from now: a dataset's
+    versions that exist already start nothing."""
+    p, me = request.app.state.platform, caller(request)
+    spec = parse_pipeline(body.pipeline)
+    project = spec.project or me.default_project()
+    now = time.time()
+    with p.store.session() as s:
+        require_project(s, project, me, "editor")
+        row = s.get(PipelineRow, spec.name)
+        if row is not None:
+            me.require(row.project, "editor", NotFoundError(f"pipeline name {spec.name!r} is taken", hint="pick another"))
+            if row.project != project:
+                raise ConflictError(f"pipeline {spec.name!r} belongs to project {row.project!r}")
+        state: dict[str, Any] = {}
+        for trigger in spec.triggers:
+            if trigger.dataset:
+                latest = s.scalar(select(func.max(DatasetVersionRow.number)).where(
+                    DatasetVersionRow.dataset == trigger.dataset))
+                state[f"dataset:{trigger.dataset}"] = int(latest or 0)
+            if trigger.cron:
+                state[f"cron:{trigger.cron}"] = now
+        stored = spec.model_dump(mode="json", by_alias=True)
+        if row is None:
+            s.add(PipelineRow(name=spec.name, project=project, owner=me.user, spec=stored, trigger_state=state,
+                              created_at=now, updated_at=now))
+            p.store.record(s, "pipeline", spec.name, "", "registered", f"{len(spec.steps)} steps, by {me.user}")
+        else:
+            row.spec, row.owner, row.updated_at = stored, me.user, now
+            row.trigger_state = {**state, **{k: v for k, v in (row.trigger_state or {}).items() if k in state}}
+            p.store.record(s, "pipeline", spec.name, "registered", "registered", f"replaced by {me.user}")
+    return pipeline_out(p, spec.name, me)
+
+
+@router.get("/pipelines")
+def list_pipelines(request: Request) -> list[dict[str, Any]]:
+    p, me = request.app.state.platform, caller(request)
+    with p.store.session() as s:
+        names = [r.name for r in s.scalars(select(PipelineRow).order_by(PipelineRow.name)) if me.visible(r.project)]
+    return [pipeline_out(p, n, me) for n in names]
+
+
+@router.get("/pipelines/{name}")
+def get_pipeline(request: Request, name: str) -> dict[str, Any]:
+    return pipeline_out(request.app.state.platform, name, caller(request))
+
+
+@router.delete("/pipelines/{name}")
+def delete_pipeline(request: Request, name: str) -> dict[str, Any]:
+    """Forget a pipeline and its runs (what they made stays: jobs, models, deployments)."""
+    p, me = request.app.state.platform, caller(request)
+    with p.store.session() as s:
+        row = _pipeline(s, name, me, "editor")
+        runs = s.scalars(select(PipelineRunRow).where(PipelineRunRow.pipeline == name)).all()
+        if any(r.status in ("RUNNING", "CANCELLING") for r in runs):
+            raise ConflictError(f"pipeline {name!r} has a run under way", hint=f"`fermion pipeline cancel {name}` first")
+        for r in runs:
+            for step in s.scalars(select(StepRunRow).where(StepRunRow.run_id == r.id)):
+                s.delete(step)
+            s.delete(r)
+        s.delete(row)
+        p.store.record(s, "pipeline", name, "registered", "deleted", f"by {me.user}")
+    return {"deleted": name}
+
+
+class RunRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("", max_length=200, description="why, for the run's record")
+
+
+@router.post("/pipelines/{name}/runs", status_code=201)
+def run_pipeline(request: Request, name: str, body: RunRequest) -> dict[str, Any]:
+    """Start a run on the pipeline's current spec; the controller takes it from there."""
+    p, me = request.app.state.platform, caller(request)
+    with p.store.session() as s:
+        _pipeline(s, name, me, "editor")
+    p.require_leader("start a pipeline run")
+    number = start_run(p, name, body.reason or f"started by {me.user}")
+    return run_out(p, name, str(number), me)
+
+
+def start_run(p, name: str, trigger: str) -> int:  # noqa: ANN001
+    """A new run of pipeline ``name``: its steps PENDING, its placement decided now, and a token for
+    the controller to act with as the pipeline's owner in its project. Returns its number."""
+    with p.store.session() as s:
+        row = s.get(PipelineRow, name)
+        if row is None:
+            raise NotFoundError(f"no pipeline named {shorten(name)!r}", hint="see `fermion pipeline list`")
+        if s.scalars(select(PipelineRunRow.id).where(PipelineRunRow.pipeline == name,
+                                                     PipelineRunRow.status.in_(("RUNNING", "CANCELLING")))).first():
+            raise ConflictError(f"pipeline {name!r} has a run under way", hint="wait for it, or cancel it")
+        spec, stored, project = PipelineSpec.model_validate(row.spec), dict(row.spec), row.project
+        owner = _principal(s, row.owner, project)
+        number = (s.scalar(select(func.max(PipelineRunRow.number)).where(PipelineRunRow.pipeline == name)) or 0) + 1
+    try:
+        plan, _ = place(p, spec, owner)
+        assignment = plan.assignment if plan.feasible else {}
+    except (UserInputError, NotFoundError, ConflictError):  # e.g. a dataset with no version yet: the step will say
+        assignment = {}
+    token = new_token("fmt")
+    with p.store.session() as s:
+        t = TokenRow(name=f"pipeline {name} run {number}", token_hash=hash_token(token), role="editor",
+                     user=owner.user, project=project, expires_at=time.time() + RUN_TOKEN_DAYS * 86400)
+        s.add(t)
+        s.flush()
+        run = PipelineRunRow(pipeline=name, number=number, project=project, status="RUNNING", reason="started",
+                             trigger=trigger, spec=stored, plan=assignment, token_id=t.id)
+        s.add(run)
+        s.flush()
+        run.token_sealed = p.secrets.seal(token, token_purpose(run.id))
+        for step in spec.steps:
+            s.add(StepRunRow(run_id=run.id, step=step.name, status="PENDING", reason="waiting",
+                             job=job_name(name, step.name, number) if step.compute else ""))
+        p.store.record(s, "pipeline", name, "", "RUNNING", f"run {number}: {trigger}")
+    p.pipelines.nudge()
+    return number
+
+
+def _principal(s, user: str, project: str) -> Principal:  # noqa: ANN001
+    """The pipeline's owner as an editor of its project: what its runs may see and do."""
+    row = s.get(UserRow, user)
+    if row is None:
+        raise ConflictError(f"the pipeline's owner {user!r} no longer exists", hint="register it again")
+    memberships = {m.project: m.role for m in s.scalars(select(MembershipRow).where(MembershipRow.user == user))}
+    return Principal("", "pipeline", user, row.admin, project, "editor", memberships)
+
+
+@router.get("/pipelines/{name}/runs")
+def list_runs(request: Request, name: str) -> list[dict[str, Any]]:
+    p, me = request.app.state.platform, caller(request)
+    with p.store.session() as s:
+        _pipeline(s, name, me)
+        numbers = s.scalars(select(PipelineRunRow.number).where(PipelineRunRow.pipeline == name)
+                            .order_by(PipelineRunRow.number)).all()
+    return [run_out(p, name, str(n), me) for n in numbers]
+
+
+@router.get("/pipelines/{name}/runs/{ref}")
+def get_run(request: Request, name: str, ref: str) -> dict[str, Any]:
+    """A run (a number, or latest) with each step's state, reason, job, cloud and outputs."""
+    return run_out(request.app.state.platform, name, ref, caller(request))
+
+
+@router.post("/pipelines/{name}/runs/{ref}/cancel")
+def cancel_run(request: Request, name: str, ref: str) -> dict[str, Any]:
+    p, me = request.app.state.platform, caller(request)
+    with p.store.session() as s:
+        _pipeline(s, name, me, "editor")
+        run = _run(s, name, ref)
+        if run.status != "RUNNING":
+            raise ConflictError(f"run {run.number} of {name} is {run.status}", hint="only a running run can be cancelled")
+        run.status, run.updated_at = "CANCELLING", time.time()
+        p.store.record(s, "pipeline", name, "RUNNING", "CANCELLING", f"run {run.number}: cancelled by {me.user}")
+        number = run.number
+    p.pipelines.nudge()
+    return run_out(p, name, str(number), me)
+
+
+@router.get("/pipelines/{name}/runs/{ref}/logs")
+def run_logs(request: Request, name: str, ref: str, tail: int = 100) -> dict[str, dict[str, str]]:
+    """Each step's job logs (per attempt), by step."""
+    from ._jobs import job_log_texts
+
+    p, me = request.app.state.platform, caller(request)
+    out = run_out(p, name, ref, me)
+    return {step["step"]: job_log_texts(p, step["job"], tail) for step in out["steps"]
+            if step["job"] and step["kind"] in ("job", "eval", "finetune", "compress") and step["status"] != "PENDING"}
+
+
+# -- reading ----------------------------------------------------------------------------------
+def _pipeline(s, name: str, me: Principal, role: str = "viewer") -> PipelineRow:  # noqa: ANN001
+    row = s.get(PipelineRow, name)
+    hidden = NotFoundError(f"no pipeline named {shorten(name)!r}", hint="see `fermion pipeline list`")
+    if row is None:
+        raise hidden
+    me.require(row.project, role, hidden)
+    return row
+
+
+def _run(s, name: str, ref: str) -> PipelineRunRow:  # noqa: ANN001
+    q = select(PipelineRunRow).where(PipelineRunRow.pipeline == name)
+    if ref == "latest":
+        run = s.scalars(q.order_by(PipelineRunRow.number.desc()).limit(1)).first()
+    elif ref.isdigit():
+        run = s.scalars(q.where(PipelineRunRow.number == int(ref))).first()
+    else:
+        raise UserInputError(f"invalid run {shorten(ref)!r}", hint="a run number, or latest")
+    if run is None:
+        raise NotFoundError(f"pipeline {name} has no run {shorten(ref)}", hint="`fermion pipeline run` it first")
+    return run
+
+
+def pipeline_out(p, name: str, me: Principal) -> dict[str, Any]:  # noqa: ANN001
+    with p.store.session() as s:
+        row = _pipeline(s, name, me)
+        last = s.scalars(select(PipelineRunRow).where(PipelineRunRow.pipeline == name)
+                         .order_by(PipelineRunRow.number.desc()).limit(1)).first()
+        runs = s.scalar(select(func.count()).select_from(PipelineRunRow).where(PipelineRunRow.pipeline == name))
+        return {"name": row.name, "project": row.project, "owner": row.owner, "spec": row.spec,
+                "steps": len(row.spec.get("steps", [])), "triggers": row.spec.get("triggers", []),
+                "trigger_state": row.trigger_state, "runs": runs or 0,
+                "last_run": {"number": last.number, "status": last.status, "reason": last.reason,
+                             "created_at": last.created_at} if last else None,
+                "created_at": row.created_at, "updated_at": row.updated_at}
+
+
+def run_out(p, name: str, ref: str, me: Principal) -> dict[str, Any]:  # noqa: ANN001
+    with p.store.session() as s:
+        _pipeline(s, name, me)
+        run = _run(s, name, ref)
+        steps = {r.step: r for r in s.scalars(select(StepRunRow).where(StepRunRow.run_id == run.id))}
+        kinds = {st["name"]: st.get("kind", "job") for st in run.spec.get("steps", [])}
+        return {"pipeline": name, "number": run.number, "status": run.status, "reason": run.reason,
+                "trigger": run.trigger, "plan": run.plan, "created_at": run.created_at, "ended_at": run.ended_at,
+                "steps": [{"step": st["name"], "kind": kinds[st["name"]], "after": st.get("after", []),
+                           "status": steps[st["name"]].status, "reason": steps[st["name"]].reason,
+                           "job": steps[st["name"]].job, "cloud": steps[st["name"]].cloud,
+                           "outputs": steps[st["name"]].outputs, "cached_from": steps[st["name"]].cached_from,
+                           "started_at": steps[st["name"]].started_at, "ended_at": steps[st["name"]].ended_at}
+                          for st in run.spec.get("steps", []) if st["name"] in steps]}

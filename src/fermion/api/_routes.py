@@ -26,6 +26,7 @@ from ..store import (
     JobRow,
     ModelVersionRow,
     PhotonRow,
+    PipelineRow,
     ReplicaRow,
 )
 from ..types import NAME_PATTERN
@@ -161,7 +162,7 @@ def _deployment_out(p: Platform, s, d: DeploymentRow, token: str | None = None) 
         replicas=d.replicas, ready=sum(r.state == "READY" and r.generation == d.generation for r in replicas),
         resources=d.resources, clouds=d.clouds, public=d.public, status=d.status, status_reason=d.status_reason,
         last_error=d.last_error, endpoint=f"{p.public_url}/d/{d.name}", token=token, autoscale=d.autoscale,
-        canary=_canary_out(d, replicas), spot=d.spot, placement=d.placement,
+        canary=_canary_out(d, replicas), spot=d.spot, placement=d.placement, target=d.target,
         replica_list=[ReplicaOut.model_validate(r, from_attributes=True) for r in replicas],
     )
 
@@ -379,14 +380,11 @@ def rebalance_deployment(request: Request, name: str, spec: RebalanceSpec) -> di
     return out
 
 
-def _require_ready(p, name: str, me: Principal, verb: str, moving_ok: bool = True) -> None:  # noqa: ANN001
+def _require_ready(p, name: str, me: Principal, verb: str) -> None:  # noqa: ANN001
     with p.store.session() as s:
         d = _get_deployment(s, name, me, "editor")
         if d.status != "READY":
             raise ConflictError(f"deployment {name!r} is {d.status}", hint=f"{verb} a READY deployment")
-        if d.target is not None and not moving_ok:
-            raise ConflictError(f"deployment {name!r} is already moving to {d.target}",
-                                hint="wait for the move to end (`fermion deployment status`)")
 
 
 class MigrateSpec(BaseModel):
@@ -398,27 +396,54 @@ class MigrateSpec(BaseModel):
 def migrate_deployment(request: Request, name: str, spec: MigrateSpec) -> dict[str, object]:
     """Move a live deployment onto ``clouds``: they become its allowed clouds, and its replicas move
     one at a time to the optimizer's placement over them, each new one READY before an old one drains
-    (no request fails). Answers the plan; ``applied`` is false when it already runs there."""
+    (no request fails). Answers the plan; ``applied`` is false when it already runs there (or, IDLE,
+    runs nowhere: its next replica starts there)."""
     p, me = platform(request), caller(request)
-    _require_ready(p, name, me, "migrate", moving_ok=False)
-    unknown = [c for c in spec.clouds if c not in p.clouds]
+    clouds = list(dict.fromkeys(spec.clouds))
+    with p.store.session() as s:
+        d = _get_deployment(s, name, me, "editor")
+        idle = _check_movable(d)
+    unknown = [c for c in clouds if c not in p.clouds]
     if unknown:
         raise UserInputError(f"no cloud named {shorten(unknown[0])!r}", hint=f"clouds: {', '.join(sorted(p.clouds))}")
     p.require_leader("move replicas")
-    out = p.controller.plan_rebalance(name, clouds=spec.clouds)
+    out = p.controller.plan_rebalance(name, clouds=clouds)
     if not out["target"]:
         why = "; ".join(f"{r['cloud']} is {r['reason']}" for r in out["plan"]["rejected"])
-        raise ConflictError(f"deployment {name!r} cannot run on {', '.join(spec.clouds)}: "
+        raise ConflictError(f"deployment {name!r} cannot run on {', '.join(clouds)}: "
                             f"{why or out['plan']['infeasible_reason']}", hint="name clouds that are healthy and have room")
-    with p.store.session() as s:
+    out["applied"] = not idle and out["target"] != out["current"]
+    with p.store.session() as s:  # checked again where it is written: a move that began meanwhile wins
         d = _get_deployment(s, name, me, "editor")
-        old = list(d.clouds or [])
-        d.clouds = list(dict.fromkeys(spec.clouds))
-        p.store.record(s, "deployment", name, ",".join(old) or "any cloud", ",".join(d.clouds), "migrating")
-    out["applied"] = out["target"] != out["current"]
+        if _check_movable(d) != idle:
+            raise ConflictError(f"deployment {name!r} changed while its move was planned", hint="try again")
+        old = ", ".join(d.clouds or []) or "any cloud"
+        d.clouds = clouds
+        if out["applied"]:
+            d.target = dict(out["target"])
+        p.store.record(s, "deployment", name, d.status, "REBALANCING" if out["applied"] else d.status,
+                       f"migrating from {old} to {', '.join(clouds)}" + (f": {out['current']} → {out['target']}"
+                                                                         if out["applied"] else ""))
     if out["applied"]:
-        p.controller.start_rebalance(name, out["target"], f"migrating to {', '.join(spec.clouds)}")
+        p.controller.nudge()
     return out
+
+
+def _check_movable(d: DeploymentRow) -> bool:
+    """Whether ``d`` is IDLE (nothing to move); a 409 unless it is READY or IDLE with no move, canary
+    or spot policy under way (those keep replicas the move would not carry)."""
+    if d.status not in ("READY", "IDLE"):
+        raise ConflictError(f"deployment {d.name!r} is {d.status}", hint="migrate a READY deployment")
+    if d.target is not None:
+        raise ConflictError(f"deployment {d.name!r} is already moving to {d.target}",
+                            hint="wait for the move to end (`fermion deployment status`)")
+    if d.canary:
+        raise ConflictError(f"deployment {d.name!r} has a canary under way",
+                            hint="promote or roll it back first (`fermion deployment promote|rollback`)")
+    if d.spot:
+        raise ConflictError(f"deployment {d.name!r} runs under a spot policy, which places its replicas itself",
+                            hint="redeploy it with --cloud to change its clouds")
+    return d.status == "IDLE"
 
 
 @router.get("/deployments/{name}/logs")
@@ -466,6 +491,7 @@ def _visible_events(s, me: Principal):  # noqa: ANN001, ANN202 - a SQL condition
         "job": jobs,
         "attempt": s.scalars(select(AttemptRow.id).where(AttemptRow.job.in_(jobs))).all(),
         "model": [f"{m.name}:{m.version}" for m in s.scalars(select(ModelVersionRow)).all() if me.visible(m.project)],
+        "pipeline": [x.name for x in s.scalars(select(PipelineRow)).all() if me.visible(x.project)],
     }
     return or_(EventRow.kind == "cloud",
                *(and_(EventRow.kind == kind, EventRow.object_id.in_(ids)) for kind, ids in by_kind.items()))

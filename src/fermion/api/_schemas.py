@@ -153,6 +153,7 @@ class DeploymentOut(BaseModel):
     canary: dict[str, Any] | None = None  # generation, weight, replicas, ready, and its judge's settings
     spot: dict[str, Any] | None = None
     placement: dict[str, Any] | None = None
+    target: dict[str, int] | None = None  # replicas per cloud of a move under way
     token: str | None = None  # only in the answer that created it
     replica_list: list[ReplicaOut] = Field(default_factory=list)
 

@@ -31,6 +31,7 @@ from ..control import (
     DeploymentController,
     JobController,
     Leadership,
+    PipelineController,
     Scheduler,
     Telemetry,
     stop_on_retired_clouds,
@@ -67,6 +68,7 @@ from ._datasets import data_moves, stores_router
 from ._datasets import router as datasets_router
 from ._gateway_feed import router as gateway_feed_router
 from ._pipelines import router as pipelines_router
+from ._pipelines import start_run
 from ._ui import router as ui_api_router
 from ._ui import ui_router
 from ._auth import require_token
@@ -96,6 +98,7 @@ class Platform:
         self.home = home
         # the certificate a job attempt verifies this server with, when it serves HTTPS (public: no secret)
         self.server_ca_pem = Path(server_ca).read_text() if server_ca else None
+        self.server_ca_file = server_ca
         home.chmod(0o700)  # its database, keys and tokens are the server's alone
         self.secrets = SecretBox(self.home)  # before the store: a bad master key stops the start
         self.public_url = public_url
@@ -160,6 +163,9 @@ class Platform:
         self.jobs = JobController(self.store, self.scheduler, self.controller, owner=f"{server_id}/jobs",
                                   on_success=lambda s, job: on_job_success(self, s, job),
                                   attempt_env=self.attempt_env, data_moves=lambda pinned: data_moves(self, pinned))
+        self.pipelines = PipelineController(self.store, open_token=self.secrets.open, connect=self._connect_as,
+                                            start_run=lambda name, why: start_run(self, name, why),
+                                            revoke=self._revoke_token)
         self.leadership = Leadership(self.store, server_id, public_url, on_lead=self._lead, on_follow=self._follow,
                                      follow_tick=self.controller.publish_from_store,
                                      every_step=self._sync_from_store)
@@ -214,13 +220,31 @@ class Platform:
             config, self.workloads_root, server_home=self.home, isolation=self.isolation, hidden=self.store_folders))
         self.controller.start()
         self.jobs.start()
+        self.pipelines.start()
         stop_orphans(self.store, self.clouds)  # after the first pass: what no row knows now, no one ever will
 
     def _follow(self) -> None:
         try:
+            self.pipelines.stop()
             self.jobs.stop()
         finally:
             self.controller.stop()
+
+    def _connect_as(self, token: str):  # noqa: ANN202 - an SDK Connection
+        """The SDK on this server's own URL, as a token's owner: how a pipeline run acts."""
+        from ..sdk import Connection, Credentials, Transport
+
+        if not self.public_url:
+            raise UserInputError("this server has no URL a pipeline run could act through",
+                                 hint="run it with `fermion server start`, which serves at that URL")
+        return Connection(Transport(Credentials(self.public_url, token, self.server_ca_file), timeout=120))
+
+    def _revoke_token(self, token_id: str) -> None:
+        with self.store.session() as s:
+            row = s.get(TokenRow, token_id)
+            if row is not None and row.revoked_at is None:
+                row.revoked_at = time.time()
+        self.refresh_gateway_admins()
 
     def _sync_from_store(self) -> None:
         """What another server may have changed: admin tokens (every gateway must see a revocation)

@@ -57,6 +57,8 @@ def optimize_cmd(
     if spec is None:
         raise UserInputError("give a placement spec file, or --deployment NAME",
                              hint="see examples/placement/inference.yaml")
+    if (alpha, beta) != (1.0, 1.0):
+        raise UserInputError("--alpha and --beta are for --deployment", hint="a spec file sets them: objective: {alpha: .., beta: ..}")
     import yaml
     from pydantic import ValidationError
 

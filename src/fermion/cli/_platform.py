@@ -31,10 +31,11 @@ class _RichBar:
 
 @contextlib.contextmanager
 def bars(description: str, total: int | None) -> Iterator[Bar]:
-    """A Rich bar of bytes with the rate (the SDK's progress, drawn on stderr)."""
+    """A Rich bar of bytes with the rate (the SDK's progress, drawn on stderr); one of unknown size
+    (reading a folder) leaves no line behind."""
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=progress_console, transient=False) as progress:
+                  TimeRemainingColumn(), console=progress_console, transient=total is None) as progress:
         yield _RichBar(progress, progress.add_task(description, total=total))

@@ -6,6 +6,7 @@ from ._deployments import DeploymentController
 from ._jobs import JobController
 from ._leader import Leadership
 from ._orphans import stop_on_retired_clouds, stop_orphans
+from ._pipelines import PipelineController, job_name, token_purpose
 from ._planner import (
     TRANSITIONS,
     AttemptView,
@@ -34,15 +35,18 @@ __all__ = [
     "Leadership",
     "Need",
     "Observation",
+    "PipelineController",
     "ReplicaChange",
     "ReplicaView",
     "Scheduler",
     "Telemetry",
     "plan_deployment",
+    "job_name",
     "plan_job",
     "promote",
     "roll_back",
     "start_canary",
     "stop_on_retired_clouds",
     "stop_orphans",
+    "token_purpose",
 ]

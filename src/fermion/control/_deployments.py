@@ -749,7 +749,10 @@ class DeploymentController(ReconcileLoop):
 
         with self.store.session() as s:
             d = s.get(DeploymentRow, name)
-            assert d is not None
+            if d is None:  # deleted since the caller looked
+                from ..errors import NotFoundError
+
+                raise NotFoundError(f"no deployment named {name!r}")
             current = s.scalars(select(ReplicaRow).where(
                 ReplicaRow.deployment == name, ReplicaRow.generation == d.generation,
                 ReplicaRow.state.not_in((*TERMINAL_STATES, "DRAINING")))).all()

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -140,8 +141,11 @@ class JobController(ReconcileLoop):
         attempt_id = f"a-{uuid.uuid4().hex[:10]}"
         preempted = last is not None and last.state == "PREEMPTED"
         moves = self.data_moves(job.spec["datasets"]) if self.data_moves and job.spec.get("datasets") else None
+        # a pipeline's placement names the cloud for the first attempt; a later one goes where the scheduler says
+        prefer = job.spec.get("prefer") if number == 1 else None
         choice = self.scheduler.choose(attempt_id, need, job.clouds or list(self.scheduler.backends), spot=job.spot,
-                                       last=last.cloud if preempted and last is not None else None, moves=moves)
+                                       last=last.cloud if preempted and last is not None else None, moves=moves,
+                                       prefer=prefer)
         if choice.cloud is None:
             job.reason = "waiting for a cloud: " + "; ".join(choice.why_not or ["none allowed"])
             return None
@@ -155,6 +159,7 @@ class JobController(ReconcileLoop):
         # only through the stores (the attempt's wrapper sends and restores them)
         env = {**declared, "FERMION_CHECKPOINT_DIR": "checkpoints", "FERMION_JOB": job.name,
                "FERMION_ATTEMPT": str(number), "FERMION_JOB_OUTPUT": job.output_dir,
+               **_pipeline_env(job.spec.get("pipeline")),
                **(self.attempt_env(attempt_id) if self.attempt_env else {})}
         writable = []
         if job.spec.get("outputs") == "stores":  # the job writes its output on its cloud; the wrapper sends it
@@ -250,3 +255,13 @@ class JobController(ReconcileLoop):
                 if job is None or job.status in JOB_TERMINAL:
                     return
             time.sleep(0.1)
+
+
+def _pipeline_env(pipeline: dict[str, Any] | None) -> dict[str, str]:
+    """A pipeline step's job is told its run, and the models the steps before it registered (not
+    part of its env, so not masked in its logs as the env's values are)."""
+    if not pipeline:
+        return {}
+    return {"FERMION_PIPELINE": str(pipeline.get("name")), "FERMION_PIPELINE_RUN": str(pipeline.get("run")),
+            "FERMION_PIPELINE_STEP": str(pipeline.get("step")),
+            **{f"FERMION_INPUT_{step}_MODEL": ref for step, ref in (pipeline.get("models") or {}).items()}}

@@ -301,9 +301,10 @@ class Scheduler:
 
     def choose(self, workload_id: str, need: Need, allowed: Iterable[str], *, spot: bool = False,
                caps: dict[str, int] | None = None, only: str | None = None, last: str | None = None,
-               moves: Moves | None = None) -> Choice:
+               moves: Moves | None = None, prefer: str | None = None) -> Choice:
         """The best cloud with room for ``need``, its capacity reserved for ``workload_id``.
-        ``last`` (the cloud that just lost this workload) goes to the back of the line."""
+        ``last`` (the cloud that just lost this workload) goes to the back of the line; ``prefer``
+        (healthy and allowed) to the front."""
         allowed = list(allowed)
         why_not = [f"{n}: unhealthy" for n in sorted(allowed) if n in self.backends and not self.healthy(n)]
         order, why = self.rank(allowed, need, spot=spot, caps=caps, moves=moves)
@@ -311,6 +312,8 @@ class Scheduler:
             order = [n for n in order if caps.get(n, 0) > 0] + [n for n in order if caps.get(n, 0) <= 0]
         if only is not None and only in order:
             order = [only]
+        if prefer is not None and prefer in order:
+            order = [prefer] + [n for n in order if n != prefer]
         if last is not None and last in order and len(order) > 1:
             order = [n for n in order if n != last] + [last]
         for name in order:

@@ -29,16 +29,18 @@ class StepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME_PATTERN)
     kind: StepKind = "job"
-    after: list[str] = Field(default_factory=list, description="steps that must finish first")
+    after: list[str] = Field(default_factory=list, max_length=50, description="steps that must finish first")
     # job, eval: a command, run in a copy of workdir (relative to the pipeline file)
     command: list[str] = Field(default_factory=list)
     workdir: str | None = None
-    datasets: list[str] = Field(default_factory=list, description="NAME or NAME@VERSION: what it reads")
+    datasets: list[str] = Field(default_factory=list, max_length=16, description="NAME or NAME@VERSION: what it reads")
     resources: dict[str, float] = Field(default_factory=lambda: {"cpus": 1, "memory_gb": 1})
     env: dict[str, str] = Field(default_factory=dict)
     clouds: list[str] = Field(default_factory=list, description="allowed clouds; empty: any")
     estimate: Estimate = Field(default_factory=Estimate)
     retries: int = Field(1, ge=0, le=20, description="re-runs of the step after its own failures")
+    code: str | None = Field(None, pattern="^[0-9a-f]{64}$",
+                             description="the digest of workdir's files as sent to the server (set when it is sent)")
     # finetune, compress, deploy, gate, promote: their own settings (see the docs of each kind)
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
 
@@ -47,10 +49,33 @@ class StepSpec(BaseModel):
         return self.kind in COMPUTE_KINDS
 
 
+class Trigger(BaseModel):
+    """When the server starts a run by itself: a new version of a dataset, or a cron schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str | None = Field(None, pattern=NAME_PATTERN, description="a new version of this dataset")
+    cron: str | None = Field(None, description="five fields, UTC: '0 3 * * *' is 03:00 every day")
+
+    @model_validator(mode="after")
+    def _one(self) -> Trigger:
+        if (self.dataset is None) == (self.cron is None):
+            raise ValueError("a trigger is either `dataset: NAME` or `cron: SCHEDULE`")
+        if self.cron is not None:
+            from ._cron import parse_cron
+
+            try:
+                parse_cron(self.cron)
+            except UserInputError as exc:
+                raise ValueError(exc.message) from None
+        return self
+
+
 class PipelineSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
+    project: str | None = Field(None, description="default: the token's project, else the user's only one")
+    triggers: list[Trigger] = Field(default_factory=list, max_length=16)
     alpha: float = Field(1.0, ge=0, description="weight of the completion time (hours)")
     beta: float = Field(1.0, ge=0, description="weight of the cost ($)")
     steps: list[StepSpec] = Field(min_length=1, max_length=200)

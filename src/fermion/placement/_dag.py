@@ -21,9 +21,12 @@ import math
 import time
 from collections.abc import Iterable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import UserInputError
+
+ILP_TIME_LIMIT_S = 20.0
+MAX_PAIR_VARIABLES = 200_000  # (edge, cloud, cloud) triples the ILP may hold
 
 
 class DataInput(BaseModel):
@@ -45,6 +48,11 @@ class StepNeed(BaseModel):
     inputs: list[DataInput] = Field(default_factory=list)
     output_gb: float = Field(0.0, ge=0, description="what it writes, read by the steps after it")
     clouds: list[str] = Field(default_factory=list, description="allowed clouds; empty: any")
+
+    @field_validator("after")
+    @classmethod
+    def _once_each(cls, after: list[str]) -> list[str]:
+        return list(dict.fromkeys(after))  # a step named twice is still one edge
 
 
 class Site(BaseModel):
@@ -277,6 +285,10 @@ def _ilp(p: _Problem, alpha: float, beta: float) -> dict[str, str]:
         var("finish", s.name)
     var("done")
     edges = [(b, s.name) for s in p.order for b in s.after]
+    pairs = sum(len(p.allowed[b]) * len(p.allowed[s]) for b, s in edges)
+    if pairs > MAX_PAIR_VARIABLES:
+        raise UserInputError(f"the pipeline is too large to place exactly: {pairs} (step, step, cloud, cloud) pairs",
+                             hint="allow fewer clouds per step (clouds: [...])")
     for b, s in edges:
         for cb in p.allowed[b]:
             for cs in p.allowed[s]:
@@ -310,16 +322,21 @@ def _ilp(p: _Problem, alpha: float, beta: float) -> dict[str, str]:
         if key[0] == "y":  # y >= x_before + x_step - 1
             _, b, s, cb, cs = key
             rows.append(({i: 1.0, index["x", b, cb]: -1.0, index["x", s, cs]: -1.0}, -1.0, math.inf))
-    matrix = np.zeros((len(rows), n))
-    for r, (coeffs, _, _) in enumerate(rows):
-        for i, v in coeffs.items():
-            matrix[r, i] = v
-    integrality = np.array([1 if key[0] == "x" else 0 for key in sorted(index, key=index.__getitem__)])
-    upper = np.array([1.0 if key[0] in ("x", "y") else np.inf for key in sorted(index, key=index.__getitem__)])
+    from scipy.sparse import coo_array
+
+    # a few entries a row: sparse, or a big DAG's matrix alone would not fit in memory
+    entries = [(r, i, v) for r, (coeffs, _, _) in enumerate(rows) for i, v in coeffs.items()]
+    matrix = coo_array(([e[2] for e in entries], ([e[0] for e in entries], [e[1] for e in entries])),
+                       shape=(len(rows), n)).tocsr()
+    keys = sorted(index, key=index.__getitem__)
+    integrality = np.array([1 if key[0] == "x" else 0 for key in keys])
+    upper = np.array([1.0 if key[0] in ("x", "y") else np.inf for key in keys])
     result = milp(cost, constraints=LinearConstraint(matrix, [r[1] for r in rows], [r[2] for r in rows]),
-                  integrality=integrality, bounds=Bounds(np.zeros(n), upper))
-    if not result.success:  # every step has a cloud, so this is a solver failure, not infeasibility
-        raise RuntimeError(f"the pipeline ILP failed: {result.message}")
+                  integrality=integrality, bounds=Bounds(np.zeros(n), upper),
+                  options={"time_limit": ILP_TIME_LIMIT_S, "mip_rel_gap": 0.0})  # exact, or say it was not
+    if result.x is None:  # every step has a cloud, so this is the solver giving up, not infeasibility
+        raise UserInputError(f"the pipeline's placement was not solved within {ILP_TIME_LIMIT_S:g}s: {result.message}",
+                             hint="allow fewer clouds per step, or place it with alpha 0 (cost only)")
     return {s.name: max(p.allowed[s.name], key=lambda c, s=s: result.x[index["x", s.name, c]]) for s in p.order}
 
 

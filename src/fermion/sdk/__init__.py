@@ -44,7 +44,9 @@ __all__ = [
     "Job",
     "ModelVersion",
     "Optimization",
+    "Pipeline",
     "PipelinePlacement",
+    "PipelineRun",
     "Pipelines",
     "ProgressFactory",
     "Pulled",
@@ -52,6 +54,7 @@ __all__ = [
     "Replica",
     "Result",
     "Secret",
+    "StepRun",
     "Token",
     "Transport",
     "User",
@@ -66,7 +69,7 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     # the pipelines' spec pulls in YAML and its own models: loaded when first asked for
-    if name in ("PipelinePlacement", "Pipelines"):
+    if name in ("Pipeline", "PipelinePlacement", "PipelineRun", "Pipelines", "StepRun"):
         from . import _pipelines
 
         return getattr(_pipelines, name)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NotFoundError, UserInputError
+from ..errors import ConflictError, NotFoundError, TimedOut, UserInputError
 from ._http import Transport
 from ._results import Cloud, Deployment, Event, ModelVersion, Replica
 
@@ -69,9 +69,22 @@ class DeploymentHandle:
             clouds = [clouds]
         out = Optimization.model_validate(
             self._http.request("POST", f"/deployments/{self.name}/migrate", json={"clouds": list(clouds)}))
-        if wait and out.target:
-            self.wait(lambda d: d.placed == out.target and d.status == "READY" and len(d.replica_list) == d.replicas,
-                      timeout, f"to run on {out.target}")
+        if wait and out.applied and out.target:
+            target, since = out.target, time.time() - 1
+
+            def arrived(d: Deployment) -> bool:
+                if d.placed == target and d.status == "READY" and d.target is None and \
+                        len(d.replica_list) == d.replicas:
+                    return True
+                if d.target is None:  # the move is over: given up, or its last replicas are settling
+                    given_up = next((e.reason for e in reversed(self.events(20))
+                                     if e.at >= since and e.reason.startswith("abandoned")), None)
+                    if given_up:
+                        raise ConflictError(f"deployment {self.name} did not reach {target}: {given_up}",
+                                            hint=f"see `fermion deployment status {self.name}`, then migrate again")
+                return False
+
+            self.wait(arrived, timeout, f"to run on {target}")
         return out
 
     def optimize(self, alpha: float = 1.0, beta: float = 1.0, *, apply: bool = False,
@@ -81,9 +94,10 @@ class DeploymentHandle:
         ``min_saving`` of the cost per hour."""
         from ._optimization import Optimization
 
-        return Optimization.model_validate(self._http.request(
-            "POST", f"/deployments/{self.name}/rebalance",
-            json={"apply": apply, "min_saving": min_saving, "alpha": float(alpha), "beta": float(beta)}))
+        body: dict[str, Any] = {"apply": apply, "min_saving": min_saving}
+        if (alpha, beta) != (1.0, 1.0):  # a server from before the weights takes the defaults only
+            body.update(alpha=float(alpha), beta=float(beta))
+        return Optimization.model_validate(self._http.request("POST", f"/deployments/{self.name}/rebalance", json=body))
 
     def promote(self) -> Deployment:
         """End the canary: it becomes the deployment's version."""
@@ -100,7 +114,7 @@ class DeploymentHandle:
     def wait(self, until: Callable[[Deployment], bool] | None = None, timeout: float = 300,
              what: str = "to settle") -> Deployment:
         """Poll until ``until(deployment)`` (default: settled: READY, IDLE or FAILED); raises
-        TimeoutError past ``timeout`` seconds."""
+        TimedOut past ``timeout`` seconds."""
         until = until or (lambda d: d.settled)
         deadline = time.monotonic() + timeout
         while True:
@@ -108,8 +122,8 @@ class DeploymentHandle:
             if until(d):
                 return d
             if time.monotonic() > deadline:
-                raise TimeoutError(f"deployment {self.name} did not come {what} within {timeout:g}s: "
-                                   f"{d.status} ({d.status_reason})")
+                raise TimedOut(f"deployment {self.name} did not come {what} within {timeout:g}s: "
+                               f"{d.status} ({d.status_reason})", hint=f"see `fermion deployment status {self.name}`")
             time.sleep(0.5)
 
 
@@ -143,8 +157,6 @@ class Deployments:
         no downtime (or, with ``canary``, beside it). ``photon``: a Photon class, 'FILE.py:Class', a
         .photon archive, or a registry model (a ModelVersion or 'NAME:VERSION', served by the
         classifier photon). The answer's ``token`` (shown once) calls a private deployment."""
-        from ..photon.runtime import build_archive
-
         if isinstance(photon, ModelVersion) or (isinstance(photon, str) and MODEL_REF.match(photon)
                                                 and not Path(photon).exists()):
             model, photon = photon, None  # type: ignore[assignment]
@@ -159,6 +171,30 @@ class Deployments:
             photon = photon or f"{CLASSIFIER}:Classifier"
         if photon is None:
             raise UserInputError("give a photon to deploy, or a model NAME:VERSION")
+        spec: dict[str, Any] = {"photon": self.upload(photon, rebuild=rebuild), "replicas": replicas,
+                                "clouds": list(clouds or []),
+                                "env": env, "public": public}
+        optional = {"project": project, "autoscale": autoscale, "canary": canary, "spot": spot, "placement": placement}
+        spec.update({k: v for k, v in optional.items() if v is not None})
+        if rate_limit is not None:
+            spec["rate_limit"] = {"requests_per_second": rate_limit, "burst": burst}
+        if cpus is not None or memory_gb is not None:
+            spec["resources"] = {"cpus": cpus or 1, "memory_gb": memory_gb or 1}
+        out = self.apply(name, spec)
+        if wait:
+            token = out.token
+            try:
+                out = self[name].wait(timeout=timeout)
+            except TimedOut:
+                out = self[name].get()  # not settled yet: the caller sees where it stands
+            out.token = token
+        return out
+
+
+    def upload(self, photon: object, *, rebuild: bool = False) -> str:
+        """Build (if needed) and upload a photon; its archive's sha256, which a deployment spec names."""
+        from ..photon.runtime import build_archive
+
         ref = photon_ref(photon)
         with tempfile.TemporaryDirectory() as tmp:
             archive = Path(ref) if ref.endswith(".photon") else Path(tmp) / "upload.photon"
@@ -169,24 +205,12 @@ class Deployments:
             except FileNotFoundError:
                 raise UserInputError(f"no photon archive at {archive}") from None
             with f:
-                uploaded = self._http.request("POST", "/photons", files={"file": (archive.name, f, "application/zip")})
-        spec: dict[str, Any] = {"photon": uploaded["sha256"], "replicas": replicas, "clouds": list(clouds or []),
-                                "env": env, "public": public}
-        optional = {"project": project, "autoscale": autoscale, "canary": canary, "spot": spot, "placement": placement}
-        spec.update({k: v for k, v in optional.items() if v is not None})
-        if rate_limit is not None:
-            spec["rate_limit"] = {"requests_per_second": rate_limit, "burst": burst}
-        if cpus is not None or memory_gb is not None:
-            spec["resources"] = {"cpus": cpus or 1, "memory_gb": memory_gb or 1}
-        out = Deployment.model_validate(self._http.request("PUT", f"/deployments/{name}", json=spec))
-        if wait:
-            token = out.token
-            try:
-                out = self[name].wait(timeout=timeout)
-            except TimeoutError:
-                out = self[name].get()  # not settled yet: the caller sees where it stands
-            out.token = token
-        return out
+                return self._http.request("POST", "/photons", files={"file": (archive.name, f, "application/zip")})["sha256"]
+
+    def apply(self, name: str, spec: dict[str, Any]) -> Deployment:
+        """Create or update a deployment from its spec (the fields of PUT /api/v1/deployments/NAME, with
+        an uploaded photon's sha256); returns at once."""
+        return Deployment.model_validate(self._http.request("PUT", f"/deployments/{name}", json=spec))
 
 
 class Clouds:

@@ -36,15 +36,19 @@ class Credentials(NamedTuple):
 def load_credentials(url: str | None = None, token: str | None = None) -> Credentials:
     """The server URL, token and CA: the arguments, else FERMION_URL, FERMION_TOKEN and FERMION_CA,
     else what `fermion login` (or `fermion server start`) saved in cli.json."""
-    url, token = url or os.environ.get("FERMION_URL"), token or os.environ.get("FERMION_TOKEN")
+    if url is None:
+        url, token = os.environ.get("FERMION_URL"), token or os.environ.get("FERMION_TOKEN")
     ca = os.environ.get("FERMION_CA") or None
     path = fermion_home() / CREDENTIALS
     if path.exists():
         saved = json.loads(path.read_text())
-        # the saved CA belongs to the saved server, not to another one named here
-        if ca is None and (not url or url.rstrip("/") == str(saved.get("url", "")).rstrip("/")):
-            ca = saved.get("ca")
-        url, token = url or saved.get("url"), token or saved.get("token")
+        # the saved token and CA belong to the saved server: never sent to another one named here
+        if not url or url.rstrip("/") == str(saved.get("url", "")).rstrip("/"):
+            ca = ca or saved.get("ca")
+            url, token = url or saved.get("url"), token or saved.get("token")
+    if url and not token:
+        raise AuthError(f"no token for {url}: the saved one belongs to another server (or none is saved)",
+                        hint=f"give it (FERMION_TOKEN, or token=), or run `fermion login {url} --token TOKEN`")
     if not url or not token:
         raise AuthError(
             "no Fermion server configured",

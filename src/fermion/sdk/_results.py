@@ -15,8 +15,8 @@ class Result(BaseModel):
     model_config = ConfigDict(extra="allow", defer_build=True)
 
     def to_json(self) -> dict[str, Any]:
-        """The fields as JSON types (what ``--json`` prints)."""
-        return self.model_dump(mode="json")
+        """The answer as JSON types, as the server sent it (what ``--json`` prints)."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 class Replica(Result):
@@ -49,6 +49,7 @@ class Deployment(Result):
     canary: dict[str, Any] | None = None
     spot: dict[str, Any] | None = None
     placement: dict[str, Any] | None = None
+    target: dict[str, int] | None = Field(None, description="replicas per cloud of a move under way")
     token: str | None = Field(None, description="only in the answer that created it")
     replica_list: list[Replica] = Field(default_factory=list)
 

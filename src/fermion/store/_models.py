@@ -245,6 +245,59 @@ class DatasetVersionRow(Base):
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
 
 
+class PipelineRow(Base):
+    """A pipeline as last registered: its spec (code digests and photon archives resolved), and what
+    its triggers have seen (the newest dataset version, the last cron time it fired)."""
+
+    __tablename__ = "pipelines"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    project: Mapped[str] = mapped_column(String(100), default=DEFAULT_PROJECT, index=True)
+    owner: Mapped[str] = mapped_column(String(100))  # the user whose rights its runs act with
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    trigger_state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    updated_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class PipelineRunRow(Base):
+    """One run of a pipeline, on the spec it had when it started; its steps are StepRunRows."""
+
+    __tablename__ = "pipeline_runs"
+    __table_args__ = (UniqueConstraint("pipeline", "number"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("pr"))
+    pipeline: Mapped[str] = mapped_column(String(100), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    project: Mapped[str] = mapped_column(String(100), default=DEFAULT_PROJECT)
+    status: Mapped[str] = mapped_column(String(20), default="RUNNING")  # RUNNING|SUCCEEDED|FAILED|CANCELLED
+    reason: Mapped[str] = mapped_column(Text, default="")
+    trigger: Mapped[str] = mapped_column(Text, default="")
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # step → the cloud the placement chose
+    token_sealed: Mapped[str | None] = mapped_column(Text, nullable=True)  # what its steps act with; revoked at the end
+    token_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    updated_at: Mapped[float] = mapped_column(Float, default=time.time)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class StepRunRow(Base):
+    """One step of a run: PENDING → RUNNING → SUCCEEDED | FAILED; CACHED (an earlier run's outputs,
+    for the same inputs), BLOCKED (a step it needs did not succeed), CANCELLED."""
+
+    __tablename__ = "pipeline_steps"
+    run_id: Mapped[str] = mapped_column(ForeignKey("pipeline_runs.id"), primary_key=True)
+    step: Mapped[str] = mapped_column(String(100), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), default="PENDING")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    input_hash: Mapped[str] = mapped_column(String(64), default="", index=True)
+    job: Mapped[str] = mapped_column(String(100), default="")  # the job (or deployment) it runs as
+    cloud: Mapped[str] = mapped_column(String(100), default="")
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    cached_from: Mapped[str] = mapped_column(String(40), default="")
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
 TERMINAL_STATES = frozenset({"TERMINATED", "FAILED"})
 
 
