@@ -10,7 +10,10 @@ a canary and back, and a good one forward; then puts the support tickets in a da
 cleans out duplicate rows, syncs it to another cloud's store (GCS, or Azure Blob), finds and
 repairs a corrupted chunk; then fine-tunes a model as a job that starts on Ray, loses its cloud
 mid-run and resumes elsewhere; compresses it (distilled, int8) with a measured report and what
-serving it costs per cloud, and rolls the deployment over to the smaller model.
+serving it costs per cloud, and rolls the deployment over to the smaller model. Part 3 drives a
+recommender's lifecycle from the Python SDK as a pipeline placed across the clouds: train, gate on
+a popularity baseline and on production, deploy, promote; a new data version retrains it and a
+canary rolls the update out under traffic; then the deployment migrates to another cloud live.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ console = Console()
 EMBEDDER = f"{ROOT / 'examples/embedder/photon.py'}:Embedder"
 TEXT = f"{ROOT / 'examples/text/photon.py'}:TextTools"
 GREETER = f"{ROOT / 'examples/releases/photon.py'}:Greeter"
+RECOMMENDER = ROOT / "examples" / "recommender"
 
 
 def step(title: str) -> None:
@@ -210,6 +214,7 @@ def platform_demo(work: Path) -> None:
         dataset_demo(server, stores)
         finetune_demo(server)
         compress_demo(server)
+        recommender_demo(server, work)
         dashboard_demo(server)
 
 
@@ -317,8 +322,64 @@ def finetune_demo(server) -> None:  # noqa: ANN001
 
 
 
+def recommender_demo(server, work: Path) -> None:  # noqa: ANN001
+    """The lifecycle as a pipeline, driven from Python: plan, run, update on new data, migrate."""
+    import importlib.util
+
+    import fermion
+
+    spec = importlib.util.spec_from_file_location("recommender_data", RECOMMENDER / "generate.py")
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)  # the example's own data generator
+    write = generator.write
+
+    pipeline = RECOMMENDER / "pipeline.yaml"
+    conn = fermion.connect(server.url, server.token)
+    step("19. a recommender as a pipeline, from Python: fermion.connect(); plan; run (train → gates → deploy → promote)")
+    write(work / "interactions-v1", 1)
+    conn.datasets.create("interactions", work / "interactions-v1", message="400 users, 24 picks each")
+    placed = conn.pipelines.plan(pipeline)
+    console.print(placed.explanation, markup=False, highlight=False)
+    start = time.perf_counter()
+    first = conn.pipelines.run(pipeline, wait=True, timeout=600)
+    console.print(f"run 1 {first.status} in {time.perf_counter() - start:.1f}s")
+    console.print(server.cli("pipeline", "status", "recommender").stdout, markup=False, highlight=False)
+    if first.status != "SUCCEEDED":
+        raise SystemExit("the recommender pipeline failed")
+    answer = Client(f"{server.url}/d/recommender", timeout=30).recommend(user="u7", k=5)
+    console.print(f"recommend(u7) → {answer['items']} (served by {answer['model']})")
+
+    step("20. new data: version 2 of interactions lands; the trigger retrains, gates on production, and the "
+         "canary rolls the update out under traffic")
+    write(work / "interactions-v2", 2)
+    with Load(f"{server.url}/d/recommender/recommend", {"user": "u7", "k": 5}, workers=3) as traffic:
+        conn.datasets.push("interactions", work / "interactions-v2", message="a week later: more picks, 80 new users")
+        deadline = time.monotonic() + 60
+        while conn.pipelines.get("recommender").runs < 2 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        second = conn.pipelines.wait("recommender", 2, timeout=600)
+    console.print(server.cli("pipeline", "status", "recommender").stdout, markup=False, highlight=False)
+    served = sorted({a["model"] for a in traffic.answers})
+    console.print(f"traffic during the update: [bold]{traffic.ok}[/] answers from {', '.join(served)}, "
+                  f"[bold]{len(traffic.failures)}[/] failed; run 2 {second.status} ({second.trigger})")
+    v2 = conn.models.get("recommender:2")
+    console.print(f"recommender:2 is {v2.stage}: recall@10 {v2.metrics['recall_at_10']:.3f} vs popularity "
+                  f"{v2.metrics['popularity_recall_at_10']:.3f}; lineage: pipeline {v2.lineage['pipeline']}, "
+                  f"dataset interactions v{v2.lineage['datasets'][0]['version']}, cloud {v2.lineage['clouds'][-1]}")
+
+    here = sorted(conn.deployment("recommender").get().placed)
+    other = next(c for c in ("azure-eastus", "gcp-us-central1", "aws-us-east-1") if c not in here)
+    step(f"21. conn.deployment('recommender').migrate(['{other}']): live, one replica at a time, under traffic")
+    with Load(f"{server.url}/d/recommender/recommend", {"user": "u3", "k": 5}, workers=3) as traffic:
+        moved = conn.deployment("recommender").migrate([other], timeout=300)
+    console.print(f"{moved.current} → {moved.target}: {traffic.ok} answers, {len(traffic.failures)} failed "
+                  f"(the new replica was READY before the old one drained)")
+    conn.close()
+
+
 def dashboard_demo(server) -> None:  # noqa: ANN001
-    step("19. the dashboard: the clouds, deployments and events of this run, live in a browser")
+    step("22. the dashboard: the clouds, deployments and events of this run, live in a browser")
     with server.api() as api:
         overview = api.get("/overview").json()
         graph = api.get("/lineage").json()

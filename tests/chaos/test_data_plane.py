@@ -214,7 +214,7 @@ def test_a_full_disk_under_load(small_disk: Path) -> None:
         deploy(server, "full")
         with Load(f"{server.url}/d/full/version", {}) as load:
             time.sleep(0.5)
-            with filler.open("wb") as f:  # every byte left
+            with filler.open("wb", buffering=0) as f:  # every byte left (unbuffered: no flush to fail on close)
                 try:
                     while True:
                         f.write(b"\0" * (1 << 20))

@@ -32,16 +32,8 @@ from ..store import (
 from ..types import NAME_PATTERN
 from ._auth import caller, require_token
 from ._principal import Principal, require_project
-from ._schemas import (
-    ERROR_RESPONSES,
-    CloudOut,
-    DeploymentOut,
-    DeploymentSpec,
-    EventOut,
-    ReplicaOut,
-    Resources,
-    ScaleSpec,
-)
+from ..wire import CloudOut, DeploymentOut, EventOut, ReplicaOut
+from ._schemas import ERROR_RESPONSES, DeploymentSpec, Resources, ScaleSpec
 
 if TYPE_CHECKING:
     from ._server import Platform

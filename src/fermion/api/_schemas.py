@@ -1,4 +1,4 @@
-"""Request and response bodies of the REST API."""
+"""Request and response bodies of the REST API (the answers the SDK also reads are in fermion.wire)."""
 
 from __future__ import annotations
 
@@ -121,60 +121,3 @@ class DeploymentSpec(BaseModel):
 class ScaleSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     replicas: int = Field(ge=0, le=1000)
-
-
-class ReplicaOut(BaseModel):
-    id: str
-    deployment: str
-    generation: int
-    cloud: str | None
-    state: str
-    reason: str
-    state_since: float
-    spot: bool = False
-
-
-class DeploymentOut(BaseModel):
-    name: str
-    project: str
-    photon: str
-    photon_name: str
-    generation: int
-    replicas: int
-    ready: int
-    resources: dict[str, Any]
-    clouds: list[str]
-    public: bool
-    status: str
-    status_reason: str
-    last_error: str
-    endpoint: str
-    autoscale: dict[str, Any] | None = None
-    canary: dict[str, Any] | None = None  # generation, weight, replicas, ready, and its judge's settings
-    spot: dict[str, Any] | None = None
-    placement: dict[str, Any] | None = None
-    target: dict[str, int] | None = None  # replicas per cloud of a move under way
-    token: str | None = None  # only in the answer that created it
-    replica_list: list[ReplicaOut] = Field(default_factory=list)
-
-
-class CloudOut(BaseModel):
-    name: str
-    kind: str
-    regions: list[str]
-    health: str
-    health_reason: str
-    capacity: dict[str, float]
-    free: dict[str, float]
-    replicas: int
-    inject: dict[str, Any]
-
-
-class EventOut(BaseModel):
-    id: int
-    at: float
-    kind: str
-    object_id: str
-    old: str
-    new: str
-    reason: str

@@ -27,7 +27,8 @@ from ..store import TERMINAL_STATES, AttemptRow, CloudRow, DeploymentRow, EventR
 from ._auth import caller, require_token
 from ._principal import authenticate
 from ._routes import _get_deployment, _visible_events, platform
-from ._schemas import ERROR_RESPONSES, EventOut
+from ..wire import EventOut
+from ._schemas import ERROR_RESPONSES
 
 if TYPE_CHECKING:
     from ._principal import Principal

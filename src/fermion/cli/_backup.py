@@ -59,16 +59,61 @@ def _db_url(db: str | None, home: Path) -> str:
     return db or default_db_url(home)
 
 
+ToOpt = Annotated[str | None, typer.Option(
+    "--to", help="An object store to keep the backup in, sealed with $FERMION_BACKUP_PASSPHRASE: s3://BUCKET/PREFIX, "
+                 "gs://..., az://..., file:///PATH.")]
+FromOpt = Annotated[str | None, typer.Option("--from", help="The object store the backups were sent to (as for --to).")]
+EndpointOpt = Annotated[str | None, typer.Option(help="For --to/--from: an S3- or GCS-compatible server.")]
+StoreOptionOpt = Annotated[list[str] | None, typer.Option(
+    "--store-option", help="For --to/--from: KEY=VALUE for the store's client, e.g. key=... (repeat).")]
+
+
+def _store(url: str, endpoint: str | None, options: list[str] | None):  # noqa: ANN202 - an ObjectStore
+    from ..data import ObjectStore
+    from ._datasets import store_config
+
+    return ObjectStore(store_config(url, endpoint, options, "--store-option"), "backups")
+
+
 @backup_app.command("create")
 def create(
-    file: Annotated[Path, typer.Argument(help="The backup file to write.")],
+    file: Annotated[Path | None, typer.Argument(help="The backup file to write (or --to a store).")] = None,
+    to: ToOpt = None,
+    endpoint: EndpointOpt = None,
+    store_option: StoreOptionOpt = None,
     db: DbOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace FILE if it exists.")] = False,
 ) -> None:
-    """Write a backup to FILE (mode 0600: it holds the secret master key); safe while the server runs.
+    """Write a backup to FILE (mode 0600: it holds the secret master key), or seal it and send it to
+    an object store (--to); safe while the server runs.
 
-    Every table is read in one snapshot. FILE holds the master key that opens every stored secret
-    and the admin credentials (cli.json): keep it as safe as the server's home."""
+    Every table is read in one snapshot: deployments, jobs and their history, the registry, the
+    datasets' versions (their chunks stay in the clouds' stores), pipelines; with the photon
+    archives, the master key that opens every stored secret and the admin credentials (cli.json)."""
+    import tempfile
+
+    from ..errors import UserInputError
+    from ..store import backup_passphrase, seal_backup, send_backup
+
+    if (file is None) == (to is None):
+        raise UserInputError("give a backup FILE, or --to STORE_URL", hint="fermion backup create --to s3://bucket/fermion")
+    if to is None:
+        assert file is not None
+        _create(file, db, force)
+        return
+    passphrase = backup_passphrase()  # refused before any work when it is missing
+    store = _store(to, endpoint, store_option)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "state.fbk"
+        _create(local, db, force=False)
+        sealed = seal_backup(local.read_bytes(), passphrase)
+    with _told("sending the backup", to):
+        name = send_backup(store, sealed)
+    _say(f"sealed and sent to {to.rstrip('/')}/{name} ({len(sealed) / 1e6:.2f} MB); "
+         "restore it with `fermion backup restore --from URL` and the same passphrase")
+
+
+def _create(file: Path, db: str | None, force: bool) -> None:
     from ..config import fermion_home
     from ..security import MASTER_KEY_ENV
     from ..store import create_backup
@@ -96,16 +141,62 @@ def create(
 
 @backup_app.command("restore")
 def restore(
-    file: Annotated[Path, typer.Argument(help="The backup file (from `fermion backup create`).")],
+    file: Annotated[Path | None, typer.Argument(help="The backup file (from `fermion backup create`).")] = None,
+    from_: FromOpt = None,
+    name: Annotated[str | None, typer.Option(help="With --from: this backup (default: the newest).")] = None,
+    endpoint: EndpointOpt = None,
+    store_option: StoreOptionOpt = None,
     db: DbOpt = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace a database that holds data (a SQLite file is kept aside, not deleted).")] = False,
 ) -> None:
-    """Restore a backup into a stopped server's home (refuses a database that holds data unless --force).
+    """Restore a backup into a stopped server's home (refuses a database that holds data unless --force):
+    a FILE, or the newest backup of a store (--from; opened with $FERMION_BACKUP_PASSPHRASE).
 
     Its checksums are verified first; then every table, the photon archives, the master key and
-    cli.json are put back (files they replace are kept aside). Then `fermion server start`: it
-    re-adopts the replicas and job attempts still running and stops those no row knows."""
+    cli.json are put back (files they replace are kept aside). Then `fermion server start` (with the
+    clouds.yaml of the backup's server: their stores hold the datasets' and models' chunks): it
+    re-adopts the replicas and job attempts still running, stops those no row knows, and starts
+    what the deployments lack."""
+    import tempfile
+
+    from ..errors import UserInputError
+    from ..store import backup_passphrase, fetch_backup, unseal_backup
+
+    if (file is None) == (from_ is None):
+        raise UserInputError("give a backup FILE, or --from STORE_URL")
+    if file is not None:
+        _restore(file, db, force)
+        return
+    assert from_ is not None
+    passphrase = backup_passphrase()
+    with _told("fetching the backup", from_):
+        picked, sealed = fetch_backup(_store(from_, endpoint, store_option), name)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "state.fbk"
+        local.write_bytes(unseal_backup(sealed, passphrase))
+        _say(f"fetched {picked} from {from_}")
+        _restore(local, db, force)
+
+
+@backup_app.command("list")
+def list_backups(
+    from_: Annotated[str, typer.Option("--from", help="The object store the backups were sent to.")],
+    endpoint: EndpointOpt = None,
+    store_option: StoreOptionOpt = None,
+) -> None:
+    """The sealed backups in an object store, oldest first."""
+    from ..store import listed_backups
+
+    with _told("listing the backups", from_):
+        names = listed_backups(_store(from_, endpoint, store_option))
+    for key, size in names.items():
+        print(f"{key}\t{size}")
+    if not names:
+        _say(f"no backup in {from_}")
+
+
+def _restore(file: Path, db: str | None, force: bool) -> None:
     from ..store import Backup, display_url, restore_backup
     from ._home import lock_home_exclusive, writable_home
 

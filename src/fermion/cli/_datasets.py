@@ -111,20 +111,27 @@ def public_url(url: str) -> str:
                       query="", fragment="").geturl()
 
 
-def _download_objects(url: str, endpoint: str | None, options: list[str] | None, dest: Path) -> None:
-    from ..data import ObjectStore, StoreConfig, StoreError, safe_relpath
+def store_config(url: str, endpoint: str | None, options: list[str] | None, flag: str) -> Any:
+    """A StoreConfig from the command line's URL, --endpoint and ``flag`` KEY=VALUE options (true
+    and false as booleans), or a usage error that names the bad part."""
+    from ..data import StoreConfig
 
     opts: dict[str, Any] = {}
     for item in options or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise UserInputError(f"--source-option {item!r} is not KEY=VALUE")
+            raise UserInputError(f"{flag} {item!r} is not KEY=VALUE")
         opts[key] = {"true": True, "false": False}.get(value.lower(), value)
     try:
-        config = StoreConfig(url=url, endpoint=endpoint, options=opts)
+        return StoreConfig(url=url, endpoint=endpoint, options=opts)
     except ValueError as exc:
-        raise UserInputError(f"invalid source URL: {exc}") from None
-    source = ObjectStore(config, url, create=False)
+        raise UserInputError(f"invalid store URL {url!r}: {exc}") from None
+
+
+def _download_objects(url: str, endpoint: str | None, options: list[str] | None, dest: Path) -> None:
+    from ..data import ObjectStore, StoreError, safe_relpath
+
+    source = ObjectStore(store_config(url, endpoint, options, "--source-option"), url, create=False)
     try:
         with progress_console.status(f"listing {url}…"):
             objects = source.list("")

@@ -122,11 +122,11 @@ def pipeline_status(name: str, run: RunArg = "latest", json_out: JsonOpt = False
         return
     show_run(out)
     for s in out.steps:
-        if s.outputs.get("model") or s.outputs.get("metrics"):
-            figures = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                for k, v in sorted((s.outputs.get("metrics") or {}).items())[:8])
-            console.print(f"  {s.step}: " + (f"model {s.outputs['model']}; " if s.outputs.get("model") else "") + figures,
-                          markup=False, highlight=False)
+        parts = [f"model {s.outputs['model']}"] if s.outputs.get("model") else []
+        parts += [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                  for k, v in sorted((s.outputs.get("metrics") or {}).items())[:8]]
+        if parts:
+            console.print(f"  {s.step}: " + ", ".join(parts), markup=False, highlight=False)
 
 
 @pipeline_app.command("list")

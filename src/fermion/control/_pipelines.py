@@ -274,7 +274,8 @@ class PipelineController(ReconcileLoop):
             raise UserInputError(f"gate {step.name}: at_least must be a number or 'production', or give above: METRIC")
         held = value >= threshold + margin
         row.outputs = {"metric": metric, "value": value, "threshold": threshold + margin, "held": held}
-        words = f"{metric} {value:.4f} {'≥' if held else '<'} {against}" + (f" + {margin:g}" if margin else "")
+        words = f"{metric} {value:.4f} {'≥' if held else '<'} {against}" + (
+            f" + {margin:g}" if margin > 0 else f" − {-margin:g}" if margin < 0 else "")
         _end(row, "SUCCEEDED" if held else "FAILED", f"held: {words}" if held else f"did not hold: {words}")
 
     def _deploy(self, conn: Connection, run: PipelineRunRow, step: StepSpec, row: StepRunRow,

@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..wire import CloudOut, DeploymentOut, EventOut, ReplicaOut
+
 
 class Result(BaseModel):
     # built on first use: a CLI command reads one or two kinds of answer, not all of them
@@ -19,38 +21,11 @@ class Result(BaseModel):
         return self.model_dump(mode="json", exclude_unset=True)
 
 
-class Replica(Result):
-    id: str
-    deployment: str
-    generation: int
-    cloud: str | None
-    state: str
-    reason: str
-    state_since: float
-    spot: bool = False
+class Replica(Result, ReplicaOut):
+    pass
 
 
-class Deployment(Result):
-    name: str
-    project: str
-    photon: str
-    photon_name: str
-    generation: int
-    replicas: int
-    ready: int
-    resources: dict[str, Any]
-    clouds: list[str]
-    public: bool
-    status: str
-    status_reason: str
-    last_error: str
-    endpoint: str
-    autoscale: dict[str, Any] | None = None
-    canary: dict[str, Any] | None = None
-    spot: dict[str, Any] | None = None
-    placement: dict[str, Any] | None = None
-    target: dict[str, int] | None = Field(None, description="replicas per cloud of a move under way")
-    token: str | None = Field(None, description="only in the answer that created it")
+class Deployment(Result, DeploymentOut):
     replica_list: list[Replica] = Field(default_factory=list)
 
     @property
@@ -70,26 +45,12 @@ class Deployment(Result):
         return self.status in ("READY", "IDLE") and (not self.canary or self.canary["ready"] >= self.canary["replicas"])
 
 
-class Cloud(Result):
-    name: str
-    kind: str
-    regions: list[str]
-    health: str
-    health_reason: str
-    capacity: dict[str, float]
-    free: dict[str, float]
-    replicas: int
-    inject: dict[str, Any]
+class Cloud(Result, CloudOut):
+    pass
 
 
-class Event(Result):
-    id: int
-    at: float
-    kind: str
-    object_id: str
-    old: str
-    new: str
-    reason: str
+class Event(Result, EventOut):
+    pass
 
 
 class Attempt(Result):

@@ -27,6 +27,13 @@ from ._models import (
     new_id,
 )
 from ._backup import Backup, BackupError, BackupSummary, create_backup, restore_backup
+from ._offsite import PASSPHRASE_ENV
+from ._offsite import fetch as fetch_backup
+from ._offsite import listed as listed_backups
+from ._offsite import passphrase_from_env as backup_passphrase
+from ._offsite import seal as seal_backup
+from ._offsite import send as send_backup
+from ._offsite import unseal as unseal_backup
 from ._leader import CONTROLLER_LEASE, ControllerLeaseRow
 from ._migrate import new_revision
 from ._safety import (
@@ -50,6 +57,7 @@ __all__ = [
     "AttemptRow",
     "AuditRow",
     "Backup",
+    "PASSPHRASE_ENV",
     "BackupError",
     "BackupSummary",
     "CONTROLLER_LEASE",
@@ -77,7 +85,10 @@ __all__ = [
     "TokenRow",
     "UserRow",
     "check_database",
+    "backup_passphrase",
     "create_backup",
+    "fetch_backup",
+    "listed_backups",
     "db_error_text",
     "default_db_url",
     "display_url",
@@ -87,6 +98,9 @@ __all__ = [
     "new_id",
     "prior_use",
     "restore_backup",
+    "seal_backup",
+    "send_backup",
+    "unseal_backup",
     "sidecars",
     "sqlite_file",
     "new_revision",
