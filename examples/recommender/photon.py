@@ -20,7 +20,8 @@ class Recommender(Photon):
         self.users = np.load(folder / "users.npy")
         self.items = np.load(folder / "items.npy")
         meta = json.loads((folder / "meta.json").read_text())
-        self.user_index = {u: i for i, u in enumerate(meta["users"])}
+        trained = set(meta.get("trained", meta["users"]))
+        self.user_index = {u: i for i, u in enumerate(meta["users"]) if u in trained}
         self.item_names = meta["items"]
         self.item_index = {v: i for i, v in enumerate(self.item_names)}
         self.seen = {u: {self.item_index[i] for i in picks} for u, picks in meta["seen"].items()}

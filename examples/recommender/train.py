@@ -23,8 +23,8 @@ HELD_OUT = 2  # each user's last picks, the test set
 DIM, EPOCHS, LR, WEIGHT_DECAY, BATCH = 32, 40, 0.05, 1e-4, 2048
 
 
-def load(path: Path) -> tuple[list[str], list[str], dict[int, list[int]], dict[int, list[int]]]:
-    """Users, items, and per user the training picks and the held-out ones (the last by time)."""
+def load(path: Path) -> tuple[list[str], list[str], dict[int, list[int]], dict[int, list[int]], dict[int, list[int]]]:
+    """Users, items, and per user every pick, the training picks and the held-out ones (the last by time)."""
     with path.open() as f:
         rows = sorted(((r["user"], r["item"], int(r["ts"])) for r in csv.DictReader(f)), key=lambda r: r[2])
     users = sorted({r[0] for r in rows})
@@ -35,7 +35,7 @@ def load(path: Path) -> tuple[list[str], list[str], dict[int, list[int]], dict[i
         seq.setdefault(uid[user], []).append(iid[item])
     train = {u: s[:-HELD_OUT] for u, s in seq.items() if len(s) > HELD_OUT}
     test = {u: s[-HELD_OUT:] for u, s in seq.items() if len(s) > HELD_OUT}
-    return users, items, train, test
+    return users, items, seq, train, test
 
 
 def rank_metrics(scores: np.ndarray, train: dict[int, list[int]], test: dict[int, list[int]]) -> dict[str, float]:
@@ -62,7 +62,7 @@ def train_bpr(n_users: int, n_items: int, train: dict[int, list[int]], log) -> t
     params = [*users_emb.parameters(), *items_emb.parameters()]
     opt = torch.optim.Adam(params, lr=LR)
     pairs = torch.tensor([(u, i) for u, items in train.items() for i in items])
-    seen = [set(items) for _, items in sorted(train.items())]
+    seen = {u: set(items) for u, items in train.items()}  # by user id: not every user has training picks
     gen = torch.Generator().manual_seed(0)
     for epoch in range(1, EPOCHS + 1):
         order = pairs[torch.randperm(len(pairs), generator=gen)]
@@ -90,7 +90,7 @@ def main() -> None:
     data = Path(os.environ.get("FERMION_DATA_DIR", "data")) / "interactions" / "interactions.csv"
     out = Path(os.environ.get("FERMION_JOB_OUTPUT", "output"))
     out.mkdir(parents=True, exist_ok=True)
-    users, items, train, test = load(data)
+    users, items, history, train, test = load(data)
     curve = (out / "metrics.jsonl").open("a")
 
     def log(line: dict) -> None:
@@ -111,8 +111,11 @@ def main() -> None:
     folder.mkdir(exist_ok=True)
     np.save(folder / "users.npy", u)
     np.save(folder / "items.npy", v)
+    # serving skips everything a user picked (its held-out picks too), and treats a user with no
+    # training picks (no trained vector) as new
     (folder / "meta.json").write_text(json.dumps({"users": users, "items": items, "seen": {
-        users[k]: [items[i] for i in picks] for k, picks in train.items()},
+        users[k]: [items[i] for i in picks] for k, picks in history.items()},
+        "trained": [users[k] for k in train],
         "popular": [items[i] for i in np.argsort(-counts)[:50]], "metrics": metrics}))
     (out / "result.json").write_text(json.dumps({"metrics": metrics, "lineage": {
         "model": "matrix factorization (BPR)", "dim": DIM, "epochs": EPOCHS, "lr": LR}}))

@@ -66,6 +66,12 @@ def test_a_backup_in_a_store_restores_onto_a_new_home_that_serves_the_same_deplo
 
     listed = cli(new_home, "backup", "list", "--from", offsite)
     assert listed.returncode == 0 and name in listed.stdout
+    # the store's owner passes an older backup off as newer by renaming it: it no longer opens
+    renamed = tmp_path / "offsite" / name.replace("fermion-backup-2", "fermion-backup-9")
+    renamed.write_bytes(blob)
+    forged = cli(new_home, "backup", "restore", "--from", offsite)
+    assert forged.returncode == 2 and "altered or renamed" in " ".join(forged.stderr.split())
+    renamed.unlink()
     wrong = cli(new_home, "backup", "restore", "--from", offsite, passphrase="not the passphrase at all")
     assert wrong.returncode == 2 and "does not open with this passphrase" in wrong.stderr
     restored = cli(new_home, "backup", "restore", "--from", offsite)

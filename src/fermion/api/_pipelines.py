@@ -10,13 +10,14 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
-from ..control import job_name, token_purpose
+from ..control import token_purpose
 from ..errors import ConflictError, NotFoundError, UserInputError, shorten
 from ..pipelines import DEFAULT_HOURS, PipelineSpec, StepSpec, parse_pipeline
 from ..placement import DataInput, PipelinePlan, Site, StepNeed, place_pipeline
 from ..security import hash_token, new_token
-from ..store import DatasetVersionRow, MembershipRow, PipelineRow, PipelineRunRow, StepRunRow, TokenRow, UserRow
+from ..store import DatasetRow, DatasetVersionRow, MembershipRow, PipelineRow, PipelineRunRow, StepRunRow, TokenRow, UserRow
 from ._auth import caller, require_token
 from ._datasets import dataset_input
 from ._principal import Principal, require_project
@@ -131,9 +132,13 @@ def register_pipeline(request: Request, body: RegisterRequest) -> dict[str, Any]
             me.require(row.project, "editor", NotFoundError(f"pipeline name {spec.name!r} is taken", hint="pick another"))
             if row.project != project:
                 raise ConflictError(f"pipeline {spec.name!r} belongs to project {row.project!r}")
-        state: dict[str, Any] = {}
+        state: dict[str, Any] = {"registered_with": me.token_id}  # its triggers act only while that token lives
         for trigger in spec.triggers:
             if trigger.dataset:
+                ds = s.get(DatasetRow, trigger.dataset)
+                if ds is None or ds.project != project or not me.visible(ds.project):
+                    raise NotFoundError(f"no dataset named {shorten(trigger.dataset)!r} in project {project}",
+                                        hint="a trigger watches a dataset of the pipeline's own project")
                 latest = s.scalar(select(func.max(DatasetVersionRow.number)).where(
                     DatasetVersionRow.dataset == trigger.dataset))
                 state[f"dataset:{trigger.dataset}"] = int(latest or 0)
@@ -146,7 +151,8 @@ def register_pipeline(request: Request, body: RegisterRequest) -> dict[str, Any]
             p.store.record(s, "pipeline", spec.name, "", "registered", f"{len(spec.steps)} steps, by {me.user}")
         else:
             row.spec, row.owner, row.updated_at = stored, me.user, now
-            row.trigger_state = {**state, **{k: v for k, v in (row.trigger_state or {}).items() if k in state}}
+            row.trigger_state = {**state, **{k: v for k, v in (row.trigger_state or {}).items()
+                                             if k in state and k != "registered_with"}}
             p.store.record(s, "pipeline", spec.name, "registered", "registered", f"replaced by {me.user}")
     return pipeline_out(p, spec.name, me)
 
@@ -194,13 +200,16 @@ def run_pipeline(request: Request, name: str, body: RunRequest) -> dict[str, Any
     with p.store.session() as s:
         _pipeline(s, name, me, "editor")
     p.require_leader("start a pipeline run")
-    number = start_run(p, name, body.reason or f"started by {me.user}")
+    why = f"started by {me.user}" + (f": {body.reason}" if body.reason else "")
+    number = start_run(p, name, why, starter=me.user)
     return run_out(p, name, str(number), me)
 
 
-def start_run(p, name: str, trigger: str) -> int:  # noqa: ANN001
+def start_run(p, name: str, trigger: str, starter: str | None = None) -> int:  # noqa: ANN001
     """A new run of pipeline ``name``: its steps PENDING, its placement decided now, and a token for
-    the controller to act with as the pipeline's owner in its project. Returns its number."""
+    the controller to act with in the pipeline's project: as ``starter`` (who asked for the run), or,
+    for a trigger, as the pipeline's owner while the token it was registered with lives. Returns its
+    number."""
     with p.store.session() as s:
         row = s.get(PipelineRow, name)
         if row is None:
@@ -209,7 +218,16 @@ def start_run(p, name: str, trigger: str) -> int:  # noqa: ANN001
                                                      PipelineRunRow.status.in_(("RUNNING", "CANCELLING")))).first():
             raise ConflictError(f"pipeline {name!r} has a run under way", hint="wait for it, or cancel it")
         spec, stored, project = PipelineSpec.model_validate(row.spec), dict(row.spec), row.project
-        owner = _principal(s, row.owner, project)
+        if starter is None:  # a trigger: the owner's rights, only while the token that registered it is live
+            registered = s.get(TokenRow, str((row.trigger_state or {}).get("registered_with") or ""))
+            if registered is None or registered.revoked_at is not None or \
+                    (registered.expires_at is not None and registered.expires_at <= time.time()):
+                raise ConflictError(f"pipeline {name!r} was registered with a token that is revoked or expired: its "
+                                    "triggers start nothing", hint="register it again (`fermion pipeline run FILE`)")
+        owner = _principal(s, starter or row.owner, project)
+        if not owner.can(project, "editor"):
+            raise ConflictError(f"{owner.user} is no longer an editor of project {project}: the run could do nothing",
+                                hint="register the pipeline again as an editor")
         number = (s.scalar(select(func.max(PipelineRunRow.number)).where(PipelineRunRow.pipeline == name)) or 0) + 1
     try:
         plan, _ = place(p, spec, owner)
@@ -217,6 +235,14 @@ def start_run(p, name: str, trigger: str) -> int:  # noqa: ANN001
     except (UserInputError, NotFoundError, ConflictError):  # e.g. a dataset with no version yet: the step will say
         assignment = {}
     token = new_token("fmt")
+    try:
+        return _write_run(p, name, number, project, stored, spec, assignment, owner, token, trigger)
+    except IntegrityError:  # another start took this number first
+        raise ConflictError(f"pipeline {name!r} has a run under way", hint="wait for it, or cancel it") from None
+
+
+def _write_run(p, name: str, number: int, project: str, stored: dict[str, Any], spec: PipelineSpec,  # noqa: ANN001
+               assignment: dict[str, str], owner: Principal, token: str, trigger: str) -> int:
     with p.store.session() as s:
         t = TokenRow(name=f"pipeline {name} run {number}", token_hash=hash_token(token), role="editor",
                      user=owner.user, project=project, expires_at=time.time() + RUN_TOKEN_DAYS * 86400)
@@ -228,8 +254,7 @@ def start_run(p, name: str, trigger: str) -> int:  # noqa: ANN001
         s.flush()
         run.token_sealed = p.secrets.seal(token, token_purpose(run.id))
         for step in spec.steps:
-            s.add(StepRunRow(run_id=run.id, step=step.name, status="PENDING", reason="waiting",
-                             job=job_name(name, step.name, number) if step.compute else ""))
+            s.add(StepRunRow(run_id=run.id, step=step.name, status="PENDING", reason="waiting"))
         p.store.record(s, "pipeline", name, "", "RUNNING", f"run {number}: {trigger}")
     p.pipelines.nudge()
     return number
@@ -280,10 +305,15 @@ def run_logs(request: Request, name: str, ref: str, tail: int = 100) -> dict[str
     """Each step's job logs (per attempt), by step."""
     from ._jobs import job_log_texts
 
+    from ..store import JobRow
+
     p, me = request.app.state.platform, caller(request)
     out = run_out(p, name, ref, me)
-    return {step["step"]: job_log_texts(p, step["job"], tail) for step in out["steps"]
-            if step["job"] and step["kind"] in ("job", "eval", "finetune", "compress") and step["status"] != "PENDING"}
+    jobs = [step for step in out["steps"] if step["job"] and step["kind"] in ("job", "eval", "finetune", "compress")]
+    with p.store.session() as s:  # a step's job, of the pipeline's own project (never another's of that name)
+        ours = {j.name for j in s.scalars(select(JobRow).where(JobRow.name.in_([x["job"] for x in jobs])))
+                if j.project == out["project"]}
+    return {step["step"]: job_log_texts(p, step["job"], tail) for step in jobs if step["job"] in ours}
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -315,7 +345,8 @@ def pipeline_out(p, name: str, me: Principal) -> dict[str, Any]:  # noqa: ANN001
         last = s.scalars(select(PipelineRunRow).where(PipelineRunRow.pipeline == name)
                          .order_by(PipelineRunRow.number.desc()).limit(1)).first()
         runs = s.scalar(select(func.count()).select_from(PipelineRunRow).where(PipelineRunRow.pipeline == name))
-        return {"name": row.name, "project": row.project, "owner": row.owner, "spec": row.spec,
+        spec = row.spec if me.can(row.project, "editor") else _masked(row.spec)
+        return {"name": row.name, "project": row.project, "owner": row.owner, "spec": spec,
                 "steps": len(row.spec.get("steps", [])), "triggers": row.spec.get("triggers", []),
                 "trigger_state": row.trigger_state, "runs": runs or 0,
                 "last_run": {"number": last.number, "status": last.status, "reason": last.reason,
@@ -329,7 +360,8 @@ def run_out(p, name: str, ref: str, me: Principal) -> dict[str, Any]:  # noqa: A
         run = _run(s, name, ref)
         steps = {r.step: r for r in s.scalars(select(StepRunRow).where(StepRunRow.run_id == run.id))}
         kinds = {st["name"]: st.get("kind", "job") for st in run.spec.get("steps", [])}
-        return {"pipeline": name, "number": run.number, "status": run.status, "reason": run.reason,
+        return {"pipeline": name, "project": run.project, "number": run.number, "status": run.status,
+                "reason": run.reason,
                 "trigger": run.trigger, "plan": run.plan, "created_at": run.created_at, "ended_at": run.ended_at,
                 "steps": [{"step": st["name"], "kind": kinds[st["name"]], "after": st.get("after", []),
                            "status": steps[st["name"]].status, "reason": steps[st["name"]].reason,
@@ -337,3 +369,19 @@ def run_out(p, name: str, ref: str, me: Principal) -> dict[str, Any]:  # noqa: A
                            "outputs": steps[st["name"]].outputs, "cached_from": steps[st["name"]].cached_from,
                            "started_at": steps[st["name"]].started_at, "ended_at": steps[st["name"]].ended_at}
                           for st in run.spec.get("steps", []) if st["name"] in steps]}
+
+
+def _masked(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec as a viewer sees it: env values hidden (secret:NAME references shown as they are)."""
+    def hide(env: object) -> object:
+        if not isinstance(env, dict):
+            return env
+        return {k: v if isinstance(v, str) and v.startswith("secret:") else "***" for k, v in env.items()}
+
+    steps = []
+    for step in spec.get("steps", []):
+        step = {**step, "env": hide(step.get("env", {}))}
+        if isinstance(step.get("with"), dict) and "env" in step["with"]:
+            step["with"] = {**step["with"], "env": hide(step["with"]["env"])}
+        steps.append(step)
+    return {**spec, "steps": steps}

@@ -93,7 +93,7 @@ def create(
     import tempfile
 
     from ..errors import UserInputError
-    from ..store import backup_passphrase, seal_backup, send_backup
+    from ..store import backup_passphrase, send_backup
 
     if (file is None) == (to is None):
         raise UserInputError("give a backup FILE, or --to STORE_URL", hint="fermion backup create --to s3://bucket/fermion")
@@ -106,10 +106,9 @@ def create(
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "state.fbk"
         _create(local, db, force=False)
-        sealed = seal_backup(local.read_bytes(), passphrase)
-    with _told("sending the backup", to):
-        name = send_backup(store, sealed)
-    _say(f"sealed and sent to {to.rstrip('/')}/{name} ({len(sealed) / 1e6:.2f} MB); "
+        with _told("sending the backup", to):
+            name, size = send_backup(store, local.read_bytes(), passphrase)
+    _say(f"sealed and sent to {to.rstrip('/')}/{name} ({size / 1e6:.2f} MB); "
          "restore it with `fermion backup restore --from URL` and the same passphrase")
 
 
@@ -161,7 +160,7 @@ def restore(
     import tempfile
 
     from ..errors import UserInputError
-    from ..store import backup_passphrase, fetch_backup, unseal_backup
+    from ..store import backup_passphrase, fetch_backup
 
     if (file is None) == (from_ is None):
         raise UserInputError("give a backup FILE, or --from STORE_URL")
@@ -171,10 +170,10 @@ def restore(
     assert from_ is not None
     passphrase = backup_passphrase()
     with _told("fetching the backup", from_):
-        picked, sealed = fetch_backup(_store(from_, endpoint, store_option), name)
+        picked, data = fetch_backup(_store(from_, endpoint, store_option), passphrase, name)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "state.fbk"
-        local.write_bytes(unseal_backup(sealed, passphrase))
+        local.write_bytes(data)
         _say(f"fetched {picked} from {from_}")
         _restore(local, db, force)
 

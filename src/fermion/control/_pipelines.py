@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from ..errors import ConflictError, FermionError, NotFoundError, UserInputError
+from ..errors import ConflictError, FermionError, NotFoundError, RemoteError, TransportError, UserInputError
 from ..pipelines import COMPUTE_KINDS, PipelineSpec, StepSpec, next_fire
+from ..security import run_token_purpose
 from ..store import PipelineRow, PipelineRunRow, StepRunRow, Store
 from ._loop import ReconcileLoop
 
@@ -29,17 +30,17 @@ GOOD = frozenset({"SUCCEEDED", "CACHED"})
 DEPLOY_TIMEOUT_S = 900.0  # a deploy step (its canary included) that has not settled by then fails
 
 
-def job_name(pipeline: str, step: str, run: int) -> str:
-    """The job a step of a run runs as: PIPELINE-STEP-RUN, shortened (with a hash) past 63 characters."""
-    name = f"{pipeline}-{step}-{run}"
+def job_name(pipeline: str, step: str, run: int, run_id: str = "") -> str:
+    """The job a step of a run runs as: PIPELINE-STEP-RUN (with the run's id when that name is taken),
+    shortened (with a hash) past 63 characters."""
+    name = f"{pipeline}-{step}-{run}" + (f"-{run_id.removeprefix('pr-')}" if run_id else "")
     if len(name) <= 63:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
     return f"{pipeline[:24]}-{step[:20]}-{run}-{digest}"[:63]
 
 
-def token_purpose(run_id: str) -> str:
-    return f"pipeline-run:{run_id}"
+token_purpose = run_token_purpose  # what a run's sealed token is bound to
 
 
 def order(spec: PipelineSpec) -> list[StepSpec]:
@@ -66,7 +67,10 @@ class PipelineController(ReconcileLoop):
     # -- the pass ----------------------------------------------------------------------------
     def tick(self) -> None:
         with self._lock:
-            self._fire_triggers()
+            try:
+                self._fire_triggers()
+            except Exception:  # triggers must never stop the runs (nor the leader's start)
+                log.exception("pipeline triggers: pass failed")
             with self.store.session() as s:
                 runs = s.scalars(select(PipelineRunRow.id).where(
                     PipelineRunRow.status.in_(("RUNNING", "CANCELLING"))).order_by(PipelineRunRow.created_at)).all()
@@ -84,9 +88,19 @@ class PipelineController(ReconcileLoop):
                 return
             rows = {r.step: r for r in s.scalars(select(StepRunRow).where(StepRunRow.run_id == run_id))}
             s.expunge_all()
-        spec = PipelineSpec.model_validate(run.spec)
         before = {name: (r.status, r.reason, r.job, json.dumps(r.outputs, sort_keys=True)) for name, r in rows.items()}
-        conn = self._connect(self._open_token(run.token_sealed or "", token_purpose(run.id)))
+        try:
+            spec = PipelineSpec.model_validate(run.spec)
+            conn = self._connect(self._open_token(run.token_sealed or "", token_purpose(run.id)))
+        except TransportError:
+            return  # the server's own URL is not answering yet (it is starting): next pass
+        except (FermionError, ValueError) as exc:  # no token to act with, or a spec this version cannot read
+            why = exc.message if isinstance(exc, FermionError) else str(exc)
+            for row in rows.values():
+                if row.status not in DONE:
+                    _end(row, "CANCELLED" if run.status == "CANCELLING" else "FAILED", f"the run cannot act: {why}")
+            self._write(run, rows, before)
+            return
         try:
             for step in order(spec):
                 row = rows[step.name]
@@ -94,13 +108,21 @@ class PipelineController(ReconcileLoop):
                     continue
                 try:
                     if run.status == "CANCELLING":
-                        self._cancel_step(conn, row)
+                        self._cancel_step(conn, step, row)
                     elif row.status == "RUNNING":
                         self._poll(conn, run, step, row, rows)
                     else:
                         self._maybe_start(conn, run, spec, step, row, rows)
+                except TransportError:
+                    continue  # the step's state is unknown, not failed: asked again next pass
+                except RemoteError as exc:
+                    if exc.status >= 500 or exc.status == 429:
+                        continue
+                    _end(row, "FAILED", exc.server_message)
                 except FermionError as exc:
                     _end(row, "FAILED", exc.message)
+                except (ValueError, TypeError, KeyError) as exc:  # a with: value of the wrong kind
+                    _end(row, "FAILED", f"step {step.name}: {type(exc).__name__}: {exc}")
         finally:
             conn.close()
         self._write(run, rows, before)
@@ -116,7 +138,7 @@ class PipelineController(ReconcileLoop):
                                           f"run {run.number}, step {name}: {r.reason}")
                     s.merge(r)
             if all(r.status in DONE for r in rows.values()):
-                live = s.get(PipelineRunRow, run.id)
+                live = s.get(PipelineRunRow, run.id, with_for_update=True)  # a cancel may be landing now
                 if live is not None and live.status in ("RUNNING", "CANCELLING"):
                     bad = [r for r in rows.values() if r.status not in GOOD]
                     if live.status == "CANCELLING":
@@ -147,6 +169,11 @@ class PipelineController(ReconcileLoop):
         if step.kind in COMPUTE_KINDS:
             row.input_hash = self._input_hash(conn, step, rows)
             earlier = self._cached(run, step.name, row.input_hash)
+            if earlier is not None and earlier[0].outputs.get("model"):
+                try:  # a cached step's model must still be there for the steps after it
+                    conn.models.get(str(earlier[0].outputs["model"]))
+                except NotFoundError:
+                    earlier = None
             if earlier is not None:
                 row.outputs, row.cached_from, row.cloud, row.job = dict(earlier[0].outputs), earlier[0].run_id, \
                     earlier[0].cloud, earlier[0].job
@@ -166,7 +193,9 @@ class PipelineController(ReconcileLoop):
     def _input_hash(self, conn: Connection, step: StepSpec, rows: dict[str, StepRunRow]) -> str:
         """What decides a step's outputs: its own definition, the versions of the datasets it reads
         (resolved now: 'latest' moves), and what the steps before it produced."""
-        datasets = {ref: conn.datasets.version(ref).digest for ref in step.datasets}
+        named = [str(v).removeprefix("dataset:").split("/")[0] for v in step.with_.values()
+                 if isinstance(v, str) and v.startswith("dataset:")]  # a fine-tune's train_data, say
+        datasets = {ref: conn.datasets.version(ref).digest for ref in dict.fromkeys([*step.datasets, *named])}
         upstream = {a: {k: rows[a].outputs.get(k) for k in ("model", "metrics", "result")} for a in step.after}
         body = {"definition": step.model_dump(by_alias=True, exclude={"after", "retries", "estimate", "clouds",
                                                                      "resources"}),
@@ -213,8 +242,14 @@ class PipelineController(ReconcileLoop):
             spec["command"] = step.command
         try:
             job = conn.jobs.submit(spec)
-        except ConflictError:  # a pass that died after submitting: the job is there already
-            job = conn.jobs.get(name)
+        except ConflictError as exc:
+            if "exists" not in exc.message:
+                raise
+            job = conn.jobs.get(name)  # a pass that died after submitting: ours, if made since the run began
+            if job.created_at < run.created_at or job.project != run.project:
+                # another job has the name (a deleted pipeline's of the same name): this run's own instead
+                spec["name"] = job_name(run.pipeline, step.name, run.number, run.id)
+                job = conn.jobs.submit(spec)
         row.job, row.started_at, row.status = job.name, time.time(), "RUNNING"
         row.reason = f"job {job.name}" + (f", placed on {run.plan[step.name]}" if run.plan.get(step.name) else "")
 
@@ -261,6 +296,9 @@ class PipelineController(ReconcileLoop):
             threshold, against = float(reported[other]), f"{other} {float(reported[other]):.4f}"
         elif bar == "production":
             model = str(w.get("model_name") or str(rows[source].outputs.get("model", "")).split(":")[0])
+            if not model:
+                raise UserInputError(f"gate {step.name}: which model's production version? step {source} registered "
+                                     "none", hint="with: {model_name: NAME}")
             live = [m for m in conn.models() if m.name == model and m.stage == "production"]
             if not live or metric not in live[-1].metrics:
                 row.outputs = {"metric": metric, "value": value, "threshold": None, "held": True}
@@ -290,16 +328,21 @@ class PipelineController(ReconcileLoop):
         model = _resolve(w.get("model"), rows, step) if w.get("model") else None
         if model:
             env["FERMION_MODEL"] = model
-        body: dict[str, Any] = {"photon": photon, "replicas": int(w.get("replicas", 1)), "env": env,
-                                "public": bool(w.get("public", False)), "clouds": list(w.get("clouds") or []),
-                                "project": run.project}
-        for key in ("resources", "rate_limit", "autoscale"):
-            if w.get(key):
-                body[key] = w[key]
         try:
             current = conn.deployment(name).get()
         except NotFoundError:
             current = None
+        # what the step does not set stays as the deployment has it (its scale, clouds, autoscaler, ...)
+        kept = {k: getattr(current, k) for k in ("replicas", "public", "clouds", "autoscale", "spot", "placement",
+                                                  "resources")} if current is not None else {}
+        body: dict[str, Any] = {"photon": photon, "env": env, "project": run.project,
+                                "replicas": int(w.get("replicas", kept.get("replicas", 1))),
+                                "public": bool(w.get("public", kept.get("public", False))),
+                                "clouds": list(w.get("clouds", kept.get("clouds")) or [])}
+        for key in ("resources", "rate_limit", "autoscale", "spot", "placement"):
+            value = w.get(key, kept.get(key))
+            if value:
+                body[key] = value
         if current is not None and w.get("canary"):
             body["canary"] = {"weight": int(w["canary"]), "replicas": int(w.get("canary_replicas", 1)),
                               "window_s": float(w.get("canary_window_s", 60)),
@@ -341,15 +384,29 @@ class PipelineController(ReconcileLoop):
             _end(row, "SUCCEEDED", f"{row.job} serves generation {d.generation} on {row.cloud or 'its clouds'}")
             return
         if row.started_at and time.time() - row.started_at > timeout:
-            _end(row, "FAILED", f"{row.job} did not settle within {timeout:g}s: {d.status} ({d.status_reason})")
+            self._roll_back(conn, row)
+            _end(row, "FAILED", f"{row.job} did not settle within {timeout:g}s: {d.status} ({d.status_reason})"
+                 + ("; its canary was rolled back" if canary else ""))
 
-    def _cancel_step(self, conn: Connection, row: StepRunRow) -> None:
-        if row.status == "RUNNING" and row.job and not row.outputs.get("deployment"):
+    def _cancel_step(self, conn: Connection, step: StepSpec, row: StepRunRow) -> None:
+        """Stop what the step runs (its job; a deploy's canary rolls back), then mark it CANCELLED."""
+        if row.status == "RUNNING" and step.kind == "deploy":
+            self._roll_back(conn, row)
+        elif row.status == "RUNNING" and row.job:
             try:
                 conn.jobs.cancel(row.job)
-            except FermionError:
-                pass  # ended meanwhile
+            except ConflictError:
+                pass  # it ended meanwhile
         _end(row, "CANCELLED", "the run was cancelled")
+
+    @staticmethod
+    def _roll_back(conn: Connection, row: StepRunRow) -> None:
+        """A deploy step that ends undecided takes its canary back: it must not win later, unwatched."""
+        canary = row.outputs.get("canary_generation")
+        if canary:
+            d = conn.deployment(row.job).get()
+            if d.canary and d.canary.get("generation") == canary:
+                conn.deployment(row.job).rollback()
 
     # -- triggers ----------------------------------------------------------------------------
     def _fire_triggers(self) -> None:
@@ -362,36 +419,51 @@ class PipelineController(ReconcileLoop):
         for p in pipelines:
             if p.name in busy:
                 continue  # one run at a time: a trigger that fires meanwhile waits for it
-            state = dict(p.trigger_state or {})
-            reason = None
-            for trigger in PipelineSpec.model_validate(p.spec).triggers:
-                if trigger.dataset:
-                    key = f"dataset:{trigger.dataset}"
-                    latest = self._latest_version(trigger.dataset)
-                    if latest is not None and latest > int(state.get(key, 0)):
-                        state[key] = latest
-                        reason = reason or f"version {latest} of dataset {trigger.dataset} appeared"
-                elif trigger.cron:
-                    key = f"cron:{trigger.cron}"
-                    last = float(state.get(key, p.created_at))
-                    if next_fire(trigger.cron, last) <= now:
-                        state[key] = now
-                        reason = reason or f"cron {trigger.cron!r}"
-            if reason is None:
-                continue
-            with self.store.session() as s:
-                row = s.get(PipelineRow, p.name)
-                if row is not None:
-                    row.trigger_state = state
             try:
-                self._start_run(p.name, reason)
-            except FermionError as exc:
-                log.warning("pipeline %s: trigger (%s) could not start a run: %s", p.name, reason, exc.message)
+                self._fire(p, now)
+            except Exception:  # one pipeline's bad trigger must not stop the others'
+                log.exception("pipeline %s: trigger failed", p.name)
 
-    def _latest_version(self, dataset: str) -> int | None:
-        from ..store import DatasetVersionRow
+    def _fire(self, p: PipelineRow, now: float) -> None:
+        state = dict(p.trigger_state or {})
+        reason = None
+        for trigger in PipelineSpec.model_validate(p.spec).triggers:
+            if trigger.dataset:
+                key = f"dataset:{trigger.dataset}"
+                latest = self._latest_version(trigger.dataset, p.project)
+                if latest is not None and latest > int(state.get(key, 0)):
+                    state[key] = latest
+                    reason = reason or f"version {latest} of dataset {trigger.dataset} appeared"
+            elif trigger.cron:
+                key = f"cron:{trigger.cron}"
+                last = float(state.get(key, p.created_at))
+                if next_fire(trigger.cron, last) <= now:
+                    state[key] = now
+                    reason = reason or f"cron {trigger.cron!r}"
+        if reason is None:
+            return
+        try:
+            self._start_run(p.name, reason)
+        except FermionError as exc:
+            log.warning("pipeline %s: trigger (%s) could not start a run: %s", p.name, reason, exc.message)
+            if not isinstance(exc, ConflictError) or "under way" in exc.message:
+                return  # tried again next pass
+            with self.store.session() as s:
+                self.store.record(s, "pipeline", p.name, "registered", "registered",
+                                  f"trigger ({reason}) started no run: {exc.message}")
+        with self.store.session() as s:  # seen only once it started a run (or never can)
+            row = s.get(PipelineRow, p.name)
+            if row is not None:
+                row.trigger_state = {**(row.trigger_state or {}), **state}
+
+    def _latest_version(self, dataset: str, project: str) -> int | None:
+        """The newest version number of the pipeline's project's dataset (another project's is not its)."""
+        from ..store import DatasetRow, DatasetVersionRow
 
         with self.store.session() as s:
+            row = s.get(DatasetRow, dataset)
+            if row is None or row.project != project:
+                return None
             return s.scalar(select(func.max(DatasetVersionRow.number)).where(DatasetVersionRow.dataset == dataset))
 
 

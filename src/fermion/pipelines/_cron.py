@@ -28,12 +28,15 @@ def parse_cron(expr: str) -> list[set[int]]:
                 elif "-" in body:
                     a, b = (int(x) for x in body.split("-", 1))
                 else:
-                    a = b = int(body)
+                    a = int(body)
+                    b = high if step_text else a  # 5/15: from 5, every 15
             except ValueError:
                 raise UserInputError(f"cron {expr!r}: the {name} field {text!r} is not a number, range or */N") from None
             if name == "day of week" and b == 7:  # 7 is Sunday too
                 values.add(0)
-                b = 6 if a <= 6 else 0
+                if a == 7:
+                    continue
+                b = 6
             if not (low <= a <= b <= high) or step < 1:
                 raise UserInputError(f"cron {expr!r}: the {name} field {text!r} is outside {low}-{high}")
             values.update(range(a, b + 1, step))
@@ -42,20 +45,22 @@ def parse_cron(expr: str) -> list[set[int]]:
 
 
 def next_fire(expr: str, after: float) -> float:
-    """The first minute strictly after ``after`` (epoch seconds) that ``expr`` names."""
+    """The first minute strictly after ``after`` (epoch seconds) that ``expr`` names; a 400-style
+    error for an expression that never fires within four years (30 February, say)."""
     minutes, hours, days, months, weekdays = parse_cron(expr)
-    t = dt.datetime.fromtimestamp(after, dt.UTC).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
-    restricted_day = len(days) < 31
-    restricted_weekday = len(weekdays) < 7
-    for _ in range(366 * 24 * 60):  # a year of minutes: every valid expression fires within it
-        day_ok = t.day in days
-        weekday_ok = (t.weekday() + 1) % 7 in weekdays  # cron's 0 is Sunday
+    start = dt.datetime.fromtimestamp(after, dt.UTC).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+    restricted_day, restricted_weekday = len(days) < 31, len(weekdays) < 7
+    day = start.replace(hour=0, minute=0)
+    for _ in range(4 * 366 + 1):  # day by day, then the day's times: a leap day is at most four years away
+        weekday_ok = (day.weekday() + 1) % 7 in weekdays  # cron's 0 is Sunday
+        day_ok = day.day in days
         # cron's rule: when both day fields are restricted, either may match
-        if restricted_day and restricted_weekday:
-            date_ok = day_ok or weekday_ok
-        else:
-            date_ok = day_ok and weekday_ok
-        if t.month in months and date_ok and t.hour in hours and t.minute in minutes:
-            return t.timestamp()
-        t += dt.timedelta(minutes=1)
+        date_ok = (day_ok or weekday_ok) if restricted_day and restricted_weekday else (day_ok and weekday_ok)
+        if day.month in months and date_ok:
+            for hour in sorted(hours):
+                for minute in sorted(minutes):
+                    t = day.replace(hour=hour, minute=minute)
+                    if t >= start:
+                        return t.timestamp()
+        day += dt.timedelta(days=1)
     raise UserInputError(f"cron {expr!r} never fires", hint="check its day and month fields")

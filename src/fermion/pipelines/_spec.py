@@ -61,10 +61,12 @@ class Trigger(BaseModel):
         if (self.dataset is None) == (self.cron is None):
             raise ValueError("a trigger is either `dataset: NAME` or `cron: SCHEDULE`")
         if self.cron is not None:
-            from ._cron import parse_cron
+            import time
+
+            from ._cron import next_fire
 
             try:
-                parse_cron(self.cron)
+                next_fire(self.cron, time.time())  # parses it, and refuses one that never fires
             except UserInputError as exc:
                 raise ValueError(exc.message) from None
         return self

@@ -244,7 +244,9 @@ def place_pipeline(steps: list[StepNeed], sites: list[Site], *, alpha: float = 1
             raise UserInputError("dynamic programming places a chain of steps only", hint="use method ilp")
         assignment = _dp(problem, alpha, beta)
     elif method == "ilp":
-        assignment = _ilp(problem, alpha, beta)
+        assignment, exact = _ilp(problem, alpha, beta)
+        if not exact:
+            method = f"ilp, stopped at {ILP_TIME_LIMIT_S:g}s: the best found, not proven optimal"
     elif method == "exhaustive":
         assignment = _exhaustive(problem, alpha, beta)
     else:
@@ -269,7 +271,7 @@ def _dp(p: _Problem, alpha: float, beta: float) -> dict[str, str]:
     return {s.name: c for s, c in zip(p.order, path, strict=True)}
 
 
-def _ilp(p: _Problem, alpha: float, beta: float) -> dict[str, str]:
+def _ilp(p: _Problem, alpha: float, beta: float) -> tuple[dict[str, str], bool]:
     import numpy as np
     from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -337,7 +339,8 @@ def _ilp(p: _Problem, alpha: float, beta: float) -> dict[str, str]:
     if result.x is None:  # every step has a cloud, so this is the solver giving up, not infeasibility
         raise UserInputError(f"the pipeline's placement was not solved within {ILP_TIME_LIMIT_S:g}s: {result.message}",
                              hint="allow fewer clouds per step, or place it with alpha 0 (cost only)")
-    return {s.name: max(p.allowed[s.name], key=lambda c, s=s: result.x[index["x", s.name, c]]) for s in p.order}
+    assignment = {s.name: max(p.allowed[s.name], key=lambda c, s=s: result.x[index["x", s.name, c]]) for s in p.order}
+    return assignment, result.status == 0  # 1: the time limit came first; the best found, not proven optimal
 
 
 def _exhaustive(p: _Problem, alpha: float, beta: float) -> dict[str, str]:

@@ -34,6 +34,7 @@ from ._secrets import (  # noqa: E402 - after the token helpers, which nothing h
     SecretError,
     dataset_key_purpose,
     env_purpose,
+    run_token_purpose,
     secret_ref,
     valid_secret_name,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "SecretError",
     "dataset_key_purpose",
     "env_purpose",
+    "run_token_purpose",
     "bearer_digest",
     "hash_token",
     "new_token",

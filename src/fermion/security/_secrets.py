@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from .._files import write_atomic
 from ..errors import ConflictError, FermionError, UserInputError
-from ..store import DEFAULT_PROJECT, DatasetRow, DeploymentRow, JobRow, SecretRow, Store
+from ..store import DEFAULT_PROJECT, DatasetRow, DeploymentRow, JobRow, PipelineRunRow, SecretRow, Store
 
 MASTER_KEY_ENV = "FERMION_MASTER_KEY"
 KEY_FILE = "master.key"
@@ -71,6 +71,11 @@ def env_purpose(kind: str, name: str) -> str:
 def dataset_key_purpose(name: str) -> str:
     """What a dataset's sealed key is bound to: it opens for that dataset only."""
     return f"dataset-key:{name}"
+
+
+def run_token_purpose(run_id: str) -> str:
+    """What a pipeline run's sealed token is bound to: it opens for that run only."""
+    return f"pipeline-run:{run_id}"
 
 
 def secret_ref(value: str) -> str | None:
@@ -284,6 +289,10 @@ class SecretBox:
                 purpose = dataset_key_purpose(ds.name)
                 ds.key_sealed = self.seal(self.open(ds.key_sealed, purpose), purpose, key_id=key_id)
                 counts["datasets"] += 1
+        for run in session.scalars(select(PipelineRunRow).where(PipelineRunRow.token_sealed.is_not(None))).all():
+            if self.key_of(run.token_sealed) != key_id:  # the token a run under way acts with
+                purpose = run_token_purpose(run.id)
+                run.token_sealed = self.seal(self.open(run.token_sealed, purpose), purpose, key_id=key_id)
         return counts
 
     def rotate(self, store: Store) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Backups kept in an object store (S3, GCS, Azure Blob, a folder): sealed first, because a backup
 holds the secret master key, and it leaves the server's machine only encrypted.
 
-A sealed backup is ``FBKE1 | salt (16) | nonce (12) | AES-256-GCM(backup)``, its key derived from a
-passphrase by scrypt (n=2^15, r=8, p=1): the passphrase never travels, and the store's owner
-cannot read or alter what it keeps."""
+A sealed backup is ``FBKE2 | log2(n) (1) | salt (16) | nonce (12) | AES-256-GCM(backup)``, its key
+derived from a passphrase by scrypt (n=2^17, r=8, p=1; n is in the header, so it can grow), its
+name (which carries its time) bound in as associated data: the passphrase never travels, and the
+store's owner can neither read a backup, alter it, nor pass an old one off as newer by renaming
+it. One backup is sealed in one piece (AES-GCM's limit, 64 GB, is far beyond a state dump)."""
 
 from __future__ import annotations
 
@@ -17,42 +19,48 @@ from ..errors import NotFoundError, UserInputError
 if TYPE_CHECKING:
     from ..data import ObjectStore
 
-MAGIC = b"FBKE1"
+MAGIC = b"FBKE2"
+LOG2_N = 17
 SUFFIX = ".fbk.sealed"
 NAME = re.compile(r"^fermion-backup-\d{8}T\d{6}(\.\d{3})?Z\.fbk\.sealed$")
 PASSPHRASE_ENV = "FERMION_BACKUP_PASSPHRASE"
 MIN_PASSPHRASE = 12
 
 
-def _key(passphrase: str, salt: bytes) -> bytes:
+def _key(passphrase: str, salt: bytes, log2_n: int) -> bytes:
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
     if len(passphrase) < MIN_PASSPHRASE:
         raise UserInputError(f"the backup passphrase must have at least {MIN_PASSPHRASE} characters",
                              hint=f"set ${PASSPHRASE_ENV} to a long one, and keep it apart from the backups")
-    return Scrypt(salt=salt, length=32, n=2**15, r=8, p=1).derive(passphrase.encode())
+    if not 14 <= log2_n <= 22:
+        raise UserInputError("this sealed backup names a key-derivation cost out of range: it is not Fermion's")
+    return Scrypt(salt=salt, length=32, n=2**log2_n, r=8, p=1).derive(passphrase.encode())
 
 
-def seal(data: bytes, passphrase: str) -> bytes:
+def seal(data: bytes, passphrase: str, name: str) -> bytes:
+    """``data`` sealed under ``passphrase``, bound to the object name it will have."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     salt, nonce = os.urandom(16), os.urandom(12)
-    return MAGIC + salt + nonce + AESGCM(_key(passphrase, salt)).encrypt(nonce, data, MAGIC)
+    head = MAGIC + bytes([LOG2_N]) + salt + nonce
+    return head + AESGCM(_key(passphrase, salt, LOG2_N)).encrypt(nonce, data, MAGIC + name.encode())
 
 
-def unseal(blob: bytes, passphrase: str) -> bytes:
-    """The backup inside a sealed one; a clear error for a wrong passphrase or an altered object."""
+def unseal(blob: bytes, passphrase: str, name: str) -> bytes:
+    """The backup inside sealed object ``name``; a clear error for a wrong passphrase, an altered
+    object, or one stored under another name than it was sealed for."""
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 28 + 16:
+    if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 29 + 16:
         raise UserInputError("this object is not a sealed Fermion backup")
-    salt, nonce = blob[5:21], blob[21:33]
+    log2_n, salt, nonce = blob[5], blob[6:22], blob[22:34]
     try:
-        return AESGCM(_key(passphrase, salt)).decrypt(nonce, blob[33:], MAGIC)
+        return AESGCM(_key(passphrase, salt, log2_n)).decrypt(nonce, blob[34:], MAGIC + name.encode())
     except InvalidTag:
-        raise UserInputError("the backup does not open with this passphrase (or it was altered in the store)",
-                             hint=f"give the passphrase it was made with (${PASSPHRASE_ENV})") from None
+        raise UserInputError("the backup does not open with this passphrase (or it was altered or renamed in the "
+                             "store)", hint=f"give the passphrase it was made with (${PASSPHRASE_ENV})") from None
 
 
 def passphrase_from_env() -> str:
@@ -63,14 +71,15 @@ def passphrase_from_env() -> str:
     return value
 
 
-def send(store: ObjectStore, sealed: bytes, now: float | None = None) -> str:
-    """Put a sealed backup in ``store`` under a name that sorts by time; returns the name."""
+def send(store: ObjectStore, data: bytes, passphrase: str, now: float | None = None) -> tuple[str, int]:
+    """Seal a backup and put it in ``store`` under a name that sorts by time; (its name, its bytes)."""
     now = time.time() if now is None else now
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
     name = f"fermion-backup-{stamp}{SUFFIX}"
+    sealed = seal(data, passphrase, name)
     if not store.put(name, sealed, create_only=True):
         raise UserInputError(f"{name} exists in the store already", hint="try again")
-    return name
+    return name, len(sealed)
 
 
 def listed(store: ObjectStore) -> dict[str, int]:
@@ -78,8 +87,8 @@ def listed(store: ObjectStore) -> dict[str, int]:
     return dict(sorted((k, v) for k, v in store.list("").items() if NAME.match(k)))
 
 
-def fetch(store: ObjectStore, name: str | None = None) -> tuple[str, bytes]:
-    """A sealed backup of ``store`` by name, or the newest."""
+def fetch(store: ObjectStore, passphrase: str, name: str | None = None) -> tuple[str, bytes]:
+    """A backup of ``store`` by name, or the newest, opened."""
     names = listed(store)
     if name is None:
         if not names:
@@ -87,4 +96,4 @@ def fetch(store: ObjectStore, name: str | None = None) -> tuple[str, bytes]:
         name = next(reversed(names))
     elif name not in names:
         raise NotFoundError(f"no backup named {name!r} in {store.config.url}", hint="see `fermion backup list --from URL`")
-    return name, store.get(name)
+    return name, unseal(store.get(name), passphrase, name)
