@@ -195,3 +195,29 @@ def _first_run(conn: Connection, name: str, runs: int, timeout: float = 30):  # 
             return conn.pipelines.status(name, runs)
         time.sleep(0.3)
     raise AssertionError(f"{name} did not reach {runs} runs")
+
+
+def test_viewers_see_no_env_values_and_a_revoked_registering_token_starts_nothing(server: ServerProc, conn: Connection,
+                                                                                  tmp_path: Path) -> None:
+    conn.users.create("vic")
+    conn.projects.add_member("default", "vic", "viewer")
+    viewer_token = conn.tokens.create("vic", user="vic", project="default", role="viewer").token
+    registrar = conn.tokens.create("registrar", project="default", role="editor")
+    path = write_pipeline(tmp_path, "watched", score="0.91", triggers=[{"dataset": "points"}])
+    with fermion.connect(server.url, registrar.token) as reg:
+        reg.pipelines.register(path)
+    with fermion.connect(server.url, viewer_token) as viewer:
+        steps = {s["name"]: s for s in viewer.pipelines.get("watched").spec["steps"]}
+        assert steps["evaluate"]["env"] == {"SCORE": "***"}  # a viewer reads the spec, not its values
+    assert {s["name"]: s for s in conn.pipelines.get("watched").spec["steps"]}["evaluate"]["env"] == {"SCORE": "0.91"}
+
+    conn.tokens.revoke(registrar.id)  # the token it was registered with: its triggers act no more
+    data = tmp_path / "more"
+    data.mkdir()
+    (data / "points.csv").write_text("\n".join(str(i) for i in range(15)))
+    conn.datasets.push("points", data)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any("started no run" in e.reason for e in conn.events("watched")):
+        time.sleep(0.3)
+    assert conn.pipelines.get("watched").runs == 0
+    assert any("revoked or expired" in e.reason for e in conn.events("watched"))

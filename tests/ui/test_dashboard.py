@@ -180,6 +180,27 @@ def test_the_job_page_shows_attempts_and_the_training_curve(page: Page, server: 
     expect(card.locator("pre.logs")).to_contain_text("attempt 1")
 
 
+def test_the_pipelines_page_shows_each_step_of_the_last_run(page: Page, server: ServerProc) -> None:
+    import fermion
+
+    work = "import json, os; open(os.environ['FERMION_JOB_OUTPUT'] + '/metrics.jsonl', 'a').write(json.dumps({'score': 2}) + chr(10))"
+    spec = {"name": "ui-pipe", "steps": [
+        {"name": "work", "command": ["python", "-c", work], "resources": {"cpus": 0.25, "memory_gb": 0.25}},
+        {"name": "check", "kind": "gate", "after": ["work"], "with": {"metric": "score", "at_least": 3}},
+        {"name": "publish", "after": ["check"], "command": ["true"]}]}
+    with fermion.connect(server.url, server.token) as conn:
+        run = conn.pipelines.run(spec, wait=True, timeout=120)
+    assert run.status == "FAILED"
+    log_in(page, server)
+    page.click("#nav a[data-view=pipelines]")
+    card = page.locator("[data-pipeline=ui-pipe]")
+    expect(card.locator(".head .badge.FAILED")).to_be_visible()
+    expect(card.locator("[data-step=work] .badge.SUCCEEDED")).to_be_visible()
+    expect(card.locator("[data-step=check]")).to_contain_text("did not hold: score 2.0000 < 3")
+    expect(card.locator("[data-step=publish] .badge.BLOCKED")).to_be_visible()
+    expect(card).to_contain_text("started by admin")
+
+
 def test_the_cost_page_adds_up_to_what_the_api_says(page: Page, server: ServerProc) -> None:
     admin = {"Authorization": f"Bearer {server.token}"}
     before = httpx.get(f"{server.url}/api/v1/costs", headers=admin).json()

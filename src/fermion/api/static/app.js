@@ -112,6 +112,13 @@ const views = {
     })];
   },
 
+  async pipelines() {
+    const list = await api("/pipelines");
+    if (!list.length) return [el("h1", {}, "Pipelines"), el("p", { class: "muted" }, "No pipelines yet: fermion pipeline run FILE")];
+    const runs = await Promise.all(list.map((p) => (p.runs ? api(`/pipelines/${encodeURIComponent(p.name)}/runs`) : [])));
+    return [el("h1", {}, "Pipelines"), list.map((p, i) => pipelineCard(p, runs[i]))];
+  },
+
   async cost() {
     const c = await api("/costs?window_s=86400&points=48");
     const clouds = Object.keys(c.by_cloud);
@@ -224,6 +231,23 @@ function jobCard(j) {
       el("span", { class: "muted" }, `${j.kind} · ${j.attempts.length} attempt(s) · ${j.restarts} restart(s)`), toggle),
     j.reason ? el("div", { class: "muted" }, j.reason) : null,
     timeline, handovers.length ? el("ul", { class: "handovers" }, handovers) : null, curve, logs);
+}
+
+// a pipeline: its triggers, its latest run's steps in order (state, cloud, why), and its earlier runs
+function pipelineCard(p, runs) {
+  const triggers = p.triggers.map((t) => (t.dataset ? `new version of ${t.dataset}` : `cron ${t.cron}`)).join(", ");
+  const last = runs.length ? runs[runs.length - 1] : null;
+  return el("div", { class: "card deployment", "data-pipeline": p.name },
+    el("div", { class: "head" }, el("span", { class: "name" }, p.name), last ? badge(last.status) : null,
+      el("span", { class: "muted" }, `project ${p.project} · ${p.steps} steps · ${runs.length} runs` + (triggers ? ` · on ${triggers}` : ""))),
+    last ? el("div", {}, el("div", { class: "muted" }, `run ${last.number}: ${last.reason} (${last.trigger})`),
+      el("div", { class: "steps" }, last.steps.map((s) => el("div", { class: `step ${s.status}`, "data-step": s.step, title: s.reason },
+        el("div", {}, el("strong", {}, s.step), " ", badge(s.status)),
+        el("div", { class: "muted" }, s.kind + (s.cloud ? ` · ${s.cloud}` : last.plan[s.step] ? ` · ${last.plan[s.step]}` : "")),
+        el("div", { class: "why" }, s.reason))))) : el("p", { class: "muted" }, "Not run yet."),
+    runs.length > 1 ? el("table", {}, el("tr", {}, ["run", "status", "trigger", "started"].map((h) => el("th", {}, h))),
+      runs.slice(0, -1).reverse().slice(0, 8).map((r) => el("tr", {}, el("td", {}, r.number), el("td", {}, badge(r.status)),
+        el("td", {}, r.trigger), el("td", {}, when(r.created_at))))) : null);
 }
 
 function trainingCurve(rows) {
