@@ -196,7 +196,9 @@ class PipelineController(ReconcileLoop):
         named = [str(v).removeprefix("dataset:").split("/")[0] for v in step.with_.values()
                  if isinstance(v, str) and v.startswith("dataset:")]  # a fine-tune's train_data, say
         datasets = {ref: conn.datasets.version(ref).digest for ref in dict.fromkeys([*step.datasets, *named])}
-        upstream = {a: {k: rows[a].outputs.get(k) for k in ("model", "metrics", "result")} for a in step.after}
+        # what came before, by identity: the job that made it and the model it registered (its metrics
+        # may carry timings, which would make every run look new)
+        upstream = {a: {k: rows[a].outputs.get(k) for k in ("job", "model", "deployment")} for a in step.after}
         body = {"definition": step.model_dump(by_alias=True, exclude={"after", "retries", "estimate", "clouds",
                                                                      "resources"}),
                 "datasets": datasets, "upstream": upstream}
