@@ -103,14 +103,13 @@ def _hours(p, spec: PipelineSpec, step: StepSpec, me: Principal) -> tuple[float,
     if step.estimate.hours is not None:
         return step.estimate.hours, "the spec"
     with p.store.session() as s:
-        last = s.execute(select(StepRunRow, PipelineRunRow.number).join(
+        last = s.execute(select(StepRunRow, PipelineRunRow.number, PipelineRunRow.project).join(
             PipelineRunRow, PipelineRunRow.id == StepRunRow.run_id).where(
             PipelineRunRow.pipeline == spec.name, StepRunRow.step == step.name, StepRunRow.status == "SUCCEEDED",
             StepRunRow.ended_at.is_not(None), StepRunRow.started_at.is_not(None)).order_by(
             PipelineRunRow.number.desc()).limit(1)).first()
-        project = s.get(PipelineRow, spec.name).project if s.get(PipelineRow, spec.name) else None
-    if last is not None and project is not None and me.visible(project) and last[0].cloud in p.configs:
-        row, number = last
+    if last is not None and me.visible(last[2]) and last[0].cloud in p.configs:
+        row, number, _ = last
         hours = max(0.0, row.ended_at - row.started_at) / 3600 * p.configs[row.cloud].speed
         return hours, f"run {number} (on {row.cloud})"
     return DEFAULT_HOURS, "a guess (give estimate.hours, or run it once)"
