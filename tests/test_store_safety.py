@@ -212,10 +212,12 @@ def test_a_forced_sqlite_restore_keeps_the_old_file_and_a_damaged_backup_is_refu
         Backup(tmp_path / "notes.txt")
 
     env = {**os.environ, "FERMION_HOME": str(tmp_path / "home"), "COLUMNS": "1000"}
-    out = subprocess.run(fermion_cmd("backup", "restore", str(damaged)), capture_output=True, text=True, env=env)
+    out = subprocess.run(fermion_cmd("backup", "restore", str(damaged), "--unsealed"), capture_output=True, text=True,
+                         env=env)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith(f"error: {damaged} is damaged: the checksum of tables/deployments.jsonl")
     assert not (tmp_path / "home" / "fermion.db").exists()
-    shown = subprocess.run(fermion_cmd("backup", "verify", str(backup)), capture_output=True, text=True, env=env)
-    assert shown.returncode == 0 and "intact" in shown.stdout and "deployments: 1" in shown.stdout
+    shown = subprocess.run(fermion_cmd("backup", "verify", str(backup), "--unsealed"), capture_output=True, text=True,
+                           env=env)
+    assert shown.returncode == 0 and "intact, but unsealed" in shown.stdout and "deployments: 1" in shown.stdout
     assert json.loads(Backup(backup).read("manifest.json"))["version"] == 1

@@ -26,8 +26,10 @@ SLEEPER = {"command": ["sleep", "600"], "resources": {"cpus": 0.25, "memory_gb":
 
 @pytest.fixture(autouse=True)
 def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI's errors unwrapped (rich folds at 80 columns, also inside a long path)."""
+    """The CLI's errors unwrapped (rich folds at 80 columns, also inside a long path); backups sealed
+    with a passphrase of the test's."""
     monkeypatch.setenv("COLUMNS", "1000")
+    monkeypatch.setenv("FERMION_BACKUP_PASSPHRASE", "a passphrase of the tests")
 
 
 def cli(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -97,6 +99,7 @@ def test_backup_while_running_then_the_database_deleted_under_the_server_and_res
             made = server.cli("backup", "create", str(backup))
             assert (backup.stat().st_mode & 0o777) == 0o600
             assert "deployments: 1" in made.stderr and "jobs: 1" in made.stderr and "master key" in made.stderr
+            assert "sealed" in made.stderr and b"fermion.db" not in backup.read_bytes()  # encrypted
             refused = server.cli("backup", "restore", str(backup), "--force", check=False)
             assert "a Fermion server is running on" in one_error(refused)
 

@@ -4,6 +4,9 @@ replicas and job attempts started by a real server, probed from the inside and f
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +15,8 @@ import httpx
 import pytest
 
 from fermion.backends import Isolation
-from fermion.testing import ServerProc, running_server
-from tests.support import FIXTURE_PHOTONS
+from fermion.testing import ServerProc, running_server, start_gateway, stop
+from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON
 CLOUDS = "clouds:\n  - name: alpha\n  - name: beta\n"
 ISOLATION = Isolation()
 sandboxed = pytest.mark.skipif(ISOLATION.bwrap is None, reason="bubblewrap cannot run on this machine")
@@ -69,6 +72,58 @@ def test_replicas_answer_only_the_gateway(server: ServerProc) -> None:
         assert httpx.get(f"{direct}/metrics").status_code == 401
         assert not list(server.home.parent.glob(f"*-workloads/{r['cloud']}/{r['id']}/.replica-secret"))
     assert call(server, "environ").status_code == 200
+
+
+def replica_secrets(state: Path) -> dict[str, str]:
+    """A gateway state file's replica addresses and the secrets they take."""
+    found: dict[str, str] = {}
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("secret"), str) and isinstance(node.get("url"), str):
+                found[node["url"]] = node["secret"]
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(state.read_text()))
+    return found
+
+
+@sandboxed
+def test_no_file_a_replica_can_read_holds_another_deployments_credential(server: ServerProc, tmp_path: Path) -> None:
+    """A gateway's --state file holds every replica's secret; kept where the README puts one (outside the
+    server's home: /var/lib, or /tmp), a workload that searches all it can see still finds none."""
+    server.cli("project", "create", "victims")
+    server.cli("deploy", TEXT_PHOTON, "--name", "victim", "--project", "victims")
+    victim_url = server.replica_url(server.deployment("victim")["replica_list"][0]["id"])
+    states = [Path(tempfile.mkdtemp(prefix="fermion-gw-", dir="/var/tmp")) / "gw.json", tmp_path / "gw" / "gw.json"]
+    gateways = [start_gateway(state.parent, [server.url], server.token, state=state) for state in states]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(s.exists() and victim_url in replica_secrets(s) for s in states):
+            assert time.monotonic() < deadline, "the gateways never saved the victim's route"
+            time.sleep(0.1)
+        victim_secret = replica_secrets(states[0])[victim_url]  # the credential is really there
+        skip = sorted({sys.prefix, sys.base_prefix, "/usr"})  # installed code: read-only, large
+        hunted = call(server, "hunt", needles=[victim_secret, server.token], skip=skip).json()
+        assert hunted["read"] > 0 and hunted["found"] == [], f"a workload found credentials in {hunted['found']}"
+        assert not {"home", "var", "opt", "run", "srv", "mnt"} & set(hunted["top"]), hunted["top"]
+        for state in states:
+            assert "content" not in call(server, "read", path=str(state)).json()
+        # what it can do without the credential: the victim's replica answers it 401
+        for headers in ({}, {"x-fermion-replica-auth": "guess"}):
+            assert call(server, "call", url=f"{victim_url}/stats", headers=headers).json() == 401
+        opened = httpx.post(f"{victim_url}/stats", json={"text": "a b"}, timeout=30,
+                            headers={"x-fermion-replica-auth": victim_secret})
+        assert opened.status_code == 200  # the secret the gateway holds does open it
+    finally:
+        for gateway in gateways:
+            stop(gateway.proc)
+        shutil.rmtree(states[0].parent, ignore_errors=True)
+        server.cli("deployment", "delete", "victim", "--project", "victims", check=False)
 
 
 @sandboxed

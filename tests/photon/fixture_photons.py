@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import stat
 import time
+import urllib.error
+import urllib.request
 
 from fermion import Photon, handler
 from fermion.errors import RemoteError
@@ -91,6 +94,40 @@ class Snoop(Photon):
     @handler
     def environ(self) -> dict[str, str]:
         return dict(os.environ)
+
+    @handler
+    def hunt(self, needles: list[str], skip: list[str]) -> dict[str, object]:
+        """Every regular file it can read (but under ``skip``) that holds one of ``needles``."""
+        wanted = [n.encode() for n in needles]
+        found, read = [], 0
+        for root, dirs, names in os.walk("/"):
+            if root in ("/proc", "/sys", "/dev") or any(root == s or root.startswith(s + "/") for s in skip):
+                dirs[:] = []
+                continue
+            for name in names:
+                path = os.path.join(root, name)
+                try:
+                    info = os.lstat(path)
+                    if not stat.S_ISREG(info.st_mode) or info.st_size > 4 << 20:
+                        continue
+                    with open(path, "rb") as f:
+                        data = f.read()
+                except OSError:
+                    continue
+                read += 1
+                if any(n in data for n in wanted):
+                    found.append(path)
+        return {"found": found, "read": read, "top": sorted(os.listdir("/"))}
+
+    @handler
+    def call(self, url: str, headers: dict[str, str]) -> int:
+        """The status of a direct call to ``url`` (another replica, say)."""
+        request = urllib.request.Request(url, data=b"{}", headers={"content-type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
 
     @handler
     def hog(self, mb: int) -> int:

@@ -3,9 +3,12 @@
 - Always: a clean environment (what the spec declares, Fermion's facts about the workload and a
   short allowlist from the server's), and a working folder outside the server's home.
 - Where bubblewrap runs: a sandbox with its own pid, IPC and UTS namespaces and a fresh /proc;
-  the filesystem is read-only except the workload's folder and what it mounts; the server's
-  home and every other workload's folder are hidden under empty tmpfs; as root, every
-  capability is dropped (with them, a workload could unmount the tmpfs).
+  the filesystem is an allowlist, not the host's with holes: the system's programs and
+  libraries, a few files of /etc, the Python that runs Fermion, the workload's folder and what
+  it mounts. Nothing else exists inside: no home folder, no /var, /run, /opt or /work, an empty
+  /tmp, so no file the server's user left anywhere (a gateway's --state file with every
+  replica's secret, a backup, a key) can be read. As root, every capability is dropped (with
+  them, a workload could undo its mounts).
 - Where a memory cgroup is writable: the declared memory is a hard limit.
 - Where a pids cgroup is writable: a workload runs at most MAX_TASKS processes and threads (a
   fork bomb stops there, not at the host's limit).
@@ -39,6 +42,14 @@ CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")
 CGROUP_V1_PIDS = Path("/sys/fs/cgroup/pids")
 CGROUP_V2 = Path("/sys/fs/cgroup")
 MAX_TASKS = 1024  # processes and threads per workload; torch and a thread pool use well under 200
+# what a workload sees of the host, read-only: programs and libraries (or the links merged /usr
+# makes of them), /sys for CPU topology (torch, ONNX Runtime), and from /etc only what the C
+# library, Python's ssl and locale need: never the whole of /etc, where an operator keeps keys
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/sys")
+ETC_FILES = ("passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf", "localtime",
+             "timezone", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates",
+             "ca-certificates.conf", "pki", "alternatives", "mime.types", "os-release", "protocols", "services",
+             "fonts", "debian_version")
 
 
 @dataclass
@@ -136,12 +147,62 @@ def _read_to_end(fd: int, timeout_s: float) -> bytes:
     return b"".join(parts)
 
 
+def _python_paths() -> list[Path]:
+    """The folders an interpreter started as a workload's is needs: its prefixes and the entries
+    of its sys.path (site-packages, an editable install's source), asked of a fresh interpreter
+    with a clean environment, as the workload's will be (the server's own sys.path may hold a
+    test runner's or a PYTHONPATH's folders)."""
+    import sys
+
+    found = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    try:
+        out = subprocess.run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path))"],
+                             capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"}, cwd="/")
+        found.update(p for p in json.loads(out.stdout) if p)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        log.warning("cannot ask the interpreter for its sys.path: workloads see its prefixes only")
+    return [Path(p) for p in found]
+
+
+def host_view() -> tuple[list[Path], list[str]]:
+    """The folders of the host a workload sees (read-only), and bubblewrap's arguments that make
+    them its whole filesystem."""
+    args: list[str] = []
+    shown: list[Path] = []
+    for d in SYSTEM_DIRS:
+        path = Path(d)
+        if path.is_symlink():  # merged /usr: /bin -> usr/bin stays a link inside
+            args += ["--symlink", os.readlink(path), d]
+        elif path.is_dir():
+            args += ["--ro-bind", d, d]
+            shown.append(path)
+    for name in ETC_FILES:
+        path = Path("/etc") / name
+        if path.exists():
+            args += ["--ro-bind", str(path), str(path)]
+            shown.append(path)
+    # each at the path the workload's interpreter names it by (a venv's prefix through a link is
+    # still that path inside); a folder that already shows through another needs no bind of its own
+    real = [s.resolve() for s in shown]
+    for p in sorted({Path(os.path.abspath(p)) for p in _python_paths() if p.is_dir()}, key=lambda p: len(p.parts)):
+        target = p.resolve()
+        if not any(target.is_relative_to(r) for r in real) and not any(p.is_relative_to(s) for s in shown):
+            args += ["--ro-bind", str(p), str(p)]
+            shown.append(p)
+            real.append(target)
+    return shown, args
+
+
 class Isolation:
     """What this machine allows, probed once per server."""
 
     def __init__(self, *, sandbox: bool = True, memory_limits: bool = True, task_limits: bool = True,
                  max_tasks: int = MAX_TASKS) -> None:
         self.bwrap = self._working_bwrap() if sandbox else None
+        self.shown: list[Path] = []
+        self.view: list[str] = []
+        if self.bwrap:
+            self.shown, self.view = host_view()
         found = _cgroup_root("memory", CGROUP_V1_MEMORY, ("memory.limit_in_bytes", "memory.max"), 256 << 20) \
             if memory_limits else None
         self.cgroup_root, self.cgroup_version = found if found else (None, None)
@@ -227,10 +288,12 @@ class Isolation:
         return proc, pid
 
     def _bwrap_args(self, c: Confinement) -> list[str]:
-        args = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+        args = [*self.view, "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
                 "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "fermion-workload"]
-        for hidden in c.hidden:
-            args += ["--tmpfs", str(hidden)]
+        shown = self.shown
+        for hidden in c.hidden:  # only what lies inside a shown folder needs hiding again
+            if any(hidden.is_relative_to(s) for s in shown):
+                args += ["--tmpfs", str(hidden)]
         args += ["--bind", str(c.workdir), str(c.workdir)]
         for m in c.mounts:
             args += ["--bind" if m.writable else "--ro-bind", str(m.path), str(m.path)]

@@ -24,6 +24,8 @@ backup_app = typer.Typer(
 DbOpt = Annotated[str | None, typer.Option(
     envvar="FERMION_DB_URL", help="The server's database URL (default: SQLite in $FERMION_HOME).")]
 KEY_FILES = ("master.key", "master.key.old")
+UnsealedOpt = Annotated[bool, typer.Option(
+    "--unsealed", help="Accept a backup made before backups were sealed: only one you made and kept yourself.")]
 
 
 def _say(message: str) -> None:
@@ -84,35 +86,45 @@ def create(
     db: DbOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace FILE if it exists.")] = False,
 ) -> None:
-    """Write a backup to FILE (mode 0600: it holds the secret master key), or seal it and send it to
-    an object store (--to); safe while the server runs.
+    """Write a backup to FILE, or send it to an object store (--to), sealed (encrypted and
+    authenticated) with $FERMION_BACKUP_PASSPHRASE (asked for on a terminal); safe while the server runs.
 
     Every table is read in one snapshot: deployments, jobs and their history, the registry, the
     datasets' versions (their chunks stay in the clouds' stores), pipelines; with the photon
     archives, the master key that opens every stored secret and the admin credentials (cli.json)."""
     import tempfile
 
+    from .._files import write_atomic
     from ..errors import UserInputError
-    from ..store import backup_passphrase, send_backup
+    from ..store import backup_passphrase, seal_backup_file, send_backup
 
     if (file is None) == (to is None):
         raise UserInputError("give a backup FILE, or --to STORE_URL", hint="fermion backup create --to s3://bucket/fermion")
-    if to is None:
-        assert file is not None
-        _create(file, db, force)
-        return
-    passphrase = backup_passphrase()  # refused before any work when it is missing
-    store = _store(to, endpoint, store_option)
+    if file is not None:
+        if file.exists() and not force:
+            raise UserInputError(f"{file} exists", hint="choose another file name, or add --force to replace it")
+        if not file.parent.is_dir():
+            raise UserInputError(f"cannot write {file}: the folder {file.parent} does not exist")
+    passphrase = backup_passphrase(ask=True, confirm=True)  # refused before any work when it is missing
+    store = _store(to, endpoint, store_option) if to is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "state.fbk"
-        _create(local, db, force=False)
+        described = _create(local, db)
+        if store is None:
+            assert file is not None
+            with _told("the backup", str(file)):
+                write_atomic(file, seal_backup_file(local.read_bytes(), passphrase), 0o600, durable=True)
+            _say(f"backup written to {file}, sealed with the passphrase (mode 0600): {described}")
+            return
+        assert to is not None
         with _told("sending the backup", to):
             name, size = send_backup(store, local.read_bytes(), passphrase)
-    _say(f"sealed and sent to {to.rstrip('/')}/{name} ({size / 1e6:.2f} MB); "
+    _say(f"sealed and sent to {to.rstrip('/')}/{name} ({size / 1e6:.2f} MB; {described}); "
          "restore it with `fermion backup restore --from URL` and the same passphrase")
 
 
-def _create(file: Path, db: str | None, force: bool) -> None:
+def _create(file: Path, db: str | None) -> str:
+    """A plain backup into ``file`` (a private temporary folder's): what it holds, in words."""
     from ..config import fermion_home
     from ..security import MASTER_KEY_ENV
     from ..store import create_backup
@@ -126,7 +138,7 @@ def _create(file: Path, db: str | None, force: bool) -> None:
     if (home / CREDENTIALS).is_file():
         files[CREDENTIALS] = home / CREDENTIALS
     with _told("the backup", url):
-        summary = create_backup(url, file, files=files, overwrite=force)
+        summary = create_backup(url, file, files=files)
     for note in summary.notes:
         _say(f"warning: {note}")
     if os.environ.get(MASTER_KEY_ENV):
@@ -134,8 +146,8 @@ def _create(file: Path, db: str | None, force: bool) -> None:
              "secrets open only with it")
     elif "master.key" not in files:
         _say(f"warning: no master key in {home}: stored secrets in this backup will not open")
-    _say(f"backup written to {file} (mode 0600; it holds {'the master key and ' if 'master.key' in files else ''}"
-         f"the admin credentials: keep it safe): {summary.describe()}")
+    return (f"it holds {'the master key, ' if 'master.key' in files else ''}the admin credentials and "
+            f"{summary.describe()}")
 
 
 @backup_app.command("restore")
@@ -148,6 +160,7 @@ def restore(
     db: DbOpt = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace a database that holds data (a SQLite file is kept aside, not deleted).")] = False,
+    unsealed: UnsealedOpt = False,
 ) -> None:
     """Restore a backup into a stopped server's home (refuses a database that holds data unless --force):
     a FILE, or the newest backup of a store (--from; opened with $FERMION_BACKUP_PASSPHRASE).
@@ -165,17 +178,48 @@ def restore(
     if (file is None) == (from_ is None):
         raise UserInputError("give a backup FILE, or --from STORE_URL")
     if file is not None:
-        _restore(file, db, force)
+        with _opened(file, unsealed) as local:
+            _restore(local, file, db, force)
         return
     assert from_ is not None
-    passphrase = backup_passphrase()
+    passphrase = backup_passphrase(ask=True)
     with _told("fetching the backup", from_):
         picked, data = fetch_backup(_store(from_, endpoint, store_option), passphrase, name)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "state.fbk"
         local.write_bytes(data)
         _say(f"fetched {picked} from {from_}")
-        _restore(local, db, force)
+        _restore(local, Path(picked), db, force)
+
+
+@contextlib.contextmanager
+def _opened(file: Path, unsealed: bool) -> Iterator[Path]:
+    """The plain backup inside sealed ``file``, in a private temporary folder for as long as it is
+    used; an unsealed file (made before backups were sealed) only when the user vouches for it."""
+    import tempfile
+
+    from .._files import write_atomic
+    from ..errors import UserInputError
+    from ..store import backup_passphrase, is_sealed_backup, unseal_backup_file
+
+    try:
+        blob = file.read_bytes()
+    except FileNotFoundError:
+        raise UserInputError(f"no backup file {file}") from None
+    except OSError as exc:
+        raise UserInputError(f"cannot read {file}: {exc.strerror or exc}") from None
+    if not is_sealed_backup(blob):
+        if not unsealed:
+            raise UserInputError(f"{file} is not sealed: nothing proves who wrote it (anyone who could write the file "
+                                 "could have added rows, a token say)",
+                                 hint="if you made it with an older Fermion and it never left your hands, add --unsealed")
+        yield file
+        return
+    data = unseal_backup_file(blob, backup_passphrase(ask=True), file.name)
+    with tempfile.TemporaryDirectory() as tmp:  # mode 0700: the plain backup holds the master key
+        local = Path(tmp) / "state.fbk"
+        write_atomic(local, data, 0o600)
+        yield local
 
 
 @backup_app.command("list")
@@ -195,11 +239,11 @@ def list_backups(
         _say(f"no backup in {from_}")
 
 
-def _restore(file: Path, db: str | None, force: bool) -> None:
+def _restore(file: Path, shown: Path, db: str | None, force: bool) -> None:
     from ..store import Backup, display_url, restore_backup
     from ._home import lock_home_exclusive, writable_home
 
-    backup = Backup(file)  # verified before anything is touched
+    backup = Backup(file, shown_as=shown)  # verified before anything is touched
     home = writable_home()
     url = _db_url(db, home)
     lock = lock_home_exclusive(home)
@@ -212,18 +256,21 @@ def _restore(file: Path, db: str | None, force: bool) -> None:
     for note in notes:
         _say(note)
     taken = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(summary.created_at))
-    _say(f"restored {file} (taken {taken}) into {display_url(url)}: {summary.describe()}")
+    _say(f"restored {shown} (taken {taken}) into {display_url(url)}: {summary.describe()}")
     _say("start the server with `fermion server start`")
 
 
 @backup_app.command("verify")
-def verify(file: Annotated[Path, typer.Argument(help="The backup file to check.")]) -> None:
-    """Check every checksum of a backup and say what it holds (changes nothing)."""
+def verify(file: Annotated[Path, typer.Argument(help="The backup file to check.")],
+           unsealed: UnsealedOpt = False) -> None:
+    """Open a backup with its passphrase, check every checksum and say what it holds (changes nothing)."""
     from ..store import Backup
 
-    summary = Backup(file).summary()
+    with _opened(file, unsealed) as local:
+        summary = Backup(local, shown_as=file).summary()
     taken = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(summary.created_at))
-    print(f"{file}: intact; taken {taken} from {summary.source}: {summary.describe()}; "
+    how = "intact, but unsealed (not authenticated)" if local == file else "authentic and intact"
+    print(f"{file}: {how}; taken {taken} from {summary.source}: {summary.describe()}; "
           f"files: {', '.join(summary.files) or 'none'}")
 
 

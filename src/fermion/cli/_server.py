@@ -52,6 +52,26 @@ def check_db_url(db: str) -> None:
         raise UserInputError(f"the database driver {exc.name!r} is not installed") from None
 
 
+def opens_without_password(db: str) -> bool:
+    """Whether the PostgreSQL database at ``db`` lets a client in with no password (``trust``, or
+    ``peer`` for the server's own user): then any process on its machine, a workload too, could
+    write it. Nothing the environment offers (PGPASSWORD, ~/.pgpass) is used for the try."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db)
+    if url.get_backend_name() != "postgresql":
+        return False
+    import psycopg
+
+    params = {"host": url.host or "", "port": url.port or "", "user": url.username or "",
+              "dbname": url.database or "", **{k: v for k, v in url.query.items() if k in ("host", "sslmode")}}
+    try:
+        with psycopg.connect(**params, password="", passfile="/dev/null", connect_timeout=5):
+            return True
+    except psycopg.Error:  # refused for want of a password (or down: the start says so next)
+        return False
+
+
 def tls_files(cert: Path | None, key: Path | None, self_signed: bool, home: Path,
               host: str) -> tuple[Path, Path | None] | None:
     """The certificate and key to serve HTTPS with (None: plain HTTP); refuses unusable options or files."""
@@ -107,6 +127,9 @@ def start(
         "--new-database", help="Start anew where a home that was used before has lost its database (missing, "
         "empty or corrupt): the old files and cli.json are kept aside, and workloads no row knows are stopped. "
         "To get the old state back instead: `fermion backup restore`.")] = False,
+    allow_passwordless_db: Annotated[bool, typer.Option(
+        "--allow-passwordless-db", help="Use a PostgreSQL database that lets clients in without a password (trust "
+        "or peer authentication): only on a machine where nothing else runs.")] = False,
 ) -> None:
     """Start the server in the foreground. The first start prints the admin token once."""
     import logging
@@ -129,6 +152,11 @@ def start(
             print(f"fermion: warning: the database password in --db is visible to every user in `ps`; "
                   f"set {DB_URL_ENV} instead", file=sys.stderr, flush=True)
         check_db_url(db)
+        if not allow_passwordless_db and opens_without_password(db):
+            raise UserInputError(f"the database {display_url(db)} lets anyone in without a password: any process on "
+                                 "its machine, a workload too, could read and change Fermion's state",
+                                 hint="give the role a password and set scram-sha-256 for its lines in pg_hba.conf "
+                                      "(see the README), or add --allow-passwordless-db for a machine only you use")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ..config import workloads_root
     from ._home import hold_home, keep_credentials_aside, prepare_database, watch_database, writable_home

@@ -29,11 +29,14 @@ from ._models import (
 from ._backup import Backup, BackupError, BackupSummary, create_backup, restore_backup
 from ._offsite import PASSPHRASE_ENV
 from ._offsite import fetch as fetch_backup
+from ._offsite import is_sealed as is_sealed_backup
 from ._offsite import listed as listed_backups
 from ._offsite import passphrase_from_env as backup_passphrase
 from ._offsite import seal as seal_backup
+from ._offsite import seal_file as seal_backup_file
 from ._offsite import send as send_backup
 from ._offsite import unseal as unseal_backup
+from ._offsite import unseal_file as unseal_backup_file
 from ._leader import CONTROLLER_LEASE, ControllerLeaseRow
 from ._migrate import new_revision
 from ._safety import (
@@ -88,6 +91,7 @@ __all__ = [
     "backup_passphrase",
     "create_backup",
     "fetch_backup",
+    "is_sealed_backup",
     "listed_backups",
     "db_error_text",
     "default_db_url",
@@ -99,8 +103,10 @@ __all__ = [
     "prior_use",
     "restore_backup",
     "seal_backup",
+    "seal_backup_file",
     "send_backup",
     "unseal_backup",
+    "unseal_backup_file",
     "sidecars",
     "sqlite_file",
     "new_revision",

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import tempfile
 import time
@@ -222,20 +223,21 @@ def _add_file(tar: tarfile.TarFile, name: str, source: Path, size: int, mtime: f
 class Backup:
     """A backup file whose manifest was read and every member verified against it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, shown_as: Path | None = None) -> None:
         self.path = Path(path)
+        self.shown = Path(shown_as) if shown_as is not None else self.path  # the file the user named
         self.manifest = self._verify()
 
     def open_tar(self) -> tarfile.TarFile:
         try:
             return tarfile.open(self.path, mode="r:*")
         except FileNotFoundError:
-            raise UserInputError(f"no backup file {self.path}") from None
+            raise UserInputError(f"no backup file {self.shown}") from None
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise BackupError(f"{self.path} is not a Fermion backup ({exc})") from None
+            raise BackupError(f"{self.shown} is not a Fermion backup ({exc})") from None
 
     def _verify(self) -> dict[str, Any]:
-        bad = f"{self.path} is not a Fermion backup, or is damaged"
+        bad = f"{self.shown} is not a Fermion backup, or is damaged"
         seen: dict[str, dict[str, Any]] = {}
         manifest: dict[str, Any] | None = None
         try:
@@ -243,6 +245,7 @@ class Backup:
                 for member in tar:
                     if not member.isfile():
                         raise BackupError(f"{bad}: {member.name!r} is not a plain file")
+                    _check_member_name(member.name, bad)
                     f = tar.extractfile(member)
                     assert f is not None  # a plain file
                     if member.name == MANIFEST and manifest is None:
@@ -258,12 +261,14 @@ class Backup:
         if manifest is None:
             raise BackupError(f"{bad}: it has no {MANIFEST}")
         expected: dict[str, dict[str, Any]] = manifest["members"]
+        for name in expected:
+            _check_member_name(name, bad)
         for name, want in expected.items():
             got = seen.get(name)
             if got is None:
                 raise BackupError(f"{bad}: {name} is missing from it")
             if got != {"sha256": want.get("sha256"), "size": want.get("size")}:
-                raise BackupError(f"{self.path} is damaged: the checksum of {name} does not match its manifest",
+                raise BackupError(f"{self.shown} is damaged: the checksum of {name} does not match its manifest",
                                   hint="use another copy of the backup")
         extra = sorted(set(seen) - set(expected))
         if extra:
@@ -293,7 +298,7 @@ class Backup:
         try:
             f = tar.extractfile(tar.getmember(name))
         except KeyError:
-            raise BackupError(f"{self.path}: {name} is missing from it") from None
+            raise BackupError(f"{self.shown}: {name} is missing from it") from None
         assert f is not None
         with f:
             yield f
@@ -303,6 +308,19 @@ class Backup:
             for line in io.TextIOWrapper(f, encoding="utf-8"):
                 if line.strip():
                     yield json.loads(line)
+
+
+# the only names a backup's members may have: a restore writes photons/ and files/ members under
+# the home by these names, so one like ``photons/../../x`` or ``/etc/x`` must never get that far
+MEMBER_NAMES = re.compile(r"^(manifest\.json|tables/[a-z_][a-z0-9_]{0,62}\.jsonl|photons/[0-9a-f]{64}\.photon"
+                          r"|files/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99})$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_member_name(name: str, bad: str) -> None:
+    if not MEMBER_NAMES.match(name) or ".." in name:
+        raise BackupError(f"{bad}: it holds a member named {name[:120]!r}, which no Fermion backup has",
+                          hint="restore only backups that `fermion backup create` made")
 
 
 def _parse_manifest(raw: bytes, bad: str) -> dict[str, Any]:
@@ -444,6 +462,8 @@ def _load(engine: Engine, backup: Backup, photon_store: Path, *, clear: bool) ->
                     # the controllers that held these leases are gone: the next server claims at once
                     values.update(lease_owner=None, lease_until=0.0)
                 if t.name == "photons":  # the archive now lies in this home's photon store
+                    if not SHA256.match(str(values.get("sha256"))):
+                        raise BackupError(f"{backup.shown}: a photon row has no sha256 digest as its name")
                     values["archive_path"] = str(photon_store / f"{values['sha256']}.photon")
                 batch.append(values)
                 if len(batch) >= BATCH:

@@ -1,16 +1,19 @@
-"""Backups kept in an object store (S3, GCS, Azure Blob, a folder): sealed first, because a backup
-holds the secret master key, and it leaves the server's machine only encrypted.
+"""Sealed backups: every backup, on disk or in an object store (S3, GCS, Azure Blob, a folder), is
+encrypted and authenticated under a passphrase, because a backup holds the secret master key and
+the admin token, and because whoever can write a backup file must not be able to make a restore
+put in rows of their own (a token, say): they do not hold the passphrase.
 
 A sealed backup is ``FBKE2 | log2(n) (1) | salt (16) | nonce (12) | AES-256-GCM(backup)``, its key
 derived from a passphrase by scrypt (n=2^17, r=8, p=1; n is in the header, so it can grow), its
-name (which carries its time) bound in as associated data: the passphrase never travels, and the
-store's owner can neither read a backup, alter it, nor pass an old one off as newer by renaming
-it. One backup is sealed in one piece (AES-GCM's limit, 64 GB, is far beyond a state dump)."""
+name in a store (which carries its time) bound in as associated data: the passphrase never
+travels, and the store's owner can neither read a backup, alter it, nor pass an old one off as
+newer by renaming it. A backup sealed for a file on disk is bound to no name. One backup is sealed in one piece (AES-GCM's limit, 64 GB, is far beyond a state dump)."""
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -63,12 +66,39 @@ def unseal(blob: bytes, passphrase: str, name: str) -> bytes:
                              "store)", hint=f"give the passphrase it was made with (${PASSPHRASE_ENV})") from None
 
 
-def passphrase_from_env() -> str:
+def passphrase_from_env(*, ask: bool = False, confirm: bool = False) -> str:
+    """The backup passphrase: ``$FERMION_BACKUP_PASSPHRASE``, else (with ``ask``, on a terminal) typed."""
     value = os.environ.get(PASSPHRASE_ENV, "")
+    if not value and ask and sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass("backup passphrase: ")
+        if confirm and getpass.getpass("the same again: ") != value:
+            raise UserInputError("the two passphrases differ")
     if not value:
-        raise UserInputError(f"a backup leaves this machine only encrypted: set ${PASSPHRASE_ENV}",
-                             hint="a passphrase of 12 characters or more, kept apart from the backups")
+        raise UserInputError(f"every backup is sealed (encrypted and authenticated) with a passphrase: set "
+                             f"${PASSPHRASE_ENV}", hint="a passphrase of 12 characters or more, kept apart from the backups")
     return value
+
+
+def seal_file(data: bytes, passphrase: str) -> bytes:
+    """A backup sealed for a file on disk: bound to no name, so it may be copied or renamed."""
+    return seal(data, passphrase, "")
+
+
+def is_sealed(blob: bytes) -> bool:
+    return blob.startswith(MAGIC)
+
+
+def unseal_file(blob: bytes, passphrase: str, file_name: str) -> bytes:
+    """A sealed backup file: one sealed for disk, or an object fetched from a store by hand (it is
+    bound to its object name)."""
+    try:
+        return unseal(blob, passphrase, "")
+    except UserInputError:
+        if not NAME.match(file_name):
+            raise
+    return unseal(blob, passphrase, file_name)
 
 
 def send(store: ObjectStore, data: bytes, passphrase: str, now: float | None = None) -> tuple[str, int]:
