@@ -89,6 +89,8 @@ def test_a_database_of_the_previous_version_is_upgraded_with_its_rows(db_url: st
         assert s.get(MembershipRow, ("ann", "team")).role == "editor"
         assert (s.get(TokenRow, "t-0000000001").user, s.get(TokenRow, "t-0000000001").project) == ("ann", "team")
         assert s.scalars(select(AuditRow.actor)).all() == ["ann"]
+        # revision 0006 numbered it: a record from before anchoring, with a seq and no MAC
+        assert s.execute(select(AuditRow.seq, AuditRow.key_id, AuditRow.mac)).all() == [(1, None, None)]
         assert [(e.id, e.new) for e in s.scalars(select(EventRow))] == [(1, "READY")]
         Store.record(s, "deployment", "web", "READY", "DEGRADED", "after the upgrade")
         s.add(AuditRow(at=1.0, actor="admin", method="POST", path="/", target="", status=200, prev_hash="", hash=""))

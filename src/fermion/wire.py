@@ -53,6 +53,7 @@ class CloudOut(BaseModel):
     free: dict[str, float]
     replicas: int
     inject: dict[str, Any]
+    isolation: str = ""  # how its workloads are confined (or that they are refused)
 
 
 class EventOut(BaseModel):

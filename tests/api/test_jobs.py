@@ -46,7 +46,7 @@ def logs(server: ServerProc, name: str) -> dict[str, str]:
 
 
 def test_a_job_resumes_on_another_cloud_when_its_cloud_dies(server: ServerProc) -> None:
-    server.cli("job", "run", "--name", "steps", "--", "python", str(JOBS / "steps.py"), "40", "0.15")
+    server.cli("job", "run", "--name", "steps", "--workdir", str(JOBS), "--", "python", "steps.py", "40", "0.15")
     first = server.wait_for(lambda api: (j := api.get("/jobs/steps").json())["status"] == "RUNNING" and j)
     cloud = first["attempts"][0]["cloud"]
     assert cloud == "east"  # the cheaper cloud
@@ -74,7 +74,7 @@ def test_a_job_resumes_on_another_cloud_when_its_cloud_dies(server: ServerProc) 
 
 def test_a_spot_job_is_preempted_and_resumes_on_the_next_best_cloud(server: ServerProc, tmp_path: Path) -> None:
     spec = tmp_path / "job.yaml"
-    spec.write_text(f"name: spot-steps\ncommand: [python, {JOBS / 'steps.py'}, '25', '0.1']\nspot: true\n"
+    spec.write_text(f"name: spot-steps\nworkdir: {JOBS}\ncommand: [python, steps.py, '25', '0.1']\nspot: true\n"
                     "resources: {cpus: 0.5, memory_gb: 0.5}\nmax_restarts: 0\n")
     server.cli("job", "run", "--spec", str(spec), "--follow", "--timeout", "90")
     done = job(server, "spot-steps")
@@ -89,7 +89,7 @@ def test_a_spot_job_is_preempted_and_resumes_on_the_next_best_cloud(server: Serv
 
 def test_own_errors_are_retried_at_most_max_restarts(server: ServerProc) -> None:
     out = server.cli("job", "run", "--name", "buggy", "--max-restarts", "1", "--follow", "--timeout", "60",
-                     "--", "python", str(JOBS / "fail.py"), check=False)
+                     "--workdir", str(JOBS), "--", "python", "fail.py", check=False)
     assert out.returncode == 1
     j = job(server, "buggy")
     assert j["status"] == "FAILED" and len(j["attempts"]) == 2 and j["restarts"] == 2
@@ -101,7 +101,7 @@ def test_own_errors_are_retried_at_most_max_restarts(server: ServerProc) -> None
 
 def test_two_worker_gloo_job(server: ServerProc) -> None:
     server.cli("job", "run", "--name", "ddp", "--workers", "2", "--follow", "--timeout", "120",
-               "--", "python", str(JOBS / "ddp.py"))
+               "--workdir", str(JOBS), "--", "python", "ddp.py")
     assert job(server, "ddp")["status"] == "SUCCEEDED"
     text = next(iter(logs(server, "ddp").values()))
     assert "rank 0 of world_size=2: all-reduced sum=3" in text and "rank 1 of world_size=2" in text

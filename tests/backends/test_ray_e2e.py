@@ -66,7 +66,7 @@ def test_a_deployment_spans_a_ray_cloud_and_a_local_one(server: ServerProc) -> N
 
 def test_distributed_training_runs_on_a_ray_node(server: ServerProc) -> None:
     server.cli("job", "run", "--name", "ddp-ray", "--workers", "2", "--cloud", "ray-a", "--follow", "--timeout", "120",
-               "--", "python", str(EXAMPLES / "jobs" / "ddp.py"))
+               "--workdir", str(EXAMPLES / "jobs"), "--", "python", "ddp.py")
     with server.api() as api:
         job = api.get("/jobs/ddp-ray").json()
         text = "\n".join(api.get("/jobs/ddp-ray/logs").json().values())
@@ -102,7 +102,7 @@ import json, os, pathlib, time
 ckpt = pathlib.Path(os.environ["FERMION_CHECKPOINT_DIR"]) / "step.json"
 step = json.loads(ckpt.read_text())["step"] if ckpt.exists() else 0
 print(f"attempt {os.environ['FERMION_ATTEMPT']} on {os.environ['FERMION_CLOUD']} resumes at step {step}", flush=True)
-while step < 40:
+while step < 80:  # 8 s: time for a checkpoint to reach the stores before the node dies
     step += 1
     time.sleep(0.1)
     tmp = ckpt.with_suffix(".tmp")
@@ -120,7 +120,9 @@ def test_a_checkpointing_job_resumes_after_its_ray_node_dies(server: ServerProc,
                         ).status_code == 201
     first = server.wait_for(lambda api: (j := api.get("/jobs/steps").json())["status"] == "RUNNING" and j)
     assert first["attempts"][0]["cloud"] == "ray-a"  # the cheapest
-    time.sleep(1.5)
+    # a checkpoint reached the stores (a loaded machine may take seconds to get there): then the node dies
+    server.wait_for(lambda api: "checkpoint snapshot of" in "".join(api.get("/jobs/steps/logs").json().values()),
+                    timeout=120)
     cluster.kill_node("ray-a")
     done = server.wait_for(lambda api: (j := api.get("/jobs/steps").json())["status"] in ("SUCCEEDED", "FAILED") and j,
                            timeout=120)

@@ -156,3 +156,44 @@ def test_declared_memory_is_a_hard_limit(server: ServerProc) -> None:
                 break
             time.sleep(0.3)
     assert failed and "memory limit of 0.25 GB" in failed[0]["reason"]
+
+
+class NoBubblewrap(Isolation):
+    """The isolation of a machine where bubblewrap cannot run (no user namespaces)."""
+
+    @staticmethod
+    def _working_bwrap() -> str | None:
+        return None
+
+
+def test_without_a_sandbox_workloads_are_refused_unless_the_operator_allows_them(tmp_path: Path) -> None:
+    from fermion.backends import LocalBackend, ProvisionError, Workload
+    from fermion.clouds import CloudConfig
+
+    refusing = NoBubblewrap(memory_limits=False, task_limits=False, allow_unsandboxed=False)
+    assert "workloads are refused" in refusing.describe()
+    backend = LocalBackend(CloudConfig(name="bare"), tmp_path / "workloads", server_home=tmp_path / "home",
+                           isolation=refusing)
+    job = Workload(id="a-1", kind="job", command=["sh", "-c", "echo ran > out"], cpus=0.25, memory_gb=0.25)
+    with pytest.raises(ProvisionError, match="cannot sandbox workloads .* --allow-unsandboxed"):
+        backend.start(job)
+    assert not (tmp_path / "workloads" / "bare" / "a-1" / "out").exists()
+
+    allowed = NoBubblewrap(memory_limits=False, task_limits=False, allow_unsandboxed=True)
+    assert allowed.describe().startswith("sandbox: none (clean environment only)")
+    backend = LocalBackend(CloudConfig(name="bare"), tmp_path / "workloads", server_home=tmp_path / "home",
+                           isolation=allowed)
+    handle = backend.start(job)
+    out = tmp_path / "workloads" / "bare" / "a-1" / "out"
+    deadline = time.monotonic() + 30
+    while not out.exists():
+        assert time.monotonic() < deadline, "the allowed workload never ran"
+        time.sleep(0.05)
+    backend.stop(handle)
+
+
+def test_cloud_list_shows_how_each_clouds_workloads_are_confined(server: ServerProc) -> None:
+    listed = json.loads(server.cli("cloud", "list", "--json").stdout)
+    assert {c["name"] for c in listed} == {"alpha", "beta"}
+    expected = "sandbox: bubblewrap" if ISOLATION.bwrap else "sandbox: none"
+    assert all(c["isolation"].startswith(expected) for c in listed), listed

@@ -23,7 +23,8 @@ def test_a_job_resumes_from_a_checkpoint_it_could_only_get_through_the_stores(gc
         clouds = (f"clouds:\n  - name: east\n    pricing: {{price_per_hour: 0.1}}\n    store: {store(east_s3)}\n"
                   f"  - name: west\n    pricing: {{price_per_hour: 0.2}}\n    store: {store(gcs_emulator)}\n")
         with running_server(tmp_path / "home", clouds) as server:
-            server.cli("job", "run", "--name", "steps", "--", "python", str(EXAMPLES / "jobs" / "steps.py"), "60", "0.1")
+            server.cli("job", "run", "--name", "steps", "--workdir", str(EXAMPLES / "jobs"), "--", "python", "steps.py", "60",
+                       "0.1")
 
             def log(api, number: int = 0) -> str:  # noqa: ANN001
                 return list(api.get("/jobs/steps/logs").json().values())[number]

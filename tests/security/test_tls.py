@@ -172,7 +172,8 @@ def test_ca_context_verifies_the_host_name(tmp_path: Path) -> None:
 def test_a_job_sends_its_checkpoints_to_an_https_server_it_verifies(server: ServerProc) -> None:
     from tests.support import EXAMPLES
 
-    server.cli("job", "run", "--name", "tls-steps", "--", "python", str(EXAMPLES / "jobs" / "steps.py"), "8", "0.1")
+    server.cli("job", "run", "--name", "tls-steps", "--workdir", str(EXAMPLES / "jobs"), "--", "python", "steps.py", "8",
+               "0.1")
     with httpx.Client(base_url=f"{server.url}/api/v1", headers={"Authorization": f"Bearer {server.token}"},
                       verify=ssl_context_from(cert_of(server)), timeout=30) as api:
         deadline = time.monotonic() + 60

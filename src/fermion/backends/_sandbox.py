@@ -41,6 +41,7 @@ INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HF_HUB_OFFLINE", "
 CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")
 CGROUP_V1_PIDS = Path("/sys/fs/cgroup/pids")
 CGROUP_V2 = Path("/sys/fs/cgroup")
+ALLOW_UNSANDBOXED_ENV = "FERMION_ALLOW_UNSANDBOXED"
 MAX_TASKS = 1024  # processes and threads per workload; torch and a thread pool use well under 200
 # what a workload sees of the host, read-only: programs and libraries (or the links merged /usr
 # makes of them), /sys for CPU topology (torch, ONNX Runtime), and from /etc only what the C
@@ -197,8 +198,14 @@ class Isolation:
     """What this machine allows, probed once per server."""
 
     def __init__(self, *, sandbox: bool = True, memory_limits: bool = True, task_limits: bool = True,
-                 max_tasks: int = MAX_TASKS) -> None:
+                 max_tasks: int = MAX_TASKS, allow_unsandboxed: bool | None = None) -> None:
         self.bwrap = self._working_bwrap() if sandbox else None
+        if allow_unsandboxed is None:
+            allow_unsandboxed = os.environ.get(ALLOW_UNSANDBOXED_ENV, "") not in ("", "0")
+        self.allow_unsandboxed = allow_unsandboxed
+        # asked for a sandbox and none runs here: workloads are refused, never started unconfined,
+        # unless the operator said so (a caller that asks for no sandbox has said so)
+        self.refuses = sandbox and self.bwrap is None and not allow_unsandboxed
         self.shown: list[Path] = []
         self.view: list[str] = []
         if self.bwrap:
@@ -228,6 +235,8 @@ class Isolation:
         return binary if ok else None
 
     def describe(self) -> str:
+        if self.refuses:
+            return "sandbox: none here, so workloads are refused (--allow-unsandboxed runs them unconfined)"
         parts = ["sandbox: bubblewrap" if self.bwrap else "sandbox: none (clean environment only)"]
         parts.append(f"memory limits: cgroup {self.cgroup_version}" if self.cgroup_root else "memory limits: none")
         parts.append(f"at most {self.max_tasks} tasks each" if self.pids_root else "task limits: none")
@@ -238,6 +247,10 @@ class Isolation:
               name: str) -> tuple[subprocess.Popen[bytes], int]:
         """Start ``command`` confined; return the process and the pid that stands for the workload
         (the sandbox's init when sandboxed: killing it ends everything inside)."""
+        if self.refuses:
+            raise OSError("this machine cannot sandbox workloads (bubblewrap does not run: no user namespaces?) and "
+                          "the operator has not allowed them to run unconfined (fermion server start "
+                          "--allow-unsandboxed)")
         argv = list(command)
         read_fd = write_fd = None
         outside_env = env  # unsandboxed, the workload's own environment is all there is

@@ -277,6 +277,7 @@ def verify(file: Annotated[Path, typer.Argument(help="The backup file to check."
 def _restore_files(backup: Backup, home: Path) -> list[str]:
     """The backup's master key(s) and cli.json into ``home``; what differed is kept aside."""
     from .._files import write_atomic
+    from ..security import HEAD_FILE as AUDIT_HEAD_FILE
     from ..security import MASTER_KEY_ENV
     from ..store import keep_aside
     from ._platform import CREDENTIALS
@@ -300,6 +301,10 @@ def _restore_files(backup: Backup, home: Path) -> list[str]:
         write_atomic(target, data, 0o600, durable=True)
         why = " (the key that opens the backup's secrets)" if name == "master.key" else ""
         notes.append(f"{name} restored{why}")
+    head = home / AUDIT_HEAD_FILE
+    if head.exists():  # it names the newest audit record of the database just replaced, not the backup's
+        notes.append(f"kept the audit log's head as {keep_aside(head)}: the restored log ends where the backup's "
+                     "did, and the server anchors it anew")
     env_key = os.environ.get(MASTER_KEY_ENV, "").strip()
     if env_key and backup.has_file("master.key") and env_key != backup.read("files/master.key").decode().strip():
         notes.append(f"warning: ${MASTER_KEY_ENV} is set and is not the backup's key: the server would use it and "

@@ -255,11 +255,12 @@ def cloud_list(json_out: JsonOpt = False) -> None:
     if json_out:
         print_json([c.to_json() for c in rows])
         return
-    print_table("clouds", ["name", "kind", "health", "replicas", "cpus free/total", "memory GB free/total", "injected"],
+    print_table("clouds", ["name", "kind", "health", "replicas", "cpus free/total", "memory GB free/total", "injected",
+                           "isolation"],
                 [(c.name, c.kind, c.health + (f" ({c.health_reason})" if c.health_reason else ""),
                   c.replicas, f"{c.free['cpus']:g}/{c.capacity['cpus']:g}",
                   f"{c.free['memory_gb']:g}/{c.capacity['memory_gb']:g}",
-                  ", ".join(f"{k}={v}" for k, v in c.inject.items() if v) or "-") for c in rows])
+                  ", ".join(f"{k}={v}" for k, v in c.inject.items() if v) or "-", c.isolation or "-") for c in rows])
 
 
 @cloud_app.command("status")

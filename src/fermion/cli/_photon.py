@@ -40,14 +40,15 @@ def build(
     ref: Annotated[str, typer.Argument(help="'path/to/file.py:Class' or 'package.module:Class'")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Archive path (default: NAME.photon).")] = None,
     include: Annotated[list[str] | None, typer.Option(
-        "--include", help="Pack this file even if ignored or secret-looking; relative to the photon's folder (repeat)."
+        "--include", help="Pack this file even if ignored or credential-like; relative to the photon's folder (repeat)."
     )] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
     rebuild: Annotated[bool, typer.Option(help=REBUILD_HELP)] = False,
 ) -> None:
     """Package a photon and the folder around its file into a .photon archive.
 
-    Honours .gitignore and .fermionignore; leaves secrets (Fermion homes, keys, .env) out unless --include names them.
+    Honours .gitignore and .fermionignore; leaves credential-like files out (by name: Fermion homes and backups, keys,
+    .env, kubeconfigs, tokens; by content: detect-secrets' rules) and says why, unless --include names them.
     """
     import warnings
 
@@ -68,8 +69,9 @@ def build(
         manifest, selection = build_archive(ref, out, include=include or [], cache=not rebuild)
     for message in selection.warnings():
         err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
-    if json_out:  # the manifest's keys as before, with what was packed and skipped beside them
-        print_json({**manifest.model_dump(), "packed": selection.sizes, "skipped": selection.skipped})
+    if json_out:  # the manifest's keys as before, with what was packed and skipped (and why) beside them
+        print_json({**manifest.model_dump(), "packed": selection.sizes, "skipped": selection.skipped,
+                    "skipped_why": {rel: selection.reasons.get(rel) for rel in selection.skipped}})
         return
     console.print(f"[green]built[/] {out}  name={manifest.name}  entry={manifest.entry}  sha256={manifest.sha256[:16]}…")
     largest = sorted(selection.sizes.items(), key=lambda item: (-item[1], item[0]))
@@ -78,9 +80,9 @@ def build(
         rows.append((f"… and {len(largest) - 20} more", size(sum(n for _, n in largest[20:]))))
     print_table("packed", ["file", "size"], rows)
     console.print(f"total: {len(largest)} files, {size(selection.total_bytes)}", highlight=False)
-    if selection.skipped:
-        skipped = escape(", ".join(selection.skipped))
-        console.print(f"[yellow]skipped as secrets[/] (name one with --include to pack it): {skipped}", highlight=False)
+    if selection.skipped:  # every file left out, and why, so that nothing goes missing unsaid
+        print_table("[yellow]skipped as secrets[/] (name one with --include to pack it)", ["file", "why"],
+                    [(rel, selection.reasons.get(rel, "")) for rel in selection.skipped])
     print_table(
         None,
         ["handler", "method", "path", "batch", "stream"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -127,6 +128,9 @@ def start(
         "--new-database", help="Start anew where a home that was used before has lost its database (missing, "
         "empty or corrupt): the old files and cli.json are kept aside, and workloads no row knows are stopped. "
         "To get the old state back instead: `fermion backup restore`.")] = False,
+    allow_unsandboxed: Annotated[bool, typer.Option(
+        "--allow-unsandboxed", help="Where bubblewrap cannot run, start workloads unconfined (as the server's user, "
+        "seeing its files) instead of refusing them.")] = False,
     allow_passwordless_db: Annotated[bool, typer.Option(
         "--allow-passwordless-db", help="Use a PostgreSQL database that lets clients in without a password (trust "
         "or peer authentication): only on a machine where nothing else runs.")] = False,
@@ -157,6 +161,10 @@ def start(
                                  "its machine, a workload too, could read and change Fermion's state",
                                  hint="give the role a password and set scram-sha-256 for its lines in pg_hba.conf "
                                       "(see the README), or add --allow-passwordless-db for a machine only you use")
+    if allow_unsandboxed:  # read by the isolation the platform probes (and handed to Ray nodes)
+        from ..backends import ALLOW_UNSANDBOXED_ENV
+
+        os.environ[ALLOW_UNSANDBOXED_ENV] = "1"
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ..config import workloads_root
     from ._home import hold_home, keep_credentials_aside, prepare_database, watch_database, writable_home

@@ -12,7 +12,7 @@ import tempfile
 import time
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -22,9 +22,9 @@ from .. import __version__
 from .._files import write_atomic
 from ..config import manifest_cache_dir
 from ..errors import PhotonLoadError, UnsafeArchiveError
+from ._credentials import ExplainedSelection, content_reasons, name_reason
 from ._ignore import (
     IgnoreRules,
-    Selection,
     explicit_path,
     is_fermion_home,
     is_secret,
@@ -135,16 +135,17 @@ def _file_sha256(path: Path) -> str:
         return _stream_sha256(f)
 
 
-def source_files(root: Path, include: Sequence[str | Path] = (), kind: str = "photon") -> Selection:
-    """Pick the files to pack under ``root``: not junk, not ignored, not secret, plus whatever
-    ``include`` names. ``kind`` (photon, job) names what is packed in the errors."""
+def source_files(root: Path, include: Sequence[str | Path] = (), kind: str = "photon", *,
+                 entry: str | Path | None = None) -> ExplainedSelection:
+    """Pick the files to pack under ``root``: not junk, not ignored, not credential-like by name or content, plus
+    whatever ``include`` names and the ``entry`` file, packed even if they look like credentials (with a warning).
+    ``kind`` (photon, job) names what is packed in the errors."""
     if is_fermion_home(root):  # its token and database sit beside the sources: nothing here is safe to pack
         raise PhotonLoadError(
             f"{root} looks like a Fermion home (it holds cli.json or fermion.db); refusing to pack it",
             hint=f"move the {kind} into a folder of its own",
         )
-    sel = Selection()
-    rules = IgnoreRules()
+    sel = ExplainedSelection()
     total = 0
 
     def add(rel: str, full: Path) -> None:
@@ -159,6 +160,31 @@ def source_files(root: Path, include: Sequence[str | Path] = (), kind: str = "ph
                      "of its own",
             )
 
+    _walk(root, sel, add)
+    named = list(dict.fromkeys(explicit_path(root, item) for item in include))
+    entry_rel = explicit_path(root, entry) if entry is not None else None
+    for rel in [*named, entry_rel] if entry_rel is not None else named:
+        if rel in sel.skipped:
+            sel.skipped.remove(rel)
+        if rel not in sel.files:
+            add(rel, root / rel)
+        if why := name_reason(rel) or _folder_reason(root, rel):
+            sel.reasons[rel] = why
+    for rel, why in content_reasons(sel.files).items():
+        sel.reasons.setdefault(rel, why)  # a name says it more plainly than a line number
+        if rel not in named and rel != entry_rel:
+            del sel.files[rel], sel.sizes[rel]
+            sel.leave_out(rel, why)
+    sel.included_secrets = [rel for rel in named if rel in sel.reasons]
+    sel.entry_secrets = [entry_rel] if entry_rel in sel.reasons else []
+    sel.skipped.sort()
+    sel.files = dict(sorted(sel.files.items()))  # same sources, same archive, whatever the order of include
+    return sel
+
+
+def _walk(root: Path, sel: ExplainedSelection, add: Callable[[str, Path], None]) -> None:
+    """Add the files under ``root`` that are not junk, ignored or named like credentials; note those left out."""
+    rules = IgnoreRules()
     for dirpath, dirnames, filenames in os.walk(root):  # top-down, so a folder's ignore files load before its files
         here = Path(dirpath)
         prefix = "" if here == root else here.relative_to(root).as_posix() + "/"
@@ -168,30 +194,34 @@ def source_files(root: Path, include: Sequence[str | Path] = (), kind: str = "ph
             if (here / d).is_symlink():  # os.walk does not follow it, and links are never packed
                 continue
             if is_secret_dir(here / d):  # checked before the dot rule so that .ssh/ or .fermion/ is reported
-                sel.skipped.append(prefix + d + "/")
+                sel.leave_out(prefix + d + "/", _dir_reason(here / d))
             elif d in _SKIP_DIRS or d.startswith("."):
-                sel.skipped += secret_paths_in(here / d, prefix + d)  # never entered, but .docker/config.json is told
+                for rel in secret_paths_in(here / d, prefix + d):  # never entered, but .docker/config.json is told
+                    sel.leave_out(rel, "a tool's credentials (Docker or Kubernetes config)")
             elif not rules.ignored(prefix + d, is_dir=True):
                 kept.append(d)
         dirnames[:] = kept  # an ignored folder is not entered, so (as in git) no "!" can re-include its files
         for name in sorted(filenames):
             full, rel = here / name, prefix + name
-            if full.is_symlink():
+            if full.is_symlink() or not full.is_file():  # a link, or a fifo or socket that reading would hang on
                 continue
-            if is_secret_file(rel):
-                sel.skipped.append(rel)
+            if why := name_reason(rel):  # before the ignore rules: a credential is reported even if ignored
+                sel.leave_out(rel, why)
             elif not (full.suffix in _SKIP_SUFFIXES or name.startswith(".") or rules.ignored(rel, is_dir=False)):
                 add(rel, full)
-    for item in include:
-        rel = explicit_path(root, item)
-        if rel in sel.skipped:
-            sel.skipped.remove(rel)
-        if rel not in sel.files:
-            add(rel, root / rel)
-        if is_secret(root, rel) and rel not in sel.included_secrets:
-            sel.included_secrets.append(rel)
-    sel.files = dict(sorted(sel.files.items()))  # same sources, same archive, whatever the order of include
-    return sel
+
+
+def _dir_reason(folder: Path) -> str:
+    if is_fermion_home(folder):
+        return "a Fermion home (admin token, database)"
+    return "a credentials folder"
+
+
+def _folder_reason(root: Path, rel: str) -> str | None:
+    """Why ``rel`` looks like a credential by a folder it sits in (``rel`` was named, so the walk did not judge it)."""
+    if is_secret(root, rel) and not is_secret_file(rel):
+        return "inside a credentials folder or Fermion home"
+    return None
 
 
 def handler_manifests(photon_cls: type[Photon]) -> dict[str, HandlerManifest]:
@@ -217,12 +247,13 @@ def handler_manifests(photon_cls: type[Photon]) -> dict[str, HandlerManifest]:
 
 def build_archive(
     ref: str, output: str | Path, include: Sequence[str | Path] = (), *, cache: bool = True
-) -> tuple[PhotonManifest, Selection]:
+) -> tuple[PhotonManifest, ExplainedSelection]:
     """Package the photon ``ref`` and the folder around its file into ``output``.
 
-    Honours .gitignore and .fermionignore files and leaves secrets out; ``include`` names files (relative to the
-    photon's folder) to pack anyway. Returns the manifest and what was packed and skipped; warns (UserWarning)
-    about included secrets and sources over 10 MiB.
+    Honours .gitignore and .fermionignore files and leaves credential-like files out (by name, and by content
+    through detect-secrets' rules: see ``_credentials``); ``include`` names files (relative to the photon's folder) to
+    pack anyway. Returns the manifest and what was packed and skipped, and why; warns (UserWarning) about included
+    or entry-file credentials and sources over 10 MiB.
 
     With ``cache``, a ``FILE.py:Class`` whose packed files are byte for byte those of an earlier build
     (with the same Fermion, pydantic, FastAPI and Python) takes that build's manifest (kept in
@@ -234,7 +265,7 @@ def build_archive(
     cached, key = None, None
     if cache and cls_name and target.endswith(".py") and Path(target).is_file():
         source = Path(target).resolve()
-        selection = source_files(source.parent, [*include, source.name])  # the entry file is packed even if ignored
+        selection = source_files(source.parent, include, entry=source.name)  # the entry is packed even if ignored
         digests = {rel: _file_sha256(p) for rel, p in selection.files.items()}
         key = _cache_key(digests, f"{source.name}:{cls_name}")
         cached = _cached_manifest(key, digests)
@@ -248,7 +279,7 @@ def build_archive(
         source = Path(module_file).resolve()
         root = source.parent
         if key is None:  # a module ref: its files are known once it is imported (a file's were read above)
-            selection = source_files(root, [*include, source.name])  # the entry file is packed even if ignored
+            selection = source_files(root, include, entry=source.name)  # the entry is packed even if ignored
             digests = {rel: _file_sha256(p) for rel, p in selection.files.items()}
         identity = {
             "name": photon_cls.photon_name(),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import Field
 
+from ..errors import UserInputError
 from ._http import Transport
 from ._results import Result
 
@@ -54,6 +57,7 @@ class AuditRecord(Result):
     target: str | None = None
     status: int
     client: str | None = ""
+    seq: int | None = Field(None, description="its place in the audit chain: 1, 2, 3… without gaps")
 
 
 class Tokens:
@@ -149,6 +153,15 @@ class Audit:
         rows = self._http.get("/audit", actor=actor, target=target, method=method, since=since, limit=limit)
         return [AuditRecord.model_validate(r) for r in rows]
 
-    def verify(self) -> dict[str, Any]:
-        """Whether the hash chain is intact: ``ok``, ``records``, ``first_bad``."""
-        return self._http.get("/audit/verify")
+    def verify(self, since_head: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Whether the chain is intact: ``ok``, ``records``, ``first_bad`` (a seq) and ``problem``, and
+        its ``head`` (the newest record's ``seq`` and ``hash``). Keep a head and pass it back as
+        ``since_head``: verify then also fails if anything up to it was changed or cut."""
+        if since_head is None:
+            return self._http.get("/audit/verify")
+        seq, digest = since_head.get("seq"), since_head.get("hash")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1 or not isinstance(digest, str) \
+                or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise UserInputError("not an audit head: it needs a seq (1 or more) and a hash (64 hex digits)",
+                                 hint="use the head a verify returned: verify()['head']")
+        return self._http.get("/audit/verify", since_seq=seq, since_hash=digest)

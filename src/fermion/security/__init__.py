@@ -24,6 +24,7 @@ def token_matches(token: str, token_hash: str | None) -> bool:
     return token_hash is not None and hmac.compare_digest(hash_token(token), token_hash)
 
 
+from ._audit_anchor import HEAD_FILE, AuditAnchor, AuditHead, AuditKeyring, HeadFileError  # noqa: E402
 from ._secrets import (  # noqa: E402 - after the token helpers, which nothing here depends on
     MASTER_KEY_ENV,
     MAX_SECRET_BYTES,
@@ -41,6 +42,11 @@ from ._secrets import (  # noqa: E402 - after the token helpers, which nothing h
 from ._tls import self_signed_certificate, ssl_context_from  # noqa: E402
 
 __all__ = [
+    "HEAD_FILE",
+    "AuditAnchor",
+    "AuditHead",
+    "AuditKeyring",
+    "HeadFileError",
     "MASTER_KEY_ENV",
     "MAX_SECRET_BYTES",
     "SECRET_NAME_PATTERN",

@@ -21,13 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .._files import write_atomic
 from ..errors import ConflictError, FermionError, UserInputError
 from ..store import DEFAULT_PROJECT, DatasetRow, DeploymentRow, JobRow, PipelineRunRow, SecretRow, Store
+from ..store import AuditKeyRow
+from ._audit_anchor import AUDIT_MAC_INFO, AuditAnchor, audit_key_purpose
 
 MASTER_KEY_ENV = "FERMION_MASTER_KEY"
 KEY_FILE = "master.key"
@@ -91,6 +95,10 @@ def _key_id(key: bytes) -> str:
     return hashlib.sha256(b"fermion master key id\0" + key).hexdigest()[:16]
 
 
+def _hkdf(key: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
+
+
 def _parse_key(text: str, where: str, hint: str) -> bytes:
     try:
         key = base64.b64decode(text.strip(), validate=True)
@@ -142,6 +150,7 @@ class SecretBox:
                 self._keys[_key_id(old_key)] = old_key
         self.key_id = _key_id(key)
         self._keys[self.key_id] = key
+        self.audit = AuditAnchor(self)  # the audit chain's MAC keys derive from these keys
 
     @staticmethod
     def _load_or_create(path: Path) -> bytes:
@@ -179,6 +188,12 @@ class SecretBox:
         """Whether ``tag`` is ``message``'s tag under any key this box holds (two during a rotation)."""
         return any(hmac.compare_digest(hmac.new(k, f"mac:{purpose}:{message}".encode(), hashlib.sha256).hexdigest(), tag)
                    for k in self._keys.values())
+
+    def derive(self, info: bytes, key_id: str | None = None) -> bytes | None:
+        """A 32-byte key for the one use ``info`` names, derived by HKDF-SHA256 from the master key
+        ``key_id`` (default: the current one); None if this box does not hold that key."""
+        key = self._keys.get(key_id or self.key_id)
+        return None if key is None else _hkdf(key, info)
 
     def open(self, token: str, purpose: str) -> str:
         """Decrypt a sealed value; fails if it was sealed for another purpose or altered."""
@@ -270,8 +285,21 @@ class SecretBox:
 
     # -- rotation --------------------------------------------------------------------------------
     def _reseal_all(self, session: Session, key_id: str) -> dict[str, int]:
-        """Re-encrypt every secret, stored env and dataset key under ``key_id`` (legacy plain envs too)."""
+        """Re-encrypt every secret, stored env and dataset key under ``key_id`` (legacy plain envs too);
+        keep the audit key of every other master key held, sealed under ``key_id``."""
         counts = {"secrets": 0, "deployments": 0, "jobs": 0, "datasets": 0}
+        for kid, master in self._keys.items():  # the key being retired: its audit records keep their MACs
+            if kid != key_id and session.get(AuditKeyRow, kid) is None:
+                audit_key = _hkdf(master, AUDIT_MAC_INFO)
+                session.add(AuditKeyRow(key_id=kid, retired_at=time.time(), sealed=self.seal(
+                    base64.b64encode(audit_key).decode(), audit_key_purpose(kid), key_id=key_id)))
+        for row in session.scalars(select(AuditKeyRow)).all():
+            if self.key_of(row.sealed) != key_id:
+                purpose = audit_key_purpose(row.key_id)
+                try:
+                    row.sealed = self.seal(self.open(row.sealed, purpose), purpose, key_id=key_id)
+                except SecretError:  # altered in the database: left for `fermion audit --verify` to report,
+                    pass  # rather than letting it block the rotation of every secret
         for row in session.scalars(select(SecretRow)).all():
             if self.key_of(row.ciphertext) != key_id:
                 purpose = secret_purpose(row.project, row.name)
@@ -296,7 +324,8 @@ class SecretBox:
         return counts
 
     def rotate(self, store: Store) -> dict[str, Any]:
-        """Re-encrypt every secret and stored env under a new key file; returns counts.
+        """Re-encrypt every secret and stored env under a new key file, and keep the retired key's
+        audit MAC key in audit_keys (sealed under the new one); returns counts.
 
         Order: rows re-sealed in one transaction; before it commits, the current key is kept as
         master.key.old and the new one replaces master.key (both atomic, 0600); after the commit a

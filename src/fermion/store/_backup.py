@@ -43,14 +43,16 @@ MANIFEST = "manifest.json"
 BATCH = 500
 # tables that any start (or a refused request) writes: the admin user, the default project, the
 # clouds, the leader lease, events and audit records; a database holding only these lost nothing
-BOOTSTRAP_TABLES = frozenset({"users", "projects", "clouds", "events", "memberships", "controller_lease", "audit"})
+BOOTSTRAP_TABLES = frozenset({"users", "projects", "clouds", "events", "memberships", "controller_lease", "audit",
+                              "audit_keys"})
 LABELS = {"project_secrets": "secrets", "model_versions": "model versions", "controller_lease": "controller lease"}
 LEASE_COLUMNS = ("lease_owner", "lease_until")
 
 
 def counted(tables: Mapping[str, int]) -> str:
     """``{"deployments": 2, ...}`` as "deployments: 2, ..." (the tables a user knows by name)."""
-    return ", ".join(f"{LABELS.get(t, t)}: {n}" for t, n in tables.items() if n and t not in ("events", "audit"))
+    return ", ".join(f"{LABELS.get(t, t)}: {n}" for t, n in tables.items()
+                     if n and t not in ("events", "audit", "audit_keys"))
 
 
 class BackupError(FermionError):

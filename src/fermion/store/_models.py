@@ -314,10 +314,15 @@ class SecretRow(Base):
 
 
 class AuditRow(Base):
-    """One mutating API call; ``hash`` chains it to the record before it (see fermion.api._audit)."""
+    """One mutating API call, number ``seq`` of the audit chain: ``hash`` chains it to the record
+    before it, and ``mac``, under a key the database does not hold, vouches for ``seq`` and ``hash``
+    (see fermion.api._audit)."""
 
     __tablename__ = "audit"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # 1, 2, 3… without gaps; the unique index is what keeps servers sharing a database from taking
+    # one number twice. Nullable only so that a row written by hand can exist: verify refuses it.
+    seq: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True, index=True)
     at: Mapped[float] = mapped_column(Float, index=True)
     actor: Mapped[str] = mapped_column(String(100), index=True)  # the token's user, "anonymous" or "unknown"
     method: Mapped[str] = mapped_column(String(10))
@@ -327,3 +332,16 @@ class AuditRow(Base):
     status: Mapped[int] = mapped_column(Integer)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # the master key the MAC's key derives from; both NULL: a record from before anchoring (0006)
+    key_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    mac: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AuditKeyRow(Base):
+    """The audit MAC key of a retired master key, sealed under the current one (``fermion secret
+    rotate`` adds it and re-seals the others): records MACed before a rotation still verify."""
+
+    __tablename__ = "audit_keys"
+    key_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    sealed: Mapped[str] = mapped_column(Text)
+    retired_at: Mapped[float] = mapped_column(Float, default=time.time)
