@@ -221,3 +221,26 @@ def test_viewers_see_no_env_values_and_a_revoked_registering_token_starts_nothin
         time.sleep(0.3)
     assert conn.pipelines.get("watched").runs == 0
     assert any("revoked or expired" in e.reason for e in conn.events("watched"))
+
+
+def test_another_projects_job_on_a_runs_job_name_cannot_make_the_run_fail(server: ServerProc, conn: Connection,
+                                                                          tmp_path: Path) -> None:
+    """Job names are global and a run's are predictable (PIPELINE-STEP-RUN): a member of another project
+    who takes them first only sees the run use names of its own, with the run's random id."""
+    conn.projects.create("squatters")
+    conn.users.create("mallory")
+    conn.projects.add_member("squatters", "mallory", "editor")
+    mallory = conn.tokens.create("m", user="mallory", project="squatters", role="editor").token
+    with fermion.connect(server.url, mallory) as theirs:
+        for n in (1, 2):
+            theirs.jobs.submit({"name": f"squatted-only-{n}", "command": ["true"], "project": "squatters",
+                                "resources": {"cpus": 0.25, "memory_gb": 0.25}})
+    path = tmp_path / "pipeline.yaml"
+    for number in (1, 2):  # a step changed each time: no run is served from the cache
+        path.write_text(yaml.safe_dump({"name": "squatted", "steps": [
+            {"name": "only", "command": ["python", "-c", f"print({number})"]}]}))
+        run = conn.pipelines.run(path, wait=True, timeout=120)
+        assert run.number == number and run.status == "SUCCEEDED", [(s.step, s.status, s.reason) for s in run.steps]
+        job = run.step("only").job
+        assert job != f"squatted-only-{number}" and job.startswith(f"squatted-only-{number}-")
+        assert conn.jobs.get(job).project == "default"

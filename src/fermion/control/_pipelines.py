@@ -247,8 +247,14 @@ class PipelineController(ReconcileLoop):
         except ConflictError as exc:
             if "exists" not in exc.message:
                 raise
-            job = conn.jobs.get(name)  # a pass that died after submitting: ours, if made since the run began
-            if job.created_at < run.created_at or job.project != run.project:
+            try:  # a pass that died after submitting: ours, if made since the run began
+                theirs = conn.jobs.get(name)
+                ours = theirs.created_at >= run.created_at and theirs.project == run.project
+            except NotFoundError:  # another project's job holds the name (job names are global): hidden from us
+                ours = False
+            if ours:
+                job = theirs
+            else:
                 # another job has the name (a deleted pipeline's of the same name): this run's own instead
                 spec["name"] = job_name(run.pipeline, step.name, run.number, run.id)
                 job = conn.jobs.submit(spec)
