@@ -24,7 +24,8 @@ sandboxed = pytest.mark.skipif(ISOLATION.bwrap is None, reason="bubblewrap canno
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
-    with running_server(tmp_path_factory.mktemp("sandbox") / "home", CLOUDS) as s:
+    # CPU quotas on (as `fermion server start --cpu-quotas` sets): what the CPU test checks
+    with running_server(tmp_path_factory.mktemp("sandbox") / "home", CLOUDS, env={"FERMION_CPU_QUOTAS": "1"}) as s:
         s.cli("deploy", f"{FIXTURE_PHOTONS}:Snoop", "--name", "snoop", "--replicas", "2", "--public",
               "--env", "DECLARED=yes")
         yield s
@@ -197,3 +198,52 @@ def test_cloud_list_shows_how_each_clouds_workloads_are_confined(server: ServerP
     assert {c["name"] for c in listed} == {"alpha", "beta"}
     expected = "sandbox: bubblewrap" if ISOLATION.bwrap else "sandbox: none"
     assert all(c["isolation"].startswith(expected) for c in listed), listed
+
+
+CPU_HOG = """
+import time
+cgroup = next(line.strip().split(":")[2] for line in open("/proc/self/cgroup")
+              if "cpu" in line.split(":")[1].split(",") or line.startswith("0::"))
+for name in ("cpu.cfs_quota_us", "cpu.max", "cpu.shares", "cpu.weight"):
+    for root in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup"):
+        try:
+            print("QUOTA", name, open(f"{root}{cgroup}/{name}").read().strip())
+        except OSError:
+            pass
+start, used = time.monotonic(), time.process_time()
+while time.monotonic() - start < 3:
+    pass
+print("SHARE", round((time.process_time() - used) / (time.monotonic() - start), 3))
+"""
+
+
+@pytest.mark.skipif(ISOLATION.cpu_root is None, reason="no writable cpu cgroup on this machine")
+def test_a_workload_gets_no_more_cpu_than_it_declared(server: ServerProc) -> None:
+    """Its weight is its share under contention; with quotas on, a busy loop alone gets no more."""
+    server.cli("job", "run", "--name", "cpuhog", "--cpus", "0.25", "--memory-gb", "0.25", "--follow", "--timeout",
+               "120", "--", "python", "-c", CPU_HOG)
+    with server.api() as api:
+        text = "".join(api.get("/jobs/cpuhog/logs").json().values())
+    seen = {line.split()[1]: line.split()[2:] for line in text.splitlines() if line.startswith("QUOTA")}
+    assert seen.get("cpu.cfs_quota_us", seen.get("cpu.max")) in (["25000"], ["25000", "100000"]), text  # ¼ of 100 ms
+    assert seen.get("cpu.shares", seen.get("cpu.weight")) in (["256"], ["25"]), text  # a quarter of a CPU's weight
+    share = float(next(line.split()[1] for line in text.splitlines() if line.startswith("SHARE")))
+    assert share <= 0.3, f"a workload of 0.25 cpus used {share} of a core"  # a busy loop alone would take 1.0
+
+
+@pytest.mark.skipif(ISOLATION.cpu_root is None, reason="no writable cpu cgroup on this machine")
+def test_without_quotas_a_workloads_cpu_weight_still_follows_its_cpus() -> None:
+    shared = Isolation(cpu_quotas=False)
+    name = f"test-weight-{time.monotonic_ns()}"
+    cgroup = shared._cpu_cgroup_for(name, 0.5)
+    try:
+        assert cgroup is not None
+        if shared.cpu_version == "v1":
+            assert (cgroup / "cpu.shares").read_text().strip() == "512"
+            assert (cgroup / "cpu.cfs_quota_us").read_text().strip() == "-1"  # no cap: it may burst
+        else:
+            assert (cgroup / "cpu.weight").read_text().strip() == "50"
+            assert (cgroup / "cpu.max").read_text().split()[0] == "max"
+        assert "cpu weights" in shared.describe() and "quotas" not in shared.describe()
+    finally:
+        shared.release(name)

@@ -10,7 +10,7 @@ from ..clouds import CloudConfig
 from ._faults import FaultInjector
 from ._local import LocalBackend
 from ._protocol import Backend, Capabilities, Handle, NoSpotCapacity, ProvisionError, Status, Workload
-from ._sandbox import ALLOW_UNSANDBOXED_ENV, Isolation, read_untrusted
+from ._sandbox import ALLOW_UNSANDBOXED_ENV, CPU_QUOTAS_ENV, Isolation, read_untrusted
 
 
 def make_backend(config: CloudConfig, workloads_root: Path, *, server_home: Path,
@@ -47,6 +47,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "ALLOW_UNSANDBOXED_ENV",
     "Backend",
+    "CPU_QUOTAS_ENV",
     "Capabilities",
     "FaultInjector",
     "Handle",

@@ -101,7 +101,7 @@ class LocalBackend:
             mounts = [Mount(m, writable=True) for m in workload.writable] + [Mount(m) for m in workload.read_only]
         # hide the server's home and every workload folder; show this one (and its mounts) again
         confinement = Confinement(workdir=workdir, hidden=[self.server_home, self.workloads_root, *self.hidden],
-                                  mounts=mounts,
+                                  mounts=mounts, cpus=workload.cpus,
                                   memory_bytes=int(workload.memory_gb * (1 << 30)) if workload.memory_gb else None)
         try:
             proc, pid = self.isolation.start(command, env, confinement, workdir / log_name,
@@ -145,7 +145,7 @@ class LocalBackend:
         # the whole cloud's memory until a replica takes it and its own limit is set: a cgroup to lower
         memory = int(self.config.capacity.memory_gb * (1 << 30))
         confinement = Confinement(workdir=workdir, hidden=[self.server_home, self.workloads_root, *self.hidden],
-                                  memory_bytes=memory)
+                                  memory_bytes=memory, cpus=self.config.capacity.cpus)
         (self.root / OWNERS).mkdir(exist_ok=True)
         write_atomic(self.root / OWNERS / folder, _this_process())
         # the folder on its command line, as a replica's: a restarted server knows the process by it
@@ -204,6 +204,9 @@ class LocalBackend:
             if self.isolation.cgroup_root is not None and workload.memory_gb and \
                     not self.isolation.set_memory_limit(name, int(workload.memory_gb * (1 << 30))):
                 raise OSError("its memory limit could not be set")
+            if self.isolation.cpu_root is not None and workload.cpus and \
+                    not self.isolation.set_cpu_limit(name, workload.cpus):
+                raise OSError("its CPU weight could not be set")
             # both ways, before it serves: a start cut short here (the handle not stored yet) is still
             # found, and stopped, by the replica's id alone
             for folder_of, key, value in ((REPLICAS, workload.id, folder), (TAKEN, folder, workload.id)):

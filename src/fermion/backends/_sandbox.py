@@ -12,6 +12,10 @@
 - Where a memory cgroup is writable: the declared memory is a hard limit.
 - Where a pids cgroup is writable: a workload runs at most MAX_TASKS processes and threads (a
   fork bomb stops there, not at the host's limit).
+- Where a cpu cgroup is writable: a workload's CPU weight follows its declared cpus, so under
+  contention each gets its share and a busy tenant cannot take the cores its neighbours were placed
+  on; with quotas on (``--cpu-quotas``), it also never gets more than its cpus (a CFS quota), at the
+  price of throttling when it bursts.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HF_HUB_OFFLINE", "
                  "CUDA_VISIBLE_DEVICES")
 CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")
 CGROUP_V1_PIDS = Path("/sys/fs/cgroup/pids")
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+CPU_PERIOD_US = 100_000  # the kernel's default CFS period: a quota of cpus * this per period
+CPU_QUOTAS_ENV = "FERMION_CPU_QUOTAS"
 CGROUP_V2 = Path("/sys/fs/cgroup")
 ALLOW_UNSANDBOXED_ENV = "FERMION_ALLOW_UNSANDBOXED"
 MAX_TASKS = 1024  # processes and threads per workload; torch and a thread pool use well under 200
@@ -67,6 +74,7 @@ class Confinement:
     hidden: list[Path] = field(default_factory=list)  # folders replaced by an empty tmpfs
     mounts: list[Mount] = field(default_factory=list)  # shown again inside hidden folders
     memory_bytes: int | None = None
+    cpus: float | None = None  # a CPU quota, where a cpu cgroup is writable
 
 
 def read_untrusted(path: Path, max_bytes: int = 1 << 20, *, tail: bool = False) -> bytes:
@@ -198,7 +206,8 @@ class Isolation:
     """What this machine allows, probed once per server."""
 
     def __init__(self, *, sandbox: bool = True, memory_limits: bool = True, task_limits: bool = True,
-                 max_tasks: int = MAX_TASKS, allow_unsandboxed: bool | None = None) -> None:
+                 max_tasks: int = MAX_TASKS, allow_unsandboxed: bool | None = None, cpu_limits: bool = True,
+                 cpu_quotas: bool | None = None) -> None:
         self.bwrap = self._working_bwrap() if sandbox else None
         if allow_unsandboxed is None:
             allow_unsandboxed = os.environ.get(ALLOW_UNSANDBOXED_ENV, "") not in ("", "0")
@@ -215,6 +224,11 @@ class Isolation:
         self.cgroup_root, self.cgroup_version = found if found else (None, None)
         found = _cgroup_root("pids", CGROUP_V1_PIDS, ("pids.max", "pids.max"), 64) if task_limits else None
         self.pids_root = found[0] if found else None
+        found = _cgroup_root("cpu", CGROUP_V1_CPU, ("cpu.shares", "cpu.weight"), 256) if cpu_limits else None
+        self.cpu_root, self.cpu_version = found if found else (None, None)
+        if cpu_quotas is None:
+            cpu_quotas = os.environ.get(CPU_QUOTAS_ENV, "") not in ("", "0")
+        self.cpu_quotas = cpu_quotas
         self.max_tasks = max_tasks
         self._prune()
         self.as_root = os.geteuid() == 0
@@ -240,6 +254,10 @@ class Isolation:
         parts = ["sandbox: bubblewrap" if self.bwrap else "sandbox: none (clean environment only)"]
         parts.append(f"memory limits: cgroup {self.cgroup_version}" if self.cgroup_root else "memory limits: none")
         parts.append(f"at most {self.max_tasks} tasks each" if self.pids_root else "task limits: none")
+        if self.cpu_root:
+            parts.append(f"cpu {'quotas and ' if self.cpu_quotas else ''}weights: cgroup {self.cpu_version}")
+        else:
+            parts.append("cpu limits: none")
         return "; ".join(parts)
 
     # -- starting a confined process ------------------------------------------------------
@@ -269,7 +287,8 @@ class Isolation:
             argv = [self.bwrap, "--args", str(args_file.fileno()), *self._bwrap_args(confinement),
                     "--info-fd", str(write_fd), "--", *argv]
             outside_env = {"PATH": "/usr/bin:/bin"}
-        cgroups = [g for g in (self._cgroup_for(name, confinement.memory_bytes), self._pids_cgroup_for(name)) if g]
+        cgroups = [g for g in (self._cgroup_for(name, confinement.memory_bytes), self._pids_cgroup_for(name),
+                               self._cpu_cgroup_for(name, confinement.cpus)) if g]
         if cgroups:  # join the cgroups before exec, so nothing runs unlimited
             joins = " && ".join(f"echo $$ > {shlex.quote(str(g / 'cgroup.procs'))}" for g in dict.fromkeys(cgroups))
             argv = ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *argv]
@@ -356,6 +375,41 @@ class Isolation:
             return False
         return True
 
+    def _cpu_cgroup_for(self, name: str, cpus: float | None) -> Path | None:
+        if self.cpu_root is None or not cpus:
+            return None
+        cgroup = self.cpu_root / name  # in v2, the same folder as the memory cgroup
+        try:
+            cgroup.mkdir(parents=True, exist_ok=True)
+            self._write_cpu_quota(cgroup, cpus)
+        except OSError as exc:
+            log.warning("cannot set the CPU weight of %s: %s", name, exc)
+            return None
+        return cgroup
+
+    def _write_cpu_quota(self, cgroup: Path, cpus: float) -> None:
+        # the weight: 1024 shares (v1) or 100 (v2) are one CPU's worth, as the kernel counts a task's
+        quota = max(1000, int(cpus * CPU_PERIOD_US)) if self.cpu_quotas else -1  # the kernel refuses under 1 ms
+        if self.cpu_version == "v1":
+            (cgroup / "cpu.shares").write_text(str(max(2, int(cpus * 1024))))
+            (cgroup / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+            (cgroup / "cpu.cfs_quota_us").write_text(str(quota))
+        else:
+            (cgroup / "cpu.weight").write_text(str(min(10_000, max(1, int(cpus * 100)))))
+            (cgroup / "cpu.max").write_text(f"{quota if quota > 0 else 'max'} {CPU_PERIOD_US}")
+
+    def set_cpu_limit(self, name: str, cpus: float) -> bool:
+        """Change the CPU weight (and quota) of a running workload's cgroup (a spare taken over by
+        a replica); False where it has none."""
+        if self.cpu_root is None or not (self.cpu_root / name).is_dir():
+            return False
+        try:
+            self._write_cpu_quota(self.cpu_root / name, cpus)
+        except OSError as exc:
+            log.warning("cannot set the CPU weight of %s: %s", name, exc)
+            return False
+        return True
+
     def _pids_cgroup_for(self, name: str) -> Path | None:
         if self.pids_root is None:
             return None
@@ -384,7 +438,7 @@ class Isolation:
         """Remove the cgroups of workloads that ended while no server watched them. The kernel
         refuses to remove one that still holds a process; the age spares one just being set up."""
         now = time.time()
-        for root in {self.cgroup_root, self.pids_root} - {None}:
+        for root in {self.cgroup_root, self.pids_root, self.cpu_root} - {None}:
             for cgroup in root.iterdir() if root.is_dir() else ():
                 with contextlib.suppress(OSError):
                     if cgroup.is_dir() and now - cgroup.stat().st_mtime > min_age_s:
@@ -392,6 +446,6 @@ class Isolation:
 
     def release(self, name: str) -> None:
         """Remove the workload's cgroups once nothing runs in them."""
-        for root in {self.cgroup_root, self.pids_root} - {None}:
+        for root in {self.cgroup_root, self.pids_root, self.cpu_root} - {None}:
             with contextlib.suppress(OSError):
                 (root / name).rmdir()

@@ -255,12 +255,16 @@ def cloud_list(json_out: JsonOpt = False) -> None:
     if json_out:
         print_json([c.to_json() for c in rows])
         return
-    print_table("clouds", ["name", "kind", "health", "replicas", "cpus free/total", "memory GB free/total", "injected",
-                           "isolation"],
+    print_table("clouds", ["name", "kind", "health", "replicas", "cpus free/total", "memory GB free/total", "injected"],
                 [(c.name, c.kind, c.health + (f" ({c.health_reason})" if c.health_reason else ""),
                   c.replicas, f"{c.free['cpus']:g}/{c.capacity['cpus']:g}",
                   f"{c.free['memory_gb']:g}/{c.capacity['memory_gb']:g}",
-                  ", ".join(f"{k}={v}" for k, v in c.inject.items() if v) or "-", c.isolation or "-") for c in rows])
+                  ", ".join(f"{k}={v}" for k, v in c.inject.items() if v) or "-") for c in rows])
+    clouds_by_isolation: dict[str, list[str]] = {}
+    for c in rows:  # under the table: a sentence each, too long for a column
+        clouds_by_isolation.setdefault(c.isolation or "not reported (an older server)", []).append(c.name)
+    for text, names in clouds_by_isolation.items():
+        console.print(f"isolation of {', '.join(names)}: {text}", highlight=False, markup=False)
 
 
 @cloud_app.command("status")

@@ -131,6 +131,9 @@ def start(
     allow_unsandboxed: Annotated[bool, typer.Option(
         "--allow-unsandboxed", help="Where bubblewrap cannot run, start workloads unconfined (as the server's user, "
         "seeing its files) instead of refusing them.")] = False,
+    cpu_quotas: Annotated[bool, typer.Option(
+        "--cpu-quotas", help="Cap each workload's CPU time at its declared cpus (a CFS quota; it throttles a "
+        "workload that bursts). Without it, CPUs are shared by weight: each gets its share under contention.")] = False,
     allow_passwordless_db: Annotated[bool, typer.Option(
         "--allow-passwordless-db", help="Use a PostgreSQL database that lets clients in without a password (trust "
         "or peer authentication): only on a machine where nothing else runs.")] = False,
@@ -161,10 +164,13 @@ def start(
                                  "its machine, a workload too, could read and change Fermion's state",
                                  hint="give the role a password and set scram-sha-256 for its lines in pg_hba.conf "
                                       "(see the README), or add --allow-passwordless-db for a machine only you use")
-    if allow_unsandboxed:  # read by the isolation the platform probes (and handed to Ray nodes)
-        from ..backends import ALLOW_UNSANDBOXED_ENV
+    # read by the isolation the platform probes
+    from ..backends import ALLOW_UNSANDBOXED_ENV, CPU_QUOTAS_ENV
 
+    if allow_unsandboxed:
         os.environ[ALLOW_UNSANDBOXED_ENV] = "1"
+    if cpu_quotas:
+        os.environ[CPU_QUOTAS_ENV] = "1"
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ..config import workloads_root
     from ._home import hold_home, keep_credentials_aside, prepare_database, watch_database, writable_home
