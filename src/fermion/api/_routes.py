@@ -111,6 +111,11 @@ def list_clouds(request: Request) -> list[CloudOut]:
                 health_reason=row.health_reason,
                 capacity={"cpus": capacity["cpus"], "memory_gb": capacity["memory_gb"]}, free=free[row.name],
                 replicas=counts.get(row.name, 0), inject=cfg.inject.model_dump(),
+                isolation=p.isolation.describe() if row.kind == "local"
+                else "probed on each node (bubblewrap, cgroups); nodes without a sandbox refuse workloads"
+                + (" unless allowed" if not p.isolation.allow_unsandboxed else ": allowed unconfined")
+                + ("" if getattr(p.clouds[row.name].inner, "authenticated", True)
+                   else "; Ray cluster without token authentication: a workload could drain it"),
             ))
         return out
 

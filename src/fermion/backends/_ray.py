@@ -18,6 +18,12 @@ actor, placed by Ray on a node of the cloud's node group, that runs the workload
 
 The server must run on a node of the cluster (e.g. its head): a Ray driver connects through a local
 raylet. Every node needs the same Python environment (with Fermion) as the server.
+
+The cluster should require Ray's token authentication (RAY_AUTH_MODE=token): without it, anything
+that reaches its ports on loopback, a workload included, can drain its nodes, write its key-value
+store or run code as a Ray driver. The server joins with the token of the cloud's
+``auth_token_file`` (or ``$RAY_AUTH_TOKEN``), set in its own environment only: each workload gets a
+clean one, and its sandbox shows neither the Ray worker's /proc nor the folders a token file lies in.
 """
 
 from __future__ import annotations
@@ -40,8 +46,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+from ray._private.authentication.authentication_constants import AUTHORIZATION_BEARER_PREFIX, AUTHORIZATION_HEADER_NAME
+from ray._raylet import AuthenticationTokenLoader, Config
+from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+from ray.exceptions import ActorUnavailableError, AuthenticationError, GetTimeoutError, RayActorError
 from ray.experimental import internal_kv
 
 from .._files import write_atomic
@@ -50,7 +60,9 @@ from ..errors import UserInputError, shorten
 from ..placement import Offering
 from ._launch import launch_command
 from ._protocol import Capabilities, Handle, ProvisionError, Status, Workload
-from ._sandbox import MAX_TASKS, Confinement, Isolation, Mount, read_untrusted, workload_env
+from ._sandbox import MAX_TASKS, Confinement, Isolation, Mount, host_view, read_untrusted, workload_env
+
+log = logging.getLogger("fermion.ray")
 
 NAMESPACE = "fermion"  # every actor Fermion creates, in every Ray cluster
 LOST_NOTE = "ray actor or node died"
@@ -62,6 +74,9 @@ SECRET_FILE = ".replica-secret"
 LOG_TAIL_BYTES = 2 << 20
 KEPT_LOG_BYTES = 32 << 10  # of an ended workload's log, kept in the cluster for logs()
 OOM_NOTE = "killed for using more than its memory limit"
+# Ray's own settings for token authentication, read from the environment by its C++ core
+AUTH_MODE_ENV, AUTH_TOKEN_ENV, AUTH_TOKEN_PATH_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+NO_AUTH_NOTE = "Ray cluster without token authentication: a workload could drain it"
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")  # ids name actors and folders
 
 # Unsandboxed (no bubblewrap on the node), the workload's first process is this, which asks to die
@@ -346,6 +361,110 @@ _Host = ray.remote(WorkloadHost)
 _lock = threading.Lock()
 _connected_to: str | None = None
 _users = 0
+_token: str | None = None  # the token this process joined with (None: Ray's own settings, if any)
+_authenticated: bool | None = None  # whether the joined cluster refused a call without a token
+
+
+def set_ray_auth(env: dict[str, str | None]) -> dict[str, str | None]:
+    """Set Ray's authentication variables in this process's environment (None removes one), make
+    Ray read them again, and return what they were. Call it only while not joined to a cluster.
+
+    New values are in place before Ray reads them and old ones go only once token mode is off:
+    Ray aborts a process that is in token mode and finds no token."""
+    before = {k: os.environ.get(k) for k in (AUTH_MODE_ENV, AUTH_TOKEN_ENV, AUTH_TOKEN_PATH_ENV)}
+    for key, value in env.items():
+        if value is not None:
+            os.environ[key] = value
+    if AUTH_MODE_ENV in env and env[AUTH_MODE_ENV] is None:
+        os.environ.pop(AUTH_MODE_ENV, None)
+    Config.initialize("")  # the mode is cached in Ray's config, the token in its loader
+    AuthenticationTokenLoader.instance().reset_cache()
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+    return before
+
+
+def read_token_file(path: str | Path, what: str) -> str:
+    """The token in ``path``: a regular file of this user's that no one else may read (0600),
+    outside every folder a sandbox shows (a workload runs as this user: it could read it there)."""
+    path = Path(path).expanduser()
+    try:
+        with path.open("rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise UserInputError(f"{what}: {path} is not a regular file")
+            if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+                raise UserInputError(f"{what}: {path} must belong to this user and be readable by it alone",
+                                     hint=f"chmod 600 {path}")
+            token = f.read(4096).decode(errors="replace").strip()
+    except OSError as exc:
+        raise UserInputError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise UserInputError(f"{what}: {path} is empty")
+    shown = [s.resolve() for s in host_view()[0]]
+    if any(path.resolve().is_relative_to(s) for s in shown):
+        raise UserInputError(f"{what}: {path} lies in a folder every sandboxed workload can read",
+                             hint="keep it outside /usr, /etc and the Python installation, e.g. in the "
+                                  "server's home or ~/.ray")
+    return token
+
+
+def _auth_token(config: CloudConfig) -> str | None:
+    """The token this server joins ``config``'s cluster with: its ``auth_token_file``, else
+    ``$RAY_AUTH_TOKEN``; None: none given (Ray's own settings, if the operator made any, still apply)."""
+    if config.auth_token_file:
+        return read_token_file(config.auth_token_file, f"cloud {config.name}: auth_token_file")
+    return os.environ.get(AUTH_TOKEN_ENV, "").strip() or None
+
+
+def gcs_answers(address: str, token: str | None = None, timeout_s: float = 5.0) -> bool | None:
+    """Whether the GCS at ``address`` answers a call that carries ``token`` (None: no token):
+    False if it refuses the call as unauthenticated, None if it gives no answer either way. The
+    call only reads a key that does not exist."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        from ray._common.tls_utils import load_certs_from_env
+
+        try:
+            chain, key, ca = load_certs_from_env()
+        except (OSError, RuntimeError):
+            return None
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, key, chain))
+    else:
+        channel = grpc.insecure_channel(address)
+    # a plain channel: Ray's own would add this process's token to every call
+    metadata = [(AUTHORIZATION_HEADER_NAME, AUTHORIZATION_BEARER_PREFIX + token)] if token else []
+    try:
+        gcs_service_pb2_grpc.InternalKVGcsServiceStub(channel).InternalKVGet(
+            gcs_service_pb2.InternalKVGetRequest(key=b"fermion-auth-probe", namespace=NAMESPACE.encode()),
+            timeout=timeout_s, metadata=metadata)
+    except grpc.RpcError as exc:
+        return False if exc.code() == grpc.StatusCode.UNAUTHENTICATED else None
+    finally:
+        channel.close()
+    return True
+
+
+def _check_auth(cloud: str, address: str, token: str | None) -> bool:
+    """Whether the cluster at ``address`` requires a token. Refuse, at once, to join one that
+    requires a token with none or a wrong one (ray.init would retry for 20 s, then not say why);
+    warn loudly about one that answers without a token."""
+    answers = gcs_answers(address)
+    if answers is False and token is None and os.environ.get(AUTH_MODE_ENV, "").lower() != "token":
+        raise ProvisionError(f"cloud {cloud}: the Ray cluster at {address} requires token authentication and "
+                             "this server has no token",
+                             hint="name a file that holds it in clouds.yaml (auth_token_file: PATH, mode 0600) or "
+                                  f"set ${AUTH_TOKEN_ENV} for the server")
+    if answers is False and token is not None and gcs_answers(address, token) is False:
+        raise ProvisionError(f"cloud {cloud}: the Ray cluster at {address} refuses this server's token",
+                             hint="give the server the token its nodes were started with")
+    if answers is not False:
+        how = "answers calls that carry no token" if answers else "did not say whether it requires a token"
+        log.warning("cloud %s: the Ray cluster at %s %s (no token authentication?): any workload on "
+                    "its nodes could drain them, write its key-value store or run code as a Ray driver. Start "
+                    "every node with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN, and give this server the token "
+                    "(auth_token_file in clouds.yaml, or $%s)", cloud, address, how, AUTH_TOKEN_ENV)
+    return answers is False
 
 
 def _reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -375,9 +494,10 @@ def _loopback_kept(address: str) -> Iterator[None]:
         services.resolve_ip_for_localhost = resolve
 
 
-def _connect(cloud: str, address: str) -> None:
-    """Join the cluster at ``address``, once per process; refuse a second, different cluster."""
-    global _connected_to, _users
+def _connect(cloud: str, address: str, token: str | None) -> bool:
+    """Join the cluster at ``address`` with ``token``, once per process; refuse a second, different
+    cluster or token. Whether the cluster requires a token."""
+    global _connected_to, _users, _token, _authenticated
     with _lock:
         if ray.is_initialized():
             current = _connected_to or ray.get_runtime_context().gcs_address
@@ -386,10 +506,18 @@ def _connect(cloud: str, address: str) -> None:
                     f"cloud {cloud}: its Ray cluster {address} is not the one this server joined ({current}): "
                     "a process can join only one Ray cluster, so all clouds of kind ray must share one "
                     "(tell them apart with node_resource)")
+            if token is not None and token != _token:
+                raise UserInputError(f"cloud {cloud}: its auth token is not the one this server joined {current} "
+                                     "with: clouds of one Ray cluster share its token")
+            if _authenticated is None:
+                _authenticated = _check_auth(cloud, current, _token)
             _users += 1
-            return
+            return _authenticated
         if address != "auto":
             _reachable(address)
+        if token is not None:  # in this process only: every workload gets a clean environment
+            set_ray_auth({AUTH_MODE_ENV: "token", AUTH_TOKEN_ENV: token, AUTH_TOKEN_PATH_ENV: None})
+        authenticated = _check_auth(cloud, address, token) if address != "auto" else None
         # ray.init replaces the SIGTERM handler with sys.exit: the server's own (graceful shutdown) stays
         main = threading.current_thread() is threading.main_thread()
         on_sigterm = signal.getsignal(signal.SIGTERM) if main else None
@@ -397,15 +525,19 @@ def _connect(cloud: str, address: str) -> None:
             with _loopback_kept(address):
                 ray.init(address=address, namespace=NAMESPACE, ignore_reinit_error=True, log_to_driver=False,
                          logging_level=logging.WARNING)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+        except (AuthenticationError, ConnectionError, RuntimeError, ValueError) as exc:
             raise ProvisionError(
                 f"cloud {cloud}: cannot join the Ray cluster at {address}: {shorten(str(exc), 300)}",
-                hint="the server must run on a node of the cluster (e.g. its head)") from exc
+                hint="the server must run on a node of the cluster (e.g. its head), with the cluster's token "
+                     "if it requires one") from exc
         finally:
             if main and on_sigterm is not None:
                 signal.signal(signal.SIGTERM, on_sigterm)
         _connected_to = address if address != "auto" else ray.get_runtime_context().gcs_address
+        _token = token
+        _authenticated = authenticated if authenticated is not None else _check_auth(cloud, _connected_to, token)
         _users = 1
+        return _authenticated
 
 
 def _disconnect() -> None:
@@ -415,7 +547,7 @@ def _disconnect() -> None:
         if _users == 0 and _connected_to is not None and ray.is_initialized():
             ray.shutdown()  # detached actors, and so every workload, keep running
         if _users == 0:
-            _connected_to = None
+            _connected_to = _token = _authenticated = None
 
 
 # -- results kept in the cluster once an actor is gone ----------------------------------------
@@ -459,7 +591,8 @@ class RayBackend:
         # folders of the server's a workload must not see (where a node has them: it may be this machine)
         self.hidden = [str(Path(p).absolute()) for p in hidden]
         self.isolation = _isolation_settings(isolation)
-        _connect(config.name, config.address)
+        # False: the cluster answers without a token, so a workload could drain it (the cloud says so)
+        self.authenticated = _connect(config.name, config.address, _auth_token(config))
         self._closed = False
 
     # -- what it offers ---------------------------------------------------------------------
@@ -662,8 +795,9 @@ def _isolation_settings(isolation: Isolation | None) -> dict[str, Any]:
     default Isolation()). Bubblewrap and cgroups are probed again on the node, which may lack them."""
     if isolation is None:
         return {"sandbox": True, "memory_limits": True, "task_limits": True, "max_tasks": MAX_TASKS}
-    return {"sandbox": isolation.bwrap is not None, "memory_limits": isolation.cgroup_root is not None,
-            "task_limits": isolation.pids_root is not None, "max_tasks": isolation.max_tasks}
+    return {"sandbox": isolation.bwrap is not None or isolation.refuses,
+            "memory_limits": isolation.cgroup_root is not None, "task_limits": isolation.pids_root is not None,
+            "max_tasks": isolation.max_tasks, "allow_unsandboxed": isolation.allow_unsandboxed}
 
 
 def _last_line(exc: BaseException) -> str:

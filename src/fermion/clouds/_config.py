@@ -57,6 +57,9 @@ class CloudConfig(BaseModel):
     # the custom resource that marks this cloud's node group (several clouds can share a cluster)
     address: str | None = None
     node_resource: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    # kind: ray — a file (readable by its owner only) holding the cluster's token (RAY_AUTH_MODE=token);
+    # unset: $RAY_AUTH_TOKEN of the server's environment. The server alone reads it, never a workload
+    auth_token_file: str | None = None
     # where what must outlive this cloud's machines is kept (datasets, checkpoints, artifacts);
     # none given: a folder of its own beside the server's home (see fermion.config.stores_root)
     store: StoreConfig | None = None
@@ -68,8 +71,8 @@ class CloudConfig(BaseModel):
     def _kind_fields(self) -> CloudConfig:
         if self.kind == "ray" and not self.address:
             raise ValueError(f"cloud {self.name}: kind ray needs `address` (the Ray cluster, host:port)")
-        if self.kind == "local" and (self.address or self.node_resource):
-            raise ValueError(f"cloud {self.name}: `address` and `node_resource` are for kind ray")
+        if self.kind == "local" and (self.address or self.node_resource or self.auth_token_file):
+            raise ValueError(f"cloud {self.name}: `address`, `node_resource` and `auth_token_file` are for kind ray")
         if self.kind == "ray" and self.warm_pool:
             raise ValueError(f"cloud {self.name}: `warm_pool` is for kind local")
         return self
