@@ -4,6 +4,7 @@ and bounded size, so one slow or greedy client cannot hold a connection or fill 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -23,6 +24,23 @@ UPLOAD_PATHS = frozenset({"/api/v1/photons"})
 UPLOAD_PREFIXES = ("/api/v1/datasets/", "/api/v1/code", "/api/v1/attempts/self/")
 CHUNK_BODY = 4 * 1024 * 1024 + 64 * 1024  # a chunk (fermion.data: 4 MiB at most), with room to spare
 FILE_LIST_BODY = 64 * 1024 * 1024  # a version's list of files: about 200,000 files
+
+
+def _setting(name: str, default: int) -> int:
+    """A whole number of at least 1 from the environment variable ``name``, else ``default``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, not {raw[:40]!r}")
+    return int(raw)
+
+
+# the event stream (GET /api/v1/stream): what one caller may hold open, and how far a stream may
+# fall behind before it is ended (its client then resumes with ?after=<the last id it read>)
+STREAMS_PER_TOKEN = _setting("FERMION_STREAMS_PER_TOKEN", 8)
+STREAMS_PER_ADDRESS = _setting("FERMION_STREAMS_PER_ADDRESS", 32)
+STREAM_QUEUE = _setting("FERMION_STREAM_QUEUE", 1000)  # events waiting to go out to one stream
 
 
 def is_upload(path: str) -> bool:

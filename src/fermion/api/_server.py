@@ -77,6 +77,7 @@ from ._jobs import router as jobs_router
 from ._principal import Principal, live_token
 from ._routes import router
 from ._secrets import router as secrets_router
+from ._stream import StreamHub
 from ._storage_errors import install_storage_error_handlers
 
 
@@ -360,7 +361,9 @@ def create_app(platform: Platform) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(platform.start)
+        streams = StreamHub.of(app)  # the event streams' one poller: it runs while a stream is open
         yield
+        await streams.close()
         await anyio.to_thread.run_sync(platform.stop)
         await platform.gateway.close()
         platform.store.close()

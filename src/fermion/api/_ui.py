@@ -9,26 +9,23 @@ and a token in the URL would land in logs).
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from collections.abc import AsyncIterator
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlalchemy import func, or_, select
 
-from ..errors import FermionError, NotFoundError
+from ..errors import NotFoundError
+from ..photon.runtime import error_response
 from ..store import TERMINAL_STATES, AttemptRow, CloudRow, DeploymentRow, EventRow, JobRow, ModelVersionRow, ReplicaRow
 from ._auth import caller, require_token
-from ._principal import authenticate
 from ._routes import _get_deployment, _visible_events, platform
 from ..wire import EventOut
 from ._schemas import ERROR_RESPONSES
+from ._stream import RETRY_AFTER_S, EventStreamResponse, StreamHub, frames
 
 if TYPE_CHECKING:
     from ._principal import Principal
@@ -46,9 +43,6 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-STREAM_POLL_S = 0.5  # how often the stream looks for new events
-STREAM_PING_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
-STREAM_RECHECK_S = 5.0  # how often an open stream checks its token again
 RECENT_EVENTS = 30
 
 
@@ -289,67 +283,28 @@ def costs(request: Request, window_s: float = Query(86_400, gt=0, le=30 * 86_400
             "per_hour_now": round(sum(rate for *_, t1, rate in spans if t1 >= now), 6)}
 
 
-STREAM_BATCH = 500
-
-
-def _events_after(p: Platform, me: Principal, after: int) -> tuple[list[dict[str, Any]], int]:
-    """The events after ``after`` the caller may see, and where the next look starts. The newest
-    id is read first and the rows up to it after, so an event committed between the two is not
-    jumped over; events the caller may not see still move the cursor on."""
-    with p.store.session() as s:
-        newest = s.scalar(select(func.max(EventRow.id))) or after
-        q = select(EventRow).where(EventRow.id > after, EventRow.id <= newest).order_by(EventRow.id).limit(STREAM_BATCH)
-        if not me.is_admin:
-            q = q.where(_visible_events(s, me))
-        rows = s.scalars(q).all()
-        out = [EventOut.model_validate(e, from_attributes=True).model_dump() for e in rows]
-    if len(rows) == STREAM_BATCH:  # more than one batch: go on from the last one sent
-        return out, int(rows[-1].id)
-    return out, max(newest, after)
-
-
 # a stream, not a JSON operation: kept out of the OpenAPI schema (and so out of schema fuzzing)
 @router.get("/stream", include_in_schema=False)
 async def stream(request: Request, after: int | None = Query(None, ge=0, le=2**62),
-                 limit_s: float | None = Query(None, gt=0, le=86_400)) -> StreamingResponse:
+                 limit_s: float | None = Query(None, gt=0, le=86_400)) -> Response:
     """New events as server-sent events (``event: change``, data: the event as JSON), from the
     event after ``after`` (default: from now on); a comment line every 15 s while nothing happens.
-    With ``limit_s``, the stream ends after that many seconds."""
+    With ``limit_s``, the stream ends after that many seconds. Every open stream is fed by one
+    poller (see ``_stream``); a token and an address hold a bounded number of streams (8 and 32
+    by default, ``fermion._limits``: 429 past them), and a stream that falls too far behind, or
+    whose token is revoked, ends with ``event: ended`` (its reason, and ``after``: the id to
+    resume after)."""
     p, me = platform(request), caller(request)
-    if after is None:
-        after = await anyio.to_thread.run_sync(_newest_event, p)
+    hub = StreamHub.of(request.app)
+    opened = hub.admit(me, request)
+    if isinstance(opened, str):
+        refused = error_response(429, opened, "TooManyStreams")
+        refused.headers["retry-after"] = str(RETRY_AFTER_S)
+        return refused
+    try:
+        await hub.join(opened)
+    except BaseException:
+        hub.leave(opened)
+        raise
     end = time.monotonic() + limit_s if limit_s is not None else float("inf")
-
-    async def events() -> AsyncIterator[bytes]:
-        nonlocal me
-        cursor, quiet_since, checked = after, time.monotonic(), time.monotonic()
-        yield b": stream open\n\n"
-        while time.monotonic() < end and not await request.is_disconnected():
-            if time.monotonic() - checked > STREAM_RECHECK_S:  # revoked, expired or moved: the stream ends
-                try:
-                    me = await anyio.to_thread.run_sync(_authenticate_again, request)
-                except FermionError:
-                    yield b"event: ended\ndata: {\"reason\": \"the token is no longer valid\"}\n\n"
-                    return
-                checked = time.monotonic()
-            found, cursor = await anyio.to_thread.run_sync(_events_after, p, me, cursor)
-            for event in found:
-                yield f"id: {event['id']}\nevent: change\ndata: {json.dumps(event)}\n\n".encode()
-                quiet_since = time.monotonic()
-            if time.monotonic() - quiet_since > STREAM_PING_S:
-                yield b": ping\n\n"
-                quiet_since = time.monotonic()
-            await asyncio.sleep(STREAM_POLL_S)
-
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-def _authenticate_again(request: Request) -> Principal:
-    request.state.principal = None  # authenticate() keeps the first answer for the request
-    return authenticate(request, None)
-
-
-def _newest_event(p: Platform) -> int:
-    with p.store.session() as s:
-        return s.scalar(select(func.max(EventRow.id))) or 0
+    return EventStreamResponse(hub, opened, frames(hub, opened, after, end, p.stopping))

@@ -230,7 +230,7 @@ class WorkloadHost:
             hidden = [Path(p) for p in dict.fromkeys([*spec.get("hidden", ()), str(root), *_ray_private_folders()])
                       if os.path.isdir(p)]
             confinement = Confinement(workdir=self.folder, hidden=hidden, mounts=self._mounts(spec),
-                                      memory_bytes=spec.get("memory_bytes"))
+                                      memory_bytes=spec.get("memory_bytes"), cpus=spec.get("cpus"))
             if self.isolation.bwrap is None:
                 argv = [sys.executable, "-I", "-S", "-c", _DIE_WITH_THE_ACTOR, str(os.getpid()), *argv]
             self.child, self.pid = self.isolation.start(argv, env, confinement, self.log_path, self.cgroup)
@@ -657,7 +657,7 @@ class RayBackend:
                 "command": list(w.command), "workers": w.workers, "hidden": self.hidden,
                 "isolation": self.isolation, "writable": [str(p) for p in w.writable],
                 "read_only": [str(p) for p in w.read_only],
-                "memory_bytes": int(w.memory_gb * 2**30) if w.memory_gb else None}
+                "memory_bytes": int(w.memory_gb * 2**30) if w.memory_gb else None, "cpus": w.cpus}
         try:
             actor = _Host.options(**options).remote(spec, archive)
         except ValueError as exc:  # the name is taken: that workload was started already
@@ -797,7 +797,8 @@ def _isolation_settings(isolation: Isolation | None) -> dict[str, Any]:
         return {"sandbox": True, "memory_limits": True, "task_limits": True, "max_tasks": MAX_TASKS}
     return {"sandbox": isolation.bwrap is not None or isolation.refuses,
             "memory_limits": isolation.cgroup_root is not None, "task_limits": isolation.pids_root is not None,
-            "max_tasks": isolation.max_tasks, "allow_unsandboxed": isolation.allow_unsandboxed}
+            "max_tasks": isolation.max_tasks, "allow_unsandboxed": isolation.allow_unsandboxed,
+            "cpu_limits": isolation.cpu_root is not None, "cpu_quotas": isolation.cpu_quotas}
 
 
 def _last_line(exc: BaseException) -> str:
