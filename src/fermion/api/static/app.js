@@ -345,10 +345,17 @@ function refreshSoon() {
 async function follow() {
   const controller = new AbortController();
   state.stream = controller;
+  let lastId = null; // a reconnect resumes after it: what happened meanwhile still arrives
   while (state.stream === controller) {
+    let pause = 1000; // the server restarted, or ended the stream: follow it again
     try {
-      const response = await fetch("/api/v1/stream", { headers: { Authorization: `Bearer ${state.token}` }, signal: controller.signal });
+      const query = lastId === null ? "" : `?after=${lastId}`;
+      const response = await fetch(`/api/v1/stream${query}`, { headers: { Authorization: `Bearer ${state.token}` }, signal: controller.signal });
       if (response.status === 401) return logout("that token was refused");
+      if (response.status === 429) { // too many streams open for this token: as long as the server asks
+        pause = 1000 * Math.max(1, Number(response.headers.get("Retry-After")) || 5);
+        throw new Error("too many streams");
+      }
       $("#live").hidden = false;
       const reader = response.body.getReader();
       const decoder = new TextDecoder();
@@ -361,7 +368,10 @@ async function follow() {
         while ((end = buffer.indexOf("\n\n")) >= 0) {
           const block = buffer.slice(0, end);
           buffer = buffer.slice(end + 2);
-          const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+          const lines = block.split("\n");
+          const id = lines.find((l) => l.startsWith("id: "));
+          if (id && /^\d+$/.test(id.slice(4))) lastId = id.slice(4);
+          const data = lines.filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
           if (data) refreshSoon();
         }
       }
@@ -369,7 +379,7 @@ async function follow() {
       if (controller.signal.aborted) return;
     }
     $("#live").hidden = true;
-    await new Promise((resolve) => setTimeout(resolve, 1000)); // the server restarted: follow it again
+    await new Promise((resolve) => setTimeout(resolve, pause));
   }
 }
 
