@@ -247,3 +247,25 @@ def test_without_quotas_a_workloads_cpu_weight_still_follows_its_cpus() -> None:
         assert "cpu weights" in shared.describe() and "quotas" not in shared.describe()
     finally:
         shared.release(name)
+
+
+def test_a_folder_on_sys_path_shows_only_what_python_imports_from_it(tmp_path: Path) -> None:
+    """An editable install of a flat project puts its root on sys.path: its .env and state files must
+    not come along with its code."""
+    from fermion.backends._sandbox import _importable, host_view
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "module.py").write_text("")
+    (tmp_path / "proj-0.1.dist-info").mkdir()
+    for secret in (".env", "gw.json", "secrets.yaml"):
+        (tmp_path / secret).write_text("OPENAI_API_KEY=sk-operator")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "rows.csv").write_text("a")
+    assert [p.name for p in _importable(tmp_path)] == ["module.py", "pkg", "proj-0.1.dist-info"]
+
+    _shown, args = host_view()
+    bound = {args[i + 1] for i, a in enumerate(args) if a == "--ro-bind"}
+    assert not any(b == "/etc/ssl" or b.startswith("/etc/ssl/private") for b in bound)  # TLS keys live there
+    if Path("/usr/local/etc").is_dir():
+        assert args[args.index("/usr/local/etc") - 1] == "--tmpfs"

@@ -320,3 +320,22 @@ def test_without_detect_secrets_a_build_refuses_clearly(tmp_path: Path, monkeypa
     with pytest.raises(PhotonLoadError, match="detect-secrets is not installed") as caught:
         source_files(photon_dir(tmp_path))
     assert caught.value.hint and "pip install detect-secrets" in caught.value.hint
+
+
+@pytest.mark.parametrize(("name", "content", "why"), [
+    ("settings_latin1.py", 'CITY = "caf\xe9"\nAWS_ACCESS_KEY_ID = "AKIAZ7Q3XW5M2RBVLT4N"\n'.encode("latin-1"),
+     "AWS Access Key"),
+    ("config", json.dumps({"apiVersion": "v1", "kind": "Config", "users": [{"name": "u", "user": {
+        "client-key-data": base64.b64encode(b"-----BEGIN RSA PRIVATE KEY-----" + b"x" * 40).decode()}}]}).encode(),
+     "a kubeconfig's client key"),
+    ("prod.env", b"DATABASE_PASSWORD=Zr8kq2vLw9\n", "named like an environment file"),
+    ("client_secret_123-abc.apps.googleusercontent.com.json",
+     b'{"installed": {"client_id": "123-abc.apps.googleusercontent.com", "client_secret": "GOCSPX-x"}}',
+     "named like an OAuth client secret"),
+])
+def test_what_an_outside_review_found_packed_is_left_out(tmp_path: Path, name: str, content: bytes, why: str) -> None:
+    root = photon_dir(tmp_path, {})
+    (root / name).write_bytes(content)
+    selection = source_files(root)
+    assert selection.skipped == [name], selection
+    assert why in selection.reasons[name]

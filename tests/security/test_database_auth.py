@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from fermion.testing import fermion_cmd
-from tests.pg import PostgresServer
+from tests.pg import SUPERUSER, PostgresServer, _free_port
 
 TRUSTED_ROLE = "trusting"
 
@@ -33,6 +33,46 @@ def trusted_url(postgres: PostgresServer, pg_url: str) -> str:
     finally:
         hba.write_text(before)
         postgres.execute("SELECT pg_reload_conf()")
+
+
+@pytest.fixture
+def superuser_trusted(postgres: PostgresServer, pg_url: str) -> str:
+    """``pg_url`` as a role with a password, on a server that lets ``postgres`` in without one."""
+    hba = postgres.root / "data" / "pg_hba.conf"
+    before = hba.read_text()
+    postgres.execute("DO $$ BEGIN CREATE ROLE app LOGIN PASSWORD 'app-password-1'; "
+                     "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    hba.write_text(f"host all {SUPERUSER} 127.0.0.1/32 trust\n" + before)
+    postgres.execute("SELECT pg_reload_conf()")
+    try:
+        yield make_url(pg_url).set(username="app", password="app-password-1").render_as_string(hide_password=False)
+    finally:
+        hba.write_text(before)
+        postgres.execute("SELECT pg_reload_conf()")
+
+
+def test_every_spelling_of_the_address_and_a_trusted_superuser_are_caught(trusted_url: str) -> None:
+    from fermion.cli._server import opens_without_password
+
+    url = make_url(trusted_url)
+    assert opens_without_password(trusted_url)
+    for spelled in (f"postgresql://{url.username}@/{url.database}?host={url.host}&port={url.port}",
+                    f"postgresql://{url.username}@/{url.database}?host={url.host}:{url.port}",
+                    f"postgresql://{url.username}@/{url.database}?hostaddr={url.host}&port={url.port}",
+                    f"postgresql://{url.username}:@{url.host}:{url.port}/{url.database}"):
+        assert opens_without_password(spelled), spelled
+
+
+def test_a_password_role_on_a_server_that_trusts_its_superuser_is_refused(superuser_trusted: str) -> None:
+    from fermion.cli._server import opens_without_password
+
+    assert opens_without_password(superuser_trusted)  # a workload would connect as postgres
+
+
+def test_a_database_that_is_down_is_left_to_the_start_to_report(postgres: PostgresServer) -> None:
+    from fermion.cli._server import opens_without_password
+
+    assert not opens_without_password(f"postgresql://x@127.0.0.1:{_free_port()}/x")
 
 
 def start(home: Path, db_url: str, *extra: str) -> subprocess.Popen[str]:

@@ -55,9 +55,14 @@ MAX_TASKS = 1024  # processes and threads per workload; torch and a thread pool 
 # library, Python's ssl and locale need: never the whole of /etc, where an operator keeps keys
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/sys")
 ETC_FILES = ("passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf", "localtime",
-             "timezone", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates",
-             "ca-certificates.conf", "pki", "alternatives", "mime.types", "os-release", "protocols", "services",
+             "timezone", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl/certs", "ssl/openssl.cnf", "ca-certificates",
+             "ca-certificates.conf", "pki/tls/certs", "pki/ca-trust", "alternatives", "mime.types", "os-release", "protocols", "services",
              "fonts", "debian_version")
+# inside what is shown, where operators keep keys and tools' credentials (an npmrc with a token)
+MASKED = ("/usr/local/etc",)
+# what an importable entry of a folder on sys.path outside the Python installation looks like (an
+# editable install's source): only these are shown of it, never the rest of a project's root
+IMPORTABLE_SUFFIXES = (".py", ".pyc", ".so", ".pth", ".dist-info", ".egg-info", ".egg-link")
 
 
 @dataclass
@@ -156,21 +161,39 @@ def _read_to_end(fd: int, timeout_s: float) -> bytes:
     return b"".join(parts)
 
 
-def _python_paths() -> list[Path]:
-    """The folders an interpreter started as a workload's is needs: its prefixes and the entries
-    of its sys.path (site-packages, an editable install's source), asked of a fresh interpreter
-    with a clean environment, as the workload's will be (the server's own sys.path may hold a
-    test runner's or a PYTHONPATH's folders)."""
+def _python_paths() -> tuple[list[Path], list[Path]]:
+    """What an interpreter started as a workload's is needs: its prefixes (the installation,
+    shown whole) and the other entries of its sys.path (an editable install's source), asked of a
+    fresh interpreter with a clean environment, as the workload's will be (the server's own
+    sys.path may hold a test runner's or a PYTHONPATH's folders)."""
     import sys
 
-    found = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    entries: list[str] = []
     try:
         out = subprocess.run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path))"],
                              capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"}, cwd="/")
-        found.update(p for p in json.loads(out.stdout) if p)
+        entries = [p for p in json.loads(out.stdout) if p]
     except (OSError, ValueError, subprocess.TimeoutExpired):
         log.warning("cannot ask the interpreter for its sys.path: workloads see its prefixes only")
-    return [Path(p) for p in found]
+    return [Path(p) for p in prefixes], [Path(p) for p in entries]
+
+
+def _importable(folder: Path) -> list[Path]:
+    """The entries of a sys.path folder that Python imports from: packages (folders with Python
+    files), modules, extension and metadata; not its dotfiles, configs or data."""
+    found = []
+    try:
+        children = sorted(folder.iterdir())
+    except OSError:
+        return []
+    for child in children:
+        if child.name.startswith("."):
+            continue
+        if child.suffix in IMPORTABLE_SUFFIXES or (child.is_dir() and child.name.isidentifier()
+                                                   and any(child.glob("*.py"))):
+            found.append(child)
+    return found
 
 
 def host_view() -> tuple[list[Path], list[str]]:
@@ -193,12 +216,24 @@ def host_view() -> tuple[list[Path], list[str]]:
     # each at the path the workload's interpreter names it by (a venv's prefix through a link is
     # still that path inside); a folder that already shows through another needs no bind of its own
     real = [s.resolve() for s in shown]
-    for p in sorted({Path(os.path.abspath(p)) for p in _python_paths() if p.is_dir()}, key=lambda p: len(p.parts)):
+    prefixes, entries = _python_paths()
+
+    def show(p: Path) -> None:
         target = p.resolve()
         if not any(target.is_relative_to(r) for r in real) and not any(p.is_relative_to(s) for s in shown):
-            args += ["--ro-bind", str(p), str(p)]
+            args.extend(["--ro-bind", str(p), str(p)])
             shown.append(p)
             real.append(target)
+
+    for p in sorted({Path(os.path.abspath(p)) for p in prefixes if p.is_dir()}, key=lambda p: len(p.parts)):
+        show(p)
+    for p in sorted({Path(os.path.abspath(p)) for p in entries if p.is_dir()}, key=lambda p: len(p.parts)):
+        if not any(p.resolve().is_relative_to(r) for r in real):  # outside the installation: its importables only
+            for child in _importable(p):
+                show(child)
+    for masked in MASKED:
+        if Path(masked).is_dir():
+            args += ["--tmpfs", masked]
     return shown, args
 
 

@@ -54,23 +54,37 @@ def check_db_url(db: str) -> None:
 
 
 def opens_without_password(db: str) -> bool:
-    """Whether the PostgreSQL database at ``db`` lets a client in with no password (``trust``, or
-    ``peer`` for the server's own user): then any process on its machine, a workload too, could
-    write it. Nothing the environment offers (PGPASSWORD, ~/.pgpass) is used for the try."""
+    """Whether the PostgreSQL server of ``db`` lets a client in with no password (``trust``, or
+    ``peer`` for the server's own user), as the URL's role or as ``postgres``: then any process on
+    its machine, a workload too, could write Fermion's state. The try uses the very connection
+    settings the server will (however the URL spells host and port), with no password and nothing
+    the environment offers (PGPASSWORD, ~/.pgpass)."""
+    from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
-    url = make_url(db)
+    from ..store import with_driver
+
+    url = make_url(with_driver(db))
     if url.get_backend_name() != "postgresql":
         return False
     import psycopg
 
-    params = {"host": url.host or "", "port": url.port or "", "user": url.username or "",
-              "dbname": url.database or "", **{k: v for k, v in url.query.items() if k in ("host", "sslmode")}}
+    engine = create_engine(url)
     try:
-        with psycopg.connect(**params, password="", passfile="/dev/null", connect_timeout=5):
-            return True
-    except psycopg.Error:  # refused for want of a password (or down: the start says so next)
-        return False
+        _args, params = engine.dialect.create_connect_args(url)
+    finally:
+        engine.dispose()
+    params.pop("context", None)
+    for role in dict.fromkeys([params.get("user") or "", "postgres"]):
+        try:
+            with psycopg.connect(**{**params, "user": role, "password": "", "passfile": "/dev/null",
+                                    "connect_timeout": 5}):
+                return True
+        except psycopg.OperationalError as exc:
+            refused = getattr(exc, "sqlstate", None) in ("28P01", "28000") or "password" in str(exc)
+            if not refused:  # down or unreachable: the start says so itself, with the same settings
+                return False
+    return False
 
 
 def tls_files(cert: Path | None, key: Path | None, self_signed: bool, home: Path,

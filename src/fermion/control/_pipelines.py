@@ -257,7 +257,12 @@ class PipelineController(ReconcileLoop):
             else:
                 # another job has the name (a deleted pipeline's of the same name): this run's own instead
                 spec["name"] = job_name(run.pipeline, step.name, run.number, run.id)
-                job = conn.jobs.submit(spec)
+                try:
+                    job = conn.jobs.submit(spec)
+                except ConflictError as again:  # a pass that died after submitting this one: it is ours
+                    if "exists" not in again.message:
+                        raise
+                    job = conn.jobs.get(spec["name"])
         row.job, row.started_at, row.status = job.name, time.time(), "RUNNING"
         row.reason = f"job {job.name}" + (f", placed on {run.plan[step.name]}" if run.plan.get(step.name) else "")
 

@@ -45,6 +45,9 @@ CREDENTIAL_NAMES: tuple[tuple[tuple[str, ...], str], ...] = (
       "*_sa.json", "*-sa-key.json", "*_sa_key.json"), "a service-account key"),
     (("id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.ppk", "*.keytab", "*.kdbx", "*.p8"), "a private key"),
     (("*.tfstate", "*.tfstate.*", "*.tfvars"), "Terraform state or variables"),
+    (("*.env", "env.*", "*.env.*"), "an environment file"),
+    (("client_secret*.json", "*token*cache*.json", "accesstokens.json", "msal_token_cache*", "*.apps.googleusercontent.com.json"),
+     "an OAuth client secret or a cloud CLI's token cache"),
     ((".htpasswd", "htpasswd", ".pypirc", ".npmrc", ".dockercfg", ".s3cfg", ".boto"),
      "a tool's credentials file"),
 )  # fmt: skip
@@ -65,6 +68,7 @@ _SQLITE = b"SQLite format 3\x00"
 _FERMION_TABLE = re.compile(rb'CREATE TABLE "?project_secrets"?')
 _KUBE_KIND = re.compile(r'^\s*"?kind"?\s*:\s*["\']?Config["\']?\s*,?\s*$', re.MULTILINE)
 _KUBE_USERS = re.compile(r'^\s*"?users"?\s*:', re.MULTILINE)
+_KUBE_CREDENTIAL = re.compile(r'["\']?(client-key-data|client-certificate-data)["\']?\s*:\s*["\']?[A-Za-z0-9+/=]{16}')
 # security.SECRET_REF and SECRET_NAME_PATTERN; not imported, as fermion.security costs a second to import
 _SECRET_REF = re.compile(r"secret:[A-Za-z_][A-Za-z0-9_.-]{0,127}")
 
@@ -128,10 +132,8 @@ def _judge(path: Path, rel: str, detect: Callable[[str, str], str | None]) -> st
         return why
     if size > MAX_SCAN_BYTES or b"\0" in data[:_TEXT_PROBE]:
         return None  # too big or binary to scan: judged by name and magic only
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    # a byte of another encoding (café in latin-1) must not make a file unscannable: a key is ASCII
+    text = data.decode("utf-8", errors="replace")
     return sniff_text(text) or detect(rel, text)
 
 
@@ -162,6 +164,8 @@ def sniff_text(text: str) -> str | None:
         return "a 32-byte key in base64, as Fermion's master.key is"
     if _KUBE_KIND.search(text) and _KUBE_USERS.search(text):
         return "a kubeconfig (kind: Config, with users)"
+    if _KUBE_CREDENTIAL.search(text):  # any layout: JSON, flow-style YAML
+        return "a kubeconfig's client key or token"
     return None
 
 

@@ -36,7 +36,9 @@ def _key(passphrase: str, salt: bytes, log2_n: int) -> bytes:
     if len(passphrase) < MIN_PASSPHRASE:
         raise UserInputError(f"the backup passphrase must have at least {MIN_PASSPHRASE} characters",
                              hint=f"set ${PASSPHRASE_ENV} to a long one, and keep it apart from the backups")
-    if not 14 <= log2_n <= 22:
+    # never more than this Fermion writes: whoever can put a file in its place cannot make a restore
+    # spend gigabytes and minutes on scrypt before it fails
+    if not 14 <= log2_n <= LOG2_N:
         raise UserInputError("this sealed backup names a key-derivation cost out of range: it is not Fermion's")
     return Scrypt(salt=salt, length=32, n=2**log2_n, r=8, p=1).derive(passphrase.encode())
 
