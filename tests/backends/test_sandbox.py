@@ -269,3 +269,21 @@ def test_a_folder_on_sys_path_shows_only_what_python_imports_from_it(tmp_path: P
     assert not any(b == "/etc/ssl" or b.startswith("/etc/ssl/private") for b in bound)  # TLS keys live there
     if Path("/usr/local/etc").is_dir():
         assert args[args.index("/usr/local/etc") - 1] == "--tmpfs"
+
+
+@sandboxed
+def test_a_python_installed_under_tmp_stays_visible(tmp_path: Path) -> None:
+    """A checkout under /tmp (a CI's clone) has its interpreter there: the sandbox's empty /tmp must not cover it."""
+    from fermion.backends._sandbox import Confinement
+
+    isolation = Isolation(memory_limits=False, task_limits=False, cpu_limits=False)
+    installed = tmp_path / "installed"
+    installed.mkdir()
+    (installed / "marker").write_text("here")
+    isolation.view += ["--ro-bind", str(installed), str(installed)]  # as host_view() binds a Python under /tmp
+    work = tmp_path / "work"
+    work.mkdir()
+    proc, _pid = isolation.start(["/bin/cat", str(installed / "marker")], {"PATH": "/usr/bin:/bin"},
+                                 Confinement(workdir=work), work / "out.log", f"tmp-test-{time.monotonic_ns()}")
+    proc.wait(30)
+    assert "here" in (work / "out.log").read_text()

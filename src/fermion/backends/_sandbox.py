@@ -355,7 +355,8 @@ class Isolation:
         return proc, pid
 
     def _bwrap_args(self, c: Confinement) -> list[str]:
-        args = [*self.view, "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+        # the empty /tmp first: a Python installed under /tmp (a checkout there, a CI's) is bound over it
+        args = ["--tmpfs", "/tmp", *self.view, "--dev", "/dev", "--proc", "/proc",
                 "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "fermion-workload"]
         shown = self.shown
         for hidden in c.hidden:  # only what lies inside a shown folder needs hiding again
