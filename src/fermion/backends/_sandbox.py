@@ -417,13 +417,13 @@ class Isolation:
         cgroup = self.cpu_root / name  # in v2, the same folder as the memory cgroup
         try:
             cgroup.mkdir(parents=True, exist_ok=True)
-            self._write_cpu_quota(cgroup, cpus)
+            self._write_cpu_limits(cgroup, cpus)
         except OSError as exc:
             log.warning("cannot set the CPU weight of %s: %s", name, exc)
             return None
         return cgroup
 
-    def _write_cpu_quota(self, cgroup: Path, cpus: float) -> None:
+    def _write_cpu_limits(self, cgroup: Path, cpus: float) -> None:
         # the weight: 1024 shares (v1) or 100 (v2) are one CPU's worth, as the kernel counts a task's
         quota = max(1000, int(cpus * CPU_PERIOD_US)) if self.cpu_quotas else -1  # the kernel refuses under 1 ms
         if self.cpu_version == "v1":
@@ -440,7 +440,7 @@ class Isolation:
         if self.cpu_root is None or not (self.cpu_root / name).is_dir():
             return False
         try:
-            self._write_cpu_quota(self.cpu_root / name, cpus)
+            self._write_cpu_limits(self.cpu_root / name, cpus)
         except OSError as exc:
             log.warning("cannot set the CPU weight of %s: %s", name, exc)
             return False
