@@ -251,13 +251,18 @@ class LocalBackend:
             raise ValueError(f"not a workload id: {wid!r}")
         return self.root / wid
 
-    def _pid(self, handle: Handle) -> int | None:
+    def _pid(self, handle: Handle, folders: dict[str, list[int]] | None = None) -> int | None:
         if handle.get("pid"):
             return int(handle["pid"])
+        workdir = self._workdir(handle)
         try:  # a start interrupted before its handle was written: the pid file it left
-            return int(read_untrusted(self._workdir(handle) / "pid", 32))
+            return int(read_untrusted(workdir / "pid", 32))
         except (OSError, ValueError):
-            return None
+            pass
+        # ... or cut short before even that (the sandbox reports its pid up to seconds later): every
+        # process of a workload starts in its folder, so the folder alone finds the first of them
+        leaders = sessions_in(workdir, folders)
+        return min(leaders) if leaders else None
 
     def status(self, handle: Handle) -> Status:
         workdir, pid = self._workdir(handle), self._pid(handle)
@@ -297,9 +302,9 @@ class LocalBackend:
             return self._reaped(pid, workdir)
         if str(workdir).encode() in cmdline:  # a replica, or any sandboxed workload
             return True
-        try:  # an unsandboxed job attempt: its command line is the user's, so match the pid file it left
-            return int(read_untrusted(workdir / "pid", 32)) == pid and Path(f"/proc/{pid}/cwd").resolve() == workdir.resolve()
-        except (OSError, ValueError):
+        try:  # an unsandboxed job attempt: its command line is the user's, but it started in its folder
+            return os.readlink(f"/proc/{pid}/cwd") == str(workdir.resolve())
+        except OSError:
             return False
 
     def _reaped(self, pid: int, workdir: Path) -> bool:
@@ -322,20 +327,18 @@ class LocalBackend:
 
             with contextlib.suppress(OSError):
                 (workdir / ASSIGNMENT).unlink()
-        if pid is None or not self._alive(pid, workdir):
-            return
         sig = signal.SIGKILL if force else signal.SIGTERM
-        try:  # the whole process group: the sandbox, torchrun and its workers, a shell and its children
-            os.killpg(os.getpgid(pid), sig)
-        except (ProcessLookupError, PermissionError):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+        if pid is not None and self._alive(pid, workdir):
+            _signal_group(pid, sig)
+        if force and not handle.get("pid"):  # a start cut short may have left more than its first process
+            for session in sessions_in(workdir):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(session, sig)  # the group its first process made, and all of it
 
     def list_workloads(self) -> list[Handle]:
         """Every folder of this cloud whose recorded pid is still that workload's process."""
         found = []
+        folders = process_folders()
         for workdir in sorted(self.root.iterdir()) if self.root.is_dir() else []:
             if workdir.is_symlink() or not workdir.is_dir() or workdir.name.startswith("."):
                 continue
@@ -345,7 +348,7 @@ class LocalBackend:
                     handle = {"id": (self.root / TAKEN / workdir.name).read_text(), "dir": workdir.name}
                 except OSError:
                     continue
-            pid = self._pid(handle)
+            pid = self._pid(handle, folders)
             if pid is not None and self._alive(pid, workdir):
                 found.append({**handle, "pid": pid})
         return found
@@ -372,6 +375,77 @@ class LocalBackend:
         for folder, pid in spares:
             with contextlib.suppress(OSError, ValueError):
                 self.stop({"id": folder, "pid": pid}, force=True)
+
+
+def sessions_in(workdir: Path, folders: dict[str, list[int]] | None = None) -> list[int]:
+    """The sessions (their leaders' pids) of the processes working in ``workdir``. Each workload's
+    processes start there (a sandbox's outside and inside), from the instant its first process
+    exists, before any pid is known; that process leads a session of its own. Never this
+    process's own session (a child forked here moves into the folder before it leaves it), nor a
+    folder that is a link. ``folders``: a `process_folders()` already read, for many lookups."""
+    if workdir.is_symlink():
+        return []
+    try:
+        target = str(workdir.parent.resolve() / workdir.name)
+    except OSError:
+        return []
+    own = os.getsid(0)
+    leaders = set()
+    for pid in (process_folders() if folders is None else folders).get(target, []):
+        with contextlib.suppress(OSError):
+            sid = os.getsid(pid)
+            if sid != own and os.getpgid(pid) == sid:  # in its session's own group: a workload's, not a stray
+                leaders.add(sid)
+    return sorted(leaders)
+
+
+def process_folders() -> dict[str, list[int]]:
+    """Every process this server may look at, by its working folder."""
+    found: dict[str, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                found.setdefault(os.readlink(f"/proc/{entry.name}/cwd"), []).append(int(entry.name))
+    return found
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the whole process group of ``pid``: the sandbox, torchrun and its workers, a shell and
+    its children. A drain of a sandboxed workload (``pid`` its sandbox's init, the group's leader
+    the sandbox's outside) spares those two: they end with the workload, passing on its exit code,
+    where a SIGTERM of their own would stand in for it."""
+    try:
+        group = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        return
+    if group == os.getpgrp():  # never this process's own group: only the workload's own process
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+        return
+    if sig != signal.SIGKILL and group != pid:
+        inside = [p for p in _members(group) if p not in (group, pid)]
+        if inside:
+            for member in inside:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(member, sig)
+            return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, sig)
+
+
+def _members(group: int) -> list[int]:
+    """The processes of process group ``group``."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[2]) == group:
+                    found.append(int(entry.name))
+    return found
 
 
 def _process(pid: int) -> str:
