@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# make demo KEEP=1 keeps the demo's server (and its dashboard) up until Ctrl-C
+# make demo KEEP=1 keeps the demo's server (and its dashboard) up until Ctrl-C; FULL=1 adds the heavier steps
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 FERMION_DEMO_KEEP=$(KEEP) $(BIN)/python examples/demo.py
+	HF_HUB_OFFLINE=1 FERMION_DEMO_KEEP=$(KEEP) FERMION_DEMO_FULL=$(FULL) $(BIN)/python examples/demo.py
 
 # the dashboard's tests drive a real browser: Debian's Chromium, installed when missing
 browser:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,3 +176,65 @@ def test_finetune_job_registers_a_model_that_serves(server: ServerProc, tmp_path
         for edge in (f"{data}>job:tickets", "job:tickets>model:tickets:1", "model:tickets:1>deployment:tickets",
                      "model:tickets:1>job:tickets-more", "job:tickets-more>model:tickets:2"):
             expect(page.locator(f'[data-edge="{edge}"]')).to_have_count(1)
+
+
+TINY_MODEL = """
+import json, os, pathlib
+out = pathlib.Path(os.environ["FERMION_JOB_OUTPUT"])
+(out / "model").mkdir(parents=True, exist_ok=True)
+(out / "model" / "config.json").write_text("{}")
+(out / "result.json").write_text(json.dumps({"metrics": {"score": 1}}))
+"""
+
+
+# last in the file: the model it registers would show in the tables the tests above read
+def test_a_finetune_from_a_hub_name_is_refused_when_submitted(server: ServerProc, tmp_path: Path) -> None:
+    train = str(EXAMPLES / "data/tickets/train.csv")
+    with server.api() as api:
+        r = api.post("/jobs", json={"name": "hub-base", "finetune": {"train_data": train, "base": "bert-base-uncased"}})
+        assert r.status_code == 400, r.text
+        message = r.json()["error"]["message"]
+        assert "'bert-base-uncased' is neither a model folder nor a registered model" in message, message
+        assert "not downloaded from the Hugging Face Hub" in message, message
+        for instead in ("local model folder", "registered model NAME:VERSION", "all-MiniLM-L6-v2"):
+            assert instead in message, message
+        assert api.get("/jobs/hub-base").status_code == 404  # no job: no attempts retried against the hub
+        (tmp_path / "empty").mkdir()
+        for base, why in (("/nope/model", "is not a model folder on the server"),
+                          (str(tmp_path / "empty"), "is a folder without config.json"),
+                          ("code/model", "is not a folder of the code sent with the job"),
+                          ("nobody:3", "no model version 'nobody:3'")):
+            r = api.post("/jobs", json={"name": "hub-base", "finetune": {"train_data": train, "base": base}})
+            assert r.status_code == 400 and why in r.json()["error"]["message"], (base, r.text)
+    # the CLI says so in its error (its local data sent first is no job either)
+    refused = server.cli("finetune", "--name", "hub-base", "--base", "bert-base-uncased", "--data", train,
+                         "--no-follow", check=False)
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 2 and "Traceback" not in said, said
+    assert "not downloaded from the Hugging Face Hub" in said, said
+    assert "hub-base" not in {j["name"] for j in json.loads(server.cli("job", "list", "--json").stdout)}
+
+    # a model of the registry given by its name alone is a base: pinned to its version at submit
+    with server.api() as api:
+        r = api.post("/jobs", json={"name": "tiny-model", "model_name": "tiny",
+                                    "command": ["python", "-c", TINY_MODEL]})
+        assert r.status_code == 201, r.text
+    made = server.wait_for(lambda api: (j := api.get("/jobs/tiny-model").json())["status"] in ("SUCCEEDED", "FAILED")
+                           and j)
+    assert made["status"] == "SUCCEEDED" and made["result"]["model"] == "tiny:1", (made, logs(server, "tiny-model"))
+    with server.api() as api:
+        r = api.post("/jobs", json={"name": "from-tiny", "max_restarts": 0,
+                                    "finetune": {"train_data": train, "base": "tiny"}})
+        assert r.status_code == 201, r.text
+        api.post("/jobs/from-tiny/cancel")  # its base is no transformers model: only the submit is under test
+        # and so is a model folder of the server's (a transformers model: its config.json)
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "config.json").write_text("{}")
+        r = api.post("/jobs", json={"name": "from-folder", "max_restarts": 0,
+                                    "finetune": {"train_data": train, "base": str(tmp_path / "mine")}})
+        assert r.status_code == 201, r.text
+        api.post("/jobs/from-folder/cancel")
+    with sqlite3.connect(server.home / "fermion.db") as db:
+        specs = dict(db.execute("SELECT name, spec FROM jobs WHERE name IN ('from-tiny', 'from-folder')").fetchall())
+    assert json.loads(specs["from-tiny"])["base_model"]["ref"] == "tiny:1", specs
+    assert json.loads(specs["from-folder"])["config"]["base"] == str(tmp_path / "mine"), specs

@@ -109,7 +109,8 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, list[Caller]]]:
     tmp = tmp_path_factory.mktemp("roles")
-    with running_server(tmp / "home", "clouds:\n  - name: alpha\n") as server:
+    # outpost: an agent cloud (no agent runs: it takes no workload), whose agent routes the matrix tries
+    with running_server(tmp / "home", "clouds:\n  - name: alpha\n  - name: outpost\n    kind: agent\n") as server:
         w = World(server, tmp)
         with server.api() as api:
             for project in ("ml", "other"):
@@ -151,6 +152,12 @@ def policy(w: World) -> list[Rule]:
         Rule("GET", "/clouds", "any"),
         Rule("POST", "/clouds/alpha/fail", "server", setup=lambda api: api.post("/clouds/alpha/recover")),
         Rule("POST", "/clouds/alpha/recover", "server"),
+        Rule("POST", "/clouds/outpost/agent", "server"),  # issues a new agent token
+        # an agent cloud's routes take its agent token, never a user's (the admin's included)
+        Rule("GET", "/agent/outpost/config", "attempt"),
+        Rule("POST", "/agent/outpost/poll", "attempt", body=lambda: {"agent": "a", "wait": 0}),
+        Rule("POST", "/agent/outpost/report", "attempt", body=lambda: {"agent": "a"}),
+        Rule("GET", f"/agent/outpost/archive/{'0' * 64}", "attempt"),
         Rule("GET", "/photons", "any", listing=True),
         Rule("POST", "/photons", "editor"),  # editor in any project
         Rule("GET", "/deployments", "viewer", listing=True),

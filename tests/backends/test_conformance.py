@@ -1,6 +1,7 @@
 """One conformance suite for every backend: what the control plane may rely on, whatever runs the
-workloads. Each test runs against the local backend (processes on this machine) and the Ray
-backend (actors on a real two-node Ray cluster on 127.0.0.1), with real replicas and job attempts."""
+workloads. Each test runs against the local backend (processes on this machine), the Ray
+backend (actors on a real two-node Ray cluster on 127.0.0.1) and an agent cloud (a real agent
+process dialling in to the server's routes over HTTP), with real replicas and job attempts."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,7 +21,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 import pytest
 
-from fermion.backends import Backend, FaultInjector, Handle, Isolation, LocalBackend, ProvisionError, Status, Workload
+from fermion.backends import (
+    Backend,
+    FaultInjector,
+    Handle,
+    Isolation,
+    LocalBackend,
+    ProvisionError,
+    Status,
+    Workload,
+)
 from fermion.clouds import CloudConfig, Injected
 from fermion.errors import UserInputError
 from fermion.photon._package import build_archive
@@ -146,8 +157,26 @@ def _ray_harness(cluster: LocalRayCluster) -> Harness:
     return Harness(backend, kill, pid_of, folder_of, lost_when_killed=True)
 
 
-@pytest.fixture(scope="module", params=["local", "ray"])
+@contextmanager
+def _agent_harness(tmp: pytest.TempPathFactory) -> Iterator[Harness]:
+    """The server's side of an agent cloud, in this process, behind the agent routes on real HTTP;
+    the agent is a real `fermion agent start` process that dials in to them."""
+    from fermion.testing import agent_cloud
+
+    with agent_cloud(tmp.mktemp("agent")) as backend:
+
+        def kill(handle: Handle) -> None:  # sandboxed: the pid is the sandbox's init, in its outside's group
+            os.killpg(os.getpgid(int(handle["pid"])), signal.SIGKILL)
+
+        yield Harness(backend, kill, lambda h: int(h["pid"]), lambda h: None, lost_when_killed=False)
+
+
+@pytest.fixture(scope="module", params=["local", "ray", "agent"])
 def harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    if request.param == "agent":
+        with _agent_harness(tmp_path_factory) as h:
+            yield h
+        return
     h = _local_harness(tmp_path_factory) if request.param == "local" else _ray_harness(
         request.getfixturevalue("ray_cluster"))
     yield h

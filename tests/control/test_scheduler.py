@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,32 @@ def test_a_rebuild_keeps_reservations_whose_intent_is_being_written(scheduler: S
     assert scheduler.choose("w1", Need(2, 1), ["cheap"]).cloud == "cheap"
     scheduler.rebuild()  # the store has no row for w1 yet: it is kept (for a grace period)
     assert scheduler.holds("w1") and scheduler.free()["cheap"]["cpus"] == 0
+
+
+def test_the_spread_caps_put_three_replicas_on_three_healthy_clouds_one_each(tmp_path: Path) -> None:
+    """As the controller places a deployment's replicas: one by one, within the spread caps. Three
+    healthy clouds take one each, however cheap one is; with one down, the two left take 2 and 1."""
+    store = Store(f"sqlite:///{tmp_path / 'fermion.db'}")
+    backends = {n: InstantBackend(n, cpus=8, memory_gb=8, price=price)
+                for n, price in (("cheap", 0.05), ("mid", 0.3), ("dear", 0.9))}
+    scheduler = Scheduler(store, {n: FaultInjector(b) for n, b in backends.items()})
+    allowed = sorted(backends)
+
+    def place(deployment: str, replicas: int) -> dict[str, int]:
+        per_cloud: dict[str, int] = {}
+        for i in range(replicas):
+            caps = scheduler.spread_caps(allowed, replicas, per_cloud)
+            cloud = scheduler.choose(f"{deployment}-{i}", Need(1, 1), allowed, caps=caps).cloud
+            assert cloud is not None
+            per_cloud[cloud] = per_cloud.get(cloud, 0) + 1
+        return per_cloud
+
+    try:
+        assert place("three", 3) == {"cheap": 1, "mid": 1, "dear": 1}
+        assert place("four", 4) == {"cheap": 2, "mid": 2}  # half of four: two
+        scheduler.fail("dear", "injected outage")
+        assert place("after", 3) == {"cheap": 2, "mid": 1}  # two clouds left: as even as they allow
+    finally:
+        for b in backends.values():
+            b.close()
+        store.close()

@@ -16,6 +16,7 @@ from fermion.placement import (
     builtin_catalogs,
     list_offerings,
     optimize,
+    spread_cap,
 )
 
 
@@ -135,3 +136,27 @@ def test_the_egress_of_a_jobs_data_counts_once_spread_over_its_hours() -> None:
     long = optimize(PlacementRequest(objective=Objective(hours=200)), offers, states)
     assert long.clouds() == {"gcp": 1}  # 0.15 + 4.5/200 = 0.1725 < 0.192
     assert long.placements[0].one_time_cost == 4.5 and long.placements[0].note.startswith("bring 50 GB")
+
+
+@pytest.mark.parametrize(("replicas", "clouds", "most"), [
+    (3, 3, 1), (3, 4, 1), (2, 2, 1), (4, 3, 2), (5, 3, 2), (6, 4, 3), (1, 3, 1),
+    (3, 2, 2), (5, 2, 3),  # too few clouds for half: as even as they allow
+    (4, 1, 4), (1, 1, 1), (0, 3, 1),
+])
+def test_the_default_spread_rule_is_at_most_half_the_replicas_per_cloud(replicas: int, clouds: int, most: int) -> None:
+    """The README: "at most half the replicas on one cloud by default" (rounded down), or, where
+    too few clouds make that impossible, as even a spread as they allow."""
+    assert spread_cap(replicas, clouds) == most
+    assert most * clouds >= replicas  # the clouds can always hold the whole deployment
+
+
+def test_three_replicas_over_three_healthy_clouds_put_no_two_on_one() -> None:
+    """The trap: with ceil(replicas / 2) the cheapest cloud took two of three. Under the rule each of
+    three healthy clouds takes one, whatever one costs; with one down, the other two take 2 and 1."""
+    offers = [offering("cheap", 0.05), offering("mid", 0.30), offering("dear", 0.90)]
+    capped = PlacementRequest(replicas=3, constraints=Constraints(max_per_cloud=spread_cap(3, 3)))
+    assert optimize(capped, offers).clouds() == {"cheap": 1, "mid": 1, "dear": 1}
+    down = {"dear": CloudState(healthy=False)}
+    over_two = PlacementRequest(replicas=3, constraints=Constraints(max_per_cloud=spread_cap(3, 2)))
+    assert optimize(over_two, offers, down).clouds() == {"cheap": 2, "mid": 1}
+

@@ -218,9 +218,11 @@ def verify_chain(session: Session, anchor: AuditAnchor, since: AuditHead | None 
 
 def _bulk(method: str, path: str) -> bool:
     """The many small calls of one transfer: a chunk sent, or the question which chunks to send.
-    A push of a gigabyte is a thousand of them; its commit is what the audit log keeps."""
+    A push of a gigabyte is a thousand of them; its commit is what the audit log keeps. And an
+    agent's link: a poll and a report each second (what it is asked to do is in the events)."""
     return ((method == "PUT" and "/chunks/" in path) or (method == "POST" and path.endswith("/missing"))) and \
-        path.startswith(("/api/v1/datasets/", "/api/v1/code/", "/api/v1/attempts/self/"))
+        path.startswith(("/api/v1/datasets/", "/api/v1/code/", "/api/v1/attempts/self/")) or \
+        (method == "POST" and path.startswith("/api/v1/agent/") and path.endswith(("/poll", "/report")))
 
 
 def _anchor(scope: Scope) -> AuditAnchor:

@@ -79,8 +79,8 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
         _place_data(p, me, settings, pinned)
         base_model = None
         base = settings.get("base")
-        if isinstance(base, str) and ":" in base and not base.startswith("/"):  # a registry reference
-            base_model = pin_model(p, me, base, project)
+        if isinstance(base, str) and not base.startswith("/") and (":" in base or _registered(p, me, base, project)):
+            base_model = pin_model(p, me, base, project)  # a registry reference: NAME:VERSION, or NAME
             # the wrapper puts a model of the stores there, on the attempt's cloud; an older one is shown read-only
             settings["base"] = str(Path(base_model["folder"]) / "encoder") if "folder" in base_model else "base/encoder"
         try:  # the output: a folder of each attempt's, on its cloud, sent to the stores when it succeeds
@@ -88,6 +88,8 @@ def create_job(request: Request, spec: JobSpec) -> dict[str, Any]:
         except ValueError as exc:
             raise UserInputError(f"invalid fine-tune settings: {exc}") from exc
         _check_data(cfg.model_dump(), code_files)
+        if base_model is None and cfg.base is not None:
+            _check_base(cfg.base, code_files)
         kind = "finetune"
         stored = {"config": cfg.model_dump(), "model_name": spec.model_name or spec.name, "outputs": "stores"}
         if base_model is not None:
@@ -182,6 +184,44 @@ def _check_data(settings: dict[str, Any], code_files: set[str]) -> None:
                 raise UserInputError(f"{key} {shorten(value)!r} is not a file of the code sent with the job")
         elif not Path(value).is_file():
             raise UserInputError(f"{key} {value!r} is not a file on the server")
+
+
+def _registered(p, me: Principal, name: str, project: str) -> bool:  # noqa: ANN001
+    """Whether ``name`` is a model of ``project``'s registry (a fine-tune's base given by name alone)."""
+    if "/" in name:
+        return False
+    with p.store.session() as s:
+        require_project(s, project, me, "viewer")  # before a word on what its registry holds
+        return s.scalars(select(ModelVersionRow.name).where(ModelVersionRow.name == name,
+                                                             ModelVersionRow.project == project)).first() is not None
+
+
+def _check_base(base: str, code_files: set[str]) -> None:
+    """A fine-tune's base that is not a registered model is a model folder the attempt will have:
+    one sent with the job's code, a dataset's, or the server's. Anything else would be a Hugging
+    Face Hub name, fetched at the attempt, where nothing is downloaded: every attempt would fail."""
+    if base.startswith("data/"):
+        return
+    if base.startswith("code/"):
+        inner = base.removeprefix("code/").rstrip("/") + "/"
+        if any(f.startswith(inner) for f in code_files):
+            return
+        raise UserInputError(f"base {shorten(base)!r} is not a folder of the code sent with the job")
+    if Path(base).is_absolute():
+        try:
+            if (Path(base) / "config.json").is_file():
+                return
+            found = Path(base).is_dir()
+        except (OSError, ValueError):
+            found = False
+        raise UserInputError(f"base {shorten(base)!r} is " + ("a folder without config.json, not a transformers "
+                             "model" if found else "not a model folder on the server"), hint=BASE_HINT)
+    raise UserInputError(f"base model {shorten(base)!r} is neither a model folder nor a registered model, and "
+                         "models are not downloaded from the Hugging Face Hub: jobs run offline", hint=BASE_HINT)
+
+
+BASE_HINT = ("give a local model folder (a transformers model with its config.json), a registered model NAME:VERSION "
+             "(see `fermion model list`), or no base for the shipped all-MiniLM-L6-v2")
 
 
 def pin_model(p, me: Principal, ref: str, project: str) -> dict[str, str]:  # noqa: ANN001

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..control import token_purpose
@@ -175,16 +175,26 @@ def delete_pipeline(request: Request, name: str) -> dict[str, Any]:
     p, me = request.app.state.platform, caller(request)
     with p.store.session() as s:
         row = _pipeline(s, name, me, "editor")
-        runs = s.scalars(select(PipelineRunRow).where(PipelineRunRow.pipeline == name)).all()
-        if any(r.status in ("RUNNING", "CANCELLING") for r in runs):
-            raise ConflictError(f"pipeline {name!r} has a run under way", hint=f"`fermion pipeline cancel {name}` first")
-        for r in runs:
-            for step in s.scalars(select(StepRunRow).where(StepRunRow.run_id == r.id)):
-                s.delete(step)
-            s.delete(r)
+        # a write first: the row locked (PostgreSQL), the database's write lock taken (SQLite), so no
+        # run can start between the look at its runs below and the delete (see _write_run)
+        s.execute(update(PipelineRow).where(PipelineRow.name == name).values(updated_at=time.time())
+                  .execution_options(synchronize_session=False))
+        runs = s.execute(select(PipelineRunRow.id, PipelineRunRow.number, PipelineRunRow.status)
+                         .where(PipelineRunRow.pipeline == name)).all()
+        active = [number for _, number, status in runs if status in ("RUNNING", "CANCELLING")]
+        if active:
+            raise ConflictError(f"pipeline {name!r} has a run under way (run {active[0]}): it is not deleted",
+                                hint=f"`fermion pipeline cancel {name}`, then delete it once the run has ended")
+        ids = [run_id for run_id, _, _ in runs]
+        # statements, in foreign-key order: the session's unit of work knows no relationship between
+        # these rows, so deleting them as objects could send a run's DELETE before its steps' (a 500)
+        if ids:
+            s.execute(delete(StepRunRow).where(StepRunRow.run_id.in_(ids)).execution_options(synchronize_session=False))
+            s.execute(delete(PipelineRunRow).where(PipelineRunRow.id.in_(ids))
+                      .execution_options(synchronize_session=False))
         s.delete(row)
-        p.store.record(s, "pipeline", name, "registered", "deleted", f"by {me.user}")
-    return {"deleted": name}
+        p.store.record(s, "pipeline", name, "registered", "deleted", f"by {me.user}, with {len(ids)} run(s)")
+    return {"deleted": name, "runs_deleted": len(runs)}
 
 
 class RunRequest(BaseModel):
@@ -247,6 +257,10 @@ def _write_run(p, name: str, number: int, project: str, stored: dict[str, Any], 
                      user=owner.user, project=project, expires_at=time.time() + RUN_TOKEN_DAYS * 86400)
         s.add(t)
         s.flush()
+        # after a write (SQLite: inside the write lock) and locking the row (PostgreSQL): a delete that
+        # came first leaves no pipeline, and one that comes after sees this run under way
+        if s.scalars(select(PipelineRow.name).where(PipelineRow.name == name).with_for_update()).first() is None:
+            raise NotFoundError(f"no pipeline named {shorten(name)!r}", hint="it was deleted just now")
         run = PipelineRunRow(pipeline=name, number=number, project=project, status="RUNNING", reason="started",
                              trigger=trigger, spec=stored, plan=assignment, token_id=t.id)
         s.add(run)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Depends, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, func, or_, select
+from sqlalchemy.exc import IntegrityError
 
 from ..control import promote, roll_back, start_canary
 from ..errors import ConflictError, NotFoundError, PermissionDeniedError, PhotonLoadError, UserInputError, shorten
@@ -72,11 +73,21 @@ def upload_photon(request: Request, file: UploadFile) -> dict[str, object]:
     from ._artifacts import keep_archive
 
     kept = keep_archive(p, manifest.sha256, final)  # what outlives this server's disk
-    with p.store.session() as s:
-        if s.get(PhotonRow, manifest.sha256) is None:
-            s.add(PhotonRow(sha256=manifest.sha256, name=manifest.name, archive_path=str(final),
-                            manifest=manifest.model_dump()))
+    _record_photon(p, manifest.sha256, manifest.name, final, manifest.model_dump())
     return {"sha256": manifest.sha256, "name": manifest.name, "handlers": list(manifest.handlers), "stores": kept}
+
+
+def _record_photon(p: Platform, sha256: str, name: str, archive: Path, manifest: dict[str, object]) -> None:
+    """The photon's row, unless it exists: two first uploads of the same photon at once both look,
+    find none and insert; the database takes one and the other's IntegrityError means it is there."""
+    try:
+        with p.store.session() as s:
+            if s.get(PhotonRow, sha256) is None:
+                s.add(PhotonRow(sha256=sha256, name=name, archive_path=str(archive), manifest=manifest))
+    except IntegrityError:
+        with p.store.session() as s:
+            if s.get(PhotonRow, sha256) is None:  # another constraint failed: not the race, so not ours to hide
+                raise
 
 
 @router.get("/photons")
@@ -106,12 +117,17 @@ def list_clouds(request: Request) -> list[CloudOut]:
         for row in s.scalars(select(CloudRow).where(CloudRow.name.in_(list(p.clouds))).order_by(CloudRow.name)).all():
             cfg = p.configs[row.name]
             capacity = p.scheduler.capacity(row.name)
+            backend = p.clouds[row.name]
+            health, health_reason = (row.health, row.health_reason) if backend.reachable() else \
+                ("unhealthy", backend.inner.link_state())  # an agent cloud whose agent is not dialled in
             out.append(CloudOut(
-                name=row.name, kind=row.kind, regions=cfg.regions, health=row.health,
-                health_reason=row.health_reason,
+                name=row.name, kind=row.kind, regions=cfg.regions, health=health,
+                health_reason=health_reason,
                 capacity={"cpus": capacity["cpus"], "memory_gb": capacity["memory_gb"]}, free=free[row.name],
                 replicas=counts.get(row.name, 0), inject=cfg.inject.model_dump(),
                 isolation=p.isolation.describe() if row.kind == "local"
+                else f"{backend.inner.isolation or 'as its agent reports'}; {backend.inner.link_state()}"
+                if row.kind == "agent"
                 else "probed on each node (bubblewrap, cgroups); nodes without a sandbox refuse workloads"
                 + (" unless allowed" if not p.isolation.allow_unsandboxed else ": allowed unconfined")
                 + ("" if getattr(p.clouds[row.name].inner, "authenticated", True)
@@ -184,7 +200,10 @@ def _get_deployment(s, name: str, me: Principal, role: str = "viewer") -> Deploy
 
 @router.put("/deployments/{name}")
 def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> DeploymentOut:
-    """Create a deployment, or update it (a new photon or settings roll out a new generation)."""
+    """Create a deployment, or update it (a new photon or settings roll out a new generation). With
+    ``canary``, the update's photon, resources and env run as a canary beside the running version,
+    which keeps every setting it has (replicas, clouds, access, autoscaling, spot, placement, rate
+    limit): those of the request are not applied, and a rollback leaves the running version as it was."""
     p = platform(request)
     if not re.match(NAME_PATTERN, name):
         raise UserInputError(f"invalid deployment name {shorten(name)!r}", hint="use lowercase letters, digits and '-'")
@@ -243,20 +262,15 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
                                              "env": p.secrets.seal_env(spec.env, purpose)},
                              spec.canary.model_dump(), generation)
                 rollout = False  # the stable version runs on beside it until the verdict
-            if spec.autoscale is not None and d.autoscale:  # the autoscaler's count stands, within the new bounds
-                replicas = min(max(d.replicas, spec.autoscale.min), spec.autoscale.max)
-            d.replicas, d.clouds, d.public, d.idempotent = replicas, spec.clouds, spec.public, spec.idempotent
-            d.autoscale = autoscale
-            d.spot = spec.spot.model_dump() if spec.spot else None
-            d.placement = spec.placement.model_dump() if spec.placement else None
-            d.rate_limit = spec.rate_limit.model_dump() if spec.rate_limit else None
+            else:  # a canary is a new version only: the running one keeps its settings (see _apply_settings)
+                _apply_settings(d, spec, replicas, autoscale)
             if rollout:
                 d.photon_sha256, d.resources, d.env = spec.photon, resources, p.secrets.seal_env(spec.env, purpose)
                 d.generation = generation
                 p.store.record(s, "deployment", name, d.status, "DEPLOYING", f"rolling out generation {d.generation}")
                 d.status = "DEPLOYING"
-            elif not p.secrets.is_sealed_env(d.env):  # a row from before encryption: sealed on this write
-                d.env = p.secrets.seal_env(spec.env, purpose)
+            elif not p.secrets.is_sealed_env(d.env):  # a row from before encryption: sealed (as it was) on this write
+                d.env = p.secrets.seal_env(old_env, purpose)
             if d.status == "FAILED" or rollout:
                 d.crash_count, d.next_start_at, d.last_error = 0, 0.0, ""
                 if d.status == "FAILED":
@@ -267,6 +281,20 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
             d.updated_at = time.time()
         s.flush()
         return _deployment_out(p, s, d, token)
+
+
+def _apply_settings(d: DeploymentRow, spec: DeploymentSpec, replicas: int, autoscale: dict[str, object] | None) -> None:
+    """The deployment-wide settings of an update (not of a canary): replicas, clouds, access,
+    autoscaling, spot, placement and rate limit. A canary leaves all of them to the running
+    version, so that its rollback finds that version exactly as it was (its promotion changes
+    the photon, resources and env only)."""
+    if spec.autoscale is not None and d.autoscale:  # the autoscaler's count stands, within the new bounds
+        replicas = min(max(d.replicas, spec.autoscale.min), spec.autoscale.max)
+    d.replicas, d.clouds, d.public, d.idempotent = replicas, spec.clouds, spec.public, spec.idempotent
+    d.autoscale = autoscale
+    d.spot = spec.spot.model_dump() if spec.spot else None
+    d.placement = spec.placement.model_dump() if spec.placement else None
+    d.rate_limit = spec.rate_limit.model_dump() if spec.rate_limit else None
 
 
 def _declared_resources(photon: PhotonRow) -> Resources:

@@ -22,7 +22,7 @@ from starlette.routing import Match
 from .. import __version__
 from .._files import write_atomic
 from .._limits import is_upload, limit_bodies
-from ..backends import FaultInjector, Isolation, make_backend
+from ..backends import AgentBackend, FaultInjector, Isolation, make_backend
 from ..clouds import CloudConfig
 from ..config import stores_root
 from ..config import workloads_root as default_workloads_root
@@ -36,6 +36,7 @@ from ..control import (
     Telemetry,
     stop_on_retired_clouds,
     stop_orphans,
+    wanted_workloads,
 )
 from ..errors import ConflictError, FermionError, UserInputError
 from ..gateway import LOAD_STALE_S, Endpoint, Gateway, LoadBoard, RoutingTable, add_loads
@@ -53,6 +54,7 @@ from ..store import (
     UserRow,
 )
 from ._access import router as access_router
+from ._agents import router as agents_router
 from ._audit import audit_requests
 from ._audit import router as audit_router
 from ._artifacts import attempt_router as attempt_model_router
@@ -144,6 +146,9 @@ class Platform:
             c.name: make_backend(c, self.workloads_root, server_home=home, isolation=self.isolation, down=c.name in down,
                                  hidden=self.store_folders)
             for c in clouds}
+        for name, backend in self.clouds.items():  # an agent that dials in stops what the server no longer wants
+            if isinstance(backend.inner, AgentBackend):
+                backend.inner.wanted = lambda ids, cloud=name: wanted_workloads(self.store, ids, cloud)
         self.gateway = Gateway(self.table, self.registry, {})
         self.loadboard = LoadBoard()  # what gateway processes report of their load
         self.refresh_gateway_admins()
@@ -216,6 +221,9 @@ class Platform:
         # the sole controller now: a dead leader's leases on deployments and jobs are not waited out
         self.store.release_others(DeploymentRow, self.controller.owner)
         self.store.release_others(JobRow, self.jobs.owner)
+        for backend in self.clouds.values():  # agents dial in to the leader: they get their time to find it
+            if isinstance(backend.inner, AgentBackend):
+                backend.inner.give_time()
         # before the first pass replaces them elsewhere: what runs on a cloud no longer configured stops
         stop_on_retired_clouds(self.store, self.clouds, lambda config: make_backend(
             config, self.workloads_root, server_home=self.home, isolation=self.isolation, hidden=self.store_folders))
@@ -400,6 +408,7 @@ def create_app(platform: Platform) -> FastAPI:
         return app.openapi()
 
     app.include_router(router)
+    app.include_router(agents_router)
     app.include_router(jobs_router)
     app.include_router(datasets_router)
     app.include_router(checkpoints_router)

@@ -7,6 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..clouds import CloudConfig
+from ._agent import (
+    AgentBackend,
+    AgentReplaced,
+    AgentUnreachable,
+    checked_status,
+    status_to_wire,
+    workload_from_wire,
+)
 from ._faults import FaultInjector
 from ._local import LocalBackend
 from ._protocol import Backend, Capabilities, Handle, NoSpotCapacity, ProvisionError, Status, Workload
@@ -17,11 +25,13 @@ def make_backend(config: CloudConfig, workloads_root: Path, *, server_home: Path
                  isolation: Isolation | None = None, down: bool = False, hidden: Sequence[Path] = ()) -> FaultInjector:
     """The backend ``config`` names, wrapped with the faults it declares. ``hidden``: more folders
     of this machine no workload may see (the clouds' folder stores)."""
-    if config.kind == "ray":
+    if config.kind == "agent":  # the cloud's own agent runs its workloads; it dials in to this server
+        inner: Backend = AgentBackend(config)
+    elif config.kind == "ray":
         from ._ray import RayBackend  # imports ray: only for clusters that use it
 
         # a node of the cluster may be this machine: its workloads must not see the server's files
-        inner: Backend = RayBackend(config, hidden=[server_home, workloads_root, *hidden], isolation=isolation)
+        inner = RayBackend(config, hidden=[server_home, workloads_root, *hidden], isolation=isolation)
     else:
         inner = LocalBackend(config, workloads_root, server_home=server_home, isolation=isolation, hidden=hidden)
     return FaultInjector(inner, config.inject, down=down)
@@ -46,6 +56,9 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "ALLOW_UNSANDBOXED_ENV",
+    "AgentBackend",
+    "AgentReplaced",
+    "AgentUnreachable",
     "Backend",
     "CPU_QUOTAS_ENV",
     "Capabilities",
@@ -62,5 +75,8 @@ __all__ = [
     "local_ray_cluster",
     "fetch_model",
     "make_backend",
+    "checked_status",
     "read_untrusted",
+    "status_to_wire",
+    "workload_from_wire",
 ]

@@ -37,6 +37,12 @@ class FaultInjector:
         reclaim has taken the capacity away)."""
         return not self.down and time.time() >= self._no_spot_until
 
+    def reachable(self) -> bool:
+        """Whether what runs the cloud can be reached now: an agent cloud's agent has dialled in
+        lately (any other kind: always, until it fails a start)."""
+        connected = getattr(self.inner, "connected", None)
+        return bool(connected()) if callable(connected) else True
+
     def fail(self) -> None:
         """An outage: starts are refused and every workload reads as lost (the caller stops them)."""
         self.down = True

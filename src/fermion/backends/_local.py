@@ -19,9 +19,8 @@ from pathlib import Path
 
 from .._files import write_atomic
 from ..clouds import CloudConfig
-from ..placement import Offering
 from ._launch import launch_command
-from ._protocol import Capabilities, Handle, ProvisionError, Status, Workload
+from ._protocol import DeclaredCapacity, Handle, ProvisionError, Status, Workload
 from ._sandbox import Confinement, Isolation, Mount, read_untrusted, workload_env
 
 SECRET_FILE = ".replica-secret"
@@ -37,7 +36,7 @@ REFILL_DELAY_S = 2.0  # a new spare's imports would compete with the replica tha
 log = logging.getLogger("fermion.backends.local")
 
 
-class LocalBackend:
+class LocalBackend(DeclaredCapacity):
     """A named cloud of processes on this machine, with the capacity and prices its config declares."""
 
     kind = "local"
@@ -61,16 +60,6 @@ class LocalBackend:
         self._refill_timer: threading.Timer | None = None
         self._closed = False
         self._pool_started = False  # by this server's first start of a replica: only a leader starts them
-
-    # -- what it offers ---------------------------------------------------------------------
-    def offerings(self) -> list[Offering]:
-        return [self.config.offering()]
-
-    def capacity(self) -> dict[str, float]:
-        return {"cpus": self.config.capacity.cpus, "memory_gb": self.config.capacity.memory_gb, "gpus": 0}
-
-    def capabilities(self) -> Capabilities:
-        return Capabilities(spot=self.config.prices()[1] is not None, gpus=0, regions=list(self.config.regions))
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, workload: Workload) -> Handle:

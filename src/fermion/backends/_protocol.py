@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ..errors import FermionError
 from ..placement import Offering
+
+if TYPE_CHECKING:
+    from ..clouds import CloudConfig
 
 Handle = dict[str, Any]
 
@@ -112,3 +115,19 @@ class Backend(Protocol):
     def close(self) -> None:
         """Let go of connections; running workloads keep running."""
         ...
+
+
+class DeclaredCapacity:
+    """What a cloud whose capacity and prices its clouds.yaml entry declares offers (``self.config``):
+    one offering, that capacity, spot where it is priced. No GPUs yet."""
+
+    config: CloudConfig
+
+    def offerings(self) -> list[Offering]:
+        return [self.config.offering()]
+
+    def capacity(self) -> dict[str, float]:
+        return {"cpus": self.config.capacity.cpus, "memory_gb": self.config.capacity.memory_gb, "gpus": 0}
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(spot=self.config.prices()[1] is not None, gpus=0, regions=list(self.config.regions))

@@ -11,7 +11,7 @@ import typer
 
 from ..errors import UserInputError
 from ._output import console, print_json, print_table
-from ..sdk import Connection, split_ref
+from ..sdk import Connection, Source, split_ref
 from ._platform import bars, connect, progress_console
 
 dataset_app = typer.Typer(help="Versioned datasets across the clouds' stores: push, pull, sync, verify, dedup.",
@@ -53,62 +53,27 @@ SourceOptionOpt = Annotated[list[str] | None, typer.Option(
 
 
 @contextlib.contextmanager
-def _fetched(source: str, endpoint: str | None, options: list[str] | None) -> Iterator[tuple[Path, bool]]:
+def _fetched(source: str, endpoint: str | None, options: list[str] | None) -> Iterator[Source]:
     """The folder to push from ``source``: a folder as it is (and its plan cache is used), or a URL's
     objects downloaded into a temporary one, with this machine's credentials for it (the server
-    never sees them), removed afterwards."""
-    import shutil
-    import tempfile
-    from urllib.parse import urlparse
+    never sees them), removed afterwards (see fermion.sdk.fetched)."""
+    from ..sdk import fetched
 
-    if "://" not in source:
-        if not Path(source).is_dir():
-            raise UserInputError(f"{source} is not a folder", hint="give the folder that holds the dataset's files, or a URL")
-        yield Path(source), True
-        return
-    from ..config import fermion_home
-
-    tmp = Path(tempfile.mkdtemp(prefix="import-", dir=fermion_home()))
-    try:
-        scheme = urlparse(source).scheme
-        if scheme in ("http", "https"):
-            _download_http(source, tmp)
-        else:
-            _download_objects(source, endpoint, options, tmp)
-        yield tmp, False
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    bucket = "://" in source and not source.startswith(("http://", "https://"))  # an http(s) file needs neither
+    with fetched(source, bars, endpoint=endpoint if bucket else None,
+                 options=(key_values(options, "--source-option") or None) if bucket else None) as got:
+        yield got
 
 
-def _download_http(url: str, dest: Path) -> None:
-    import httpx
-    from urllib.parse import unquote, urlparse
-
-    name = unquote(urlparse(url).path.rstrip("/").rsplit("/", 1)[-1]).replace("/", "_") or "download"
-    try:
-        from ..data import safe_relpath
-
-        target = dest / safe_relpath(name)
-        with httpx.stream("GET", url, follow_redirects=True, timeout=60) as r:
-            if r.status_code != 200:
-                raise UserInputError(f"{url} answered HTTP {r.status_code}", hint="check the URL")
-            total = int(r.headers.get("content-length") or 0) or None
-            with bars(f"fetch {name}", total) as bar, open(target, "wb") as f:
-                for piece in r.iter_bytes(1 << 20):
-                    f.write(piece)
-                    bar.advance(len(piece))
-    except (httpx.HTTPError, ValueError, OSError) as exc:
-        raise UserInputError(f"cannot fetch {public_url(url)}: {exc}",
-                             hint="check the URL and that this machine can reach it") from None
-
-
-def public_url(url: str) -> str:
-    """``url`` without what may be a credential: a user and password, a (presigned) query."""
-    from urllib.parse import urlparse
-
-    u = urlparse(url)
-    return u._replace(netloc=u.hostname + (f":{u.port}" if u.port else "") if u.hostname else u.netloc,
-                      query="", fragment="").geturl()
+def key_values(options: list[str] | None, flag: str) -> dict[str, Any]:
+    """``flag``'s KEY=VALUE options as a mapping (true and false as booleans), or a usage error."""
+    opts: dict[str, Any] = {}
+    for item in options or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserInputError(f"{flag} {item!r} is not KEY=VALUE")
+        opts[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return opts
 
 
 def store_config(url: str, endpoint: str | None, options: list[str] | None, flag: str) -> Any:
@@ -116,38 +81,11 @@ def store_config(url: str, endpoint: str | None, options: list[str] | None, flag
     and false as booleans), or a usage error that names the bad part."""
     from ..data import StoreConfig
 
-    opts: dict[str, Any] = {}
-    for item in options or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserInputError(f"{flag} {item!r} is not KEY=VALUE")
-        opts[key] = {"true": True, "false": False}.get(value.lower(), value)
+    opts = key_values(options, flag)
     try:
         return StoreConfig(url=url, endpoint=endpoint, options=opts)
     except ValueError as exc:
         raise UserInputError(f"invalid store URL {url!r}: {exc}") from None
-
-
-def _download_objects(url: str, endpoint: str | None, options: list[str] | None, dest: Path) -> None:
-    from ..data import ObjectStore, StoreError, safe_relpath
-
-    source = ObjectStore(store_config(url, endpoint, options, "--source-option"), url, create=False)
-    try:
-        with progress_console.status(f"listing {url}…"):
-            objects = source.list("")
-        if not objects:
-            raise UserInputError(f"{url} holds no objects", hint="check the bucket, the prefix and the credentials")
-        with bars(f"fetch {url}", sum(objects.values())) as bar:
-            for key, size in sorted(objects.items()):
-                try:
-                    target = dest / safe_relpath(key)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    source.download(key, target)
-                except (ValueError, OSError) as exc:  # e.g. both "a" and "a/b": a file cannot be a folder too
-                    raise UserInputError(f"{url}: object {key!r} cannot be a file of a dataset: {exc}") from None
-                bar.advance(size)
-    except StoreError as exc:
-        raise StoreError(exc.message, hint="check the URL, --endpoint and the --source-option credentials") from None
 
 
 @dataset_app.command("create")
@@ -171,8 +109,7 @@ def create(
         if not json_out:
             console.print(f"dataset {name} created on {out['cloud']}{' (encrypted)' if encrypt else ''}")
         if folder is not None:
-            note = message or ("" if folder[1] else f"imported from {public_url(source)}")
-            _push(conn, name, folder[0], cloud, note, json_out, cache=folder[1])
+            _push(conn, name, folder.folder, cloud, message or folder.note, json_out, cache=folder.local)
         elif json_out:
             print_json(out)
 
@@ -189,9 +126,8 @@ def push(
 ) -> None:
     """Push a folder as the next version: only chunks the store lacks are sent; an interrupted
     push sends the rest when run again."""
-    with _fetched(source, endpoint, source_option) as (folder, local):
-        note = message or ("" if local else f"imported from {public_url(source)}")
-        _push(connect(), name, folder, cloud, note, json_out, cache=local)
+    with _fetched(source, endpoint, source_option) as got:
+        _push(connect(), name, got.folder, cloud, message or got.note, json_out, cache=got.local)
 
 
 @dataset_app.command("pull")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,7 +11,7 @@ import typer
 from ._output import console, print_json, print_table
 from ._photon import REBUILD_HELP
 from ..sdk import Deployment
-from ._platform import connect, save_credentials
+from ._platform import connect
 
 deployment_app = typer.Typer(help="Inspect and manage deployments.", no_args_is_help=True)
 cloud_app = typer.Typer(help="Inspect the clouds this server manages.", no_args_is_help=True)
@@ -24,7 +23,8 @@ def deploy(
     ref: Annotated[str | None, typer.Argument(help="'path/to/file.py:Class' or a .photon archive")] = None,
     name: Annotated[str, typer.Option(help="Deployment name (lowercase, digits, '-').")] = "",
     model: Annotated[str | None, typer.Option(help="Serve a registry model NAME:VERSION (classifier photon).")] = None,
-    replicas: Annotated[int, typer.Option(help="How many replicas.")] = 1,
+    replicas: Annotated[int | None, typer.Option(
+        help="How many replicas (default 1; not with --canary, whose count is --canary-replicas).")] = None,
     cloud: Annotated[list[str] | None, typer.Option(help="Allowed cloud (repeat); default any.")] = None,
     cpus: Annotated[float | None, typer.Option(help="CPUs per replica (default: the photon's).")] = None,
     memory_gb: Annotated[float | None, typer.Option(help="Memory per replica in GB.")] = None,
@@ -83,10 +83,13 @@ def deploy(
         if not sep or not key:
             raise UserInputError(f"--env {item!r} is not KEY=VALUE")
         env_map[key] = value
+    if canary is not None and replicas is not None:  # a canary leaves the running version's count as it is
+        raise UserInputError("--replicas sets the running version's count, which a canary leaves as it is",
+                             hint="give the canary's with --canary-replicas; scale with `fermion deployment scale`")
     autoscale_spec = spot_spec = placement_spec = canary_spec = None
     if min_replicas is not None or max_replicas is not None:
         low = min_replicas if min_replicas is not None else 1
-        high = max_replicas if max_replicas is not None else max(low, replicas, 1)
+        high = max_replicas if max_replicas is not None else max(low, 1 if replicas is None else replicas, 1)
         if low > high:
             raise UserInputError(f"--min-replicas {low} is above --max-replicas {high}")
         autoscale_spec = {"min": low, "max": high, "target_ongoing_requests": target_ongoing_requests,
@@ -104,8 +107,8 @@ def deploy(
                        "min_requests": canary_min_requests, "max_error_rate_increase": canary_max_error_increase,
                        "max_p99_ratio": canary_max_p99_ratio, "auto": canary_auto}
     with console.status(f"deploying {name}…") if wait and not json_out else contextlib.nullcontext():
-        out = connect().deploy(ref, name=name, model=model, replicas=replicas, clouds=cloud, cpus=cpus,
-                               memory_gb=memory_gb, env=env_map, public=public, project=project, rebuild=rebuild,
+        out = connect().deploy(ref, name=name, model=model, replicas=1 if replicas is None else replicas, clouds=cloud,
+                               cpus=cpus, memory_gb=memory_gb, env=env_map, public=public, project=project, rebuild=rebuild,
                                rate_limit=rate_limit, burst=burst, autoscale=autoscale_spec, canary=canary_spec,
                                spot=spot_spec, placement=placement_spec, wait=wait, timeout=timeout)
     if json_out:
@@ -295,6 +298,19 @@ def cloud_recover(name: str) -> None:
     console.print(f"cloud {name}: healthy")
 
 
+@cloud_app.command("agent")
+def cloud_agent(name: str, json_out: JsonOpt = False) -> None:
+    """Issue a new token for an agent cloud's agent (the old one stops working) and print the command
+    that starts the agent inside that cloud."""
+    out = connect().clouds.agent(name)
+    if json_out:
+        print_json(out)
+        return
+    console.print(f"cloud {name}: a new agent token was issued; any earlier one no longer works.\n"
+                  "Run this on the cloud's machine (a VM, or the head node of its Ray cluster):", highlight=False)
+    typer.echo(out["command"])
+
+
 @cloud_app.command("gc")
 def cloud_gc(json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Collect garbage in every reachable store: ended jobs' checkpoints, then chunks nothing names."""
@@ -306,20 +322,6 @@ def cloud_gc(json_out: Annotated[bool, typer.Option("--json", help="Machine-read
     rows = [(cloud, v.get("checkpoints_dropped", ""), v.get("objects", ""), v.get("bytes", ""), v.get("error", ""))
             for cloud, v in out["stores"].items()]
     print_table("stores", ["cloud", "checkpoints dropped", "objects deleted", "bytes freed", "error"], rows)
-
-
-def login(url: Annotated[str, typer.Argument(help="Server URL")],
-          token: Annotated[str, typer.Option(help="API token", prompt=True, hide_input=True)],
-          ca: Annotated[Path | None, typer.Option(
-              help="CA (or the server's own) certificate to verify an https server with.")] = None) -> None:
-    """Save a server URL, token and CA certificate for the CLI."""
-    if ca is not None:
-        from ..security import ssl_context_from
-
-        ssl_context_from(ca)  # refuse a missing or unreadable file before saving it
-    path = save_credentials(url.rstrip("/"), token, ca=str(ca.resolve()) if ca else None)
-    connect().clouds()  # proves the token works
-    console.print(f"saved to {path}")
 
 
 def events(object_id: Annotated[str | None, typer.Option("--object", help="Only this object.")] = None,

@@ -47,14 +47,12 @@ def start(
     from .._limits import BoundedHttpToolsProtocol
     from ..gateway import UNSENT_ANSWERS, Gateway, LoadReporter, RoutingTable, TableFeed, VersionTraffic, standalone_app
     from ..photon.runtime import DrainingServer, bind_socket, write_port_file
-    from ._platform import load_credentials
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    saved_url, token, ca = load_credentials()
-    servers = server or [saved_url]
-    for url in servers:
+    for url in server or []:
         if not url.startswith(("http://", "https://")):
             raise UserInputError(f"--server {url!r} is not an http(s) URL", hint="e.g. --server http://127.0.0.1:8400")
+    servers, token, ca = gateway_credentials(server or [])
     verify: object = True
     if ca:
         from ..security import ssl_context_from
@@ -89,6 +87,29 @@ def start(
     config = uvicorn.Config(standalone_app(gateway, feed, registry, reporter), loop="uvloop", http=BoundedHttpToolsProtocol,
                             log_level=log_level, access_log=False, timeout_graceful_shutdown=10)
     DrainingServer(config).run(sockets=[sock])
+
+
+def gateway_credentials(servers: list[str]) -> tuple[list[str], str, str | None]:
+    """The servers a gateway follows, its token and the CA to verify them with: the CLI's credentials
+    (FERMION_URL/FERMION_TOKEN, else cli.json), whose server is followed when ``servers`` is empty;
+    ``servers`` given, FERMION_TOKEN alone is enough (no cli.json needed)."""
+    import os
+
+    from ..errors import AuthError
+    from ._platform import load_credentials
+
+    try:
+        saved_url, token, ca = load_credentials()
+    except AuthError:
+        if not servers:
+            raise
+        env_token = os.environ.get("FERMION_TOKEN")
+        if not env_token:
+            raise AuthError(f"no token to follow {', '.join(servers)} with",
+                            hint="set FERMION_TOKEN to a server admin's token, or run "
+                                 f"`fermion login {servers[0]} --token TOKEN`") from None
+        return servers, env_token, os.environ.get("FERMION_CA") or None
+    return servers or [saved_url], token, ca
 
 
 def _supervise(workers: int, servers: list[str] | None, host: str, port: int, port_file: Path | None,

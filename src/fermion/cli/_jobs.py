@@ -117,12 +117,38 @@ def job_run(
     if folder is not None:
         body["code"] = ship_code(conn, Path(folder), body.get("project"), json_out).digest
     else:
-        local = next((a for a in body.get("command") or [] if isinstance(a, str) and not a.startswith("-")
-                      and not Path(a).is_absolute() and Path(a).is_file()), None)
+        given = body.get("command")
+        command = [a for a in given if isinstance(a, str)] if isinstance(given, list) else []
+        local = next((a for a in command if not a.startswith("-") and not Path(a).is_absolute() and _is_file(a)), None)
         if local is not None:  # it would not be there: the job runs on another machine
             raise UserInputError(f"the command names {local}, a file of this folder, but the job runs on its cloud, "
-                                 "where only what is sent with it is", hint="send this folder with it: --workdir .")
+                                 "where only what is sent with it is", hint=_send_hint(command, local))
     _submit(conn, body, follow, timeout, json_out)
+
+
+def _is_file(arg: str) -> bool:
+    """Whether ``arg`` names a file here; a string no path can be (too long, a NUL byte: a script
+    given to -c, say) names none."""
+    try:
+        return Path(arg).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _send_hint(command: list[str], local: str) -> str:
+    """How to send the file ``local`` with the job: this folder, or (when the file is in a
+    sub-folder) that folder alone, with the command naming the file from there."""
+    import shlex
+
+    from ..errors import shorten
+
+    hint = "send this folder with it: --workdir ."
+    folder = Path(local).parent
+    if folder != Path("."):
+        inside = [Path(a).name if a == local else a for a in command]
+        hint += f" (or only {folder}, if the command needs nothing else: --workdir {shlex.quote(str(folder))} -- " \
+                f"{shorten(shlex.join(inside), 200)})"
+    return hint
 
 
 def ship_code(conn: Connection, root: Path, project: str | None, quiet: bool = False) -> Code:
@@ -140,7 +166,9 @@ def finetune(
     data: Annotated[str, typer.Option(help="Training data: .csv (text,label) or .jsonl; a path, or a file of a "
                                            "dataset version: dataset:NAME[@VERSION]/PATH.")],
     eval_data: Annotated[str | None, typer.Option(help="Evaluation data (the same forms); default: 20% held out.")] = None,
-    base: Annotated[str | None, typer.Option(help="Model directory or registry ref NAME:VER; default MiniLM.")] = None,
+    base: Annotated[str | None, typer.Option(
+        help="A model folder, or a registered model NAME[:VERSION]; default: the shipped MiniLM. "
+             "Hugging Face Hub names are refused: jobs download nothing.")] = None,
     task: Annotated[str, typer.Option(help="Only 'classification' for now.")] = "classification",
     method: Annotated[str, typer.Option(help="lora or full.")] = "lora",
     epochs: Annotated[int, typer.Option(help="Epochs.")] = 4,

@@ -19,6 +19,7 @@ ENTRIES = (
     ("server", "_server", "server_app", True),
     ("backup", "_backup", "backup_app", True),
     ("gateway", "_gateway", "gateway_app", True),
+    ("agent", "_agent", "agent_app", True),
     ("deployment", "_deploy", "deployment_app", True),
     ("cloud", "_deploy", "cloud_app", True),
     ("catalog", "_placement", "catalog_app", True),
@@ -36,7 +37,7 @@ ENTRIES = (
     ("optimize", "_placement", "optimize_cmd", False),
     ("deploy", "_deploy", "deploy", False),
     ("events", "_deploy", "events", False),
-    ("login", "_deploy", "login", False),
+    ("login", "_platform", "login", False),
     ("audit", "_audit", "audit", False),
 )
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..data import StoreConfig
-from ..errors import UserInputError
+from ..errors import UserInputError, shorten
 from ..types import NAME_PATTERN
 
 if TYPE_CHECKING:
@@ -46,7 +46,9 @@ class Pricing(BaseModel):
 class CloudConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME_PATTERN)
-    kind: Literal["local", "ray"] = "local"
+    # local: processes on the server's machine; ray: a Ray cluster the server joins; agent: served by
+    # `fermion agent start` inside the cloud, which dials out to the server
+    kind: Literal["local", "ray", "agent"] = "local"
     regions: list[str] = Field(default_factory=lambda: ["local"], min_length=1)
     capacity: Capacity = Field(default_factory=Capacity)
     pricing: Pricing = Field(default_factory=Pricing)
@@ -74,7 +76,9 @@ class CloudConfig(BaseModel):
         if self.kind == "local" and (self.address or self.node_resource or self.auth_token_file):
             raise ValueError(f"cloud {self.name}: `address`, `node_resource` and `auth_token_file` are for kind ray")
         if self.kind == "ray" and self.warm_pool:
-            raise ValueError(f"cloud {self.name}: `warm_pool` is for kind local")
+            raise ValueError(f"cloud {self.name}: `warm_pool` is for kind local (or agent)")
+        if self.kind == "agent" and (self.address or self.node_resource or self.auth_token_file):
+            raise ValueError(f"cloud {self.name}: `address`, `node_resource` and `auth_token_file` are for kind ray")
         return self
 
     def offering(self) -> Offering:
@@ -118,6 +122,35 @@ class CloudsFile(BaseModel):
 DEFAULT_CLOUDS = [CloudConfig(name="local")]
 
 
+def _explain(exc: ValidationError, data: object) -> str:
+    """``exc``'s problems with the clouds file ``data`` in a line: each names its cloud (by name, else
+    by position) and field; an unknown kind names the kinds there are."""
+    listed = data.get("clouds") if isinstance(data, dict) else None
+    problems = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        where = ""
+        if len(loc) >= 2 and loc[0] == "clouds" and isinstance(loc[1], int):
+            entry = listed[loc[1]] if isinstance(listed, list) and loc[1] < len(listed) else None
+            name = entry.get("name") if isinstance(entry, dict) else None
+            where = f"cloud {shorten(name, 60)}" if isinstance(name, str) and name else f"cloud #{loc[1] + 1}"
+            loc = loc[2:]
+        field = ".".join(str(part) for part in loc)
+        if field == "kind" and err["type"] == "literal_error":
+            kinds = ", ".join(get_args(CloudConfig.model_fields["kind"].annotation))
+            text = f"unknown kind {shorten(repr(err['input']), 60)} (allowed kinds: {kinds})"
+        elif err["type"] == "extra_forbidden":
+            text = f"unknown field {field!r}"
+        elif not field and not where:
+            text = "it must be a mapping with a list of clouds (clouds: [{name: ...}, ...])"
+        else:
+            # a validator's own message already says what is wrong, in our words (and names the cloud)
+            text = err["msg"].removeprefix("Value error, ")
+            text = f"{field}: {text}" if field else text
+        problems.append(f"{where}: {text}" if where and not text.startswith(f"{where}:") else text)
+    return "; ".join(problems)
+
+
 def load_clouds(path: str | Path | None) -> list[CloudConfig]:
     """Clouds from a YAML file, or the default single local cloud."""
     if path is None:
@@ -127,8 +160,12 @@ def load_clouds(path: str | Path | None) -> list[CloudConfig]:
         clouds = CloudsFile.model_validate(data).clouds
     except FileNotFoundError:
         raise UserInputError(f"clouds file {path} does not exist") from None
-    except (yaml.YAMLError, ValidationError) as exc:
+    except OSError as exc:  # a folder, or not readable
+        raise UserInputError(f"cannot read clouds file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
         raise UserInputError(f"invalid clouds file {path}: {exc}") from exc
+    except ValidationError as exc:  # pydantic's dump is many lines of its own terms: one line per problem, ours
+        raise UserInputError(f"invalid clouds file {path}: {_explain(exc, data)}") from None
     for c in clouds:
         try:
             c.prices()

@@ -5,7 +5,7 @@ from ._canary import promote, roll_back, start_canary
 from ._deployments import DeploymentController
 from ._jobs import JobController
 from ._leader import Leadership
-from ._orphans import stop_on_retired_clouds, stop_orphans
+from ._orphans import stop_on_retired_clouds, stop_orphans, wanted_workloads
 from ._pipelines import PipelineController, job_name, token_purpose
 from ._planner import (
     TRANSITIONS,
@@ -49,4 +49,5 @@ __all__ = [
     "stop_on_retired_clouds",
     "stop_orphans",
     "token_purpose",
+    "wanted_workloads",
 ]

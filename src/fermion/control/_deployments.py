@@ -776,7 +776,8 @@ class DeploymentController(ReconcileLoop):
                                    max_replicas=int(min(room_cpus / need.cpus, room_mem / need.memory_gb)),
                                    observed_latency_ms=latency.get(n), failure_rate=failing.get(n, 0.0))
         request = PlacementRequest(cpus=need.cpus, memory_gb=need.memory_gb, replicas=max(1, d.replicas),
-                                   constraints=Constraints(max_per_cloud=max_per_cloud(allowed, d.replicas)),
+                                   constraints=Constraints(max_per_cloud=max_per_cloud(
+                                       [n for n in allowed if states[n].healthy] or allowed, d.replicas)),
                                    objective=objective or Objective())
         plan = optimize(request, offerings, states)
         current_cost = sum(prices.get(c, 0.0) * k for c, k in counts.items())

@@ -6,7 +6,7 @@ the log (and, for the first kind, recorded as an event)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from sqlalchemy import select
 
@@ -22,6 +22,22 @@ def known_workloads(store: Store) -> set[str]:
     """The ids of every replica and job attempt a row knows, in any state."""
     with store.session() as s:
         return set(s.scalars(select(ReplicaRow.id))) | set(s.scalars(select(AttemptRow.id)))
+
+
+def wanted_workloads(store: Store, ids: Iterable[str], cloud: str) -> set[str]:
+    """Of ``ids``, running on ``cloud``, the workloads the server still wants there: replicas whose
+    row is not terminal and attempts whose row is live, on that cloud. Any other one is a leftover
+    (replaced while its cloud was out of reach, stopped then, or a start given up on and placed
+    elsewhere since) and is to be stopped."""
+    ids, wanted = sorted(set(ids)), set()
+    with store.session() as s:
+        for start in range(0, len(ids), 500):  # a bounded IN list: databases cap their parameters
+            batch = ids[start:start + 500]
+            wanted |= set(s.scalars(select(ReplicaRow.id).where(
+                ReplicaRow.id.in_(batch), ReplicaRow.cloud == cloud, ReplicaRow.state.not_in(TERMINAL_STATES))))
+            wanted |= set(s.scalars(select(AttemptRow.id).where(
+                AttemptRow.id.in_(batch), AttemptRow.cloud == cloud, AttemptRow.state.in_(LIVE_ATTEMPT_STATES))))
+    return wanted
 
 
 def stop_orphans(store: Store, backends: Mapping[str, Backend]) -> list[tuple[str, str]]:

@@ -4,7 +4,6 @@ one place, and ranking through the placement optimizer. Both controllers place t
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -16,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..backends import Capabilities, FaultInjector
-from ..placement import CloudState, Constraints, Offering, PlacementRequest, optimize
+from ..placement import CloudState, Constraints, Offering, PlacementRequest, optimize, spread_cap
 from ..store import TERMINAL_STATES, AttemptRow, CloudRow, ReplicaRow, Store
 
 log = logging.getLogger("fermion.controller")
@@ -191,7 +190,7 @@ class Scheduler:
     # -- cloud health -----------------------------------------------------------------------
     def healthy(self, name: str) -> bool:
         b = self.backends.get(name)
-        return b is not None and not b.down and self._unhealthy_until.get(name, 0.0) <= time.time()
+        return b is not None and not b.down and self._unhealthy_until.get(name, 0.0) <= time.time() and b.reachable()
 
     def healthy_clouds(self) -> frozenset[str]:
         return frozenset(n for n in self.backends if self.healthy(n))
@@ -329,14 +328,16 @@ class Scheduler:
         return backend is not None and self.healthy(name) and self._facts(name)[2].spot and backend.spot_available()
 
     def spread_caps(self, allowed: list[str], replicas: int, per_cloud: dict[str, int]) -> dict[str, int]:
-        """How many more replicas each allowed cloud may take under the spread rule."""
-        most = max_per_cloud(allowed, replicas)
+        """How many more replicas each allowed cloud may take under the spread rule, counted over
+        the healthy ones (a cloud that is down takes none)."""
+        most = max_per_cloud([n for n in allowed if self.healthy(n)] or allowed, replicas)
         return {n: most - per_cloud.get(n, 0) for n in allowed}
 
 
-def max_per_cloud(allowed: list[str], replicas: int) -> int:
-    """The spread rule: at most half of a deployment's replicas on one cloud (when it may use two)."""
-    return max(1, math.ceil(replicas / (min(2, len(allowed)) or 1)))
+def max_per_cloud(clouds: list[str], replicas: int) -> int:
+    """The spread rule over ``clouds`` (see fermion.placement.spread_cap): at most half of a
+    deployment's replicas on one cloud, or as even a spread as too few clouds allow."""
+    return spread_cap(replicas, len(clouds))
 
 
 def shortfall(cloud: str, free: dict[str, float], need: Need) -> str | None:

@@ -13,6 +13,7 @@ from ._optimizer import (
     optimize,
 )
 from ._reference import brute_force
+from ._spread import spread_cap
 
 __all__ = [
     "CatalogInfo",
@@ -37,4 +38,5 @@ __all__ = [
     "optimize",
     "place_pipeline",
     "score_of",
+    "spread_cap",
 ]

@@ -7,6 +7,7 @@ from ._deployments import DeploymentHandle, photon_ref
 from ._http import CREDENTIALS, Credentials, Transport, load_credentials, save_credentials
 from ._jobs import Compressed
 from ._progress import Bar, ProgressFactory, quiet
+from ._sources import Source, fetched
 from ._results import (
     Attempt,
     Cloud,
@@ -64,6 +65,8 @@ __all__ = [
     "quiet",
     "save_credentials",
     "split_ref",
+    "Source",
+    "fetched",
 ]
 
 

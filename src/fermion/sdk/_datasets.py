@@ -13,6 +13,7 @@ from ..errors import FermionError, UserInputError
 from ._http import Transport
 from ._progress import ProgressFactory, quiet
 from ._results import Dataset, DatasetSummary, DatasetVersion, Pulled, Pushed
+from ._sources import Source, fetched
 from ._transfer import WORKERS, follow_stream, plan_cache, send_plan
 
 
@@ -44,25 +45,50 @@ class Datasets:
 
     def create(self, name: str, folder: str | Path | None = None, *, cloud: str | None = None,
                encrypt: bool = False, project: str | None = None, description: str = "", message: str = "",
-               cache: bool = True, progress: ProgressFactory = quiet) -> Pushed | dict[str, Any]:
-        """Create a dataset (its home store on ``cloud``), and push ``folder`` as its first version."""
-        out = self._http.request("POST", "/datasets", json={"name": name, "cloud": cloud, "encrypted": encrypt,
-                                                            "project": project, "description": description})
+               cache: bool = True, endpoint: str | None = None, source_options: dict[str, Any] | None = None,
+               progress: ProgressFactory = quiet) -> Pushed | dict[str, Any]:
+        """Create a dataset (its home store on ``cloud``), and push ``folder`` as its first version.
+        ``folder`` may be a URL instead, read with this machine's credentials: ``s3://BUCKET/PREFIX``,
+        ``gs://…``, ``az://…`` or ``file:///PATH`` (every object under it; ``endpoint`` and
+        ``source_options``, e.g. ``{"key": …, "secret": …}``, for its server and client) or one
+        ``http(s)://`` file. The source is read before the dataset is made, and a push that fails
+        takes the new, empty dataset away again: a failure leaves nothing behind."""
         if folder is None:
-            return out
-        return self.push(name, folder, cloud=cloud, message=message, cache=cache, progress=progress)
+            return self._create(name, cloud, encrypt, project, description)
+        with fetched(folder, progress, endpoint=endpoint, options=source_options) as source:
+            plan = _plan(source, cache, progress)  # read whole first: a bad file makes nothing either
+            self._create(name, cloud, encrypt, project, description)
+            try:
+                return self._send(name, plan, cloud, message or source.note, progress)
+            except BaseException:
+                self._forget_if_empty(name)
+                raise
+
+    def _create(self, name: str, cloud: str | None, encrypt: bool, project: str | None,
+                description: str) -> dict[str, Any]:
+        return self._http.request("POST", "/datasets", json={"name": name, "cloud": cloud, "encrypted": encrypt,
+                                                            "project": project, "description": description})
+
+    def _forget_if_empty(self, name: str) -> None:
+        """Delete a dataset this call created if it still has no version; best effort (the error
+        that brought us here is the one to raise)."""
+        try:
+            if not self.get(name).versions:
+                self.delete(name)
+        except (FermionError, httpx.HTTPError):
+            pass
 
     def push(self, name: str, folder: str | Path, *, cloud: str | None = None, message: str = "",
-             cache: bool = True, progress: ProgressFactory = quiet) -> Pushed:
+             cache: bool = True, endpoint: str | None = None, source_options: dict[str, Any] | None = None,
+             progress: ProgressFactory = quiet) -> Pushed:
         """Push a folder as the next version: only chunks the store lacks are sent (an interrupted push
-        sends the rest when run again); a folder equal to the latest version makes none."""
-        from ..data import plan_folder
+        sends the rest when run again); a folder equal to the latest version makes none. ``folder``
+        may be a URL, as for ``create``; the version's message then says where it came from."""
+        with fetched(folder, progress, endpoint=endpoint, options=source_options) as source:
+            return self._send(name, _plan(source, cache, progress), cloud, message or source.note, progress)
 
-        path = Path(folder)
-        if not path.is_dir():
-            raise UserInputError(f"{path} is not a folder", hint="push a folder of files")
-        with progress(f"chunking {path}", None):
-            plan = plan_folder(path, plan_cache(path) if cache else None)
+    def _send(self, name: str, plan: Any, cloud: str | None, message: str, progress: ProgressFactory) -> Pushed:
+        """Send a planned folder's missing chunks, then commit its files as the next version."""
         report = send_plan(self._http, plan, f"push {name}", f"/datasets/{name}/missing",
                            f"/datasets/{name}/chunks", {"cloud": cloud}, progress)
         version = self._http.request("POST", f"/datasets/{name}/versions", json={
@@ -135,3 +161,13 @@ class Datasets:
         name, version = split_ref(ref)
         return self._http.request("DELETE", f"/datasets/{name}", params={"version": version} if version else None,
                                   timeout=httpx.Timeout(60, read=None))
+
+
+def _plan(source: Source, cache: bool, progress: ProgressFactory) -> Any:
+    """Chunk and hash a source's files (a FolderPlan); the plan cache only for the caller's own
+    folder (a fetched one is new every time)."""
+    from ..data import plan_folder
+
+    path = source.folder
+    with progress(f"chunking {source.url or path}", None):
+        return plan_folder(path, plan_cache(path) if cache and source.local else None)

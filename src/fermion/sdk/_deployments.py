@@ -154,7 +154,9 @@ class Deployments:
                spot: dict[str, Any] | None = None, placement: dict[str, Any] | None = None,
                wait: bool = True, timeout: float = 300) -> Deployment:
         """Build (if needed), upload and deploy; a new version of a running deployment rolls out with
-        no downtime (or, with ``canary``, beside it). ``photon``: a Photon class, 'FILE.py:Class', a
+        no downtime (or, with ``canary``, beside it: the running version then keeps its replicas,
+        clouds, access, autoscaling, spot, placement and rate limit, and those arguments are not
+        applied; ``canary["replicas"]`` is the canary's count). ``photon``: a Photon class, 'FILE.py:Class', a
         .photon archive, or a registry model (a ModelVersion or 'NAME:VERSION', served by the
         classifier photon). The answer's ``token`` (shown once) calls a private deployment."""
         if isinstance(photon, ModelVersion) or (isinstance(photon, str) and MODEL_REF.match(photon)
@@ -235,6 +237,11 @@ class Clouds:
     def recover(self, name: str) -> dict[str, Any]:
         """End an injected outage."""
         return self._http.request("POST", f"/clouds/{name}/recover")
+
+    def agent(self, name: str) -> dict[str, Any]:
+        """A new token for agent cloud ``name``'s agent (earlier ones stop working) and the command
+        that starts the agent inside that cloud: ``{"cloud", "token", "command"}``. Admins only."""
+        return self._http.request("POST", f"/clouds/{name}/agent")
 
     def gc(self) -> dict[str, Any]:
         """Collect garbage in every reachable store: ended jobs' checkpoints, then unnamed chunks."""

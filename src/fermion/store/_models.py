@@ -37,6 +37,8 @@ class CloudRow(Base):
     health: Mapped[str] = mapped_column(String(20), default="healthy")  # healthy | unhealthy
     health_reason: Mapped[str] = mapped_column(Text, default="")
     outage: Mapped[bool] = mapped_column(default=False)  # injected by `fermion cloud fail`; survives a restart
+    # kind agent: the serial of the cloud's live agent token (0: none issued; a new one voids the old)
+    agent_serial: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class DeploymentRow(Base):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._agents import AgentProc, agent_cloud, issue_agent_token, running_agent, start_agent, wait_connected
 from ._browser import CHROMIUM_ARGS, chromium_path, dashboard
 from ._closed_loop import LoadResult, closed_loop
 from ._emulators import Emulator, azurite_available, emulators, start_azurite, start_gcs_emulator, start_s3_emulator
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from ..backends import LocalRayCluster, local_ray_cluster
 
 __all__ = [
+    "AgentProc",
     "CHROMIUM_ARGS",
     "Emulator",
     "GatewayProc",
@@ -40,23 +42,28 @@ __all__ = [
     "LocalRayCluster",
     "Served",
     "ServerProc",
+    "agent_cloud",
     "azurite_available",
     "chromium_path",
     "closed_loop",
     "dashboard",
     "emulators",
     "fermion_cmd",
+    "issue_agent_token",
     "kill_replicas",
     "kill_workloads",
     "local_ray_cluster",
+    "running_agent",
     "running_server",
     "serve_photon",
+    "start_agent",
     "start_azurite",
     "start_gateway",
     "start_gcs_emulator",
     "start_s3_emulator",
     "start_server",
     "stop",
+    "wait_connected",
     "workload_handles",
     "workload_pids",
     "workload_processes",
