@@ -54,7 +54,11 @@ def start_agent(server: ServerProc, cloud: str, root: Path, *, wait: bool = True
     log = root.parent / f"{root.name}-agent.log"
     agent = AgentProc(cloud, root, _launch(root, log, args), log, token)
     if wait:
-        wait_connected(server, cloud, agent)
+        try:
+            wait_connected(server, cloud, agent)
+        except BaseException:  # the caller never gets the process to stop: stop it here
+            stop(agent.proc)
+            raise
     return agent
 
 
