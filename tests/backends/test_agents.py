@@ -10,6 +10,7 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,8 +18,17 @@ import httpx
 import pytest
 
 from fermion.backends import checked_status
-from fermion.testing import Load, ServerProc, running_server, start_agent, stop, wait_connected, workload_processes
-from fermion.testing import kill_workloads as kill_all_under
+from fermion.testing import (
+    AgentProc,
+    Load,
+    ServerProc,
+    running_agent,
+    running_server,
+    start_agent,
+    stop,
+    wait_connected,
+    workload_processes,
+)
 from tests.support import TEXT_PHOTON
 
 JOBS = Path(__file__).resolve().parents[2] / "examples" / "jobs"
@@ -54,10 +64,25 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
 
 
 @pytest.fixture
-def agent_root(tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "edge"
-    yield root
-    kill_all_under(root / "workloads")
+def agent_root(tmp_path: Path) -> Path:
+    return tmp_path / "edge"
+
+
+@pytest.fixture
+def agent(server: ServerProc, agent_root: Path) -> Iterator[AgentProc]:
+    """The edge cloud's agent over ``agent_root``; afterwards it is stopped and its workloads killed."""
+    with running_agent(server, "edge", agent_root) as a:
+        yield a
+
+
+@contextmanager
+def frozen(agent: AgentProc) -> Iterator[None]:
+    """The agent silent for the ``with`` block (no poll, no report), its workloads running on."""
+    os.kill(agent.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(agent.proc.pid, signal.SIGCONT)
 
 
 def replicas(server: ServerProc, name: str) -> list[dict]:
@@ -69,8 +94,8 @@ def running_replicas(root: Path) -> set[str]:
     return {wid for wid in workload_processes(root / "workloads").values() if wid.startswith("r-")}
 
 
-def test_an_agent_cloud_serves_and_its_token_acts_for_its_cloud_only(server: ServerProc, agent_root: Path) -> None:
-    agent = start_agent(server, "edge", agent_root)
+def test_an_agent_cloud_serves_and_its_token_acts_for_its_cloud_only(
+        server: ServerProc, agent_root: Path, agent: AgentProc) -> None:
     try:
         listed = {c["name"]: c for c in server.api().get("/clouds").json()}
         assert listed["edge"]["kind"] == "agent" and "agent connected" in listed["edge"]["isolation"]
@@ -105,12 +130,11 @@ def test_an_agent_cloud_serves_and_its_token_acts_for_its_cloud_only(server: Ser
         refused = server.cli("cloud", "agent", "home", check=False)
         assert refused.returncode != 0 and "not an agent cloud" in refused.stderr
     finally:
-        stop(agent.proc)
         server.cli("deployment", "delete", "served", check=False)
 
 
-def test_an_agent_restarted_keeps_its_replicas_serving_and_adopts_them(server: ServerProc, agent_root: Path) -> None:
-    agent = start_agent(server, "edge", agent_root)
+def test_an_agent_restarted_keeps_its_replicas_serving_and_adopts_them(
+        server: ServerProc, agent_root: Path, agent: AgentProc) -> None:
     try:
         server.cli("deploy", TEXT_PHOTON, "--name", "kept", "--cloud", "edge", "--replicas", "2", "--public")
         before = {r["id"] for r in replicas(server, "kept")}
@@ -142,20 +166,17 @@ def test_an_agent_restarted_keeps_its_replicas_serving_and_adopts_them(server: S
         finally:
             stop(second.proc)
     finally:
-        stop(agent.proc)
         server.cli("deployment", "delete", "kept", check=False)
 
 
 def test_a_silent_agent_has_its_work_moved_and_what_ran_on_is_stopped_when_it_returns(
-        server: ServerProc, agent_root: Path) -> None:
-    agent = start_agent(server, "edge", agent_root)
+        server: ServerProc, agent_root: Path, agent: AgentProc) -> None:
     try:
         server.cli("deploy", TEXT_PHOTON, "--name", "moved", "--cloud", "edge", "--cloud", "home", "--public")
         (first,) = replicas(server, "moved")
         assert first["cloud"] == "edge"
         # the link goes silent (the agent frozen: no poll, no report), its replica still runs
-        os.kill(agent.proc.pid, signal.SIGSTOP)
-        try:
+        with frozen(agent):
             moved = wait_for("a replacement READY on the other cloud", lambda: next(
                 (r for r in replicas(server, "moved") if r["cloud"] == "home" and r["state"] == "READY"), None))
             clouds = {c["name"]: c for c in server.api().get("/clouds").json()}
@@ -163,8 +184,6 @@ def test_a_silent_agent_has_its_work_moved_and_what_ran_on_is_stopped_when_it_re
             assert first["id"] in running_replicas(agent_root)  # out of reach, not dead
             answer = httpx.post(f"{server.url}/d/moved/upper", json={"texts": ["moved"]}, timeout=30)
             assert answer.status_code == 200
-        finally:
-            os.kill(agent.proc.pid, signal.SIGCONT)
         wait_connected(server, "edge", agent)
         # heard again: the replica the server replaced is stopped, never adopted; nothing runs twice
         wait_for("the replaced replica to be stopped", lambda: first["id"] not in running_replicas(agent_root))
@@ -173,37 +192,29 @@ def test_a_silent_agent_has_its_work_moved_and_what_ran_on_is_stopped_when_it_re
         events = server.api().get("/events", params={"object_id": first["id"]}).json()
         assert any("lost" in e["reason"] for e in events)
     finally:
-        stop(agent.proc)
         server.cli("deployment", "delete", "moved", check=False)
 
 
 def test_a_job_on_a_silent_agent_resumes_elsewhere_from_its_checkpoint_and_its_first_attempt_is_ended(
-        server: ServerProc, agent_root: Path) -> None:
-    agent = start_agent(server, "edge", agent_root)
-    try:
-        server.cli("job", "run", "--name", "steps", "--workdir", str(JOBS), "--cloud", "edge", "--cloud", "home",
-                   "--", "python", "steps.py", "120", "0.1")  # running well past the link-lost time
-        first = wait_for("the job to run on the agent", lambda: (j := job(server, "steps"))["status"] == "RUNNING"
-                         and j["attempts"] and j)
-        assert first["attempts"][0]["cloud"] == "edge"
-        wait_for("a few steps", lambda: "step 10 on edge" in job_log(server, "steps", 0))
-        os.kill(agent.proc.pid, signal.SIGSTOP)
-        try:
-            done = wait_for("the job to end", lambda: (j := job(server, "steps"))["status"] in ("SUCCEEDED", "FAILED")
-                            and j, timeout=120)
-            # the first attempt kept running, out of reach: the server resumed the job without it
-            assert workload_processes(agent_root / "workloads"), "the first attempt should still run, unreachable"
-        finally:
-            os.kill(agent.proc.pid, signal.SIGCONT)
-        assert done["status"] == "SUCCEEDED", done
-        assert [(a["cloud"], a["state"]) for a in done["attempts"]] == [("edge", "PREEMPTED"), ("home", "SUCCEEDED")]
-        second = job_log(server, "steps", 1)
-        assert int(re.search(r"resumed from step (\d+) on home", second).group(1)) >= 10
-        assert "done: sum of steps 7260" in second  # 1 + ... + 120: no step lost or repeated
-        # heard again: the attempt the server gave up on is ended, so the job never runs twice
-        wait_for("the first attempt to be ended", lambda: not workload_processes(agent_root / "workloads"))
-    finally:
-        stop(agent.proc)
+        server: ServerProc, agent_root: Path, agent: AgentProc) -> None:
+    server.cli("job", "run", "--name", "steps", "--workdir", str(JOBS), "--cloud", "edge", "--cloud", "home",
+               "--", "python", "steps.py", "120", "0.1")  # running well past the link-lost time
+    first = wait_for("the job to run on the agent", lambda: (j := job(server, "steps"))["status"] == "RUNNING"
+                     and j["attempts"] and j)
+    assert first["attempts"][0]["cloud"] == "edge"
+    wait_for("a few steps", lambda: "step 10 on edge" in job_log(server, "steps", 0))
+    with frozen(agent):
+        done = wait_for("the job to end", lambda: (j := job(server, "steps"))["status"] in ("SUCCEEDED", "FAILED")
+                        and j, timeout=120)
+        # the first attempt kept running, out of reach: the server resumed the job without it
+        assert workload_processes(agent_root / "workloads"), "the first attempt should still run, unreachable"
+    assert done["status"] == "SUCCEEDED", done
+    assert [(a["cloud"], a["state"]) for a in done["attempts"]] == [("edge", "PREEMPTED"), ("home", "SUCCEEDED")]
+    second = job_log(server, "steps", 1)
+    assert int(re.search(r"resumed from step (\d+) on home", second).group(1)) >= 10
+    assert "done: sum of steps 7260" in second  # 1 + ... + 120: no step lost or repeated
+    # heard again: the attempt the server gave up on is ended, so the job never runs twice
+    wait_for("the first attempt to be ended", lambda: not workload_processes(agent_root / "workloads"))
 
 
 def job(server: ServerProc, name: str) -> dict:
@@ -218,21 +229,14 @@ def job_log(server: ServerProc, name: str, attempt: int) -> str:
 
 
 def test_a_deployment_deleted_while_its_agent_is_silent_is_stopped_when_the_agent_returns(
-        server: ServerProc, agent_root: Path) -> None:
-    agent = start_agent(server, "edge", agent_root)
-    try:
-        server.cli("deploy", TEXT_PHOTON, "--name", "gone", "--cloud", "edge", "--public")
-        (replica,) = replicas(server, "gone")
-        os.kill(agent.proc.pid, signal.SIGSTOP)
-        try:  # the stop cannot reach the agent: the deletion does not wait on it
-            server.cli("deployment", "delete", "gone")
-            wait_for("the deployment to go", lambda: server.api().get("/deployments/gone").status_code == 404)
-            assert replica["id"] in running_replicas(agent_root)
-        finally:
-            os.kill(agent.proc.pid, signal.SIGCONT)
-        wait_for("the deleted deployment's replica to be stopped", lambda: not running_replicas(agent_root))
-    finally:
-        stop(agent.proc)
+        server: ServerProc, agent_root: Path, agent: AgentProc) -> None:
+    server.cli("deploy", TEXT_PHOTON, "--name", "gone", "--cloud", "edge", "--public")
+    (replica,) = replicas(server, "gone")
+    with frozen(agent):  # the stop cannot reach the agent: the deletion does not wait on it
+        server.cli("deployment", "delete", "gone")
+        wait_for("the deployment to go", lambda: server.api().get("/deployments/gone").status_code == 404)
+        assert replica["id"] in running_replicas(agent_root)
+    wait_for("the deleted deployment's replica to be stopped", lambda: not running_replicas(agent_root))
 
 
 def test_what_an_agent_reports_is_taken_only_as_far_as_it_is_well_formed() -> None:
