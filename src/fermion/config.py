@@ -19,6 +19,14 @@ def workloads_root(home: Path) -> Path:
     return Path(os.environ.get("FERMION_WORKLOADS") or home.parent / f"{home.name}-workloads")
 
 
+def workload_socket(home: Path) -> Path:
+    """The server's workload socket: where its local workloads reach their own ``/self/`` routes
+    (the only part of the API it serves) from a sandbox with no network path to the server. Its
+    folder holds nothing else: sandboxes show the folder, so a restarted server's new socket
+    reaches the workloads that outlived the old one."""
+    return home / "workload-api" / "api.sock"
+
+
 def stores_root(home: Path) -> Path:
     """Where the default ``file://`` store of each local cloud lies: ``$FERMION_STORES``, else a
     folder beside the home (e.g. ~/.fermion-stores), one subfolder per cloud."""

@@ -33,6 +33,8 @@ from fermion.backends import (
 )
 from fermion.clouds import CloudConfig, Injected
 from fermion.errors import UserInputError
+from fermion._unix import socket_path
+from fermion.testing import replica as replica_http
 from fermion.photon._package import build_archive
 from tests.support import TEXT_PHOTON
 
@@ -211,7 +213,7 @@ def wait_ready(backend: Backend, handle: Handle, timeout: float = 60.0) -> str:
         assert status.alive, f"the replica ended: {status}\n{backend.logs(handle)}"
         if status.url:
             try:
-                if httpx.get(f"{status.url}/healthz", timeout=2).json().get("status") == "ready":
+                if replica_http.get(f"{status.url}/healthz", timeout=2).json().get("status") == "ready":
                     return status.url
             except (httpx.HTTPError, ValueError):
                 pass
@@ -229,15 +231,16 @@ def test_a_replica_serves_at_its_url_answers_only_with_its_secret_and_drains(
     handle = start("replica", archive=archive, secret=SECRET)
     assert handle["id"]
     url = wait_ready(backend, handle)
-    assert url.startswith("http://127.0.0.1:")
-    ok = httpx.post(f"{url}/stats", json={"text": "a bb ccc"}, headers={AUTH: SECRET}, timeout=10)
+    # a port of the loopback, or (a local cloud's) a Unix socket in a folder of the backend's, not the replica's
+    assert url.startswith("http://127.0.0.1:") or "/.sockets/" in (socket_path(url) or ""), url
+    ok = replica_http.post(f"{url}/stats", json={"text": "a bb ccc"}, headers={AUTH: SECRET}, timeout=10)
     assert ok.status_code == 200 and ok.json()["words"] == 3
-    assert httpx.post(f"{url}/stats", json={"text": "a"}, timeout=10).status_code == 401
-    assert httpx.post(f"{url}/stats", json={"text": "a"}, headers={AUTH: "wrong"}, timeout=10).status_code == 401
+    assert replica_http.post(f"{url}/stats", json={"text": "a"}, timeout=10).status_code == 401
+    assert replica_http.post(f"{url}/stats", json={"text": "a"}, headers={AUTH: "wrong"}, timeout=10).status_code == 401
 
     # drain: a request in flight when stop() comes still gets its whole answer
     answer: dict[str, httpx.Response] = {}
-    slow = threading.Thread(target=lambda: answer.setdefault("r", httpx.post(
+    slow = threading.Thread(target=lambda: answer.setdefault("r", replica_http.post(
         f"{url}/count", json={"n": 6, "delay_s": 0.25}, headers={AUTH: SECRET}, timeout=30)))
     slow.start()
     time.sleep(0.5)
@@ -533,7 +536,7 @@ def test_ray_replica_lands_on_its_node_group_and_is_lost_with_its_node(ray_clust
         assert where is not None and where["node"] == ray_cluster.node_id("b")
         # the process that serves the URL is a child of a worker of node b's raylet
         assert _raylet_pid(ray_cluster, "b") in _ancestors(where["pid"])
-        assert httpx.get(f"{url}/healthz", timeout=5).json()["status"] == "ready"
+        assert replica_http.get(f"{url}/healthz", timeout=5).json()["status"] == "ready"
 
         ray_cluster.kill_node("b")
         status = wait_for("the replica to be lost", lambda: (s := backend.status(handle)) and s.lost and s, 30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -15,11 +16,14 @@ import httpx
 import pytest
 
 from fermion.backends import Isolation
+from fermion._unix import socket_path
 from fermion.testing import ServerProc, running_server, start_gateway, stop
+from fermion.testing import replica as replica_http
 from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON
 CLOUDS = "clouds:\n  - name: alpha\n  - name: beta\n"
 ISOLATION = Isolation()
 sandboxed = pytest.mark.skipif(ISOLATION.bwrap is None, reason="bubblewrap cannot run on this machine")
+networked = pytest.mark.skipif(not ISOLATION.network, reason="bubblewrap cannot make network namespaces here")
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +69,12 @@ def test_replicas_answer_only_the_gateway(server: ServerProc) -> None:
     replicas = server.deployment("snoop")["replica_list"]
     for r in replicas:
         direct = server.replica_url(r["id"])
-        assert httpx.get(f"{direct}/healthz").status_code == 200  # the controller's probe needs no secret
-        refused = httpx.post(f"{direct}/environ", json={})
+        assert replica_http.get(f"{direct}/healthz").status_code == 200  # the controller's probe needs no secret
+        refused = replica_http.post(f"{direct}/environ", json={})
         assert refused.status_code == 401 and "gateway" in refused.text
-        forged = httpx.post(f"{direct}/environ", json={}, headers={"x-fermion-replica-auth": "guess"})
+        forged = replica_http.post(f"{direct}/environ", json={}, headers={"x-fermion-replica-auth": "guess"})
         assert forged.status_code == 401
-        assert httpx.get(f"{direct}/metrics").status_code == 401
+        assert replica_http.get(f"{direct}/metrics").status_code == 401
         assert not list(server.home.parent.glob(f"*-workloads/{r['cloud']}/{r['id']}/.replica-secret"))
     assert call(server, "environ").status_code == 200
 
@@ -111,20 +115,74 @@ def test_no_file_a_replica_can_read_holds_another_deployments_credential(server:
         skip = sorted({sys.prefix, sys.base_prefix, "/usr"})  # installed code: read-only, large
         hunted = call(server, "hunt", needles=[victim_secret, server.token], skip=skip).json()
         assert hunted["read"] > 0 and hunted["found"] == [], f"a workload found credentials in {hunted['found']}"
-        assert not {"home", "var", "opt", "run", "srv", "mnt"} & set(hunted["top"]), hunted["top"]
+        # (/run shows the server's workload socket alone: the test below calls it)
+        assert not {"home", "var", "opt", "srv", "mnt"} & set(hunted["top"]), hunted["top"]
         for state in states:
             assert "content" not in call(server, "read", path=str(state)).json()
-        # what it can do without the credential: the victim's replica answers it 401
-        for headers in ({}, {"x-fermion-replica-auth": "guess"}):
-            assert call(server, "call", url=f"{victim_url}/stats", headers=headers).json() == 401
-        opened = httpx.post(f"{victim_url}/stats", json={"text": "a b"}, timeout=30,
-                            headers={"x-fermion-replica-auth": victim_secret})
-        assert opened.status_code == 200  # the secret the gateway holds does open it
+        # nor can it call the victim at all: its socket is nowhere in the workload's sight
+        victim_socket = socket_path(victim_url)
+        assert victim_socket is not None
+        assert call(server, "reach", tcp=[], unix=[victim_socket], routes=[], token="").json()[victim_socket] \
+            == "FileNotFoundError"
+        opened = replica_http.post(f"{victim_url}/stats", json={"text": "a b"}, timeout=30,
+                                   headers={"x-fermion-replica-auth": victim_secret})
+        assert opened.status_code == 200  # the secret the gateway holds does open it, from the host
     finally:
         for gateway in gateways:
             stop(gateway.proc)
         shutil.rmtree(states[0].parent, ignore_errors=True)
         server.cli("deployment", "delete", "victim", "--project", "victims", check=False)
+
+
+@pytest.fixture
+def host_service() -> Iterator[int]:
+    """A service on the host's loopback (a database, a store's endpoint): its port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+@networked
+def test_a_replica_has_no_network_path_to_the_host(server: ServerProc, host_service: int) -> None:
+    """In a namespace of its own, a replica reaches neither the server's port nor any other service on
+    the host's loopback; the server's workload socket answers it only a workload's own routes."""
+    server_port = int(server.url.rsplit(":", 1)[1])
+    tried = [["127.0.0.1", server_port], ["127.0.0.1", host_service], ["localhost", host_service]]
+    routes = ["/api/v1/deployments", "/healthz", "/d/snoop/environ", "/api/v1/attempts/self/../../deployments",
+              "/api/v1/replicas/self/model"]
+    for _ in range(4):  # both replicas, most likely
+        seen = call(server, "reach", tcp=tried, unix=[str(server.home / "workload-api" / "api.sock")],
+                    routes=routes, token=server.token).json()
+        assert not [k for k, v in seen.items() if v == "connected"], seen
+        assert seen["api_socket"] == "/run/fermion/api.sock"
+        assert [seen[r] for r in routes[:4]] == [404, 404, 404, 404], seen
+        assert seen["/api/v1/replicas/self/model"] == 401, seen  # a user's token is no workload's
+
+
+@networked
+def test_a_job_reaches_the_server_only_for_its_own_routes(server: ServerProc, host_service: int) -> None:
+    server_port = int(server.url.rsplit(":", 1)[1])
+    probe = ("import os, socket\n"
+             f"for port in ({server_port}, {host_service}):\n"
+             "    try:\n        socket.create_connection(('127.0.0.1', port), timeout=3); print('REACHED', port)\n"
+             "    except OSError as exc:\n        print('NO-PATH', port, type(exc).__name__)\n"
+             "print('SOCKET', os.environ.get('FERMION_SERVER_SOCKET'))\n")
+    server.cli("job", "run", "--name", "netjob", "--follow", "--timeout", "60", "--", "python", "-c", probe)
+    with server.api() as api:
+        logs = "\n".join(api.get("/jobs/netjob/logs").json().values())
+    assert "REACHED" not in logs and logs.count("NO-PATH") == 2, logs
+    assert "SOCKET /run/fermion/api.sock" in logs
+    # a spec that asks for egress gets the machine's network: the service is reached
+    server.cli("job", "run", "--name", "netjob-egress", "--egress", "--follow", "--timeout", "60", "--", "python", "-c",
+               probe)
+    with server.api() as api:
+        logs = "\n".join(api.get("/jobs/netjob-egress/logs").json().values())
+        assert api.get("/jobs/netjob-egress").json()["resources"]["egress"] is True
+    assert f"REACHED {host_service}" in logs, logs
 
 
 @sandboxed

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from fermion.testing import kill_replicas, start_server, stop, workload_handles
+from fermion.testing import replica as replica_http
 from tests.support import FIXTURE_PHOTONS
 
 FLAKY = f"{FIXTURE_PHOTONS}:Flaky"
@@ -116,8 +117,8 @@ def test_a_replica_handed_to_a_spare_is_found_by_its_id_alone(tmp_path: Path) ->
         assert taken["dir"].startswith("spare-")
         status = wait_for("it listens", lambda: (s := backend.status({"id": "r-second"})).url and s, timeout=30)
         # listening comes before init() has run (a replica answers 503 until then)
-        wait_for("it is ready", lambda: httpx.get(f"{status.url}/healthz").status_code == 200, timeout=30)
-        assert status.alive and httpx.post(f"{status.url}/version", json={}).json() == {"version": "r-second"}
+        wait_for("it is ready", lambda: replica_http.get(f"{status.url}/healthz").status_code == 200, timeout=30)
+        assert status.alive and replica_http.post(f"{status.url}/version", json={}).json() == {"version": "r-second"}
         assert {"id": "r-second", "dir": taken["dir"], "pid": taken["pid"]} in backend.list_workloads()
         backend.stop({"id": "r-second"}, force=True)
         wait_for("it stopped", lambda: not backend.status({"id": "r-second"}).alive, timeout=10)

@@ -133,6 +133,40 @@ class Snoop(Photon):
             return exc.code
 
     @handler
+    def reach(self, tcp: list[list], unix: list[str], routes: list[str], token: str) -> dict[str, object]:
+        """What it can connect to: TCP addresses and Unix sockets (each "connected" or the error),
+        and the server's workload socket (the status of a GET of each route, with ``token``)."""
+        import http.client
+        import socket
+
+        out: dict[str, object] = {}
+        for host, port in tcp:
+            try:
+                socket.create_connection((host, int(port)), timeout=3).close()
+                out[f"{host}:{port}"] = "connected"
+            except OSError as exc:
+                out[f"{host}:{port}"] = type(exc).__name__
+        for path in unix:
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(path)
+                out[path] = "connected"
+            except OSError as exc:
+                out[path] = type(exc).__name__
+            finally:
+                s.close()
+        api = os.environ.get("FERMION_SERVER_SOCKET", "")
+        out["api_socket"] = api
+        for route in routes if api else []:
+            conn = http.client.HTTPConnection("fermion")
+            conn.sock = socket.socket(socket.AF_UNIX)
+            conn.sock.connect(api)
+            conn.request("GET", route, headers={"Authorization": f"Bearer {token}"})
+            out[route] = conn.getresponse().status
+            conn.close()
+        return out
+
+    @handler
     def hog(self, mb: int) -> int:
         block = bytearray(mb << 20)
         for i in range(0, len(block), 4096):  # touch every page so it is really resident

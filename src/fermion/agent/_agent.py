@@ -60,9 +60,12 @@ class Agent:
         (root / "state").mkdir(exist_ok=True)
         (root / "archives").mkdir(exist_ok=True)
         isolation = isolation or Isolation()
-        self._isolation = isolation.describe()  # told to the server: `fermion cloud list` shows it
+        self._isolation = isolation.describe(own_network=False)  # told to the server: `fermion cloud list` shows it
         self.backend: Backend = LocalBackend(config, root / "workloads", server_home=root / "state",
-                                             isolation=isolation, hidden=[root / "archives"])
+                                             isolation=isolation, hidden=[root / "archives"],
+                                             # the server reaches its replicas on this machine's loopback
+                                             # until agents carry their cloud's traffic (issue 29)
+                                             own_network=False)
         self._lock = threading.Lock()
         self._busy: dict[str, threading.Lock] = {}  # one call at a time per workload: a stop waits for its start
         self._handles: dict[str, Handle] = self._load_handles()

@@ -125,7 +125,7 @@ def list_clouds(request: Request) -> list[CloudOut]:
                 health_reason=health_reason,
                 capacity={"cpus": capacity["cpus"], "memory_gb": capacity["memory_gb"]}, free=free[row.name],
                 replicas=counts.get(row.name, 0), inject=cfg.inject.model_dump(),
-                isolation=p.isolation.describe() if row.kind == "local"
+                isolation=p.isolation.describe(own_network=cfg.network == "own") if row.kind == "local"
                 else f"{backend.inner.isolation or 'as its agent reports'}; {backend.inner.link_state()}"
                 if row.kind == "agent"
                 else "probed on each node (bubblewrap, cgroups); nodes without a sandbox refuse workloads"
@@ -225,7 +225,9 @@ def put_deployment(request: Request, name: str, spec: DeploymentSpec) -> Deploym
             raise NotFoundError(f"no photon with sha256 {shorten(spec.photon)}", hint="upload it first (`fermion deploy` does)")
         p.secrets.check_references(s, spec.env, project)
         purpose = env_purpose("deployment", name)
-        resources = (spec.resources or _declared_resources(photon)).model_dump()
+        # what the spec sets, over what the photon declares (a spec asking only for egress keeps the photon's cpus)
+        resources = _declared_resources(photon).model_copy(update={
+            k: getattr(spec.resources, k) for k in spec.resources.model_fields_set} if spec.resources else {}).model_dump()
         autoscale = spec.autoscale.model_dump() if spec.autoscale else None
         replicas = spec.replicas
         if spec.autoscale is not None:  # the count to start with, within the bounds

@@ -37,6 +37,8 @@ class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     cpus: float = Field(1, ge=MIN_CPUS, le=1024)
     memory_gb: float = Field(1, ge=MIN_MEMORY_GB, le=16384, description="enforced as a hard memory limit where the OS allows it")
+    egress: bool = Field(False, description="network access beyond its own: on a local cloud the workload then shares "
+                                            "the machine's network (its loopback too) instead of a namespace of its own")
 
 
 class RateLimit(BaseModel):

@@ -24,7 +24,7 @@ from .._files import write_atomic
 from .._limits import is_upload, limit_bodies
 from ..backends import AgentBackend, FaultInjector, Isolation, make_backend
 from ..clouds import CloudConfig
-from ..config import stores_root
+from ..config import stores_root, workload_socket
 from ..config import workloads_root as default_workloads_root
 from ..data import ObjectStore, StoreConfig, open_store
 from ..control import (
@@ -144,7 +144,7 @@ class Platform:
             folder.mkdir(parents=True, exist_ok=True)
         self.clouds: dict[str, FaultInjector] = {
             c.name: make_backend(c, self.workloads_root, server_home=home, isolation=self.isolation, down=c.name in down,
-                                 hidden=self.store_folders)
+                                 hidden=self.store_folders, api_socket=workload_socket(home))
             for c in clouds}
         for name, backend in self.clouds.items():  # an agent that dials in stops what the server no longer wants
             if isinstance(backend.inner, AgentBackend):
@@ -226,7 +226,8 @@ class Platform:
                 backend.inner.give_time()
         # before the first pass replaces them elsewhere: what runs on a cloud no longer configured stops
         stop_on_retired_clouds(self.store, self.clouds, lambda config: make_backend(
-            config, self.workloads_root, server_home=self.home, isolation=self.isolation, hidden=self.store_folders))
+            config, self.workloads_root, server_home=self.home, isolation=self.isolation, hidden=self.store_folders,
+            api_socket=workload_socket(self.home)))
         self.controller.start()
         self.jobs.start()
         self.pipelines.start()

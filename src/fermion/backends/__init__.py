@@ -22,9 +22,11 @@ from ._sandbox import ALLOW_UNSANDBOXED_ENV, CPU_QUOTAS_ENV, Isolation, read_unt
 
 
 def make_backend(config: CloudConfig, workloads_root: Path, *, server_home: Path,
-                 isolation: Isolation | None = None, down: bool = False, hidden: Sequence[Path] = ()) -> FaultInjector:
+                 isolation: Isolation | None = None, down: bool = False, hidden: Sequence[Path] = (),
+                 api_socket: Path | None = None) -> FaultInjector:
     """The backend ``config`` names, wrapped with the faults it declares. ``hidden``: more folders
-    of this machine no workload may see (the clouds' folder stores)."""
+    of this machine no workload may see (the clouds' folder stores). ``api_socket``: the server's
+    workload socket, which local workloads reach it by."""
     if config.kind == "agent":  # the cloud's own agent runs its workloads; it dials in to this server
         inner: Backend = AgentBackend(config)
     elif config.kind == "ray":
@@ -33,7 +35,8 @@ def make_backend(config: CloudConfig, workloads_root: Path, *, server_home: Path
         # a node of the cluster may be this machine: its workloads must not see the server's files
         inner = RayBackend(config, hidden=[server_home, workloads_root, *hidden], isolation=isolation)
     else:
-        inner = LocalBackend(config, workloads_root, server_home=server_home, isolation=isolation, hidden=hidden)
+        inner = LocalBackend(config, workloads_root, server_home=server_home, isolation=isolation, hidden=hidden,
+                             api_socket=api_socket)
     return FaultInjector(inner, config.inject, down=down)
 
 

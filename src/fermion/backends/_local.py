@@ -1,6 +1,12 @@
 """The local backend: each workload is a real process on this machine, confined (see _sandbox.py)
 to its own folder under the cloud's root, outside the server's home. Workloads run in their own
-session: they outlive the server, and a restarted server finds them again from their handles."""
+session: they outlive the server, and a restarted server finds them again from their handles.
+
+Where the sandbox can give each workload a network namespace of its own, it does: a workload
+then reaches nothing on this machine but what it is handed. A replica serves on a Unix socket
+this backend binds (in a folder no workload sees) and hands it, so it needs no port and no one
+can reach it but the gateway; a job attempt (and a replica fetching its model) reaches the
+server's workload socket, which answers only the workload's own ``/self/`` routes."""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._files import write_atomic
+from .._unix import listen_unix, unix_url
 from ..clouds import CloudConfig
 from ._launch import launch_command
 from ._protocol import DeclaredCapacity, Handle, ProvisionError, Status, Workload
@@ -32,6 +40,8 @@ TAKEN = ".taken"
 OWNERS = ".spares"  # <cloud root>/.spares/<spare folder>: the pid and start time of the server that started it
 READ_AT_START = ("PYTHON", "LD_", "LC_", "MALLOC_", "GLIBC_")
 REPLICAS = ".replicas"  # <cloud root>/.replicas/<replica id>: the spare folder it took (before its handle is stored)
+SOCKETS = ".sockets"  # <cloud root>/.sockets/<workload folder>.sock: where a replica serves
+API_FOLDER_INSIDE = "/run/fermion"  # where a workload in a sandbox finds the server's workload socket
 REFILL_DELAY_S = 2.0  # a new spare's imports would compete with the replica that just took the last one
 log = logging.getLogger("fermion.backends.local")
 
@@ -42,7 +52,11 @@ class LocalBackend(DeclaredCapacity):
     kind = "local"
 
     def __init__(self, config: CloudConfig, workloads_root: Path, *, server_home: Path,
-                 isolation: Isolation | None = None, hidden: Sequence[Path] = ()) -> None:
+                 isolation: Isolation | None = None, hidden: Sequence[Path] = (), api_socket: Path | None = None,
+                 own_network: bool = True) -> None:
+        """``api_socket``: the server's workload socket (see fermion.api), handed to every workload.
+        ``own_network=False``: workloads share this machine's network and replicas serve on a TCP
+        port of its loopback (what an agent reports to a server on the same machine, for now)."""
         self.name = config.name
         self.config = config
         self.workloads_root = workloads_root
@@ -51,6 +65,10 @@ class LocalBackend(DeclaredCapacity):
         self.server_home = server_home
         self.hidden = list(hidden)  # e.g. the clouds' folder stores: reached through the server only
         self.isolation = isolation or Isolation(sandbox=False, memory_limits=False)
+        self.api_socket = api_socket
+        own_network = own_network and config.network == "own"
+        self.on_sockets = own_network  # replicas serve on Unix sockets this backend binds
+        self.own_network = own_network and self.isolation.network
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[int, int] = {}  # learnt when a child is reaped; asked for later
         self._oom_killed: dict[int, bool] = {}  # learnt once a workload is gone, before its cgroup is removed
@@ -72,26 +90,39 @@ class LocalBackend(DeclaredCapacity):
         # a spare's interpreter started with Fermion's environment: a replica that sets what is read once,
         # at a process's start (PYTHONPATH, LD_PRELOAD, the locale, TZ...), needs a process of its own,
         # as one with mounts does
-        if workload.kind == "replica" and not workload.read_only and \
+        if workload.kind == "replica" and not workload.read_only and not (workload.egress and self.own_network) and \
                 not any(k.startswith(READ_AT_START) or k in ("LANG", "TZ") for k in workload.env):
             taken = self._take_spare(workload)
             if taken is not None:
                 return taken
         workdir = self.root / workload.id
         workdir.mkdir(parents=True, exist_ok=True)
+        listening = self._listen(workload.id) if workload.kind == "replica" and self.on_sockets else None
+        try:
+            return self._start_cold(workload, workdir, listening)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                (self.root / SOCKETS / f"{workload.id}.sock").unlink()
+            raise
+        finally:
+            if listening is not None:  # the replica holds it now
+                listening.close()
+
+    def _start_cold(self, workload: Workload, workdir: Path, listening: socket.socket | None) -> Handle:
         if workload.kind == "replica":
-            command, log_name, env, mounts = self._replica(workload, workdir)
+            command, log_name, env, mounts = self._replica(workload, workdir, listening)
         else:
             command, log_name = launch_command(workload.command, workload.workers), "job.log"
             facts = {k: v for k, v in workload.env.items() if k.startswith("FERMION_")}
             facts["FERMION_CLOUD"] = self.name
+            facts.update(self._server_socket_env())
             declared = {k: v for k, v in workload.env.items() if not k.startswith("FERMION_")}
             env = workload_env(declared, facts, workdir)
             mounts = [Mount(m, writable=True) for m in workload.writable] + [Mount(m) for m in workload.read_only]
         # hide the server's home and every workload folder; show this one (and its mounts) again
-        confinement = Confinement(workdir=workdir, hidden=[self.server_home, self.workloads_root, *self.hidden],
-                                  mounts=mounts, cpus=workload.cpus,
-                                  memory_bytes=int(workload.memory_gb * (1 << 30)) if workload.memory_gb else None)
+        confinement = self._confinement(workdir, mounts=mounts, cpus=workload.cpus, listening=listening,
+                                        egress=workload.egress,
+                                        memory_bytes=int(workload.memory_gb * (1 << 30)) if workload.memory_gb else None)
         try:
             proc, pid = self.isolation.start(command, env, confinement, workdir / log_name,
                                              f"{self.name}-{workload.id}")
@@ -105,20 +136,53 @@ class LocalBackend(DeclaredCapacity):
             raise ProvisionError(f"cannot record the workload's pid: {exc}") from exc
         return {"id": workload.id, "pid": pid}
 
-    def _replica(self, w: Workload, workdir: Path) -> tuple[list[str], str, dict[str, str], list[Mount]]:
+    def _listen(self, folder: str) -> socket.socket:
+        """The socket the replica in ``folder`` will serve on, bound where no workload can see it
+        (a socket file in its own folder, a workload could swap for a link to any socket here)."""
+        (self.root / SOCKETS).mkdir(mode=0o700, exist_ok=True)
+        return listen_unix(self.root / SOCKETS / f"{folder}.sock")
+
+    def _confinement(self, workdir: Path, *, listening: socket.socket | None, mounts: list[Mount] | None = None,
+                     cpus: float | None, memory_bytes: int | None, egress: bool = False) -> Confinement:
+        """Hide the server's home and every workload folder; show this one (and its mounts) again;
+        hand it its listening socket and the server's workload socket."""
+        # the socket's folder, not the socket: a restarted server's new socket reaches workloads started before
+        shown_at = [(self.api_socket.parent, API_FOLDER_INSIDE)] if self._hands_api_socket() and self.isolation.bwrap \
+            else []
+        return Confinement(workdir=workdir, hidden=[self.server_home, self.workloads_root, *self.hidden],
+                           mounts=mounts or [], cpus=cpus, memory_bytes=memory_bytes,
+                           own_network=self.own_network and not egress, shown_at=shown_at,
+                           pass_fds=(listening.fileno(),) if listening is not None else ())
+
+    def _hands_api_socket(self) -> bool:
+        return self.on_sockets and self.api_socket is not None and self.api_socket.parent.is_dir()
+
+    def _server_socket_env(self) -> dict[str, str]:
+        """How the workload reaches the server's workload socket: where it shows inside the sandbox."""
+        if not self._hands_api_socket():
+            return {}
+        assert self.api_socket is not None
+        inside = f"{API_FOLDER_INSIDE}/{self.api_socket.name}" if self.isolation.bwrap else str(self.api_socket)
+        return {"FERMION_SERVER_SOCKET": inside}
+
+    def _replica(self, w: Workload, workdir: Path,
+                 listening: socket.socket | None) -> tuple[list[str], str, dict[str, str], list[Mount]]:
         if w.archive is None:
             raise ProvisionError(f"replica {w.id} has no photon archive")
         archive = workdir / "photon.photon"  # shipped to the cloud, as a remote one would need it
         shutil.copyfile(w.archive, archive)
+        if listening is not None:
+            where = ["--listen-fd", str(listening.fileno())]
+        else:  # a spare on a socket adds the one it holds; elsewhere, a port of this machine's loopback
+            where = [] if self.on_sockets else ["--host", "127.0.0.1", "--port", "0"]
         command = [
-            sys.executable, "-m", "fermion.photon.replica", str(archive),
-            "--host", "127.0.0.1", "--port", "0", "--port-file", str(workdir / "port"),
+            sys.executable, "-m", "fermion.photon.replica", str(archive), *where, "--port-file", str(workdir / "port"),
             "--log-level", "warning", "--graceful-timeout", "20",
         ]
         if w.secret:
             write_atomic(workdir / SECRET_FILE, w.secret, 0o600)
             command += ["--auth-secret-file", str(workdir / SECRET_FILE)]
-        facts = {"FERMION_REPLICA_ID": w.id, "FERMION_CLOUD": self.name}
+        facts = {"FERMION_REPLICA_ID": w.id, "FERMION_CLOUD": self.name, **self._server_socket_env()}
         facts.update({k: v for k, v in w.env.items() if k.startswith("FERMION_INJECT_")})
         declared = {k: v for k, v in w.env.items() if not k.startswith("FERMION_INJECT_")}
         return command, "replica.log", workload_env(declared, facts, workdir), [Mount(m) for m in w.read_only]
@@ -133,13 +197,21 @@ class LocalBackend(DeclaredCapacity):
         env = workload_env({}, {"FERMION_CLOUD": self.name}, workdir)
         # the whole cloud's memory until a replica takes it and its own limit is set: a cgroup to lower
         memory = int(self.config.capacity.memory_gb * (1 << 30))
-        confinement = Confinement(workdir=workdir, hidden=[self.server_home, self.workloads_root, *self.hidden],
-                                  memory_bytes=memory, cpus=self.config.capacity.cpus)
-        (self.root / OWNERS).mkdir(exist_ok=True)
-        write_atomic(self.root / OWNERS / folder, _this_process())
-        # the folder on its command line, as a replica's: a restarted server knows the process by it
-        command = [sys.executable, "-m", "fermion.photon.replica", "--standby", str(workdir)]
-        proc, pid = self.isolation.start(command, env, confinement, workdir / "replica.log", f"{self.name}-{folder}")
+        listening = self._listen(folder) if self.on_sockets else None
+        try:
+            confinement = self._confinement(workdir, listening=listening, memory_bytes=memory,
+                                            cpus=self.config.capacity.cpus)
+            (self.root / OWNERS).mkdir(exist_ok=True)
+            write_atomic(self.root / OWNERS / folder, _this_process())
+            # the folder on its command line, as a replica's: a restarted server knows the process by it
+            command = [sys.executable, "-m", "fermion.photon.replica", "--standby", str(workdir)]
+            if listening is not None:
+                command += ["--listen-fd", str(listening.fileno())]
+            proc, pid = self.isolation.start(command, env, confinement, workdir / "replica.log",
+                                             f"{self.name}-{folder}")
+        finally:
+            if listening is not None:
+                listening.close()
         self._children[pid] = proc
         write_atomic(workdir / "pid", str(pid))
         with self._pool_lock:
@@ -188,7 +260,7 @@ class LocalBackend(DeclaredCapacity):
                 break
         handle: Handle = {"id": workload.id, "pid": pid, "dir": folder}
         try:
-            command, _log, env, _mounts = self._replica(workload, workdir)
+            command, _log, env, _mounts = self._replica(workload, workdir, None)
             name = f"{self.name}-{folder}"
             if self.isolation.cgroup_root is not None and workload.memory_gb and \
                     not self.isolation.set_memory_limit(name, int(workload.memory_gb * (1 << 30))):
@@ -259,8 +331,10 @@ class LocalBackend(DeclaredCapacity):
             return Status(alive=False)
         alive = self._alive(pid, workdir)
         url = None
-        try:
-            url = f"http://127.0.0.1:{int(read_untrusted(workdir / 'port', 32))}"
+        try:  # once it says it serves; where is this backend's to say (the file is the workload's)
+            port = int(read_untrusted(workdir / "port", 32))
+            sock = self.root / SOCKETS / f"{workdir.name}.sock"
+            url = (unix_url(sock) if sock.exists() else None) if self.on_sockets else f"http://127.0.0.1:{port}"
         except (OSError, ValueError):
             pass
         if alive:
@@ -302,6 +376,8 @@ class LocalBackend(DeclaredCapacity):
             name = f"{self.name}-{workdir.name}"
             self._oom_killed[pid] = self.isolation.oom_killed(name)
             self.isolation.release(name)
+            with contextlib.suppress(OSError):
+                (self.root / SOCKETS / f"{workdir.name}.sock").unlink()
         return False
 
     def _exit_note(self, pid: int, workdir: Path) -> str:

@@ -42,6 +42,7 @@ class Workload:
     memory_gb: float = 1.0
     gpus: int = 0
     spot: bool = False
+    egress: bool = False  # it may reach the network; without it, a backend that can cut it off does
     # replicas: the photon archive (the backend ships it where the replica runs) and the secret the
     # replica demands of every caller (the gateway sends it)
     archive: Path | None = None

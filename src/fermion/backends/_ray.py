@@ -300,7 +300,7 @@ class WorkloadHost:
         """Where the workload runs: node id and IP, the pid on that node that stands for the workload
         (the sandbox's init, whose end ends everything inside), and how it is confined."""
         return {"node": self.node_id, "ip": self.ip, "pid": self.pid, "folder": str(self.folder),
-                "isolation": self.isolation.describe(), "cloud": self.cloud}
+                "isolation": self.isolation.describe(own_network=False), "cloud": self.cloud}
 
     def poll(self) -> dict[str, Any]:
         """Alive? Its URL once it listens; its exit code once it ended."""

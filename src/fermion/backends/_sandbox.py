@@ -80,6 +80,11 @@ class Confinement:
     mounts: list[Mount] = field(default_factory=list)  # shown again inside hidden folders
     memory_bytes: int | None = None
     cpus: float | None = None  # a CPU quota, where a cpu cgroup is writable
+    # a network namespace of its own: only its own loopback, no path to the host's services; it
+    # is reached through a listening socket handed to it, and reaches out through sockets in ``shown_at`` only
+    own_network: bool = False
+    shown_at: list[tuple[Path, str]] = field(default_factory=list)  # (a folder, where it shows inside: read-only)
+    pass_fds: tuple[int, ...] = ()  # descriptors it inherits (its listening socket)
 
 
 def read_untrusted(path: Path, max_bytes: int = 1 << 20, *, tail: bool = False) -> bytes:
@@ -244,6 +249,8 @@ class Isolation:
                  max_tasks: int = MAX_TASKS, allow_unsandboxed: bool | None = None, cpu_limits: bool = True,
                  cpu_quotas: bool | None = None) -> None:
         self.bwrap = self._working_bwrap() if sandbox else None
+        # a network namespace per workload (bubblewrap makes it; where the kernel refuses, none)
+        self.network = self.bwrap is not None and self._probe(self.bwrap, "--unshare-net")
         if allow_unsandboxed is None:
             allow_unsandboxed = os.environ.get(ALLOW_UNSANDBOXED_ENV, "") not in ("", "0")
         self.allow_unsandboxed = allow_unsandboxed
@@ -268,25 +275,34 @@ class Isolation:
         self._prune()
         self.as_root = os.geteuid() == 0
 
-    @staticmethod
-    def _working_bwrap() -> str | None:
+    @classmethod
+    def _working_bwrap(cls) -> str | None:
         binary = _bwrap_binary()
         if binary is None:
             return None
-        probe = [binary, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid",
-                 "--unshare-ipc", *(["--cap-drop", "ALL"] if os.geteuid() == 0 else []), "--", "/bin/true"]
-        try:
-            ok = subprocess.run(probe, capture_output=True, timeout=20).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            ok = False
+        ok = cls._probe(binary)
         if not ok:
             log.warning("bubblewrap cannot run here (no user namespaces?): workloads run unsandboxed")
         return binary if ok else None
 
-    def describe(self) -> str:
+    @staticmethod
+    def _probe(binary: str, *more: str) -> bool:
+        probe = [binary, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid",
+                 "--unshare-ipc", *more, *(["--cap-drop", "ALL"] if os.geteuid() == 0 else []), "--", "/bin/true"]
+        try:
+            return subprocess.run(probe, capture_output=True, timeout=20).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
+    def describe(self, *, own_network: bool = True) -> str:
+        """One line for `fermion cloud list`; ``own_network=False`` where the backend shares the
+        machine's network with its workloads even though a namespace of their own could be had."""
         if self.refuses:
             return "sandbox: none here, so workloads are refused (--allow-unsandboxed runs them unconfined)"
         parts = ["sandbox: bubblewrap" if self.bwrap else "sandbox: none (clean environment only)"]
+        if self.bwrap:
+            parts.append("network: a namespace of its own each" if self.network and own_network
+                         else "network: this machine's")
         parts.append(f"memory limits: cgroup {self.cgroup_version}" if self.cgroup_root else "memory limits: none")
         parts.append(f"at most {self.max_tasks} tasks each" if self.pids_root else "task limits: none")
         if self.cpu_root:
@@ -318,7 +334,7 @@ class Isolation:
             setenv = ["--clearenv", *(x for k, v in env.items() for x in ("--setenv", k, v))]
             args_file.write(b"\0".join(a.encode() for a in setenv) + b"\0")
             args_file.seek(0)
-            fds = [write_fd, args_file.fileno()]
+            fds = [write_fd, args_file.fileno(), *confinement.pass_fds]
             argv = [self.bwrap, "--args", str(args_file.fileno()), *self._bwrap_args(confinement),
                     "--info-fd", str(write_fd), "--", *argv]
             outside_env = {"PATH": "/usr/bin:/bin"}
@@ -331,7 +347,7 @@ class Isolation:
             with log_path.open("ab") as out:
                 proc = subprocess.Popen(argv, cwd=confinement.workdir, env=outside_env, stdout=out,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                        pass_fds=tuple(fds))
+                                        pass_fds=tuple(fds or confinement.pass_fds))
         finally:
             if write_fd is not None:
                 os.close(write_fd)
@@ -358,6 +374,8 @@ class Isolation:
         # the empty /tmp first: a Python installed under /tmp (a checkout there, a CI's) is bound over it
         args = ["--tmpfs", "/tmp", *self.view, "--dev", "/dev", "--proc", "/proc",
                 "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "fermion-workload"]
+        if c.own_network:
+            args.append("--unshare-net")
         shown = self.shown
         for hidden in c.hidden:  # only what lies inside a shown folder needs hiding again
             if any(hidden.is_relative_to(s) for s in shown):
@@ -365,6 +383,8 @@ class Isolation:
         args += ["--bind", str(c.workdir), str(c.workdir)]
         for m in c.mounts:
             args += ["--bind" if m.writable else "--ro-bind", str(m.path), str(m.path)]
+        for folder, inside in c.shown_at:
+            args += ["--ro-bind", str(folder), inside]
         if self.as_root:
             args += ["--cap-drop", "ALL"]
         args += ["--chdir", str(c.workdir)]

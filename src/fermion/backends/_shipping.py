@@ -31,11 +31,18 @@ def _say(message: str) -> None:
 
 
 def server_client(server: str, token: str) -> httpx.Client:
-    """A client of the server for this attempt: its token, and the server's certificate where it
-    serves HTTPS with one of its own (given in the environment)."""
+    """A client of the server for this attempt: its token, over the server's workload socket where
+    its backend handed it one (a workload in its own network namespace has no other way), else to
+    ``server`` with the server's certificate where it serves HTTPS with one of its own."""
     import os
     import ssl
 
+    socket_file = os.environ.get("FERMION_SERVER_SOCKET")
+    if socket_file:
+        from .._unix import unix_transport
+
+        return httpx.Client(transport=unix_transport(socket_file), base_url="http://fermion",
+                            headers={"Authorization": f"Bearer {token}"}, timeout=httpx.Timeout(60))
     verify: ssl.SSLContext | bool = True
     pem = os.environ.get("FERMION_SERVER_CA_PEM")
     if pem:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._output import console, print_json, print_table
+from ._output import EGRESS_HELP, console, print_json, print_table
 from ._photon import REBUILD_HELP
 from ..sdk import Deployment
 from ._platform import connect
@@ -28,6 +28,7 @@ def deploy(
     cloud: Annotated[list[str] | None, typer.Option(help="Allowed cloud (repeat); default any.")] = None,
     cpus: Annotated[float | None, typer.Option(help="CPUs per replica (default: the photon's).")] = None,
     memory_gb: Annotated[float | None, typer.Option(help="Memory per replica in GB.")] = None,
+    egress: Annotated[bool, typer.Option(help=EGRESS_HELP)] = False,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the replicas (repeat).")] = None,
     public: Annotated[bool, typer.Option(help="Serve without a token.")] = False,
     rebuild: Annotated[bool, typer.Option(help=REBUILD_HELP)] = False,
@@ -110,7 +111,7 @@ def deploy(
         out = connect().deploy(ref, name=name, model=model, replicas=1 if replicas is None else replicas, clouds=cloud,
                                cpus=cpus, memory_gb=memory_gb, env=env_map, public=public, project=project, rebuild=rebuild,
                                rate_limit=rate_limit, burst=burst, autoscale=autoscale_spec, canary=canary_spec,
-                               spot=spot_spec, placement=placement_spec, wait=wait, timeout=timeout)
+                               spot=spot_spec, placement=placement_spec, egress=egress, wait=wait, timeout=timeout)
     if json_out:
         print_json(out.to_json())
         return

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._output import console, print_json, print_table
+from ._output import EGRESS_HELP, console, print_json, print_table
 from ..sdk import Code, Connection, Job
 from ._platform import bars, connect, progress_console
 
@@ -67,6 +67,7 @@ def job_run(
     spot: Annotated[bool, typer.Option(help="Run on spot capacity; preempted attempts resume elsewhere.")] = False,
     cpus: Annotated[float, typer.Option(help="CPUs per attempt.")] = 1,
     memory_gb: Annotated[float, typer.Option(help="Memory per attempt in GB.")] = 1,
+    egress: Annotated[bool, typer.Option(help=EGRESS_HELP)] = False,
     cloud: Annotated[list[str] | None, typer.Option(help="Allowed cloud (repeat).")] = None,
     workers: Annotated[int, typer.Option(help="torch distributed workers (torchrun, gloo on CPU).")] = 1,
     max_restarts: Annotated[int, typer.Option(help="Retries after the job's own failures.")] = 2,
@@ -104,6 +105,8 @@ def job_run(
              "project": project}
     body.update({k: v for k, v in flags.items() if v is not None})
     body.setdefault("resources", {"cpus": cpus, "memory_gb": memory_gb})
+    if egress:
+        body["resources"]["egress"] = True
     for key, value, default in (("workers", workers, 1), ("max_restarts", max_restarts, 2), ("spot", spot, False)):
         if value != default or key not in body:
             body[key] = value

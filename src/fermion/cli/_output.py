@@ -33,3 +33,7 @@ def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
     for row in rows:
         table.add_row(*("" if v is None else v if isinstance(v, Text) else Text(str(v)) for v in row))
     console.print(table)
+
+
+EGRESS_HELP = ("May reach the network. On a local cloud it then shares this machine's network, its loopback "
+               "included, instead of a namespace of its own.")

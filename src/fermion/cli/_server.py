@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..errors import UserInputError
+
+if TYPE_CHECKING:
+    import socket
+
+    import uvicorn
+    from starlette.types import ASGIApp
 
 server_app = typer.Typer(help="Run the Fermion server (API + controllers + gateway).", no_args_is_help=True)
 
@@ -186,7 +194,7 @@ def start(
     if cpu_quotas:
         os.environ[CPU_QUOTAS_ENV] = "1"
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from ..config import workloads_root
+    from ..config import workload_socket, workloads_root
     from ._home import hold_home, keep_credentials_aside, prepare_database, watch_database, writable_home
 
     home = writable_home()
@@ -236,10 +244,47 @@ def start(
     print(f"fermion: server on {url} ({tls_note}clouds: {', '.join(platform.clouds)}; "
           f"db: {display_url(platform.store.url)})", file=sys.stderr, flush=True)
     print(f"fermion: workloads in {platform.workloads_root} ({platform.isolation.describe()})", file=sys.stderr, flush=True)
-    config = uvicorn.Config(create_asgi(platform), loop="uvloop", http=BoundedHttpToolsProtocol, log_level=log_level,
+    app = create_asgi(platform)
+    config = uvicorn.Config(app, loop="uvloop", http=BoundedHttpToolsProtocol, log_level=log_level,
                             access_log=False, timeout_graceful_shutdown=10,
                             ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None)
     server = DrainingServer(config)
     platform.stopping = lambda: server.should_exit  # long polls end at once: a stop does not wait for them
     watch_database(db_url, platform.store.engine)  # a SQLite file deleted or replaced: the process exits
-    server.run(sockets=[sock])
+    serve_with_workload_socket(server, sock, app, workload_socket(home), log_level)
+
+
+def serve_with_workload_socket(server: uvicorn.Server, sock: socket.socket, app: ASGIApp, path: Path,
+                               log_level: str) -> None:
+    """Serve ``app`` on ``sock`` and, on the same event loop, its workloads' part on the Unix socket
+    at ``path`` (plain HTTP: it never leaves this machine). Both stop when the main server does."""
+    import asyncio
+
+    import uvicorn
+
+    from .._limits import BoundedHttpToolsProtocol
+    from .._unix import listen_unix
+    from ..api import workload_asgi
+
+    class Quiet(uvicorn.Server):  # the main server owns the signals
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    inner = Quiet(uvicorn.Config(workload_asgi(app), loop="uvloop", http=BoundedHttpToolsProtocol, lifespan="off",
+                                 log_level=log_level, access_log=False, timeout_graceful_shutdown=5))
+    unix = listen_unix(path)
+
+    async def both() -> None:
+        task = asyncio.create_task(inner.serve(sockets=[unix]))
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            inner.should_exit = True
+            await task
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        runner.run(both())

@@ -68,6 +68,10 @@ class CloudConfig(BaseModel):
     # kind: local — replica processes kept started, with the serving stack imported, for new
     # replicas to take over: a replica starts in about a fifth of the time (each spare holds ~60 MB)
     warm_pool: int = Field(0, ge=0, le=8)
+    # kind: local — "own": each workload in a network namespace of its own (where the sandbox can make
+    # one), replicas served on Unix sockets; "host": workloads share this machine's network, loopback
+    # included, and replicas listen on its TCP ports (where a namespace cannot be had, or is not wanted)
+    network: Literal["own", "host"] = "own"
 
     @model_validator(mode="after")
     def _kind_fields(self) -> CloudConfig:
@@ -77,6 +81,9 @@ class CloudConfig(BaseModel):
             raise ValueError(f"cloud {self.name}: `address`, `node_resource` and `auth_token_file` are for kind ray")
         if self.kind == "ray" and self.warm_pool:
             raise ValueError(f"cloud {self.name}: `warm_pool` is for kind local (or agent)")
+        if self.kind != "local" and self.network != "own":
+            raise ValueError(f"cloud {self.name}: `network` is for kind local (an agent's and a Ray cluster's "
+                             "workloads share their machine's network for now)")
         if self.kind == "agent" and (self.address or self.node_resource or self.auth_token_file):
             raise ValueError(f"cloud {self.name}: `address`, `node_resource` and `auth_token_file` are for kind ray")
         return self

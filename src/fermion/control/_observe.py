@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from .._unix import ReplicaHTTP
+
 from ..backends import Backend, Handle
 from ._planner import Observation
 
@@ -21,7 +23,7 @@ class Observer:
     def __init__(self, workers: int = 16) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fermion-observe")
         self._closed = False
-        self._http = httpx.Client(timeout=PROBE_TIMEOUT_S, limits=httpx.Limits(max_connections=workers * 2))
+        self._http = ReplicaHTTP(PROBE_TIMEOUT_S, max_connections=workers * 2)
 
     @property
     def closed(self) -> bool:

@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from .._unix import ReplicaHTTP
 from ..gateway import RoutingTable
 from ..photon import REPLICA_AUTH_HEADER
 
@@ -145,14 +146,17 @@ class Telemetry:
             self._thread.join(5)
 
     def _run(self) -> None:
-        with httpx.Client(timeout=SCRAPE_TIMEOUT_S) as http:
+        http = ReplicaHTTP(SCRAPE_TIMEOUT_S)
+        try:
             while not self._stop.wait(self.interval_s):
                 try:
                     self.scrape(http)
                 except Exception:  # noqa: BLE001 - one failed round must not end the series
                     log.exception("scraping the replicas' metrics failed")
+        finally:
+            http.close()
 
-    def scrape(self, http: httpx.Client) -> None:
+    def scrape(self, http: ReplicaHTTP) -> None:
         """One round: every READY replica's counters, and a point per deployment."""
         now_samples: dict[str, tuple[str, str, int, Sample]] = {}
         for route in self.table.routes():

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from .._unix import socket_path
+
 
 ERROR_WEIGHT = 0.02  # of each request in an endpoint's failure rate (about the last 50 count)
 
@@ -31,6 +33,10 @@ class Endpoint:
     port: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        path = socket_path(self.url)
+        if path is not None:  # a replica on a Unix socket: port 0 says so to the upstream pool
+            self.host, self.port = path, 0
+            return
         parts = urlsplit(self.url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
 

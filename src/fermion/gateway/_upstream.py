@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from .._unix import reachable
+
 IDLE_REUSE_S = 4.0
+UNIX = 0  # the port of an address whose host is a Unix socket's path
 # CR, LF or NUL anywhere in a request head would let one caller write a second request onto a
 # pooled connection, whose answer the next caller would then read as its own
 _UNSAFE_HEAD = re.compile(rb"[\x00\r\n]")
@@ -179,9 +182,9 @@ class UpstreamPool:
             if conn.transport is not None:
                 conn.transport.close()
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(_Connection, host, port), self.connect_timeout_s
-            )
+            connecting = loop.create_unix_connection(_Connection, reachable(host)) if port == UNIX else \
+                loop.create_connection(_Connection, host, port)
+            _, conn = await asyncio.wait_for(connecting, self.connect_timeout_s)
         except (OSError, TimeoutError) as exc:
             raise UpstreamConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         return conn, False
@@ -195,7 +198,8 @@ class UpstreamPool:
         lines.extend(k + b": " + v for k, v in headers)
         if _UNSAFE_HEAD.search(b"\x01".join(lines)) is not None:
             raise UnsafeRequestError("control character in the request target or a header")
-        lines[0] += f"\r\nhost: {host}:{port}\r\ncontent-length: {len(body)}".encode()
+        authority = "localhost" if port == UNIX else f"{host}:{port}"
+        lines[0] += f"\r\nhost: {authority}\r\ncontent-length: {len(body)}".encode()
         data = b"\r\n".join(lines) + b"\r\n\r\n" + body
         conn, _reused = await self._acquire(host, port)
         response = conn.send(data, head_only=method == "HEAD")

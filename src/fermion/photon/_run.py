@@ -35,7 +35,7 @@ def fetch_replica_model() -> None:
 
 def run_photon(ref: str, *, host: str = "127.0.0.1", port: int = 8080, port_file: Path | None = None,
                log_level: str = "info", graceful_timeout_s: float = 30.0,
-               auth_secret_file: Path | None = None) -> int:
+               auth_secret_file: Path | None = None, listen_fd: int | None = None) -> int:
     """Serve ``ref`` until SIGTERM; the exit code (0 after a clean stop, 1 when init() failed)."""
     from ._replica_auth import read_secret_file
     from ._serve import serve
@@ -43,4 +43,4 @@ def run_photon(ref: str, *, host: str = "127.0.0.1", port: int = 8080, port_file
     secret = read_secret_file(auth_secret_file) if auth_secret_file is not None else None
     fetch_replica_model()
     return serve(resolve_photon(ref), auth_secret=secret, host=host, port=port, port_file=port_file,
-                 log_level=log_level, graceful_timeout_s=graceful_timeout_s)
+                 log_level=log_level, graceful_timeout_s=graceful_timeout_s, listen_fd=listen_fd)

@@ -65,10 +65,12 @@ def serve(
     log_level: str = "info",
     graceful_timeout_s: float = 30.0,
     auth_secret: str | None = None,
+    listen_fd: int | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (draining in-flight requests). Returns the exit code:
     0 after a clean shutdown, 1 when ``init()`` failed. With ``auth_secret``, every call but
-    /healthz must carry it (the platform's gateway does)."""
+    /healthz must carry it (the platform's gateway does). With ``listen_fd``, serve on that
+    inherited listening socket (a Unix socket its backend bound) instead of ``host:port``."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     failed: list[str] = []
     server: DrainingServer | None = None
@@ -92,11 +94,16 @@ def serve(
         lifespan="on",
     )
     server = DrainingServer(config)
-    sock = bind_socket(host, port)
-    actual = sock.getsockname()[1]
+    if listen_fd is not None:
+        sock = socket.socket(fileno=listen_fd)
+        actual, where = 0, "the socket its backend gave it"
+    else:
+        sock = bind_socket(host, port)
+        actual = sock.getsockname()[1]
+        where = f"http://{host}:{actual}"
     if port_file:
         write_port_file(port_file, actual)
-    print(f"fermion: serving photon {photon_cls.photon_name()!r} on http://{host}:{actual}", file=sys.stderr, flush=True)
+    print(f"fermion: serving photon {photon_cls.photon_name()!r} on {where}", file=sys.stderr, flush=True)
     server.run(sockets=[sock])
     if failed:
         print(f"fermion: init() failed: {failed[0]}", file=sys.stderr, flush=True)

@@ -152,13 +152,14 @@ class Deployments:
                project: str | None = None, rebuild: bool = False, rate_limit: float | None = None, burst: int = 0,
                autoscale: dict[str, Any] | None = None, canary: dict[str, Any] | None = None,
                spot: dict[str, Any] | None = None, placement: dict[str, Any] | None = None,
-               wait: bool = True, timeout: float = 300) -> Deployment:
+               egress: bool = False, wait: bool = True, timeout: float = 300) -> Deployment:
         """Build (if needed), upload and deploy; a new version of a running deployment rolls out with
         no downtime (or, with ``canary``, beside it: the running version then keeps its replicas,
         clouds, access, autoscaling, spot, placement and rate limit, and those arguments are not
         applied; ``canary["replicas"]`` is the canary's count). ``photon``: a Photon class, 'FILE.py:Class', a
         .photon archive, or a registry model (a ModelVersion or 'NAME:VERSION', served by the
-        classifier photon). The answer's ``token`` (shown once) calls a private deployment."""
+        classifier photon). The answer's ``token`` (shown once) calls a private deployment. ``egress``:
+        its replicas may reach the network (on a local cloud they then share the machine's)."""
         if isinstance(photon, ModelVersion) or (isinstance(photon, str) and MODEL_REF.match(photon)
                                                 and not Path(photon).exists()):
             model, photon = photon, None  # type: ignore[assignment]
@@ -182,6 +183,8 @@ class Deployments:
             spec["rate_limit"] = {"requests_per_second": rate_limit, "burst": burst}
         if cpus is not None or memory_gb is not None:
             spec["resources"] = {"cpus": cpus or 1, "memory_gb": memory_gb or 1}
+        if egress:
+            spec.setdefault("resources", {})["egress"] = True
         out = self.apply(name, spec)
         if wait:
             token = out.token

@@ -109,12 +109,13 @@ class Jobs:
     def run(self, name: str, command: list[str] | None = None, *, workdir: str | Path | None = None,
             cpus: float = 1, memory_gb: float = 1, clouds: list[str] | None = None, env: dict[str, str] | None = None,
             datasets: list[str] | None = None, workers: int = 1, max_restarts: int = 2, spot: bool = False,
-            project: str | None = None, wait: bool = False, timeout: float = 3600,
+            egress: bool = False, project: str | None = None, wait: bool = False, timeout: float = 3600,
             on_update: Callable[[Job], None] | None = None, progress: ProgressFactory = quiet) -> Job:
         """Run ``command`` as a job on the best cloud; ``workdir`` is sent with it (the command runs
-        in a copy of it); ``datasets`` (NAME or NAME@VERSION) are fetched into $FERMION_DATA_DIR/NAME."""
+        in a copy of it); ``datasets`` (NAME or NAME@VERSION) are fetched into $FERMION_DATA_DIR/NAME;
+        ``egress``: it may reach the network (on a local cloud it then shares the machine's)."""
         spec: dict[str, Any] = {"name": name, "command": list(command or []), "resources": {"cpus": cpus,
-                                "memory_gb": memory_gb}, "workers": workers, "max_restarts": max_restarts,
+                                "memory_gb": memory_gb, **({"egress": True} if egress else {})}, "workers": workers, "max_restarts": max_restarts,
                                 "spot": spot}
         for key, value in (("clouds", clouds), ("env", env), ("datasets", datasets), ("project", project)):
             if value:

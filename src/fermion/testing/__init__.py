@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._unix import ReplicaHTTP
 from ._agents import AgentProc, agent_cloud, issue_agent_token, running_agent, start_agent, wait_connected
 from ._browser import CHROMIUM_ARGS, chromium_path, dashboard
 from ._closed_loop import LoadResult, closed_loop
@@ -28,6 +29,9 @@ from ._servers import (
     workload_processes,
 )
 
+# calls a replica directly by the URL its backend reported (TCP, or a local replica's Unix socket)
+replica = ReplicaHTTP(timeout_s=30)
+
 if TYPE_CHECKING:
     from ..backends import LocalRayCluster, local_ray_cluster
 
@@ -40,6 +44,7 @@ __all__ = [
     "Load",
     "LoadResult",
     "LocalRayCluster",
+    "ReplicaHTTP",
     "Served",
     "ServerProc",
     "agent_cloud",
@@ -53,6 +58,7 @@ __all__ = [
     "kill_replicas",
     "kill_workloads",
     "local_ray_cluster",
+    "replica",
     "running_agent",
     "running_server",
     "serve_photon",

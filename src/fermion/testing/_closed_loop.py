@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import uvloop
 
+from .._unix import reachable, socket_path
+
 
 @dataclass
 class LoadResult:
@@ -51,10 +53,11 @@ class _Connection:
 
     async def post(self, path: str, body: bytes) -> int:
         if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            self.reader, self.writer = await (asyncio.open_unix_connection(reachable(self.host)) if self.port == 0
+                                              else asyncio.open_connection(self.host, self.port))
         assert self.reader is not None
         self.writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {self.host if self.port else 'localhost'}\r\nContent-Type: application/json\r\n"
             f"{self.head}Content-Length: {len(body)}\r\n\r\n".encode() + body
         )
         head = await self.reader.readuntil(b"\r\n\r\n")
@@ -88,6 +91,8 @@ async def _closed_loop(
 ) -> LoadResult:
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
+    if (socket_file := socket_path(url)) is not None:  # a local replica's Unix socket (port 0 says so)
+        host, port = socket_file, 0
     latencies: list[float] = []
     errors = 0
     start = time.perf_counter()

@@ -1,0 +1,122 @@
+"""Unix sockets by path: where a local replica serves (``http+unix://`` URLs) and where workloads
+reach the server's workload API. A workload in its own network namespace has no path to the
+host's loopback; a socket file it is handed is its only way in or out.
+
+A socket's path may be longer than the kernel's 107 bytes (a home deep in a test's temporary
+folder): such a path is bound and connected through ``/proc/self/fd/<its folder>/<name>``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+import httpx
+
+SCHEME = "http+unix"
+MAX_CLIENTS = 256  # pooled clients of replicas on Unix sockets, per ReplicaHTTP
+MAX_PATH = 100  # sun_path holds 108 bytes with its NUL; leave room
+_folders: dict[str, int] = {}  # folder -> an O_PATH descriptor of it, held for the process's life
+_folders_lock = threading.Lock()
+
+
+def unix_url(path: str | Path) -> str:
+    """The URL of an HTTP server on the Unix socket at ``path``."""
+    return f"{SCHEME}://{quote(str(path), safe='')}"
+
+
+def socket_path(url: str) -> str | None:
+    """The socket path of an ``http+unix://`` URL (its path part is left out), else None."""
+    if not url.startswith(SCHEME + "://"):
+        return None
+    return unquote(urlsplit(url).netloc)
+
+
+def reachable(path: str) -> str:
+    """``path``, or the same socket named through a held descriptor of its folder where ``path``
+    is too long for the kernel."""
+    if len(os.fsencode(path)) <= MAX_PATH:
+        return path
+    folder, name = os.path.split(path)
+    with _folders_lock:
+        fd = _folders.get(folder)
+        if fd is None:
+            fd = _folders[folder] = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{fd}/{name}"
+
+
+def forget_folder(folder: str | Path) -> None:
+    """Drop the descriptor held for ``folder`` (it is being removed)."""
+    with _folders_lock:
+        fd = _folders.pop(str(folder), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def listen_unix(path: str | Path, *, backlog: int = 2048) -> socket.socket:
+    """A listening socket at ``path`` (a stale file there is replaced), its file only for this user.
+    Its folder should be this user's alone (0700): between bind and chmod, the folder keeps others out."""
+    path = str(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(reachable(path))
+        os.chmod(reachable(path), 0o600)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def unix_transport(path: str) -> httpx.HTTPTransport:
+    """An httpx transport to the HTTP server on the Unix socket at ``path``."""
+    return httpx.HTTPTransport(uds=reachable(path))
+
+
+class ReplicaHTTP:
+    """GETs and POSTs to replicas by their URLs, TCP or ``http+unix://``, with pooled clients."""
+
+    def __init__(self, timeout_s: float, max_connections: int = 32) -> None:
+        self._timeout = timeout_s
+        self._tcp = httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=max_connections))
+        self._unix: dict[str, httpx.Client] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, url: str) -> tuple[httpx.Client, str]:
+        path = socket_path(url)
+        if path is None:
+            return self._tcp, url
+        stale: list[httpx.Client] = []
+        with self._lock:
+            client = self._unix.get(path)
+            if client is None:
+                if len(self._unix) >= MAX_CLIENTS:  # replicas come and go: keep the newest only
+                    stale = list(self._unix.values())[: MAX_CLIENTS // 2]
+                    self._unix = dict(list(self._unix.items())[MAX_CLIENTS // 2:])
+                client = self._unix[path] = httpx.Client(transport=unix_transport(path), timeout=self._timeout)
+        for c in stale:
+            c.close()
+        parts = urlsplit(url)
+        return client, "http://localhost" + (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+    def request(self, method: str, url: str, **kwargs) -> httpx.Response:  # noqa: ANN003 - httpx's own
+        client, target = self._client(url)
+        return client.request(method, target, **kwargs)
+
+    def get(self, url: str, **kwargs) -> httpx.Response:  # noqa: ANN003
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs) -> httpx.Response:  # noqa: ANN003
+        return self.request("POST", url, **kwargs)
+
+    def close(self) -> None:
+        self._tcp.close()
+        with self._lock:
+            clients, self._unix = list(self._unix.values()), {}
+        for c in clients:
+            c.close()
