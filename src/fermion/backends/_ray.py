@@ -223,6 +223,12 @@ class WorkloadHost:
         self.log_path = self.folder / ("replica.log" if self.kind == "replica" else "job.log")
         self.child: subprocess.Popen[bytes] | None = None
         self.pid = 0  # the sandbox's init, or the child itself unsandboxed: what stands for the workload
+        # a replica in a network namespace of its own serves on a socket this actor binds on the node's
+        # address (in the node's namespace) and hands it: it is reached, and reaches nothing itself
+        self.listening: socket.socket | None = None
+        self.port = 0
+        self.own_network = self.kind == "replica" and self.isolation.network and not spec.get("egress") and \
+            not spec["env"].get("FERMION_MODEL_DIGEST")  # (a model is fetched from the server over the network)
         self.note: str | None = None  # how it ended, once it did
         try:
             argv, env = self._replica(spec, archive) if self.kind == "replica" else self._job(spec)
@@ -230,10 +236,14 @@ class WorkloadHost:
             hidden = [Path(p) for p in dict.fromkeys([*spec.get("hidden", ()), str(root), *_ray_private_folders()])
                       if os.path.isdir(p)]
             confinement = Confinement(workdir=self.folder, hidden=hidden, mounts=self._mounts(spec),
-                                      memory_bytes=spec.get("memory_bytes"), cpus=spec.get("cpus"))
+                                      memory_bytes=spec.get("memory_bytes"), cpus=spec.get("cpus"),
+                                      own_network=self.own_network,
+                                      pass_fds=(self.listening.fileno(),) if self.listening is not None else ())
             if self.isolation.bwrap is None:
                 argv = [sys.executable, "-I", "-S", "-c", _DIE_WITH_THE_ACTOR, str(os.getpid()), *argv]
             self.child, self.pid = self.isolation.start(argv, env, confinement, self.log_path, self.cgroup)
+            if self.listening is not None:  # the replica holds it now
+                self.listening.close()
             self.child_born = _birth(self.child.pid)
             watchdog = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(self.child.pid), str(self.child_born),
@@ -242,6 +252,8 @@ class WorkloadHost:
                 start_new_session=True, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
             watchdog.wait(10)  # it forked away at once
         except BaseException:  # the actor fails to start: leave nothing behind on the node
+            if self.listening is not None:
+                self.listening.close()
             if self.child is not None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(self.child.pid, signal.SIGKILL)
@@ -271,7 +283,15 @@ class WorkloadHost:
     def _replica(self, spec: dict[str, Any], archive: bytes | None) -> tuple[list[str], dict[str, str]]:
         path = self.folder / "photon.photon"  # the bytes came through Ray: nodes share no disk
         path.write_bytes(archive or b"")
-        argv = [sys.executable, "-m", "fermion.photon.replica", str(path), "--host", self.ip, "--port", "0",
+        if self.own_network:
+            self.listening = socket.socket(socket.AF_INET6 if ":" in self.ip else socket.AF_INET)
+            self.listening.bind((self.ip, 0))
+            self.listening.listen(2048)
+            self.port = self.listening.getsockname()[1]
+            where = ["--listen-fd", str(self.listening.fileno())]
+        else:
+            where = ["--host", self.ip, "--port", "0"]
+        argv = [sys.executable, "-m", "fermion.photon.replica", str(path), *where,
                 "--port-file", str(self.folder / "port"), "--log-level", "warning", "--graceful-timeout", "20"]
         if spec.get("secret"):
             write_atomic(self.folder / SECRET_FILE, spec["secret"], 0o600)
@@ -300,7 +320,7 @@ class WorkloadHost:
         """Where the workload runs: node id and IP, the pid on that node that stands for the workload
         (the sandbox's init, whose end ends everything inside), and how it is confined."""
         return {"node": self.node_id, "ip": self.ip, "pid": self.pid, "folder": str(self.folder),
-                "isolation": self.isolation.describe(own_network=False), "cloud": self.cloud}
+                "isolation": self.isolation.describe(own_network=self.own_network), "cloud": self.cloud}
 
     def poll(self) -> dict[str, Any]:
         """Alive? Its URL once it listens; its exit code once it ended."""
@@ -308,7 +328,8 @@ class WorkloadHost:
         url = None
         with contextlib.suppress(OSError, ValueError):
             host = f"[{self.ip}]" if ":" in self.ip else self.ip
-            url = f"http://{host}:{int(read_untrusted(self.folder / 'port', 32))}"
+            port = int(read_untrusted(self.folder / "port", 32))  # written once it serves
+            url = f"http://{host}:{self.port if self.own_network else port}"  # its socket's port is this actor's to say
         if code is not None and self.kind == "job":
             with contextlib.suppress(OSError, ValueError):  # the wrapper's record beats a signal's code
                 code = int(read_untrusted(self.folder / "exit_code", 32))
@@ -656,7 +677,7 @@ class RayBackend:
         spec = {"id": w.id, "kind": w.kind, "cloud": self.name, "env": dict(w.env), "secret": w.secret,
                 "command": list(w.command), "workers": w.workers, "hidden": self.hidden,
                 "isolation": self.isolation, "writable": [str(p) for p in w.writable],
-                "read_only": [str(p) for p in w.read_only],
+                "read_only": [str(p) for p in w.read_only], "egress": w.egress,
                 "memory_bytes": int(w.memory_gb * 2**30) if w.memory_gb else None, "cpus": w.cpus}
         try:
             actor = _Host.options(**options).remote(spec, archive)

@@ -96,7 +96,9 @@ def serve(
     server = DrainingServer(config)
     if listen_fd is not None:
         sock = socket.socket(fileno=listen_fd)
-        actual, where = 0, "the socket its backend gave it"
+        name = sock.getsockname()
+        actual = name[1] if isinstance(name, tuple) else 0  # a Unix socket has no port
+        where = f"port {actual} of the socket its backend gave it" if actual else "the socket its backend gave it"
     else:
         sock = bind_socket(host, port)
         actual = sock.getsockname()[1]
