@@ -190,7 +190,9 @@ class CoalescingTransport:
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a deadline on request heads, and writes coalesced (see
     ``CoalescingTransport``). uvicorn cancels its keep-alive timer on any byte, so without the
-    deadline a client that sends a header line every few seconds holds a connection open for ever."""
+    deadline a client that sends a header line every few seconds holds a connection open for ever;
+    and it starts no timer on a new connection, so one that never sends a byte would hold its file
+    descriptor for ever too: the deadline also runs from the moment a connection opens."""
 
     header_timeout_s = HEADER_TIMEOUT_S
 
@@ -200,6 +202,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+        self._head_deadline = self.loop.call_later(self.header_timeout_s, self._head_too_slow)
 
     def data_received(self, data: bytes) -> None:
         if self._head_deadline is None and (self.cycle is None or self.cycle.response_complete):

@@ -4,6 +4,7 @@ replicas and job attempts started by a real server, probed from the inside and f
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import sys
@@ -20,9 +21,10 @@ from fermion._unix import socket_path
 from fermion.testing import ServerProc, running_server, start_gateway, stop
 from fermion.testing import replica as replica_http
 from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON
-CLOUDS = "clouds:\n  - name: alpha\n  - name: beta\n"
+CLOUDS = "clouds:\n  - name: alpha\n  - name: beta\n    egress: true\n"  # beta lets a workload ask for the network
 ISOLATION = Isolation()
 sandboxed = pytest.mark.skipif(ISOLATION.bwrap is None, reason="bubblewrap cannot run on this machine")
+PER_WORKLOAD = 16  # see fermion.api's workload socket
 networked = pytest.mark.skipif(not ISOLATION.network, reason="bubblewrap cannot make network namespaces here")
 
 
@@ -176,13 +178,51 @@ def test_a_job_reaches_the_server_only_for_its_own_routes(server: ServerProc, ho
         logs = "\n".join(api.get("/jobs/netjob/logs").json().values())
     assert "REACHED" not in logs and logs.count("NO-PATH") == 2, logs
     assert "SOCKET /run/fermion/api.sock" in logs
-    # a spec that asks for egress gets the machine's network: the service is reached
+    # egress is the operator's to allow: on a cloud that does not, a job asking for it waits, and says why
+    server.cli("job", "run", "--name", "netjob-closed", "--egress", "--cloud", "alpha", "--", "python", "-c", probe)
+    pending = server.wait_for(lambda api: (j := api.get("/jobs/netjob-closed").json())["reason"] and j)
+    assert pending["status"] == "PENDING" and "alpha: allows no egress" in pending["reason"], pending
+    server.cli("job", "cancel", "netjob-closed")
+    # where it is allowed, a spec that asks for egress gets the machine's network: the service is reached
     server.cli("job", "run", "--name", "netjob-egress", "--egress", "--follow", "--timeout", "60", "--", "python", "-c",
                probe)
     with server.api() as api:
         logs = "\n".join(api.get("/jobs/netjob-egress/logs").json().values())
-        assert api.get("/jobs/netjob-egress").json()["resources"]["egress"] is True
+        done = api.get("/jobs/netjob-egress").json()
+    assert done["resources"]["egress"] is True and done["attempts"][0]["cloud"] == "beta", done
     assert f"REACHED {host_service}" in logs, logs
+
+
+@networked
+def test_no_workload_can_hold_the_servers_workload_socket(server: ServerProc) -> None:
+    """Idle connections to the socket every workload shares: past its share a workload's are closed at
+    once, and the ones it holds close at the head deadline; the server serves everyone meanwhile."""
+    probe = ("import os, socket, time\n"
+             "def closed(s):\n"
+             "    s.setblocking(False)\n"
+             "    try:\n        s.recv(1)\n        return True\n"
+             "    except BlockingIOError:\n        return False\n"
+             "    except OSError:\n        return True\n"
+             "socks = []\n"
+             "for _ in range(64):\n"
+             "    s = socket.socket(socket.AF_UNIX); s.connect(os.environ['FERMION_SERVER_SOCKET']); socks.append(s)\n"
+             "time.sleep(1)\n"
+             "print('HELD', sum(not closed(s) for s in socks), flush=True)\n"
+             "start = time.monotonic()\n"
+             "while any(not closed(s) for s in socks) and time.monotonic() - start < 30:\n"
+             "    time.sleep(0.2)\n"
+             "print('ALL CLOSED AFTER', round(time.monotonic() - start), flush=True)\n")
+    server.cli("job", "run", "--name", "hold-socket", "--", "python", "-c", probe)
+    with server.api() as api:
+        server.wait_for(lambda _: "HELD" in "".join(api.get("/jobs/hold-socket/logs").json().values()))
+        assert call(server, "environ").status_code == 200  # the server serves the rest meanwhile
+    done = server.wait_for(lambda api: (j := api.get("/jobs/hold-socket").json())["status"] in ("SUCCEEDED", "FAILED")
+                           and j, timeout=60)
+    with server.api() as api:
+        logs = "".join(api.get("/jobs/hold-socket/logs").json().values())
+    held = int(re.search(r"HELD (\d+)", logs).group(1))
+    assert done["status"] == "SUCCEEDED" and 0 < held <= PER_WORKLOAD, logs
+    assert int(re.search(r"ALL CLOSED AFTER (\d+)", logs).group(1)) <= 12, logs  # the head deadline, 10 s
 
 
 @sandboxed

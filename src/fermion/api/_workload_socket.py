@@ -1,24 +1,44 @@
 """The server's workload socket: the API as its local workloads see it. A workload in a network
-namespace of its own has no path to the server's port; this Unix socket, handed into its sandbox,
-is its only way to the server, and it answers only the routes a workload's own token opens (its
+namespace of its own has no path to the server's port; this Unix socket, shown in its sandbox, is
+its only way to the server, and it answers only the routes a workload's own token opens (its
 checkpoints, output, metrics, code, datasets and model). Everything else is 404 here, whatever
-the token: a workload cannot reach the user API, the gateway or another workload's routes."""
+the token: a workload cannot reach the user API, the gateway or another workload's routes.
+
+Every workload shares the socket, so no one of them may take it over: each may hold at most
+``PER_WORKLOAD`` connections (told apart by the cgroup the kernel says the connecting process is
+in, which a workload cannot leave), all of them at most ``IN_ALL``; past that a connection is
+closed at once (a shipper tries again later). A connection must send its request within the
+head deadline of every Fermion server, counted from the moment it opens."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import socket
+import struct
+from collections import Counter
+from typing import ClassVar
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .._limits import BoundedHttpToolsProtocol
 from ..errors import error_body
 
 WORKLOAD_PREFIXES = ("/api/v1/attempts/self/", "/api/v1/replicas/self/")
 CLIENT = ("workload-socket", 0)  # a Unix socket has no peer address: rate limits and the audit see this one
+PER_WORKLOAD = 16  # a job's shippers hold three at most
+IN_ALL = 1024
 
 
 def workload_asgi(app: ASGIApp) -> ASGIApp:
     """``app`` with every route but the workloads' own answered 404."""
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # no websockets, no lifespan: the main server runs the app's
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":  # no lifespan: the main server runs the app's
             return
         path = scope.get("path", "")
         if not path.startswith(WORKLOAD_PREFIXES) or "/../" in path:
@@ -30,3 +50,48 @@ def workload_asgi(app: ASGIApp) -> ASGIApp:
         await app({**scope, "client": CLIENT}, receive, send)
 
     return serve
+
+
+def _workload_of(transport: asyncio.BaseTransport) -> str:
+    """Who connected: the cgroups of the connecting process (a workload's own, where cgroups are
+    used), else its session; "" when the kernel does not say."""
+    sock = transport.get_extra_info("socket")
+    try:
+        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+        with open(f"/proc/{pid}/cgroup") as f:
+            groups = f.read()
+        return groups if "fermion" in groups else f"session {os.getsid(pid)}"
+    except (OSError, AttributeError, struct.error):
+        return ""
+
+
+class WorkloadSocketProtocol(BoundedHttpToolsProtocol):
+    """The server's protocol, with a cap on each workload's connections and on all of them."""
+
+    open_by: ClassVar[Counter[str]] = Counter()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._who: str | None = _workload_of(transport)
+        if self.open_by[self._who] >= PER_WORKLOAD or sum(self.open_by.values()) >= IN_ALL:
+            self._who = None  # never handed to uvicorn: nothing of it to undo
+            transport.abort()
+            return
+        self.open_by[self._who] += 1
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._who is not None:
+            super().data_received(data)
+
+    def eof_received(self) -> None:
+        if self._who is not None:
+            super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._who is None:
+            return
+        self.open_by[self._who] -= 1
+        if self.open_by[self._who] <= 0:
+            with contextlib.suppress(KeyError):
+                del self.open_by[self._who]
+        super().connection_lost(exc)

@@ -22,13 +22,14 @@ import sys
 import threading
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from .._files import write_atomic
 from .._unix import listen_unix, unix_url
 from ..clouds import CloudConfig
 from ._launch import launch_command
-from ._protocol import DeclaredCapacity, Handle, ProvisionError, Status, Workload
+from ._protocol import Capabilities, DeclaredCapacity, Handle, ProvisionError, Status, Workload
 from ._sandbox import Confinement, Isolation, Mount, read_untrusted, workload_env
 
 SECRET_FILE = ".replica-secret"
@@ -81,6 +82,9 @@ class LocalBackend(DeclaredCapacity):
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, workload: Workload) -> Handle:
+        if workload.egress and not self.capabilities().egress:
+            raise ProvisionError(f"cloud {self.name} keeps its workloads off the network and does not allow egress "
+                                 "(an operator allows it with `egress: true` in clouds.yaml)")
         with self._pool_lock:
             first, self._pool_started = not self._pool_started, True
         if first:  # this server leads (only a leader starts workloads): the spares of one gone are ended
@@ -135,6 +139,10 @@ class LocalBackend(DeclaredCapacity):
             self.stop({"id": workload.id, "pid": pid}, force=True)
             raise ProvisionError(f"cannot record the workload's pid: {exc}") from exc
         return {"id": workload.id, "pid": pid}
+
+    def capabilities(self) -> Capabilities:
+        # workloads in namespaces of their own get the machine's network only where the operator allows it
+        return replace(super().capabilities(), egress=not self.on_sockets or self.config.egress)
 
     def _listen(self, folder: str) -> socket.socket:
         """The socket the replica in ``folder`` will serve on, bound where no workload can see it
@@ -334,7 +342,10 @@ class LocalBackend(DeclaredCapacity):
         try:  # once it says it serves; where is this backend's to say (the file is the workload's)
             port = int(read_untrusted(workdir / "port", 32))
             sock = self.root / SOCKETS / f"{workdir.name}.sock"
-            url = (unix_url(sock) if sock.exists() else None) if self.on_sockets else f"http://127.0.0.1:{port}"
+            if self.on_sockets:
+                url = unix_url(sock) if sock.exists() else None
+            elif 0 < port < 65536:  # the workload wrote it: nothing else becomes an address
+                url = f"http://127.0.0.1:{port}"
         except (OSError, ValueError):
             pass
         if alive:

@@ -72,6 +72,7 @@ class Capabilities:
     spot: bool = False
     gpus: int = 0
     regions: list[str] = field(default_factory=list)
+    egress: bool = True  # a workload that asks for the network may run here
 
 
 @runtime_checkable

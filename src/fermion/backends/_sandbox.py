@@ -294,14 +294,16 @@ class Isolation:
         except (OSError, subprocess.TimeoutExpired):
             return False
 
-    def describe(self, *, own_network: bool = True) -> str:
+    def describe(self, *, own_network: bool | None = True) -> str:
         """One line for `fermion cloud list`; ``own_network=False`` where the backend shares the
-        machine's network with its workloads even though a namespace of their own could be had."""
+        machine's network with its workloads even though a namespace of their own could be had
+        (None: it differs from cloud to cloud)."""
         if self.refuses:
             return "sandbox: none here, so workloads are refused (--allow-unsandboxed runs them unconfined)"
         parts = ["sandbox: bubblewrap" if self.bwrap else "sandbox: none (clean environment only)"]
         if self.bwrap:
-            parts.append("network: a namespace of its own each" if self.network and own_network
+            parts.append("network: per cloud (see `fermion cloud list`)" if own_network is None and self.network
+                         else "network: a namespace of its own each" if self.network and own_network
                          else "network: this machine's")
         parts.append(f"memory limits: cgroup {self.cgroup_version}" if self.cgroup_root else "memory limits: none")
         parts.append(f"at most {self.max_tasks} tasks each" if self.pids_root else "task limits: none")

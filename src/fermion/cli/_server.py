@@ -243,7 +243,9 @@ def start(
         tls_note = f"https, {'self-signed certificate' if tls_self_signed else 'certificate'} at {tls[0]}; "
     print(f"fermion: server on {url} ({tls_note}clouds: {', '.join(platform.clouds)}; "
           f"db: {display_url(platform.store.url)})", file=sys.stderr, flush=True)
-    print(f"fermion: workloads in {platform.workloads_root} ({platform.isolation.describe()})", file=sys.stderr, flush=True)
+    networks = {c.network for c in cloud_configs if c.kind == "local"}
+    shown = platform.isolation.describe(own_network=None if len(networks) > 1 else networks == {"own"})
+    print(f"fermion: workloads in {platform.workloads_root} ({shown})", file=sys.stderr, flush=True)
     app = create_asgi(platform)
     config = uvicorn.Config(app, loop="uvloop", http=BoundedHttpToolsProtocol, log_level=log_level,
                             access_log=False, timeout_graceful_shutdown=10,
@@ -262,9 +264,8 @@ def serve_with_workload_socket(server: uvicorn.Server, sock: socket.socket, app:
 
     import uvicorn
 
-    from .._limits import BoundedHttpToolsProtocol
     from .._unix import listen_unix
-    from ..api import workload_asgi
+    from ..api import WorkloadSocketProtocol, workload_asgi
 
     class Quiet(uvicorn.Server):  # the main server owns the signals
         @contextlib.contextmanager
@@ -272,7 +273,7 @@ def serve_with_workload_socket(server: uvicorn.Server, sock: socket.socket, app:
             yield
 
     path.parent.mkdir(mode=0o700, exist_ok=True)
-    inner = Quiet(uvicorn.Config(workload_asgi(app), loop="uvloop", http=BoundedHttpToolsProtocol, lifespan="off",
+    inner = Quiet(uvicorn.Config(workload_asgi(app), loop="uvloop", http=WorkloadSocketProtocol, lifespan="off",
                                  log_level=log_level, access_log=False, timeout_graceful_shutdown=5))
     unix = listen_unix(path)
 

@@ -572,7 +572,7 @@ class DeploymentController(ReconcileLoop):
                 starts.append(_Start(rid, choice.cloud, Workload(
                     id=rid, kind="replica", env={**env, **fetch}, cpus=need.cpus, memory_gb=need.memory_gb,
                     archive=archive, secret=secret, read_only=mounts, spot=spot,
-                    egress=bool(version.resources.get("egress"))), why, must_spot))
+                    egress=need.egress), why, must_spot))
             if state == "":
                 inserts.append({"deployment": d.name, "generation": version.generation,
                                 "photon_sha256": version.photon_sha256, "resources": dict(version.resources), "failed_probes": 0, "created_at": now,

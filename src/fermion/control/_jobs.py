@@ -181,7 +181,7 @@ class JobController(ReconcileLoop):
         if job.spec.get("datasets"):  # fetched by the attempt's wrapper from the nearest store that holds them
             env.update({"FERMION_DATA_DIR": "data", "FERMION_DATASETS": ",".join(d["name"] for d in job.spec["datasets"])})
         workload = Workload(id=attempt_id, kind="job", env=env, cpus=need.cpus, memory_gb=need.memory_gb, spot=spot,
-                            egress=bool((job.resources or {}).get("egress")),
+                            egress=need.egress,
                             command=list(job.command), workers=job.workers, writable=writable,
                             read_only=[] if base.get("digest") else
                             self.deployments.artifact_mounts(s, base.get("folder") or (job.spec.get("config") or

@@ -32,11 +32,12 @@ Moves = dict[str, tuple[float, str]]  # cloud -> ($ once to bring a workload's d
 class Need:
     cpus: float = 1.0
     memory_gb: float = 1.0
+    egress: bool = False  # the workload asks for the network: only clouds that allow it
 
     @classmethod
     def of(cls, resources: dict[str, Any] | None) -> Need:
         r = resources or {}
-        return cls(float(r.get("cpus", 1)), float(r.get("memory_gb", 1)))
+        return cls(float(r.get("cpus", 1)), float(r.get("memory_gb", 1)), bool(r.get("egress", False)))
 
     def describe(self) -> str:
         return f"cpus={self.cpus:g}, memory_gb={self.memory_gb:g}"
@@ -305,7 +306,12 @@ class Scheduler:
         ``last`` (the cloud that just lost this workload) goes to the back of the line; ``prefer``
         (healthy and allowed) to the front."""
         allowed = list(allowed)
-        why_not = [f"{n}: unhealthy" for n in sorted(allowed) if n in self.backends and not self.healthy(n)]
+        why_not = []
+        if need.egress:
+            closed = sorted(n for n in allowed if n in self.backends and not self.capabilities(n).egress)
+            why_not += [f"{n}: allows no egress (clouds.yaml `egress: true`)" for n in closed]
+            allowed = [n for n in allowed if n not in closed]
+        why_not += [f"{n}: unhealthy" for n in sorted(allowed) if n in self.backends and not self.healthy(n)]
         order, why = self.rank(allowed, need, spot=spot, caps=caps, moves=moves)
         if caps is not None:  # within the spread cap first: over it only where nothing else has room
             order = [n for n in order if caps.get(n, 0) > 0] + [n for n in order if caps.get(n, 0) <= 0]
