@@ -48,14 +48,6 @@ def reachable(path: str) -> str:
     return f"/proc/self/fd/{fd}/{name}"
 
 
-def forget_folder(folder: str | Path) -> None:
-    """Drop the descriptor held for ``folder`` (it is being removed)."""
-    with _folders_lock:
-        fd = _folders.pop(str(folder), None)
-    if fd is not None:
-        os.close(fd)
-
-
 def listen_unix(path: str | Path, *, backlog: int = 2048) -> socket.socket:
     """A listening socket at ``path`` (a stale file there is replaced), its file only for this user.
     Its folder should be this user's alone (0700): between bind and chmod, the folder keeps others out."""

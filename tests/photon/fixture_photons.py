@@ -220,9 +220,14 @@ attempt("autoscaler_drain_node", lambda: autoscaler_pb2_grpc.AutoscalerStateServ
 import ray
 from ray._private import services
 services.resolve_ip_for_localhost = lambda host: host  # the cluster listens on loopback only
-attempt("gcs_client_drain_nodes",
-        lambda: ray._raylet.GcsClient(address=gcs).drain_nodes([bytes.fromhex(n) for n in node_ids], timeout=10))
-joined = attempt("ray_init", lambda: ray.init(address=gcs, namespace="fermion", log_to_driver=False))
+if all("UNAVAILABLE" in out[k] for k in ("kv_put", "drain_nodes", "autoscaler_drain_node")):
+    # no path to the GCS at all (a namespace of its own): Ray's own clients would retry for a minute, then fail
+    out["gcs_client_drain_nodes"] = out["ray_init"] = "refused: no path to the GCS (every gRPC call above found none)"
+    joined = False
+else:
+    attempt("gcs_client_drain_nodes",
+            lambda: ray._raylet.GcsClient(address=gcs).drain_nodes([bytes.fromhex(n) for n in node_ids], timeout=10))
+    joined = attempt("ray_init", lambda: ray.init(address=gcs, namespace="fermion", log_to_driver=False))
 if joined:
     from ray.experimental import internal_kv
     attempt("kv_put_driver", lambda: internal_kv._internal_kv_put("workload:planted", "{}", namespace="fermion"))
