@@ -33,8 +33,8 @@ from fermion.backends import (
 )
 from fermion.clouds import CloudConfig, Injected
 from fermion.errors import UserInputError
-from fermion._unix import socket_path
 from fermion.testing import replica as replica_http
+from fermion.testing import socket_path
 from fermion.photon._package import build_archive
 from tests.support import TEXT_PHOTON
 

@@ -35,7 +35,7 @@ from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON  # noqa: E402
 
 pytestmark = pytest.mark.timeout(400)
 ISOLATION = Isolation(memory_limits=False, task_limits=False)
-NETWORKED = ISOLATION.network  # a replica then has no path to the cluster at all
+NETWORKED = ISOLATION.network  # a workload then has no path to the cluster at all
 sandboxed = pytest.mark.skipif(ISOLATION.bwrap is None,
                                reason="bubblewrap cannot run on this machine: Ray nodes refuse workloads")
 DASHBOARD_PORT = 8265  # Ray's default; a LocalRayCluster starts no dashboard
@@ -178,7 +178,7 @@ def test_a_job_cannot_attack_the_ray_cluster_nor_find_its_token(server: ServerPr
     assert job["status"] == "SUCCEEDED" and job["attempts"][0]["cloud"] == "ray-a", logs[-3000:]
     line = next((ln for ln in logs.splitlines() if "RAY-ATTACKS " in ln), None)
     assert line is not None, logs[-3000:]
-    assert_refused(json.loads(line.split("RAY-ATTACKS ", 1)[1]), "a job")
+    assert_refused(json.loads(line.split("RAY-ATTACKS ", 1)[1]), "a job", no_path=NETWORKED)
     assert cluster.token not in logs
     assert_cloud_serves(server, cluster)
 

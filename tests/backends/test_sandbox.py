@@ -17,8 +17,7 @@ import httpx
 import pytest
 
 from fermion.backends import Isolation
-from fermion._unix import socket_path
-from fermion.testing import ServerProc, running_server, start_gateway, stop
+from fermion.testing import ServerProc, running_server, socket_path, start_gateway, stop
 from fermion.testing import replica as replica_http
 from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON
 CLOUDS = "clouds:\n  - name: alpha\n  - name: beta\n    egress: true\n"  # beta lets a workload ask for the network

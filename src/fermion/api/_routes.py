@@ -128,8 +128,8 @@ def list_clouds(request: Request) -> list[CloudOut]:
                 isolation=p.isolation.describe(own_network=cfg.network == "own") if row.kind == "local"
                 else f"{backend.inner.isolation or 'as its agent reports'}; {backend.inner.link_state()}"
                 if row.kind == "agent"
-                else "probed on each node (bubblewrap, cgroups, a network namespace for each replica; jobs share "
-                     "the node's network); nodes without a sandbox refuse workloads"
+                else "probed on each node (bubblewrap, cgroups, a network namespace for each workload); nodes "
+                     "without a sandbox refuse workloads"
                 + (" unless allowed" if not p.isolation.allow_unsandboxed else ": allowed unconfined")
                 + ("" if getattr(p.clouds[row.name].inner, "authenticated", True)
                    else "; Ray cluster without token authentication: a workload could drain it"),

@@ -18,6 +18,7 @@ from ._agent import (
 from ._faults import FaultInjector
 from ._local import LocalBackend
 from ._protocol import Backend, Capabilities, Handle, NoSpotCapacity, ProvisionError, Status, Workload
+from ._relay import WorkloadRelay
 from ._sandbox import ALLOW_UNSANDBOXED_ENV, CPU_QUOTAS_ENV, Isolation, read_untrusted
 
 
@@ -75,6 +76,7 @@ __all__ = [
     "ProvisionError",
     "Status",
     "Workload",
+    "WorkloadRelay",
     "local_ray_cluster",
     "fetch_model",
     "make_backend",

@@ -60,6 +60,7 @@ from ..errors import UserInputError, shorten
 from ..placement import Offering
 from ._launch import launch_command
 from ._protocol import Capabilities, Handle, ProvisionError, Status, Workload
+from ._relay import WorkloadRelay
 from ._sandbox import MAX_TASKS, Confinement, Isolation, Mount, host_view, read_untrusted, workload_env
 
 log = logging.getLogger("fermion.ray")
@@ -171,6 +172,9 @@ class _NodeIsolation(Isolation):
         return [*super()._bwrap_args(c), "--die-with-parent"]
 
 
+RELAY_SOCKET = ".fermion-api.sock"  # in a workload's folder: its relay to the server (see _relay.py)
+
+
 def _workloads_root() -> Path:
     """The folder, on this node, of every Ray workload's folder (hidden from each workload but its
     own): private to this user, and refused if someone else planted it first in a shared /tmp."""
@@ -223,18 +227,24 @@ class WorkloadHost:
         self.log_path = self.folder / ("replica.log" if self.kind == "replica" else "job.log")
         self.child: subprocess.Popen[bytes] | None = None
         self.pid = 0  # the sandbox's init, or the child itself unsandboxed: what stands for the workload
-        # a replica in a network namespace of its own serves on a socket this actor binds on the node's
-        # address (in the node's namespace) and hands it: it is reached, and reaches nothing itself
+        # a workload in a network namespace of its own: a replica serves on a socket this actor binds on the
+        # node's address (in the node's namespace) and hands it, so it is reached and reaches nothing itself;
+        # a job (or a replica fetching its model) reaches its server through this actor's relay only
         self.listening: socket.socket | None = None
         self.port = 0
-        self.own_network = self.kind == "replica" and self.isolation.network and not spec.get("egress") and \
-            not spec["env"].get("FERMION_MODEL_DIGEST")  # (a model is fetched from the server over the network)
+        self.relay: WorkloadRelay | None = None
+        self.own_network = self.isolation.network and not spec.get("egress")
         self.note: str | None = None  # how it ended, once it did
         try:
             argv, env = self._replica(spec, archive) if self.kind == "replica" else self._job(spec)
             # what exists of the server's folders on this node, every other workload here, Ray's own
             hidden = [Path(p) for p in dict.fromkeys([*spec.get("hidden", ()), str(root), *_ray_private_folders()])
                       if os.path.isdir(p)]
+            if self.own_network and env.get("FERMION_SERVER_URL"):
+                # in its own folder: only the workload connects to it, so what it does to the file harms no one
+                relay = self.folder / RELAY_SOCKET
+                self.relay = WorkloadRelay(relay, env["FERMION_SERVER_URL"], env.get("FERMION_SERVER_CA_PEM"))
+                env["FERMION_SERVER_SOCKET"] = str(relay)
             confinement = Confinement(workdir=self.folder, hidden=hidden, mounts=self._mounts(spec),
                                       memory_bytes=spec.get("memory_bytes"), cpus=spec.get("cpus"),
                                       own_network=self.own_network,
@@ -254,6 +264,8 @@ class WorkloadHost:
         except BaseException:  # the actor fails to start: leave nothing behind on the node
             if self.listening is not None:
                 self.listening.close()
+            if self.relay is not None:
+                self.relay.close()
             if self.child is not None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(self.child.pid, signal.SIGKILL)
@@ -363,6 +375,8 @@ class WorkloadHost:
     def release(self) -> None:
         """Before the actor is killed: end whatever is left of the session, remove the folder."""
         _kill_session(self._process.pid, self.child_born, signal.SIGKILL)
+        if self.relay is not None:
+            self.relay.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(5)
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -633,7 +647,7 @@ class RayBackend:
 
     def capabilities(self) -> Capabilities:
         return Capabilities(spot=self.config.prices()[1] is not None, gpus=int(self.capacity()["gpus"]),
-                            regions=list(self.config.regions))
+                            regions=list(self.config.regions), egress=self.config.egress)
 
     # -- lifecycle --------------------------------------------------------------------------
     def _check_fits(self, w: Workload) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .._unix import ReplicaHTTP
+from .._unix import ReplicaHTTP, socket_path, unix_transport
 from ._agents import AgentProc, agent_cloud, issue_agent_token, running_agent, start_agent, wait_connected
 from ._browser import CHROMIUM_ARGS, chromium_path, dashboard
 from ._closed_loop import LoadResult, closed_loop
@@ -62,6 +62,7 @@ __all__ = [
     "running_agent",
     "running_server",
     "serve_photon",
+    "socket_path",
     "start_agent",
     "start_azurite",
     "start_gateway",
@@ -69,6 +70,7 @@ __all__ = [
     "start_s3_emulator",
     "start_server",
     "stop",
+    "unix_transport",
     "wait_connected",
     "workload_handles",
     "workload_pids",
