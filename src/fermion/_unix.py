@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
 import threading
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -63,6 +64,19 @@ def listen_unix(path: str | Path, *, backlog: int = 2048) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def peer_group(sock: socket.socket) -> str:
+    """Who is at the other end of a Unix socket: the cgroups of the connecting process (a
+    workload's own, which it cannot leave, where Fermion made one), else its session; "" when the
+    kernel does not say."""
+    try:
+        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+        with open(f"/proc/{pid}/cgroup") as f:
+            groups = f.read()
+        return groups if "fermion" in groups else f"session {os.getsid(pid)}"
+    except (OSError, struct.error):
+        return ""
 
 
 def unix_transport(path: str) -> httpx.HTTPTransport:

@@ -17,7 +17,7 @@ from typing import TypeVar
 import httpx
 import pytest
 
-from fermion.backends import checked_status
+from fermion.backends import Isolation, checked_status
 from fermion.testing import (
     AgentProc,
     Load,
@@ -202,7 +202,9 @@ def test_a_job_on_a_silent_agent_resumes_elsewhere_from_its_checkpoint_and_its_f
     first = wait_for("the job to run on the agent", lambda: (j := job(server, "steps"))["status"] == "RUNNING"
                      and j["attempts"] and j)
     assert first["attempts"][0]["cloud"] == "edge"
-    wait_for("a few steps", lambda: "step 10 on edge" in job_log(server, "steps", 0))
+    # a checkpoint sent well after step 10 (through the agent's relay: a frozen agent carries none)
+    wait_for("a checkpoint past step 10", lambda: re.search(r"step 13 on edge[\s\S]*checkpoint snapshot .* sent",
+                                                            job_log(server, "steps", 0)))
     with frozen(agent):
         done = wait_for("the job to end", lambda: (j := job(server, "steps"))["status"] in ("SUCCEEDED", "FAILED")
                         and j, timeout=120)
@@ -237,6 +239,29 @@ def test_a_deployment_deleted_while_its_agent_is_silent_is_stopped_when_the_agen
         wait_for("the deployment to go", lambda: server.api().get("/deployments/gone").status_code == 404)
         assert replica["id"] in running_replicas(agent_root)
     wait_for("the deleted deployment's replica to be stopped", lambda: not running_replicas(agent_root))
+
+
+@pytest.mark.skipif(not Isolation().network, reason="bubblewrap cannot make network namespaces here")
+def test_an_agents_workloads_have_no_network_path_but_its_relay_to_their_own_routes(
+        server: ServerProc, agent: AgentProc) -> None:
+    listed = {c["name"]: c for c in server.api().get("/clouds").json()}
+    assert "network: a namespace of its own each" in listed["edge"]["isolation"], listed["edge"]
+    port = int(server.url.rsplit(":", 1)[1])
+    probe = ("import http.client, os, socket\n"
+             "try:\n"
+             f"    socket.create_connection(('127.0.0.1', {port}), timeout=3); print('REACHED')\n"
+             "except OSError as exc:\n    print('NO-PATH', type(exc).__name__)\n"
+             "path = os.environ['FERMION_SERVER_SOCKET']\n"
+             "for route in ('/api/v1/deployments', '/api/v1/attempts/self/code'):\n"
+             "    conn = http.client.HTTPConnection('fermion'); conn.sock = socket.socket(socket.AF_UNIX)\n"
+             "    conn.sock.connect(path); conn.request('GET', route)\n"
+             "    print('ROUTE', route, conn.getresponse().status)\n")
+    server.cli("job", "run", "--name", "edge-net", "--cloud", "edge", "--follow", "--timeout", "60", "--",
+               "python", "-c", probe)
+    log = job_log(server, "edge-net", 0)
+    assert "NO-PATH" in log and "REACHED" not in log, log
+    # the agent's relay: the user API does not exist; the job's own routes reach the server (no token: 401)
+    assert "ROUTE /api/v1/deployments 404" in log and "ROUTE /api/v1/attempts/self/code 401" in log, log
 
 
 def test_what_an_agent_reports_is_taken_only_as_far_as_it_is_well_formed() -> None:

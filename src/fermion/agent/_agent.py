@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 
 from .._files import write_atomic
-from ..backends import (Backend, Handle, Isolation, LocalBackend, NoSpotCapacity, ProvisionError, status_to_wire,
-                        workload_from_wire)
+from ..backends import (Backend, Handle, Isolation, LocalBackend, NoSpotCapacity, ProvisionError, WorkloadRelay,
+                        status_to_wire, workload_from_wire)
 from ..clouds import CloudConfig
 from ..errors import FermionError
 
@@ -60,12 +60,16 @@ class Agent:
         (root / "state").mkdir(exist_ok=True)
         (root / "archives").mkdir(exist_ok=True)
         isolation = isolation or Isolation()
-        self._isolation = isolation.describe(own_network=False)  # told to the server: `fermion cloud list` shows it
+        self._isolation = isolation.describe()  # told to the server: `fermion cloud list` shows it
+        # each workload in a namespace of its own, as on a local cloud: jobs reach the server through this
+        # agent's relay (its folder shown in their sandboxes), replicas are handed a port of this machine's
+        # loopback, where the server reaches them until agents carry their cloud's traffic (issue 29)
+        api_socket = root / "workload-api" / "api.sock"
+        api_socket.parent.mkdir(mode=0o700, exist_ok=True)
+        self._relay = WorkloadRelay(api_socket, lambda: self.base.split("/api/v1/agent/", 1)[0], verify=verify)
         self.backend: Backend = LocalBackend(config, root / "workloads", server_home=root / "state",
-                                             isolation=isolation, hidden=[root / "archives"],
-                                             # the server reaches its replicas on this machine's loopback
-                                             # until agents carry their cloud's traffic (issue 29)
-                                             own_network=False)
+                                             isolation=isolation, hidden=[root / "archives"], api_socket=api_socket,
+                                             tcp_replicas=True)
         self._lock = threading.Lock()
         self._busy: dict[str, threading.Lock] = {}  # one call at a time per workload: a stop waits for its start
         self._handles: dict[str, Handle] = self._load_handles()
@@ -151,6 +155,7 @@ class Agent:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.backend.close()
+        self._relay.close()
         self._http.close()
 
     def _answer(self, call: dict[str, Any]) -> None:

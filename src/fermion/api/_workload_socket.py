@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
-import struct
 from collections import Counter
 from typing import ClassVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._limits import BoundedHttpToolsProtocol
+from .._unix import peer_group
 from ..errors import error_body
 
 WORKLOAD_PREFIXES = ("/api/v1/attempts/self/", "/api/v1/replicas/self/")
@@ -52,26 +50,14 @@ def workload_asgi(app: ASGIApp) -> ASGIApp:
     return serve
 
 
-def _workload_of(transport: asyncio.BaseTransport) -> str:
-    """Who connected: the cgroups of the connecting process (a workload's own, where cgroups are
-    used), else its session; "" when the kernel does not say."""
-    sock = transport.get_extra_info("socket")
-    try:
-        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
-        with open(f"/proc/{pid}/cgroup") as f:
-            groups = f.read()
-        return groups if "fermion" in groups else f"session {os.getsid(pid)}"
-    except (OSError, AttributeError, struct.error):
-        return ""
-
-
 class WorkloadSocketProtocol(BoundedHttpToolsProtocol):
     """The server's protocol, with a cap on each workload's connections and on all of them."""
 
     open_by: ClassVar[Counter[str]] = Counter()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._who: str | None = _workload_of(transport)
+        sock = transport.get_extra_info("socket")
+        self._who: str | None = peer_group(sock) if sock is not None else ""
         if self.open_by[self._who] >= PER_WORKLOAD or sum(self.open_by.values()) >= IN_ALL:
             self._who = None  # never handed to uvicorn: nothing of it to undo
             transport.abort()

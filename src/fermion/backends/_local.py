@@ -54,10 +54,11 @@ class LocalBackend(DeclaredCapacity):
 
     def __init__(self, config: CloudConfig, workloads_root: Path, *, server_home: Path,
                  isolation: Isolation | None = None, hidden: Sequence[Path] = (), api_socket: Path | None = None,
-                 own_network: bool = True) -> None:
-        """``api_socket``: the server's workload socket (see fermion.api), handed to every workload.
-        ``own_network=False``: workloads share this machine's network and replicas serve on a TCP
-        port of its loopback (what an agent reports to a server on the same machine, for now)."""
+                 tcp_replicas: bool = False) -> None:
+        """``api_socket``: the server's workload socket (see fermion.api), or a relay to it, handed to
+        every workload. ``tcp_replicas``: the socket a replica is handed is a TCP port of this
+        machine's loopback (bound outside its namespace), not a Unix socket: what an agent reports to
+        a server that reaches its replicas over the network."""
         self.name = config.name
         self.config = config
         self.workloads_root = workloads_root
@@ -67,9 +68,9 @@ class LocalBackend(DeclaredCapacity):
         self.hidden = list(hidden)  # e.g. the clouds' folder stores: reached through the server only
         self.isolation = isolation or Isolation(sandbox=False, memory_limits=False)
         self.api_socket = api_socket
-        own_network = own_network and config.network == "own"
-        self.on_sockets = own_network  # replicas serve on Unix sockets this backend binds
-        self.own_network = own_network and self.isolation.network
+        self.on_sockets = config.network == "own"  # replicas serve on sockets this backend binds
+        self.tcp_replicas = tcp_replicas
+        self.own_network = self.on_sockets and self.isolation.network
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[int, int] = {}  # learnt when a child is reaped; asked for later
         self._oom_killed: dict[int, bool] = {}  # learnt once a workload is gone, before its cgroup is removed
@@ -105,8 +106,7 @@ class LocalBackend(DeclaredCapacity):
         try:
             return self._start_cold(workload, workdir, listening)
         except BaseException:
-            with contextlib.suppress(OSError):
-                (self.root / SOCKETS / f"{workload.id}.sock").unlink()
+            self._forget_socket(workload.id)
             raise
         finally:
             if listening is not None:  # the replica holds it now
@@ -146,9 +146,25 @@ class LocalBackend(DeclaredCapacity):
 
     def _listen(self, folder: str) -> socket.socket:
         """The socket the replica in ``folder`` will serve on, bound where no workload can see it
-        (a socket file in its own folder, a workload could swap for a link to any socket here)."""
+        (a socket file in its own folder, a workload could swap for a link to any socket here), or
+        a port of the loopback, noted there."""
         (self.root / SOCKETS).mkdir(mode=0o700, exist_ok=True)
-        return listen_unix(self.root / SOCKETS / f"{folder}.sock")
+        if not self.tcp_replicas:
+            return listen_unix(self.root / SOCKETS / f"{folder}.sock")
+        sock = socket.socket()
+        try:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(2048)
+            write_atomic(self.root / SOCKETS / f"{folder}.port", str(sock.getsockname()[1]))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _forget_socket(self, folder: str) -> None:
+        for suffix in (".sock", ".port"):
+            with contextlib.suppress(OSError):
+                (self.root / SOCKETS / f"{folder}{suffix}").unlink()
 
     def _confinement(self, workdir: Path, *, listening: socket.socket | None, mounts: list[Mount] | None = None,
                      cpus: float | None, memory_bytes: int | None, egress: bool = False) -> Confinement:
@@ -342,7 +358,9 @@ class LocalBackend(DeclaredCapacity):
         try:  # once it says it serves; where is this backend's to say (the file is the workload's)
             port = int(read_untrusted(workdir / "port", 32))
             sock = self.root / SOCKETS / f"{workdir.name}.sock"
-            if self.on_sockets:
+            if self.on_sockets and self.tcp_replicas:
+                url = f"http://127.0.0.1:{int((self.root / SOCKETS / f'{workdir.name}.port').read_text())}"
+            elif self.on_sockets:
                 url = unix_url(sock) if sock.exists() else None
             elif 0 < port < 65536:  # the workload wrote it: nothing else becomes an address
                 url = f"http://127.0.0.1:{port}"
@@ -387,8 +405,7 @@ class LocalBackend(DeclaredCapacity):
             name = f"{self.name}-{workdir.name}"
             self._oom_killed[pid] = self.isolation.oom_killed(name)
             self.isolation.release(name)
-            with contextlib.suppress(OSError):
-                (self.root / SOCKETS / f"{workdir.name}.sock").unlink()
+            self._forget_socket(workdir.name)
         return False
 
     def _exit_note(self, pid: int, workdir: Path) -> str:

@@ -132,4 +132,5 @@ class DeclaredCapacity:
         return {"cpus": self.config.capacity.cpus, "memory_gb": self.config.capacity.memory_gb, "gpus": 0}
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(spot=self.config.prices()[1] is not None, gpus=0, regions=list(self.config.regions))
+        return Capabilities(spot=self.config.prices()[1] is not None, gpus=0, regions=list(self.config.regions),
+                            egress=self.config.egress)

@@ -1,9 +1,10 @@
-"""A workload's way to its server where the server is not on the workload's machine (a Ray node):
-a Unix socket, shown in the workload's sandbox as the server's workload socket is on a local
-cloud, whose requests this relay, outside the sandbox, sends on to the server. A workload in a
-network namespace of its own reaches the server this way and no other; and only its own routes
-(``/api/v1/attempts/self/…``, ``/api/v1/replicas/self/…``): anything else is answered 404 here
-and never sent. One request per connection; the body by its Content-Length."""
+"""A workload's way to its server where the server is not on the workload's machine (a Ray node, an
+agent's machine): a Unix socket, shown in the workload's sandbox as the server's workload socket is
+on a local cloud, whose requests this relay, outside the sandbox, sends on to the server. A
+workload in a network namespace of its own reaches the server this way and no other; and only its
+own routes (``/api/v1/attempts/self/…``, ``/api/v1/replicas/self/…``): anything else is answered
+404 here and never sent. One request per connection; the body by its Content-Length. A relay
+several workloads share (an agent's) caps each one's connections, told apart by their cgroups."""
 
 from __future__ import annotations
 
@@ -11,34 +12,40 @@ import contextlib
 import socket
 import ssl
 import threading
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
 import httpx
 
 from .._limits import API_MAX_UPLOAD
-from .._unix import listen_unix
+from .._unix import listen_unix, peer_group
 
 PREFIXES = ("/api/v1/attempts/self/", "/api/v1/replicas/self/")
 FORWARDED = (b"authorization", b"content-type", b"accept")
 MAX_HEAD = 64 * 1024
 HEAD_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 30.0  # a body may pause this long, as on the server
-MAX_CONNECTIONS = 16  # at once: what a job's shippers need, and a bound on a hostile one's threads
+PER_WORKLOAD = 16  # connections at once: what a job's shippers need, and a bound on a hostile one's threads
+IN_ALL = 1024
 
 
 class WorkloadRelay:
-    """Listens at ``path``; sends each allowed request to ``server`` (verified with ``ca_pem``
-    where the server serves HTTPS with a certificate of its own) and answers with its answer."""
+    """Listens at ``path``; sends each allowed request to ``server`` (a URL, or what gives the
+    current one: an agent follows its leader) verified with ``ca_pem`` (or ``verify``) where the
+    server serves HTTPS with a certificate of its own, and answers with its answer."""
 
-    def __init__(self, path: Path, server: str, ca_pem: str | None = None) -> None:
-        verify: ssl.SSLContext | bool = True
+    def __init__(self, path: Path, server: str | Callable[[], str], ca_pem: str | None = None, *,
+                 verify: ssl.SSLContext | bool = True) -> None:
         if ca_pem:
             verify = ssl.create_default_context(cadata=ca_pem)
             verify.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-        self._http = httpx.Client(base_url=server.rstrip("/"), verify=verify, timeout=httpx.Timeout(60))
+        self._server = server if callable(server) else (lambda: server)
+        self._http = httpx.Client(verify=verify, timeout=httpx.Timeout(60))
         self._listening = listen_unix(path)
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._open: Counter[str] = Counter()
+        self._lock = threading.Lock()
         self._closed = False
         threading.Thread(target=self._accept, name="fermion-relay", daemon=True).start()
 
@@ -55,12 +62,17 @@ class WorkloadRelay:
                 conn, _ = self._listening.accept()
             except OSError:
                 return
-            if not self._slots.acquire(blocking=False):  # its share is taken: it tries again later
+            who = peer_group(conn)
+            with self._lock:
+                full = self._open[who] >= PER_WORKLOAD or sum(self._open.values()) >= IN_ALL
+                if not full:
+                    self._open[who] += 1
+            if full:  # its share is taken: it tries again later
                 conn.close()
                 continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(conn, who), daemon=True).start()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, who: str) -> None:
         try:
             with conn:
                 conn.settimeout(HEAD_TIMEOUT_S)
@@ -93,7 +105,7 @@ class WorkloadRelay:
                 if body is None:
                     return
                 try:
-                    r = self._http.request(method, target, headers=headers, content=body)
+                    r = self._http.request(method, self._server().rstrip("/") + target, headers=headers, content=body)
                 except httpx.HTTPError as exc:
                     return self._answer(conn, 502, f"the server did not answer: {type(exc).__name__}".encode())
                 out = [f"HTTP/1.1 {r.status_code} {r.reason_phrase}".encode()]
@@ -104,7 +116,10 @@ class WorkloadRelay:
         except (OSError, ValueError):
             pass  # the workload hung up, or sent nonsense: nothing more is owed to it
         finally:
-            self._slots.release()
+            with self._lock:
+                self._open[who] -= 1
+                if self._open[who] <= 0:
+                    del self._open[who]
 
     @staticmethod
     def _head(conn: socket.socket) -> tuple[bytes | None, bytes]:

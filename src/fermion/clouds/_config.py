@@ -72,8 +72,8 @@ class CloudConfig(BaseModel):
     # one), replicas served on Unix sockets; "host": workloads share this machine's network, loopback
     # included, and replicas listen on its TCP ports (where a namespace cannot be had, or is not wanted)
     network: Literal["own", "host"] = "own"
-    # kind: local (network own) or ray — whether a workload may ask for the network (--egress): it then
-    # shares its machine's, loopback included. Off unless the operator allows it: no tenant opts out alone
+    # whether a workload may ask for the network (--egress): it then shares its machine's, loopback
+    # included. Off unless the operator allows it: no tenant opts out alone
     egress: bool = False
 
     @model_validator(mode="after")
@@ -86,9 +86,6 @@ class CloudConfig(BaseModel):
             raise ValueError(f"cloud {self.name}: `warm_pool` is for kind local (or agent)")
         if self.kind != "local" and self.network != "own":
             raise ValueError(f"cloud {self.name}: `network` is for kind local")
-        if self.kind == "agent" and self.egress:
-            raise ValueError(f"cloud {self.name}: an agent's workloads share its machine's network for now: "
-                             "`egress` is for kinds local and ray")
         if self.kind == "agent" and (self.address or self.node_resource or self.auth_token_file):
             raise ValueError(f"cloud {self.name}: `address`, `node_resource` and `auth_token_file` are for kind ray")
         return self
