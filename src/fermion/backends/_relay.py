@@ -108,6 +108,8 @@ class WorkloadRelay:
                     r = self._http.request(method, self._server().rstrip("/") + target, headers=headers, content=body)
                 except httpx.HTTPError as exc:
                     return self._answer(conn, 502, f"the server did not answer: {type(exc).__name__}".encode())
+                except (httpx.InvalidURL, UnicodeError):  # control characters in the target, say
+                    return self._answer(conn, 400, b"not a request the server could be sent")
                 out = [f"HTTP/1.1 {r.status_code} {r.reason_phrase}".encode()]
                 if "content-type" in r.headers:
                     out.append(f"content-type: {r.headers['content-type']}".encode())
