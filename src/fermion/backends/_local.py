@@ -5,8 +5,9 @@ session: they outlive the server, and a restarted server finds them again from t
 Where the sandbox can give each workload a network namespace of its own, it does: a workload
 then reaches nothing on this machine but what it is handed. A replica serves on a Unix socket
 this backend binds (in a folder no workload sees) and hands it, so it needs no port and no one
-can reach it but the gateway; a job attempt (and a replica fetching its model) reaches the
-server's workload socket, which answers only the workload's own ``/self/`` routes."""
+can reach it but the gateway (under an agent: a loopback port, bound outside its namespace); a
+job attempt (and a replica fetching its model) reaches the server's workload socket (or the
+agent's relay), which answers only the workload's own ``/self/`` routes."""
 
 from __future__ import annotations
 
