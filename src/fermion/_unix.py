@@ -12,6 +12,7 @@ import os
 import socket
 import struct
 import threading
+from collections import Counter
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
@@ -77,6 +78,30 @@ def peer_group(sock: socket.socket) -> str:
         return groups if "fermion" in groups else f"session {os.getsid(pid)}"
     except (OSError, struct.error):
         return ""
+
+
+class Shares:
+    """The connections each peer group (see ``peer_group``) holds to a socket workloads share: at
+    most ``per_peer`` each and ``in_all`` together, so that no workload can take the socket over."""
+
+    def __init__(self, per_peer: int = 16, in_all: int = 1024) -> None:
+        self.per_peer, self.in_all = per_peer, in_all  # 16: a job's shippers hold three at most
+        self._open: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def take(self, who: str) -> bool:
+        """One more connection for ``who``; False (and nothing taken) past either bound."""
+        with self._lock:
+            if self._open[who] >= self.per_peer or sum(self._open.values()) >= self.in_all:
+                return False
+            self._open[who] += 1
+            return True
+
+    def give_back(self, who: str) -> None:
+        with self._lock:
+            self._open[who] -= 1
+            if self._open[who] <= 0:
+                del self._open[who]
 
 
 def unix_transport(path: str) -> httpx.HTTPTransport:

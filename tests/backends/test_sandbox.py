@@ -23,7 +23,7 @@ from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON
 CLOUDS = "clouds:\n  - name: alpha\n  - name: beta\n    egress: true\n"  # beta lets a workload ask for the network
 ISOLATION = Isolation()
 sandboxed = pytest.mark.skipif(ISOLATION.bwrap is None, reason="bubblewrap cannot run on this machine")
-PER_WORKLOAD = 16  # see fermion.api's workload socket
+PER_WORKLOAD = 16  # a workload's share of the server's workload socket (fermion._unix.Shares)
 networked = pytest.mark.skipif(not ISOLATION.network, reason="bubblewrap cannot make network namespaces here")
 
 

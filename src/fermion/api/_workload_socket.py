@@ -4,29 +4,25 @@ its only way to the server, and it answers only the routes a workload's own toke
 checkpoints, output, metrics, code, datasets and model). Everything else is 404 here, whatever
 the token: a workload cannot reach the user API, the gateway or another workload's routes.
 
-Every workload shares the socket, so no one of them may take it over: each may hold at most
-``PER_WORKLOAD`` connections (told apart by the cgroup the kernel says the connecting process is
-in, which a workload cannot leave), all of them at most ``IN_ALL``; past that a connection is
-closed at once (a shipper tries again later). A connection must send its request within the
+Every workload shares the socket, so no one of them may take it over: each may hold a share of
+its connections (told apart by the cgroup the kernel says the connecting process is in, which a
+workload cannot leave; see fermion._unix.Shares); past that a connection is closed at once (a
+shipper tries again later). A connection must send its request within the
 head deadline of every Fermion server, counted from the moment it opens."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections import Counter
 from typing import ClassVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._limits import BoundedHttpToolsProtocol
-from .._unix import peer_group
+from .._unix import Shares, peer_group
 from ..errors import error_body
 
 WORKLOAD_PREFIXES = ("/api/v1/attempts/self/", "/api/v1/replicas/self/")
 CLIENT = ("workload-socket", 0)  # a Unix socket has no peer address: rate limits and the audit see this one
-PER_WORKLOAD = 16  # a job's shippers hold three at most
-IN_ALL = 1024
 
 
 def workload_asgi(app: ASGIApp) -> ASGIApp:
@@ -53,16 +49,15 @@ def workload_asgi(app: ASGIApp) -> ASGIApp:
 class WorkloadSocketProtocol(BoundedHttpToolsProtocol):
     """The server's protocol, with a cap on each workload's connections and on all of them."""
 
-    open_by: ClassVar[Counter[str]] = Counter()
+    shares: ClassVar[Shares] = Shares()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         sock = transport.get_extra_info("socket")
         self._who: str | None = peer_group(sock) if sock is not None else ""
-        if self.open_by[self._who] >= PER_WORKLOAD or sum(self.open_by.values()) >= IN_ALL:
+        if not self.shares.take(self._who):
             self._who = None  # never handed to uvicorn: nothing of it to undo
             transport.abort()
             return
-        self.open_by[self._who] += 1
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -76,8 +71,5 @@ class WorkloadSocketProtocol(BoundedHttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._who is None:
             return
-        self.open_by[self._who] -= 1
-        if self.open_by[self._who] <= 0:
-            with contextlib.suppress(KeyError):
-                del self.open_by[self._who]
+        self.shares.give_back(self._who)
         super().connection_lost(exc)

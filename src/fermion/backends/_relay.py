@@ -12,7 +12,6 @@ import contextlib
 import socket
 import ssl
 import threading
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
@@ -20,15 +19,20 @@ from urllib.parse import unquote
 import httpx
 
 from .._limits import API_MAX_UPLOAD
-from .._unix import listen_unix, peer_group
+from .._unix import Shares, listen_unix, peer_group
 
 PREFIXES = ("/api/v1/attempts/self/", "/api/v1/replicas/self/")
 FORWARDED = (b"authorization", b"content-type", b"accept")
 MAX_HEAD = 64 * 1024
 HEAD_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 30.0  # a body may pause this long, as on the server
-PER_WORKLOAD = 16  # connections at once: what a job's shippers need, and a bound on a hostile one's threads
-IN_ALL = 1024
+
+
+def server_ca_context(pem: str) -> ssl.SSLContext:
+    """A client context that trusts the server's own certificate ``pem`` (a leaf, as its anchor)."""
+    context = ssl.create_default_context(cadata=pem)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
 
 
 class WorkloadRelay:
@@ -39,13 +43,11 @@ class WorkloadRelay:
     def __init__(self, path: Path, server: str | Callable[[], str], ca_pem: str | None = None, *,
                  verify: ssl.SSLContext | bool = True) -> None:
         if ca_pem:
-            verify = ssl.create_default_context(cadata=ca_pem)
-            verify.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+            verify = server_ca_context(ca_pem)
         self._server = server if callable(server) else (lambda: server)
         self._http = httpx.Client(verify=verify, timeout=httpx.Timeout(60))
         self._listening = listen_unix(path)
-        self._open: Counter[str] = Counter()
-        self._lock = threading.Lock()
+        self._shares = Shares()  # a hostile workload's threads here are bounded too
         self._closed = False
         threading.Thread(target=self._accept, name="fermion-relay", daemon=True).start()
 
@@ -63,11 +65,7 @@ class WorkloadRelay:
             except OSError:
                 return
             who = peer_group(conn)
-            with self._lock:
-                full = self._open[who] >= PER_WORKLOAD or sum(self._open.values()) >= IN_ALL
-                if not full:
-                    self._open[who] += 1
-            if full:  # its share is taken: it tries again later
+            if not self._shares.take(who):  # its share is taken: it tries again later
                 conn.close()
                 continue
             threading.Thread(target=self._serve, args=(conn, who), daemon=True).start()
@@ -118,10 +116,7 @@ class WorkloadRelay:
         except (OSError, ValueError):
             pass  # the workload hung up, or sent nonsense: nothing more is owed to it
         finally:
-            with self._lock:
-                self._open[who] -= 1
-                if self._open[who] <= 0:
-                    del self._open[who]
+            self._shares.give_back(who)
 
     @staticmethod
     def _head(conn: socket.socket) -> tuple[bytes | None, bytes]:

@@ -37,6 +37,8 @@ def server_client(server: str, token: str) -> httpx.Client:
     import os
     import ssl
 
+    from ._relay import server_ca_context
+
     socket_file = os.environ.get("FERMION_SERVER_SOCKET")
     if socket_file:
         from .._unix import unix_transport
@@ -46,8 +48,7 @@ def server_client(server: str, token: str) -> httpx.Client:
     verify: ssl.SSLContext | bool = True
     pem = os.environ.get("FERMION_SERVER_CA_PEM")
     if pem:
-        verify = ssl.create_default_context(cadata=pem)
-        verify.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the server's own (leaf) certificate as the anchor
+        verify = server_ca_context(pem)
     return httpx.Client(base_url=server.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
                         timeout=httpx.Timeout(60), verify=verify)
 
