@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
+
+# workers of pytest-xdist share the machine's cores: torch and BLAS in each take their share of
+# them, not a thread per core each, which meet at barriers and wait on one another
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_name, str(_share))
 
 import pytest
 

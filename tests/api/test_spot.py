@@ -38,23 +38,26 @@ def replica_events(server: ServerProc) -> list[dict]:
 def test_reclaimed_spot_replicas_get_on_demand_stand_ins_then_spot_again(server: ServerProc) -> None:
     out = server.cli("deploy", f"{FIXTURE_PHOTONS}:Flaky", "--name", "cheap", "--public", "--replicas", "2",
                      "--spot-share", "1", "--spot-max-reclaim-share", "0.5", "--env", "VERSION=1",
-                     "--cpus", "0.25", "--memory-gb", "0.25")
+                     "--cpus", "0.25", "--memory-gb", "0.25", "--no-wait")
     assert "spot: 100% of the replicas, fallback on_demand" in out.stdout
-    d = server.deployment("cheap")
+    # as placed, before alpha's reclaim (6 s after the start, which a loaded machine may not finish by then):
     # the cheapest spot first, and no more than half of them on one cloud's spot market
-    assert sorted((r["cloud"], r["spot"]) for r in d["replica_list"]) == [("alpha", True), ("beta", True)]
+    placed = server.wait_for(lambda api: (rs := api.get("/deployments/cheap").json()["replica_list"]) and all(
+        r["cloud"] for r in rs) and rs)
+    assert sorted((r["cloud"], r["spot"]) for r in placed) == [("alpha", True), ("beta", True)]
+    server.wait_for(lambda api: api.get("/deployments/cheap").json()["ready"] >= 1)
     with Load(f"{server.url}/d/cheap/version", {}, workers=2) as load:
         stand_in = server.wait_for(lambda _: next(
-            (e for e in replica_events(server) if "on-demand stand-in" in e["reason"]), None), timeout=30)
+            (e for e in replica_events(server) if "on-demand stand-in" in e["reason"]), None), timeout=60)
         assert "no spot capacity on alpha" in stand_in["reason"]
         reclaimed = [e for e in replica_events(server) if e["new"] == "FAILED"]
         assert reclaimed and "spot capacity reclaimed on alpha" in reclaimed[0]["reason"]
         server.wait_for(lambda api: any(not r["spot"] and r["state"] == "READY"
-                                        for r in api.get("/deployments/cheap").json()["replica_list"]), timeout=30)
+                                        for r in api.get("/deployments/cheap").json()["replica_list"]), timeout=60)
         # alpha's spot capacity comes back after 5 s: a spot replica takes the stand-in's place
         swapped = server.wait_for(lambda _: next(
             (e for e in replica_events(server) if e["new"] == "DRAINING" and e["reason"] == "swapped for a spot replica"),
-            None), timeout=40)
+            None), timeout=60)
         assert swapped["object_id"] == stand_in["object_id"]
         assert any("swapping an on-demand stand-in for spot" in e["reason"] for e in replica_events(server))
         time.sleep(1)
@@ -72,9 +75,9 @@ def test_without_fallback_a_reclaimed_replica_waits_for_spot_with_the_reason(ser
                "--memory-gb", "0.25")
     waiting = server.wait_for(lambda api: next(
         (r for r in api.get("/deployments/strict").json()["replica_list"]
-         if r["state"] == "PENDING" and r["reason"].startswith("waiting for spot capacity")), None), timeout=30)
+         if r["state"] == "PENDING" and r["reason"].startswith("waiting for spot capacity")), None), timeout=60)
     assert "no spot capacity on alpha" in waiting["reason"]
     server.wait_for(lambda api: any(r["spot"] and r["state"] == "READY"
-                                    for r in api.get("/deployments/strict").json()["replica_list"]), timeout=30)
+                                    for r in api.get("/deployments/strict").json()["replica_list"]), timeout=60)
     bad = server.cli("deploy", f"{FIXTURE_PHOTONS}:Flaky", "--name", "x", "--spot-share", "1.5", check=False)
     assert bad.returncode != 0 and "share" in bad.stderr and "Traceback" not in bad.stderr

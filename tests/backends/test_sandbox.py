@@ -47,8 +47,9 @@ def test_a_replica_sees_only_its_own_environment(server: ServerProc) -> None:
     assert server.token not in json.dumps(env)
     allowed = {"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
                "HF_DATASETS_OFFLINE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM",
-               "CUDA_VISIBLE_DEVICES", "HOME", "TMPDIR", "PYTHONUNBUFFERED", "DECLARED", "PWD"}
+               "CUDA_VISIBLE_DEVICES", "HOME", "TMPDIR", "PYTHONUNBUFFERED", "DECLARED", "PWD", "OPENBLAS_NUM_THREADS"}
     assert {k for k in env if not k.startswith("FERMION_")} <= allowed
+    assert env["OMP_NUM_THREADS"] == "1"  # the replica's one CPU
 
 
 @sandboxed
@@ -326,6 +327,24 @@ def test_a_workload_gets_no_more_cpu_than_it_declared(server: ServerProc) -> Non
     assert seen.get("cpu.shares", seen.get("cpu.weight")) in (["256"], ["25"]), text  # a quarter of a CPU's weight
     share = float(next(line.split()[1] for line in text.splitlines() if line.startswith("SHARE")))
     assert share <= 0.3, f"a workload of 0.25 cpus used {share} of a core"  # a busy loop alone would take 1.0
+
+
+THREADS = """
+import os, torch
+print("THREADS", torch.get_num_threads(), os.environ["OMP_NUM_THREADS"], os.environ["MKL_NUM_THREADS"])
+"""
+
+
+def test_a_workloads_math_libraries_use_a_thread_per_whole_cpu_it_declared(server: ServerProc) -> None:
+    """Not one per core of the machine: threads beyond the quota wait out each other's throttling.
+    What the workload declares itself wins."""
+    for name, cpus, env, expected in (("threads-half", "0.5", [], ["1", "1", "1"]),
+                                      ("threads-three", "3", ["--env", "OMP_NUM_THREADS=2"], ["2", "2", "3"])):
+        server.cli("job", "run", "--name", name, "--cpus", cpus, "--memory-gb", "1", *env, "--follow", "--timeout",
+                   "120", "--", "python", "-c", THREADS)
+        with server.api() as api:
+            text = "".join(api.get(f"/jobs/{name}/logs").json().values())
+        assert next(line.split()[1:] for line in text.splitlines() if line.startswith("THREADS")) == expected, text
 
 
 @pytest.mark.skipif(ISOLATION.cpu_root is None, reason="no writable cpu cgroup on this machine")

@@ -209,5 +209,6 @@ def test_a_cancelled_job_stops_and_frees_its_capacity(tmp_path: Path) -> None:
         pid = server.pid(api.get("/jobs/first").json()["attempts"][0]["id"])
         cancelled = api.post("/jobs/first/cancel").json()
         assert cancelled["status"] == "CANCELLED" and cancelled["attempts"][0]["state"] == "CANCELLED"
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        # nothing of it runs once it reads CANCELLED: also where the cancel came before the job's first process
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], cancelled
         server.wait_for(lambda a: a.get("/jobs/second").json()["status"] == "RUNNING", timeout=30)

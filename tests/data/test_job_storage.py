@@ -42,7 +42,8 @@ def test_a_job_resumes_from_a_checkpoint_it_could_only_get_through_the_stores(gc
             done = server.wait_for(lambda api: (j := api.get("/jobs/steps").json())["status"] in ("SUCCEEDED", "FAILED")
                                    and j, timeout=120)
             assert done["status"] == "SUCCEEDED", done
-            assert [(a["cloud"], a["state"]) for a in done["attempts"]] == [("east", "PREEMPTED"), ("west", "SUCCEEDED")]
+            assert [(a["cloud"], a["state"]) for a in done["attempts"]] == [("east", "PREEMPTED"), ("west", "SUCCEEDED")], [
+                (a["cloud"], a["state"], a["reason"]) for a in done["attempts"]]
             with server.api() as api:
                 second = log(api, 1)
             assert "restored checkpoint" in second and "from the store of west" in second, second

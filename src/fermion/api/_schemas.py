@@ -78,7 +78,8 @@ class CanarySpec(BaseModel):
     window_s: float = Field(60.0, gt=0, le=86_400, description="it must hold this long to be promoted")
     min_requests: int = Field(50, ge=1, le=10_000_000, description="answers it needs before any verdict")
     max_error_rate_increase: float = Field(0.01, ge=0, le=1, description="over the stable error rate (0.01: 1 point)")
-    max_p99_ratio: float = Field(1.5, ge=1, le=100, description="of the stable version's p99")
+    max_p99_ratio: float = Field(1.5, ge=1, le=100, description="of the stable version's tail latency: the p99 from 500 "
+                                 "answers each, below that the highest quantile 5 answers of each lie beyond")
     auto: bool = Field(True, description="promote or roll back by verdict; false: only by hand")
 
 

@@ -122,7 +122,7 @@ class LocalBackend(DeclaredCapacity):
             facts["FERMION_CLOUD"] = self.name
             facts.update(self._server_socket_env())
             declared = {k: v for k, v in workload.env.items() if not k.startswith("FERMION_")}
-            env = workload_env(declared, facts, workdir)
+            env = workload_env(declared, facts, workdir, workload.cpus)
             mounts = [Mount(m, writable=True) for m in workload.writable] + [Mount(m) for m in workload.read_only]
         # hide the server's home and every workload folder; show this one (and its mounts) again
         confinement = self._confinement(workdir, mounts=mounts, cpus=workload.cpus, listening=listening,
@@ -210,7 +210,7 @@ class LocalBackend(DeclaredCapacity):
         facts = {"FERMION_REPLICA_ID": w.id, "FERMION_CLOUD": self.name, **self._server_socket_env()}
         facts.update({k: v for k, v in w.env.items() if k.startswith("FERMION_INJECT_")})
         declared = {k: v for k, v in w.env.items() if not k.startswith("FERMION_INJECT_")}
-        return command, "replica.log", workload_env(declared, facts, workdir), [Mount(m) for m in w.read_only]
+        return command, "replica.log", workload_env(declared, facts, workdir, w.cpus), [Mount(m) for m in w.read_only]
 
     # -- the warm pool ------------------------------------------------------------------------
     def _start_spare(self) -> None:
@@ -384,7 +384,10 @@ class LocalBackend(DeclaredCapacity):
                 return True
             self._exit_codes[pid] = code
             self._children.pop(pid, None)  # observer threads and an API stop may both get here
-            return self._reaped(pid, workdir)
+            if child.pid == pid:
+                return self._reaped(pid, workdir)
+            # the sandbox's outside ended (a signal that found no workload process yet reaches it): its
+            # init, ``pid``, dies with it a moment later; until it has, the workload still runs
         # not our child (started before a server restart): check the pid is still that workload
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -312,7 +312,7 @@ class WorkloadHost:
         facts = {"FERMION_REPLICA_ID": self.id, "FERMION_CLOUD": spec["cloud"]}
         facts.update({k: v for k, v in env.items() if k.startswith("FERMION_INJECT_")})
         declared = {k: v for k, v in env.items() if not k.startswith("FERMION_INJECT_")}
-        return argv, workload_env(declared, facts, self.folder)
+        return argv, workload_env(declared, facts, self.folder, spec.get("cpus"))
 
     def _job(self, spec: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
         env: dict[str, str] = spec["env"]
@@ -320,7 +320,8 @@ class WorkloadHost:
         facts["FERMION_CLOUD"] = spec["cloud"]
         declared = {k: v for k, v in env.items() if not k.startswith("FERMION_")}
         # the wrapper writes exit_code into its working directory, this folder (writable in the sandbox)
-        return launch_command(spec["command"], spec["workers"]), workload_env(declared, facts, self.folder)
+        return launch_command(spec["command"], spec["workers"]), workload_env(declared, facts, self.folder,
+                                                                             spec.get("cpus"))
 
     # -- what the backend asks --------------------------------------------------------------
     @property

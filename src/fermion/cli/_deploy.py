@@ -56,7 +56,8 @@ def deploy(
     canary_min_requests: Annotated[int, typer.Option(help="Canary: answers it needs before any verdict.")] = 50,
     canary_max_error_increase: Annotated[float, typer.Option(
         help="Canary: error rate allowed over the stable version's, as a fraction (0.01: one point).")] = 0.01,
-    canary_max_p99_ratio: Annotated[float, typer.Option(help="Canary: p99 allowed, as a multiple of the stable's.")] = 1.5,
+    canary_max_p99_ratio: Annotated[float, typer.Option(
+        help="Canary: tail latency (p99 from 500 answers) allowed, as a multiple of the stable's.")] = 1.5,
     canary_auto: Annotated[bool, typer.Option(
         help="Canary: promote or roll back by verdict (--no-canary-auto: only `deployment promote|rollback`).")] = True,
     spot_share: Annotated[float | None, typer.Option(
@@ -136,7 +137,7 @@ def _show_deployment(d: Deployment) -> None:
         c = d.canary
         console.print(f"canary: generation {c['generation']}, {c['weight']}% of the traffic, {c['ready']}/{c['replicas']} "
                       f"ready; " + (f"promoted after {c['window_s']:g}s if it holds (≥ {c['min_requests']} answers, error "
-                                    f"rate ≤ stable + {100 * c['max_error_rate_increase']:g} points, p99 ≤ "
+                                    f"rate ≤ stable + {100 * c['max_error_rate_increase']:g} points, tail latency ≤ "
                                     f"{c['max_p99_ratio']:g}× stable), rolled back as soon as it does not"
                                     if c["auto"] else "ended by `fermion deployment promote|rollback` only"))
     if d.last_error:

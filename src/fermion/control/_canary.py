@@ -12,7 +12,10 @@ from sqlalchemy.orm import Session
 
 from ..store import DeploymentRow, Store
 
-P99_SLACK_MS = 5.0  # a canary's p99 this close to the stable's never counts as a regression
+P99_SLACK_MS = 5.0  # a canary's tail latency this close to the stable's never counts as a regression
+# a tail quantile is compared only where this many answers of each version lie beyond it: the p99
+# of 70 answers is their second slowest, one scheduling hiccup, and rolled back sound versions
+TAIL_ANSWERS = 5
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,7 @@ class CanaryPolicy:
     window_s: float = 60.0  # it must hold this long (and see min_requests) to be promoted
     min_requests: int = 50
     max_error_rate_increase: float = 0.01  # over the stable version's, as a fraction (0.01: one point)
-    max_p99_ratio: float = 1.5
+    max_p99_ratio: float = 1.5  # of the tail latency: the p99 once each version has 500 answers
     auto: bool = True  # False: only `fermion deployment promote|rollback` end it
 
     @classmethod
@@ -34,36 +37,53 @@ class CanaryPolicy:
 class VersionStats:
     requests: int
     errors: int
-    p99_ms: float
+    latencies_ms: tuple[float, ...] = ()  # sorted
 
     @classmethod
     def of(cls, answers: list[tuple[float, bool]]) -> VersionStats:
         """From (seconds, error) per answer."""
-        if not answers:
-            return cls(0, 0, 0.0)
-        latencies = sorted(s for s, _ in answers)
-        return cls(len(answers), sum(e for _, e in answers), 1000 * latencies[int(0.99 * (len(latencies) - 1))])
+        return cls(len(answers), sum(e for _, e in answers), tuple(sorted(1000 * s for s, _ in answers)))
 
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
 
-    def describe(self) -> str:
-        return f"{100 * self.error_rate:.1f}% errors, p99 {self.p99_ms:.0f} ms over {self.requests} requests"
+    def quantile_ms(self, q: float) -> float:
+        if not self.latencies_ms:
+            return 0.0
+        return self.latencies_ms[int(q * (len(self.latencies_ms) - 1))]
+
+    def describe(self, q: float = 0.99) -> str:
+        return (f"{100 * self.error_rate:.1f}% errors, {_name(q)} {self.quantile_ms(q):.0f} ms "
+                f"over {self.requests} requests")
+
+
+def tail_quantile(*answers: int) -> float:
+    """The highest quantile, up to the p99, beyond which ``TAIL_ANSWERS`` of the fewest answers lie."""
+    fewest = min(answers)
+    return max(0.5, min(0.99, 1 - TAIL_ANSWERS / fewest)) if fewest else 0.99
+
+
+def _name(q: float) -> str:
+    return f"p{100 * q:.3g}"
 
 
 def judge(policy: CanaryPolicy, canary: VersionStats, stable: VersionStats, running_s: float) -> tuple[str, str]:
     """("rollback" | "promote" | "", the numbers that decided). A regression is acted on as soon
-    as the canary has seen ``min_requests``; a promotion waits for the whole window."""
+    as the canary has seen ``min_requests``; a promotion waits for the whole window. Tail latency
+    is compared at ``tail_quantile`` of the two versions' answers: the p99 from 500 answers each."""
     if canary.requests < policy.min_requests:
         return "", ""
-    numbers = f"canary {canary.describe()}; stable {stable.describe()}"
+    q = tail_quantile(canary.requests, stable.requests)
+    numbers = f"canary {canary.describe(q)}; stable {stable.describe(q)}"
     allowed = stable.error_rate + policy.max_error_rate_increase
     if canary.error_rate > allowed:
         return "rollback", (f"error rate regressed: {numbers} (allowed up to {100 * allowed:.1f}%)")
-    if stable.requests >= policy.min_requests and canary.p99_ms > stable.p99_ms * policy.max_p99_ratio \
-            and canary.p99_ms - stable.p99_ms > P99_SLACK_MS:
-        return "rollback", f"p99 regressed: {numbers} (allowed up to {policy.max_p99_ratio:g}x the stable p99)"
+    tail, stable_tail = canary.quantile_ms(q), stable.quantile_ms(q)
+    if stable.requests >= policy.min_requests and tail > stable_tail * policy.max_p99_ratio \
+            and tail - stable_tail > P99_SLACK_MS:
+        return "rollback", (f"{_name(q)} latency regressed: {numbers} "
+                            f"(allowed up to {policy.max_p99_ratio:g}x the stable {_name(q)})")
     if running_s >= policy.window_s:
         return "promote", f"held for {running_s:.0f}s: {numbers}"
     return "", ""
