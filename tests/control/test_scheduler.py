@@ -6,10 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from fermion.backends import FaultInjector
 from fermion.control import Need, Scheduler
-from fermion.store import Store
+from fermion.store import CloudRow, Store
 from fermion.testing import InstantBackend
 
 
@@ -48,6 +49,29 @@ def test_an_outage_takes_a_cloud_out_of_the_ranking_until_it_recovers(scheduler:
     assert scheduler.rank(["cheap", "dear"], Need())[0] == ["dear"]
     scheduler.recover("cheap")
     assert scheduler.rank(["cheap", "dear"], Need())[0] == ["cheap", "dear"]
+
+
+def test_a_sync_from_a_read_before_an_outage_does_not_undo_it(scheduler: Scheduler) -> None:
+    """The loop reads the store's outages, then an API call fails a cloud, then the loop syncs what
+    it read: the cloud stays down (its killed workloads read as lost, not as their own failures),
+    and the next sync, from a fresh read, agrees. Another server's outage still reaches this one."""
+    def read() -> tuple[dict[str, bool], int]:
+        changes = scheduler.outage_changes()
+        with scheduler.store.session() as s:
+            return {row.name: bool(row.outage) for row in s.scalars(select(CloudRow))}, changes
+
+    with scheduler.store.session() as s:  # the rows a server writes for its clouds
+        s.add_all([CloudRow(name=name, kind="local", config={}) for name in ("cheap", "dear")])
+    stale, changes = read()
+    scheduler.fail("cheap", "injected outage")
+    scheduler.sync_outages(stale, changes)
+    assert scheduler.backends["cheap"].down and scheduler.rank(["cheap", "dear"], Need())[0] == ["dear"]
+    scheduler.sync_outages(*read())
+    assert scheduler.backends["cheap"].down
+    with scheduler.store.session() as s:  # as another server sharing the database records one
+        s.get(CloudRow, "dear").outage = True
+    scheduler.sync_outages(*read())
+    assert scheduler.backends["dear"].down
 
 
 def test_clouds_within_the_spread_cap_come_before_cheaper_ones_over_it(scheduler: Scheduler) -> None:

@@ -260,9 +260,10 @@ class Platform:
         """What another server may have changed: admin tokens (every gateway must see a revocation)
         and injected outages."""
         self.refresh_gateway_admins()
+        changes = self.scheduler.outage_changes()
         with self.store.session() as s:
             outages = {row.name: bool(row.outage) for row in s.scalars(select(CloudRow))}
-        self.scheduler.sync_outages(outages)
+        self.scheduler.sync_outages(outages, changes)
         self._share_load()
 
     def _share_load(self) -> None:

@@ -69,6 +69,11 @@ class Scheduler:
         self._offered: dict[str, tuple[float, tuple[dict[str, float], list[Offering], Capabilities]]] = {}
         self._ranked: dict[tuple, tuple[float, list[str], str]] = {}
         self._local = threading.local()  # the reservations of a tentative() block on this thread
+        # injected outages: a fail or recover here counts one change, so that a sync from a read of
+        # the store made before it cannot undo it (a recover from a stale read let a failed cloud's
+        # attempt, killed by the outage, read as its job's own failure)
+        self._outage_lock = threading.Lock()
+        self._outage_changes = 0
 
     # -- the capacity ledger ----------------------------------------------------------------
     def rebuild(self) -> None:
@@ -218,26 +223,38 @@ class Scheduler:
 
     def fail(self, name: str, reason: str) -> None:
         """An injected outage: starts are refused; the caller kills what runs there."""
-        self.backends[name].fail()
-        self._ranked.clear()
-        with self.store.session() as s:
-            self._write_health(s, name, "unhealthy", reason, reason, outage=True)
+        with self._outage_lock:
+            self._outage_changes += 1
+            self.backends[name].fail()
+            self._ranked.clear()
+            with self.store.session() as s:
+                self._write_health(s, name, "unhealthy", reason, reason, outage=True)
 
-    def sync_outages(self, outages: dict[str, bool]) -> None:
+    def outage_changes(self) -> int:
+        """Taken before reading the store's outages, for ``sync_outages``."""
+        return self._outage_changes
+
+    def sync_outages(self, outages: dict[str, bool], changes: int) -> None:
         """Injected outages as the store records them (another server may have failed or
-        recovered a cloud): each backend's fault injector follows."""
-        for name, down in outages.items():
-            backend = self.backends.get(name)
-            if backend is not None and backend.down != down:
-                backend.fail() if down else backend.recover()
-                self._ranked.clear()
+        recovered a cloud): each backend's fault injector follows, unless this server failed or
+        recovered one since ``changes`` was taken (the read may predate it: the next sync reads it)."""
+        with self._outage_lock:
+            if self._outage_changes != changes:
+                return
+            for name, down in outages.items():
+                backend = self.backends.get(name)
+                if backend is not None and backend.down != down:
+                    backend.fail() if down else backend.recover()
+                    self._ranked.clear()
 
     def recover(self, name: str) -> None:
-        self.backends[name].recover()
-        self._unhealthy_until[name] = 0.0
-        self._ranked.clear()
-        with self.store.session() as s:
-            self._write_health(s, name, "healthy", "", "recovered", outage=False)
+        with self._outage_lock:
+            self._outage_changes += 1
+            self.backends[name].recover()
+            self._unhealthy_until[name] = 0.0
+            self._ranked.clear()
+            with self.store.session() as s:
+                self._write_health(s, name, "healthy", "", "recovered", outage=False)
 
     # -- ranking ----------------------------------------------------------------------------
     def rank(self, names: Iterable[str], need: Need, *, spot: bool = False,
