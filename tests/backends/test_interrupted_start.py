@@ -5,6 +5,7 @@ restarted one is a fresh backend over the same cloud root, as a restarted server
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -163,3 +164,32 @@ def test_no_orphan_wherever_a_start_is_cut(tmp_path: Path, sandboxed: bool) -> N
         restarted(tmp_path, sandboxed).stop({"id": wid}, force=True)  # the row's id: all a restart knows
         wait_until(lambda wid=wid: not running(wid))  # no orphan, wherever the kill landed
     assert hit, "no kill point left a workload running: the sweep tested nothing"
+
+
+# the sandbox's outside leads the group and waits on its init, which ignores SIGTERM as a pid
+# namespace's init does a signal it has no handler for; no process of the workload runs yet
+SANDBOX_BEFORE_ITS_WORKLOAD = """
+import subprocess, sys
+init = subprocess.Popen([sys.executable, "-c", "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                         "print(os.getpid(), flush=True); time.sleep(60)"])
+init.wait()
+"""
+
+
+def test_a_drain_before_the_workloads_first_process_leaves_nothing_running() -> None:
+    """A SIGTERM there would end the outside only, and its init would start the workload unwatched."""
+    from fermion.backends._local import _signal_group
+
+    outside = subprocess.Popen([sys.executable, "-c", SANDBOX_BEFORE_ITS_WORKLOAD], start_new_session=True,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        init = int(outside.stdout.readline())
+        _signal_group(init, signal.SIGTERM)
+        outside.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{init}").exists() and "Z" not in Path(f"/proc/{init}/stat").read_text().split()[2]:
+            assert time.monotonic() < deadline, "the sandbox's init outlived the drain"
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(outside.pid, signal.SIGKILL)  # whatever is left of the group, the init included

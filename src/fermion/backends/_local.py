@@ -510,7 +510,8 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
     """Signal the whole process group of ``pid``: the sandbox, torchrun and its workers, a shell and
     its children. A drain of a sandboxed workload (``pid`` its sandbox's init, the group's leader
     the sandbox's outside) spares those two: they end with the workload, passing on its exit code,
-    where a SIGTERM of their own would stand in for it."""
+    where a SIGTERM of their own would stand in for it; a drain before any process of the workload
+    runs is a kill."""
     try:
         group = os.getpgid(pid)
     except ProcessLookupError:
@@ -530,6 +531,10 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(member, sig)
             return
+        # none of the workload's processes runs yet: there is nothing to drain, and a SIGTERM would end
+        # only the sandbox's outside (its init, a pid namespace's, ignores a signal it has no handler for),
+        # leaving that init to start the workload with nobody watching it
+        sig = signal.SIGKILL
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, sig)
 
