@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from fermion.backends import Isolation, LocalBackend
+from fermion.backends._local import _signal_group
 from fermion.clouds import CloudConfig
 
 SANDBOXES = [pytest.param(True, id="sandboxed"), pytest.param(False, id="unsandboxed")]
@@ -178,8 +179,6 @@ init.wait()
 
 def test_a_drain_before_the_workloads_first_process_leaves_nothing_running() -> None:
     """A SIGTERM there would end the outside only, and its init would start the workload unwatched."""
-    from fermion.backends._local import _signal_group
-
     outside = subprocess.Popen([sys.executable, "-c", SANDBOX_BEFORE_ITS_WORKLOAD], start_new_session=True,
                                stdout=subprocess.PIPE, text=True)
     try:

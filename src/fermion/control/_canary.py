@@ -53,7 +53,7 @@ class VersionStats:
             return 0.0
         return self.latencies_ms[int(q * (len(self.latencies_ms) - 1))]
 
-    def describe(self, q: float = 0.99) -> str:
+    def describe(self, q: float) -> str:
         return (f"{100 * self.error_rate:.1f}% errors, {_name(q)} {self.quantile_ms(q):.0f} ms "
                 f"over {self.requests} requests")
 
