@@ -31,7 +31,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fermion.testing import running_server, serve_photon  # noqa: E402
+from fermion.testing import running_server, serve_photon, web  # noqa: E402
 
 TEXT_PHOTON = f"{ROOT / 'examples' / 'text' / 'photon.py'}:TextTools"
 BODY = {"texts": ["autoscale me"]}
@@ -133,7 +133,7 @@ def wake(server, name: str) -> float:  # noqa: ANN001
                     and not api.get(f"/deployments/{name}").json()["replica_list"], timeout=120, interval=0.5)
     time.sleep(1)  # the drained replica's process has ended
     started = time.perf_counter()
-    r = httpx.post(f"{server.url}/d/{name}/upper", json=BODY, timeout=60)
+    r = web.post(f"{server.url}/d/{name}/upper", json=BODY, timeout=60)
     r.raise_for_status()
     return time.perf_counter() - started
 
@@ -143,7 +143,7 @@ def plain_start(work: Path) -> float:
     with serve_photon(TEXT_PHOTON, work, wait_ready=False, timeout=120) as served:
         while True:
             try:
-                if httpx.post(f"{served.url}/upper", json=BODY, timeout=10).status_code == 200:
+                if web.post(f"{served.url}/upper", json=BODY, timeout=10).status_code == 200:
                     return time.perf_counter() - started
             except httpx.HTTPError:
                 pass

@@ -15,7 +15,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fermion.testing import fermion_cmd, running_server, serve_photon  # noqa: E402
+from fermion.testing import fermion_cmd, running_server, serve_photon, web  # noqa: E402
 
 TEXT_PHOTON = f"{ROOT / 'examples' / 'text' / 'photon.py'}:TextTools"
 EMBEDDER_PHOTON = f"{ROOT / 'examples' / 'embedder' / 'photon.py'}:Embedder"
@@ -30,7 +30,7 @@ def first_success(url: str, body: dict, deadline_s: float = 300) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         try:
-            if httpx.post(url, json=body, timeout=10).status_code == 200:
+            if web.post(url, json=body, timeout=10).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.batching import SENTENCES  # noqa: E402
 from fermion.photon import REPLICA_AUTH_HEADER  # noqa: E402
-from fermion.testing import LoadResult, closed_loop, fermion_cmd, running_server, start_gateway, stop  # noqa: E402
+from fermion.testing import LoadResult, closed_loop, fermion_cmd, running_server, start_gateway, stop, web  # noqa: E402
 
 TEXT_PHOTON = f"{ROOT / 'examples' / 'text' / 'photon.py'}:TextTools"
 # one spare replica process kept started (Ray keeps worker processes started too)
@@ -164,7 +164,7 @@ def wake_once(url: str, at_zero) -> float:  # noqa: ANN001
     wait(at_zero)
     time.sleep(1)  # the last replica's process has ended
     start = time.perf_counter()
-    r = httpx.post(url, json=BODY, timeout=120)
+    r = web.post(url, json=BODY, timeout=120)
     r.raise_for_status()
     return time.perf_counter() - start
 
@@ -405,7 +405,7 @@ def ray_batching_child(mode: str, duration: float) -> LoadResult:
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.post(url, json=embed_body(0), timeout=30).status_code == 200
+        return web.post(url, json=embed_body(0), timeout=30).status_code == 200
     except httpx.HTTPError:
         return False
 

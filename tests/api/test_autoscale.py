@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from fermion.testing import Load, ServerProc, running_server, start_gateway, stop
+from fermion.testing import Load, ServerProc, running_server, start_gateway, stop, web
 from tests.chaos import CLOUDS  # two local clouds of 4 cpus
 from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON
 
@@ -40,7 +40,7 @@ def test_an_idle_deployment_holds_the_first_request_wakes_and_reports_its_cold_s
     assert d["status"] == "IDLE" and d["replicas"] == 0 and d["replica_list"] == []
     assert d["autoscale"]["min"] == 0
     started = time.monotonic()
-    r = httpx.post(f"{server.url}/d/sleepy/upper", json={"texts": ["wake up"]}, timeout=60)
+    r = web.post(f"{server.url}/d/sleepy/upper", json={"texts": ["wake up"]}, timeout=60)
     woke_in = time.monotonic() - started
     assert r.status_code == 200 and r.json() == ["WAKE UP"]
     assert woke_in < 20
@@ -59,7 +59,7 @@ def test_an_idle_deployment_holds_the_first_request_wakes_and_reports_its_cold_s
     d = server.deployment("sleepy")
     assert d["replicas"] == 0 and d["replica_list"] == [] and d["status"] == "IDLE"
     assert sum(e["reason"].startswith("autoscale 0 → 1") for e in events(server, "sleepy")) == 1
-    metrics = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.token}"}).text
+    metrics = web.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.token}"}).text
     assert 'fermion_replica_cold_start_seconds_count{phase="total"}' in metrics
     assert 'fermion_gateway_queue_wait_seconds_count{deployment="sleepy"} 1.0' in metrics
 
@@ -97,7 +97,7 @@ def test_the_queue_bound_answers_429_and_its_timeout_503_never_a_hang(server: Se
 
     def call() -> None:
         started = time.monotonic()
-        r = httpx.post(f"{server.url}/d/cold/ping", json={}, timeout=30)
+        r = web.post(f"{server.url}/d/cold/ping", json={}, timeout=30)
         answers.append((r.status_code, time.monotonic() - started, r.json(), r.headers.get("retry-after")))
 
     threads = [threading.Thread(target=call) for _ in range(2)]
@@ -117,7 +117,7 @@ def test_the_queue_bound_answers_429_and_its_timeout_503_never_a_hang(server: Se
         assert "none came up within 1.5s" in body["error"]["message"]
     # once init() is done the same deployment answers
     server.wait_for(lambda api: api.get("/deployments/cold").json()["ready"] == 1, timeout=60)
-    assert httpx.post(f"{server.url}/d/cold/ping", json={}, timeout=30).json() == "pong"
+    assert web.post(f"{server.url}/d/cold/ping", json={}, timeout=30).json() == "pong"
 
 
 def test_a_held_caller_that_leaves_frees_its_place_at_once(server: ServerProc) -> None:
@@ -126,11 +126,11 @@ def test_a_held_caller_that_leaves_frees_its_place_at_once(server: ServerProc) -
                "--cpus", "0.25", "--memory-gb", "0.25")
     url = f"{server.url}/d/cold2/ping"
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(url, json={}, timeout=1)  # held, then the caller gives up
+        web.post(url, json={}, timeout=1)  # held, then the caller gives up
     time.sleep(0.3)
-    metrics = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.token}"}).text
+    metrics = web.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.token}"}).text
     assert 'fermion_gateway_queued{deployment="cold2"} 0.0' in metrics  # its place is free
-    r = httpx.post(url, json={}, timeout=30)  # held in that place, not refused
+    r = web.post(url, json={}, timeout=30)  # held in that place, not refused
     assert r.status_code == 200 and r.json() == "pong"
 
 
@@ -157,7 +157,7 @@ def test_traffic_through_a_gateway_process_counts_a_deployment_woken_there_stays
     gateway = start_gateway(tmp_path / "gw", [server.url], server.token)
     try:
         url = f"{gateway.url}/d/remote/upper"
-        server.wait_for(lambda _: httpx.post(url, json={"texts": ["x"]}, timeout=60).status_code == 200, timeout=30)
+        server.wait_for(lambda _: web.post(url, json={"texts": ["x"]}, timeout=60).status_code == 200, timeout=30)
         woke = [e["reason"] for e in events(server, "remote") if e["reason"].startswith("autoscale 0 → 1")]
         assert woke == ["autoscale 0 → 1: woken by 1 waiting request(s)"]  # held there, reported to the server
         with Load(url, {"texts": ["busy"]}, workers=2) as load:

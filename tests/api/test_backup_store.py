@@ -8,10 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
-import httpx
-
 import fermion
-from fermion.testing import fermion_cmd, kill_replicas, start_server, stop
+from fermion.testing import fermion_cmd, kill_replicas, start_server, stop, web
 from tests.support import TEXT_PHOTON
 
 PASSPHRASE = "correct horse battery staple"
@@ -84,7 +82,7 @@ def test_a_backup_in_a_store_restores_onto_a_new_home_that_serves_the_same_deplo
             # READY: its replicas started with GREETING opened, by the restored master key
             d = conn.deployment("words").wait(lambda x: x.ready == 2 and x.status == "READY", timeout=120)
             assert len({r.id for r in d.replica_list}) == 2
-            assert httpx.post(f"{server.url}/d/words/upper", json={"texts": ["back"]}, timeout=30).json() == ["BACK"]
+            assert web.post(f"{server.url}/d/words/upper", json={"texts": ["back"]}, timeout=30).json() == ["BACK"]
             job = conn.jobs.get("hello")
             assert job.status == "SUCCEEDED" and job.attempts[0].exit_code == 0
             out = conn.datasets.pull("rows", tmp_path / "pulled")

@@ -8,10 +8,9 @@ import csv
 import json
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from fermion.testing import ServerProc, running_server
+from fermion.testing import ServerProc, running_server, web
 from tests.support import EXAMPLES
 
 CLOUDS = """
@@ -37,7 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
 
 
 def classify(server: ServerProc, deployment: str, texts: list[str]) -> list[str]:
-    r = httpx.post(f"{server.url}/d/{deployment}/classify", json={"texts": texts}, timeout=60)
+    r = web.post(f"{server.url}/d/{deployment}/classify", json={"texts": texts}, timeout=60)
     assert r.status_code == 200, r.text
     return [a["label"] for a in r.json()]
 

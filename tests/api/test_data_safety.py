@@ -14,11 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
 from fermion.photon.runtime import build_archive
-from fermion.testing import ServerProc, fermion_cmd, kill_replicas, start_server, stop, workload_pids
+from fermion.testing import ServerProc, fermion_cmd, kill_replicas, start_server, stop, web, workload_pids
 from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON
 
 SLEEPER = {"command": ["sleep", "600"], "resources": {"cpus": 0.25, "memory_gb": 0.25}}
@@ -56,7 +55,7 @@ def wait(what: str, check, timeout: float = 30.0):  # noqa: ANN001, ANN201
 
 def serving(server: ServerProc) -> ServerProc:
     """``server`` once its start is done (the port file comes first, before its signal handlers)."""
-    wait("the server to serve", lambda: httpx.get(f"{server.url}/healthz").status_code == 200)
+    wait("the server to serve", lambda: web.get(f"{server.url}/healthz").status_code == 200)
     return server
 
 
@@ -131,7 +130,7 @@ def test_backup_while_running_then_the_database_deleted_under_the_server_and_res
         d = server.deployment("keep")
         assert d["status"] == "READY"
         assert {(r["id"], server.pid(r["id"])) for r in d["replica_list"]} == replicas  # re-adopted, not replaced
-        assert httpx.post(f"{server.url}/d/keep/upper", json={"texts": ["back"]}).json() == ["BACK"]
+        assert web.post(f"{server.url}/d/keep/upper", json={"texts": ["back"]}).json() == ["BACK"]
         with server.api() as api:
             job = api.get("/jobs/before").json()
             assert job["status"] == "RUNNING" and [a["id"] for a in job["attempts"]] == [before["id"]]
@@ -180,8 +179,8 @@ def test_a_lost_database_is_refused_at_start_and_a_new_one_keeps_the_old_credent
         assert server.token != old_token
         with server.api() as api:
             assert api.get("/deployments").status_code == 200
-        assert httpx.get(f"{server.url}/api/v1/deployments", headers={"Authorization": f"Bearer {old_token}"}
-                         ).status_code == 401
+        assert web.get(f"{server.url}/api/v1/deployments", headers={"Authorization": f"Bearer {old_token}"}
+                       ).status_code == 401
     finally:
         stop(server.proc)
     again = one_error(cli(home, "server", "start", "--port", "0", "--new-database"))

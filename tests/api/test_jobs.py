@@ -10,11 +10,10 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import expect
 
-from fermion.testing import ServerProc, dashboard, running_server
+from fermion.testing import ServerProc, dashboard, running_server, web
 from tests.support import EXAMPLES
 
 CLOUDS = """
@@ -146,7 +145,7 @@ def test_finetune_job_registers_a_model_that_serves(server: ServerProc, tmp_path
     server.cli("model", "promote", "tickets:1", "--stage", "production")
     assert "production" in server.cli("model", "list").stdout
     server.cli("deploy", "--model", "tickets:1", "--name", "tickets", "--public")
-    answer = httpx.post(f"{server.url}/d/tickets/classify", json={"texts": [
+    answer = web.post(f"{server.url}/d/tickets/classify", json={"texts": [
         "Dear support, my parcel arrived damaged. Please fix this."]}, timeout=30).json()
     assert answer[0]["label"] in {"account", "billing", "shipping", "technical"}
     assert abs(sum(answer[0]["probabilities"].values()) - 1) < 1e-3

@@ -9,11 +9,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from fermion.store._store import display_url
-from fermion.testing import ServerProc, fermion_cmd, running_server
+from fermion.testing import ServerProc, fermion_cmd, running_server, web
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +22,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
 
 
 def test_the_api_schema_needs_a_token_and_docs_are_gone(server: ServerProc) -> None:
-    assert httpx.get(f"{server.url}/openapi.json").status_code == 401
-    bad = httpx.get(f"{server.url}/openapi.json", headers={"Authorization": "Bearer fma_wrong"})
+    assert web.get(f"{server.url}/openapi.json").status_code == 401
+    bad = web.get(f"{server.url}/openapi.json", headers={"Authorization": "Bearer fma_wrong"})
     assert bad.status_code == 401
     with server.api() as api:
         schema = api.get(f"{server.url}/openapi.json")
         assert schema.status_code == 200 and "/api/v1/deployments/{name}" in schema.json()["paths"]
         for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
             assert api.get(f"{server.url}{path}").status_code == 404, path
-    assert httpx.get(f"{server.url}/healthz").status_code == 200  # still the one open route
+    assert web.get(f"{server.url}/healthz").status_code == 200  # still the one open route
 
 
 def test_a_huge_name_is_not_echoed_back(server: ServerProc) -> None:

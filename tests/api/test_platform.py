@@ -9,11 +9,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from fermion import Client
-from fermion.testing import Load, ServerProc, running_server
+from fermion.testing import Load, ServerProc, running_server, web
 from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON, report_fault
 
 CLOUDS = """
@@ -134,18 +133,18 @@ def test_crash_looping_photon_ends_failed_with_its_error(server: ServerProc) -> 
 
 
 def test_tokens_guard_the_api_and_private_deployments(server: ServerProc) -> None:
-    assert httpx.get(f"{server.url}/api/v1/deployments").status_code == 401
-    bad = httpx.get(f"{server.url}/api/v1/deployments", headers={"Authorization": "Bearer nope"})
+    assert web.get(f"{server.url}/api/v1/deployments").status_code == 401
+    bad = web.get(f"{server.url}/api/v1/deployments", headers={"Authorization": "Bearer nope"})
     assert bad.status_code == 401 and "invalid token" in bad.json()["error"]["message"]
-    assert httpx.get(f"{server.url}/healthz").status_code == 200
+    assert web.get(f"{server.url}/healthz").status_code == 200
     out = server.cli("deploy", TEXT_PHOTON, "--name", "private", "--json")
     import json
 
     token = json.loads(out.stdout)["token"]
     assert token.startswith("fmd_")
     url = f"{server.url}/d/private/upper"
-    assert httpx.post(url, json={"texts": ["x"]}).status_code == 401
-    ok = httpx.post(url, json={"texts": ["x"]}, headers={"Authorization": f"Bearer {token}"})
+    assert web.post(url, json={"texts": ["x"]}).status_code == 401
+    ok = web.post(url, json={"texts": ["x"]}, headers={"Authorization": f"Bearer {token}"})
     assert ok.status_code == 200 and ok.json() == ["X"]
     assert Client(f"{server.url}/d/private", token=server.token).upper(["admin"]) == ["ADMIN"]
 
@@ -173,8 +172,8 @@ def test_bad_specs_get_4xx_with_a_message(server: ServerProc) -> None:
 def test_gateway_and_replica_metrics(server: ServerProc) -> None:
     server.cli("deploy", TEXT_PHOTON, "--name", "metered", "--public")
     for _ in range(5):
-        httpx.post(f"{server.url}/d/metered/upper", json={"texts": ["m"]})
-    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.token}"}).text
+        web.post(f"{server.url}/d/metered/upper", json={"texts": ["m"]})
+    text = web.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.token}"}).text
     line = next(ln for ln in text.splitlines()
                 if ln.startswith('fermion_gateway_requests_total{deployment="metered"') and 'status="200"' in ln)
     assert float(line.split()[-1]) == 5
@@ -191,7 +190,7 @@ def test_delete_drains_and_removes(server: ServerProc) -> None:
     pid = server.pid(ready_replicas(server.deployment("gone"))[0]["id"])
     server.cli("deployment", "delete", "gone")
     server.wait_for(lambda api: api.get("/deployments/gone").status_code == 404)
-    server.wait_for(lambda _: httpx.post(f"{server.url}/d/gone/upper", json={"texts": ["x"]}).status_code == 404,
+    server.wait_for(lambda _: web.post(f"{server.url}/d/gone/upper", json={"texts": ["x"]}).status_code == 404,
                     timeout=5)
     deadline = time.monotonic() + 20
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:

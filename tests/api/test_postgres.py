@@ -12,11 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from fermion.store import JobRow, ReplicaRow, Store
-from fermion.testing import ServerProc, kill_workloads, start_server, stop
+from fermion.testing import ServerProc, kill_workloads, start_server, stop, web
 from tests.pg import PostgresServer
 from tests.support import TEXT_PHOTON
 
@@ -42,13 +41,13 @@ def test_a_deployment_on_postgresql_serves_and_is_readopted_after_a_restart(tmp_
         assert not (home / "fermion.db").exists()  # the state is in PostgreSQL, not the home
         before = replica_pids(pg_url)
         assert len(before) == 1
-        assert httpx.post(f"{server.url}/d/text/upper", json={"texts": ["on postgresql"]}).json() == ["ON POSTGRESQL"]
+        assert web.post(f"{server.url}/d/text/upper", json={"texts": ["on postgresql"]}).json() == ["ON POSTGRESQL"]
         assert stop(server.proc) == 0
         server = start_server(home, CLOUDS, db_url=pg_url, env=env)
         d = server.wait_for(lambda api: (d := api.get("/deployments/text").json())["status"] == "READY" and d)
         assert [r["id"] for r in d["replica_list"]] == list(before)  # re-adopted, not replaced
         assert replica_pids(pg_url) == before  # the same process
-        assert httpx.post(f"{server.url}/d/text/upper", json={"texts": ["still here"]}).json() == ["STILL HERE"]
+        assert web.post(f"{server.url}/d/text/upper", json={"texts": ["still here"]}).json() == ["STILL HERE"]
     finally:
         stop(server.proc)
         kill_workloads(workloads)

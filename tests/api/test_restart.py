@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
-
-from fermion.testing import ServerProc, kill_replicas, start_server, stop
+from fermion.testing import ServerProc, kill_replicas, start_server, stop, web
 from tests.support import EXAMPLES, TEXT_PHOTON
 
 JOBS = EXAMPLES / "jobs"
@@ -24,7 +22,7 @@ def test_restart_readopts_running_replicas(tmp_path: Path) -> None:
         for _, pid in before:
             assert Path(f"/proc/{pid}").exists()
         server = start_server(home)
-        assert httpx.post(f"{server.url}/d/keep/upper", json={"texts": ["still here"]}).json() == ["STILL HERE"]
+        assert web.post(f"{server.url}/d/keep/upper", json={"texts": ["still here"]}).json() == ["STILL HERE"]
         d = server.deployment("keep")
         assert d["status"] == "READY"
         assert {(r["id"], server.pid(r["id"])) for r in d["replica_list"]} == before  # same processes, no duplicates

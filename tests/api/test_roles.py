@@ -1,4 +1,5 @@
-"""The role matrix: every API route, called by every kind of caller, against a real server.
+"""The role matrix: every API route, called by every kind of caller, against the server's app in
+this process (fermion.testing.in_process_server: the same app, clouds that start nothing).
 
 Callers: a server admin; a project admin, editor and viewer of project "ml"; an editor of another
 project; a token scoped down to viewer; anonymous, expired and revoked tokens. Each route declares
@@ -19,7 +20,7 @@ import httpx
 import pytest
 
 from fermion.photon._package import build_archive
-from fermion.testing import ServerProc, running_server
+from fermion.testing import InProcessServer, in_process_server
 from tests.support import FIXTURE_PHOTONS
 
 ORDER = {"viewer": 0, "editor": 1, "admin": 2}
@@ -47,8 +48,9 @@ class Rule:
 class World:
     """The objects of project ml the routes act on, created by the server admin."""
 
-    def __init__(self, server: ServerProc, tmp: Path) -> None:
+    def __init__(self, server: InProcessServer, tmp: Path) -> None:
         self.server = server
+        self.http = server.http("")  # no token of its own: each call sends its caller's
         archive = tmp / "v.photon"
         build_archive(f"{FIXTURE_PHOTONS}:Versioned", archive)
         self.archive = archive.read_bytes()
@@ -110,7 +112,7 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, list[Caller]]]:
     tmp = tmp_path_factory.mktemp("roles")
     # outpost: an agent cloud (no agent runs: it takes no workload), whose agent routes the matrix tries
-    with running_server(tmp / "home", "clouds:\n  - name: alpha\n  - name: outpost\n    kind: agent\n") as server:
+    with in_process_server(tmp / "home", "clouds:\n  - name: alpha\n  - name: outpost\n    kind: agent\n") as server:
         w = World(server, tmp)
         with server.api() as api:
             for project in ("ml", "other"):
@@ -130,7 +132,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, lis
             w.job(api)
             w.model()
             w.dataset(api)
-        time.sleep(1.0)  # the short-lived token expires
+            old = {"Authorization": f"Bearer {expired['token']}"}
+            server.wait_for(lambda a: a.get("/whoami", headers=old).status_code == 401)  # the short-lived token expired
         callers = [
             Caller("anonymous", None, None, valid=False),
             Caller("expired", expired["token"], None, valid=False),
@@ -280,9 +283,8 @@ def concrete(path: str, w: World, c: Caller, admin: httpx.Client) -> str:
     """Fill a path's placeholders with objects made for this call."""
     if "{own}" in path:
         token = c.token or w.server.token
-        mine = httpx.post(f"{w.server.url}/api/v1/tokens", json={"name": "mine", "project": "ml" if c.ml_role else None,
-                                                                   "role": "viewer"},
-                          headers={"Authorization": f"Bearer {token}"}).json()
+        mine = w.http.post("/api/v1/tokens", headers={"Authorization": f"Bearer {token}"},
+                           json={"name": "mine", "project": "ml" if c.ml_role else None, "role": "viewer"}).json()
         return path.replace("{own}", mine.get("id", "t-none"))
     if "{fresh}" in path:
         name = f"x{time.monotonic_ns()}"
@@ -298,7 +300,7 @@ def concrete(path: str, w: World, c: Caller, admin: httpx.Client) -> str:
 
 def test_every_route_has_a_declared_policy(world: tuple[World, list[Caller]]) -> None:
     w, _ = world
-    schema = httpx.get(f"{w.server.url}/openapi.json", headers={"Authorization": f"Bearer {w.server.token}"}).json()
+    schema = w.http.get("/openapi.json", headers={"Authorization": f"Bearer {w.server.token}"}).json()
     declared = {(r.method, r.path.split("?")[0]) for r in policy(w)}
     routes = set()
     for path, ops in schema["paths"].items():
@@ -327,11 +329,11 @@ def test_the_role_matrix(world: tuple[World, list[Caller]]) -> None:
                 path = concrete(rule.path, w, c, admin)
                 headers = {"Authorization": f"Bearer {c.token}"} if c.token else {}
                 if (rule.method, rule.path) == ("POST", "/photons"):
-                    r = httpx.post(f"{w.server.url}/api/v1/photons", headers=headers, timeout=30,
-                                   files={"file": ("v.photon", w.archive, "application/zip")})
+                    r = w.http.post("/api/v1/photons", headers=headers, timeout=30,
+                                    files={"file": ("v.photon", w.archive, "application/zip")})
                 else:
-                    r = httpx.request(rule.method, f"{w.server.url}/api/v1{path}", headers=headers, timeout=30,
-                                      json=rule.body() if rule.body else None)
+                    r = w.http.request(rule.method, f"/api/v1{path}", headers=headers, timeout=30,
+                                       json=rule.body() if rule.body else None)
                 refusals = expected(rule, c)
                 ok = r.status_code not in (401, 403, 404) if refusals is None else r.status_code in refusals
                 if not ok:
@@ -346,14 +348,14 @@ def test_a_revoked_admin_token_stops_working_at_the_gateway(world: tuple[World, 
     with w.admin() as api:
         api.put("/deployments/priv", json={"photon": w.sha, "replicas": 0, "project": "ml"})
         extra = api.post("/tokens", json={"name": "second-admin", "role": "admin"}).json()
-        gateway = f"{w.server.url}/d/priv/version"
+        gateway = "/d/priv/version"
         with_extra = {"Authorization": f"Bearer {extra['token']}"}
         deadline = time.monotonic() + 10
-        while (status := httpx.post(gateway, headers=with_extra).status_code) == 404 and time.monotonic() < deadline:
+        while (status := w.http.post(gateway, headers=with_extra).status_code) == 404 and time.monotonic() < deadline:
             time.sleep(0.1)  # the route is published on the controller's next pass
         assert status == 503  # let in: no replica yet
         api.delete(f"/tokens/{extra['id']}")
-        assert httpx.post(gateway, headers=with_extra).status_code == 401
+        assert w.http.post(gateway, headers=with_extra).status_code == 401
         assert api.get("/deployments/priv").status_code == 200
 
 
@@ -372,15 +374,16 @@ def test_secrets_do_not_cross_projects(world: tuple[World, list[Caller]]) -> Non
     w, callers = world
     dave = next(c for c in callers if c.name == "other-project editor")
     headers = {"Authorization": f"Bearer {dave.token}"}
-    api = f"{w.server.url}/api/v1"
+    api = "/api/v1"
     with w.admin() as admin:
         w.secret(admin)  # secret k of project ml
-    r = httpx.put(f"{api}/deployments/steal", headers=headers,
-                  json={"photon": w.sha, "replicas": 0, "project": "other", "env": {"X": "secret:k"}})
+    r = w.http.put(f"{api}/deployments/steal", headers=headers,
+                   json={"photon": w.sha, "replicas": 0, "project": "other", "env": {"X": "secret:k"}})
     assert r.status_code == 400 and "does not exist" in r.text
-    assert httpx.get(f"{api}/secrets", headers=headers).json() == []
+    assert w.http.get(f"{api}/secrets", headers=headers).json() == []
     # the same name may exist in each project, each with its own value
-    assert httpx.put(f"{api}/secrets/k", headers=headers, json={"value": "dave-value", "project": "other"}).status_code == 200
-    names = {(s["project"], s["name"]) for s in httpx.get(f"{api}/secrets", headers={
+    mine = w.http.put(f"{api}/secrets/k", headers=headers, json={"value": "dave-value", "project": "other"})
+    assert mine.status_code == 200
+    names = {(s["project"], s["name"]) for s in w.http.get(f"{api}/secrets", headers={
         "Authorization": f"Bearer {w.server.token}"}).json()}
     assert {("ml", "k"), ("other", "k")} <= names

@@ -15,11 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-import httpx
 import pytest
 
 from fermion.photon.runtime import build_archive
-from fermion.testing import ServerProc, running_server
+from fermion.testing import ServerProc, running_server, web
 from tests.support import FIXTURE_PHOTONS
 
 CLOUDS = """clouds:
@@ -128,7 +127,7 @@ def readers(server: ServerProc) -> Iterator[list[Reader]]:
 
 def metric(server: ServerProc, name: str) -> float:
     """The sum of a metric's samples on the server's /metrics."""
-    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.token}"}).text
+    text = web.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.token}"}).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name) and line[len(name)] in " {")
 

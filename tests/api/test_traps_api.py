@@ -23,7 +23,7 @@ from fermion.data import open_store
 from fermion.errors import ConflictError, FermionError, NotFoundError, UserInputError
 from fermion.photon._package import content_sha256
 from fermion.sdk import Connection
-from fermion.testing import ServerProc, running_server, start_s3_emulator, start_server, stop
+from fermion.testing import ServerProc, running_server, start_s3_emulator, start_server, stop, web
 from tests.support import FIXTURE_PHOTONS
 
 VERSIONED = f"{FIXTURE_PHOTONS}:Versioned"
@@ -229,7 +229,7 @@ def test_a_canary_keeps_the_running_versions_settings_and_a_rollback_finds_them_
     server.wait_for(lambda _: (server.deployment("steady")["canary"] or {}).get("ready") == 1)
     assert settings() == before
     assert stable_ready() == replicas  # both stable replicas ran on, untouched
-    answers = {httpx.post(f"{server.url}/d/steady/version", json={}, headers={"X-Fermion-Version": str(v)}).json()
+    answers = {web.post(f"{server.url}/d/steady/version", json={}, headers={"X-Fermion-Version": str(v)}).json()
                ["version"] for v in (1, d["canary"]["generation"])}
     assert answers == {"1", "2"}  # public as before: no token needed, for either version
 

@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-import httpx
 import pytest
 
 from fermion.backends import Isolation, checked_status
@@ -27,6 +26,7 @@ from fermion.testing import (
     start_agent,
     stop,
     wait_connected,
+    web,
     workload_processes,
 )
 from tests.support import TEXT_PHOTON
@@ -102,31 +102,31 @@ def test_an_agent_cloud_serves_and_its_token_acts_for_its_cloud_only(
         server.cli("deploy", TEXT_PHOTON, "--name", "served", "--cloud", "edge", "--public")
         (replica,) = replicas(server, "served")
         assert replica["cloud"] == "edge" and replica["state"] == "READY"
-        answer = httpx.post(f"{server.url}/d/served/upper", json={"texts": ["through the agent"]}, timeout=30)
+        answer = web.post(f"{server.url}/d/served/upper", json={"texts": ["through the agent"]}, timeout=30)
         assert answer.status_code == 200 and answer.json() == ["THROUGH THE AGENT"]
         assert running_replicas(agent_root) == {replica["id"]}  # it runs in the agent's folder, not the server's
 
         bearer = {"Authorization": f"Bearer {agent.token}"}
         # no user API answers an agent token; nor another cloud's agent routes
         for path in ("/api/v1/deployments", "/api/v1/clouds", "/api/v1/secrets"):
-            assert httpx.get(f"{server.url}{path}", headers=bearer, timeout=10).status_code == 401
-        assert httpx.get(f"{server.url}/api/v1/agent/home/config", headers=bearer, timeout=10).status_code == 401
+            assert web.get(f"{server.url}{path}", headers=bearer, timeout=10).status_code == 401
+        assert web.get(f"{server.url}/api/v1/agent/home/config", headers=bearer, timeout=10).status_code == 401
         forged = agent.token.rsplit(".", 1)[0] + ".0" * 32
-        assert httpx.get(f"{server.url}/api/v1/agent/edge/config", headers={"Authorization": f"Bearer {forged}"},
-                         timeout=10).status_code == 401
-        assert httpx.get(f"{server.url}/api/v1/agent/edge/config", headers=bearer, timeout=10).status_code == 200
+        assert web.get(f"{server.url}/api/v1/agent/edge/config", headers={"Authorization": f"Bearer {forged}"},
+                       timeout=10).status_code == 401
+        assert web.get(f"{server.url}/api/v1/agent/edge/config", headers=bearer, timeout=10).status_code == 200
         admin = {"Authorization": f"Bearer {server.token}"}  # nor does a user's token, an admin's included, open them
-        assert httpx.get(f"{server.url}/api/v1/agent/edge/config", headers=admin, timeout=10).status_code == 401
-        assert httpx.post(f"{server.url}/api/v1/agent/edge/report", headers=admin, json={"agent": "x"},
-                          timeout=10).status_code == 401
+        assert web.get(f"{server.url}/api/v1/agent/edge/config", headers=admin, timeout=10).status_code == 401
+        assert web.post(f"{server.url}/api/v1/agent/edge/report", headers=admin, json={"agent": "x"},
+                        timeout=10).status_code == 401
         # an archive no workload of this cloud was given is not served
-        assert httpx.get(f"{server.url}/api/v1/agent/edge/archive/{'0' * 64}", headers=bearer,
-                         timeout=10).status_code == 404
+        assert web.get(f"{server.url}/api/v1/agent/edge/archive/{'0' * 64}", headers=bearer,
+                       timeout=10).status_code == 404
 
         # a new token (what `fermion cloud agent edge` issues) voids the old one at once
         printed = server.cli("cloud", "agent", "edge").stdout
         assert "fermion agent start --server" in printed and "--cloud edge" in printed
-        assert httpx.get(f"{server.url}/api/v1/agent/edge/config", headers=bearer, timeout=10).status_code == 401
+        assert web.get(f"{server.url}/api/v1/agent/edge/config", headers=bearer, timeout=10).status_code == 401
         refused = server.cli("cloud", "agent", "home", check=False)
         assert refused.returncode != 0 and "not an agent cloud" in refused.stderr
     finally:
@@ -182,7 +182,7 @@ def test_a_silent_agent_has_its_work_moved_and_what_ran_on_is_stopped_when_it_re
             clouds = {c["name"]: c for c in server.api().get("/clouds").json()}
             assert clouds["edge"]["health"] == "unhealthy" and "lost" in clouds["edge"]["health_reason"]
             assert first["id"] in running_replicas(agent_root)  # out of reach, not dead
-            answer = httpx.post(f"{server.url}/d/moved/upper", json={"texts": ["moved"]}, timeout=30)
+            answer = web.post(f"{server.url}/d/moved/upper", json={"texts": ["moved"]}, timeout=30)
             assert answer.status_code == 200
         wait_connected(server, "edge", agent)
         # heard again: the replica the server replaced is stopped, never adopted; nothing runs twice

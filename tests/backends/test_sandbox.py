@@ -17,9 +17,10 @@ import httpx
 import pytest
 
 from fermion.backends import Isolation
-from fermion.testing import ServerProc, running_server, socket_path, start_gateway, stop
+from fermion.testing import ServerProc, running_server, socket_path, start_gateway, stop, web
 from fermion.testing import replica as replica_http
 from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON
+
 CLOUDS = "clouds:\n  - name: alpha\n  - name: beta\n    egress: true\n"  # beta lets a workload ask for the network
 ISOLATION = Isolation()
 sandboxed = pytest.mark.skipif(ISOLATION.bwrap is None, reason="bubblewrap cannot run on this machine")
@@ -37,7 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
 
 
 def call(server: ServerProc, handler: str, **body: object) -> httpx.Response:
-    return httpx.post(f"{server.url}/d/snoop/{handler}", json=body, timeout=30)
+    return web.post(f"{server.url}/d/snoop/{handler}", json=body, timeout=30)
 
 
 def test_a_replica_sees_only_its_own_environment(server: ServerProc) -> None:
@@ -243,8 +244,8 @@ def test_a_job_cannot_read_the_admin_token(server: ServerProc) -> None:
 def test_declared_memory_is_a_hard_limit(server: ServerProc) -> None:
     server.cli("deploy", f"{FIXTURE_PHOTONS}:Snoop", "--name", "hog", "--public", "--memory-gb", "0.25",
                "--cpus", "0.25")
-    assert httpx.post(f"{server.url}/d/hog/hog", json={"mb": 16}, timeout=30).json() == 16 << 20
-    r = httpx.post(f"{server.url}/d/hog/hog", json={"mb": 600}, timeout=60)
+    assert web.post(f"{server.url}/d/hog/hog", json={"mb": 16}, timeout=30).json() == 16 << 20
+    r = web.post(f"{server.url}/d/hog/hog", json={"mb": 600}, timeout=60)
     assert r.status_code == 502
     deadline = time.monotonic() + 30
     with server.api() as api:

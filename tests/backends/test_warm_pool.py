@@ -8,9 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
-
-from fermion.testing import kill_replicas, start_server, stop, workload_handles
+from fermion.testing import kill_replicas, start_server, stop, web, workload_handles
 from fermion.testing import replica as replica_http
 from tests.support import FIXTURE_PHOTONS
 
@@ -52,7 +50,7 @@ def test_replicas_take_over_spares_with_their_own_env_and_limits(tmp_path: Path)
         handle = workload_handles(home)[replica["id"]]
         assert handle == {"id": replica["id"], "pid": spare_pid, "dir": spare_folder}  # the spare became the replica
         # it serves with the replica's environment, from its own archive
-        assert httpx.post(f"{server.url}/d/quick/version", json={}).json() == {"version": "7"}
+        assert web.post(f"{server.url}/d/quick/version", json={}).json() == {"version": "7"}
         folder = server.workdir("warm", replica["id"])
         assert folder.name == spare_folder and (folder.parent / ".taken" / spare_folder).read_text() == replica["id"]
         assert (folder.parent / ".replicas" / replica["id"]).read_text() == spare_folder
@@ -77,7 +75,7 @@ def test_replicas_take_over_spares_with_their_own_env_and_limits(tmp_path: Path)
         server.proc.wait(10)
         assert Path(f"/proc/{old_spare}").exists(), "nothing was to stop the spare yet"
         server = start_server(home, CLOUDS)
-        assert httpx.post(f"{server.url}/d/quick/version", json={}).json() == {"version": "7"}
+        assert web.post(f"{server.url}/d/quick/version", json={}).json() == {"version": "7"}
         d = server.deployment("quick")
         assert d["status"] == "READY" and [r["id"] for r in d["replica_list"]] == [replica["id"]]
         assert server.pid(replica["id"]) == spare_pid
@@ -85,7 +83,7 @@ def test_replicas_take_over_spares_with_their_own_env_and_limits(tmp_path: Path)
         wait_for("the old spare ended", lambda: not Path(f"/proc/{old_spare}").exists() or
                  Path(f"/proc/{old_spare}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
         wait_for("a spare of the new server", lambda: spares(home))
-        assert httpx.post(f"{server.url}/d/quick/version", json={}).json() == {"version": "7"}
+        assert web.post(f"{server.url}/d/quick/version", json={}).json() == {"version": "7"}
         assert stop(server.proc) == 0
         wait_for("the pool emptied at the stop", lambda: not spares(home), timeout=10)
     finally:

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from fermion.testing import (
@@ -25,10 +24,10 @@ from fermion.testing import (
     start_gateway,
     start_server,
     stop,
+    web,
 )
 from tests.chaos import CLOUDS, PHOTON
 from tests.support import report_fault
-
 
 
 def deploy(server: ServerProc, name: str, replicas: int = 2) -> None:
@@ -44,7 +43,7 @@ def answers(url: str, timeout: float = 15) -> dict:
     """The first 200 answer from ``url``, waiting for the route to reach a gateway."""
     deadline = time.monotonic() + timeout
     while True:
-        response = httpx.post(url, json={}, timeout=10)
+        response = web.post(url, json={}, timeout=10)
         if response.status_code == 200:
             return response.json()
         assert time.monotonic() < deadline, f"{url}: {response.status_code} {response.text}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from fermion.testing import Load, kill_workloads, start_gateway, start_server, stop, workload_processes
+from fermion.testing import Load, kill_workloads, start_gateway, start_server, stop, web, workload_processes
 from tests.chaos import CLOUDS, PHOTON
 from tests.support import report_fault
 
@@ -20,7 +20,7 @@ TAKEOVER_BOUND_S = 10.0
 
 def leads(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/healthz", timeout=2).json()["leader"]
+        return web.get(f"{url}/healthz", timeout=2).json()["leader"]
     except httpx.TransportError:
         return False
 
@@ -98,7 +98,7 @@ def _status_within(url: str, headers: dict[str, str], ok, timeout: float = 10) -
     """Whether a call of ``url`` answers a status ``ok`` accepts within ``timeout`` seconds (a change
     reaches the gateways within a second or so)."""
     deadline = time.monotonic() + timeout
-    while not ok(httpx.post(url, headers=headers).status_code):
+    while not ok(web.post(url, headers=headers).status_code):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
@@ -117,7 +117,7 @@ def test_traffic_at_the_follower_counts_for_the_leaders_autoscaler(tmp_path: Pat
         first.cli("deploy", PHOTON, "--name", "elastic", "--public", "--replicas", "0", "--min-replicas", "0",
                   "--max-replicas", "2", "--scale-to-zero-delay", "3")
         url = f"{second.url}/d/elastic/version"  # the follower's own gateway: held there, woken by the leader
-        second.wait_for(lambda _: httpx.post(url, timeout=60).status_code == 200, timeout=60)
+        second.wait_for(lambda _: web.post(url, timeout=60).status_code == 200, timeout=60)
         reasons = [e["reason"] for e in first.api().get("/events", params={"object_id": "elastic"}).json()]
         assert "autoscale 0 → 1: woken by 1 waiting request(s)" in reasons, reasons
         with Load(url, {}, workers=2) as load:

@@ -22,7 +22,7 @@ import pytest
 
 from fermion.clouds import CloudConfig, load_clouds
 from fermion.errors import UserInputError
-from fermion.testing import ServerProc, fermion_cmd, running_server, stop
+from fermion.testing import ServerProc, fermion_cmd, running_server, stop, web
 from tests.support import ROOT
 
 T = TypeVar("T")
@@ -148,7 +148,7 @@ def test_gateway_follows_server_url_with_only_fermion_token(server: ServerProc, 
             if not port_file.exists() or not port_file.read_text():
                 return None
             try:
-                body = httpx.get(f"http://127.0.0.1:{port_file.read_text()}/healthz", timeout=5).json()
+                body = web.get(f"http://127.0.0.1:{port_file.read_text()}/healthz", timeout=5).json()
             except httpx.TransportError:
                 return None
             return body if body.get("version") else None  # a routing table came: the token was taken

@@ -19,7 +19,7 @@ from fermion.control import DeploymentController, Scheduler
 from fermion.gateway import RoutingTable
 from fermion.photon.runtime import build_archive
 from fermion.store import DeploymentRow, PhotonRow, ReplicaRow, Store, default_db_url
-from fermion.testing import running_server
+from fermion.testing import running_server, web
 from tests.support import FIXTURE_PHOTONS, TEXT_PHOTON
 
 SMALL = {"cpus": 0.25, "memory_gb": 0.25}
@@ -161,7 +161,7 @@ def test_the_gateway_does_not_wait_on_a_locked_database(tmp_path: Path) -> None:
     with running_server(tmp_path / "home") as server:
         server.cli("deploy", TEXT_PHOTON, "--name", "fast", "--public")
         url = f"{server.url}/d/fast/upper"
-        assert httpx.post(url, json={"texts": ["warm"]}).status_code == 200
+        assert web.post(url, json={"texts": ["warm"]}).status_code == 200
         locked = threading.Event()
 
         def hold_the_database() -> None:  # another writer holds SQLite's write lock for 3 s

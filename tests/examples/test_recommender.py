@@ -11,10 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 import fermion
-from fermion.testing import Load, running_server
+from fermion.testing import Load, running_server, web
 from tests.support import EXAMPLES
 
 RECOMMENDER = EXAMPLES / "recommender"
@@ -57,7 +55,7 @@ def test_the_pipeline_deploys_then_rolls_out_a_retrained_model_on_new_data(tmp_p
         assert first.status == "SUCCEEDED", [(s.step, s.status, s.reason) for s in first.steps]
         assert "no production version" in first.step("no-worse-than-production").reason
         assert conn.models.get("recommender:1").stage == "production"
-        answer = httpx.post(f"{server.url}/d/recommender/recommend", json={"user": "u7"}, timeout=30).json()
+        answer = web.post(f"{server.url}/d/recommender/recommend", json={"user": "u7"}, timeout=30).json()
         assert len(answer["items"]) == 10 and answer["model"] == "recommender:1"
 
         with Load(f"{server.url}/d/recommender/recommend", {"user": "u7", "k": 5}, workers=3) as load:
@@ -72,7 +70,7 @@ def test_the_pipeline_deploys_then_rolls_out_a_retrained_model_on_new_data(tmp_p
         assert "held: recall_at_10" in second.step("no-worse-than-production").reason
         assert load.failures == [] and load.ok > 20, load.failures[:3]
         assert {a["model"] for a in load.answers} == {"recommender:1", "recommender:2"}  # both served, then one
-        latest = httpx.post(f"{server.url}/d/recommender/recommend", json={"user": "u7"}, timeout=30).json()
+        latest = web.post(f"{server.url}/d/recommender/recommend", json={"user": "u7"}, timeout=30).json()
         assert latest["model"] == "recommender:2"
         model = conn.models.get("recommender:2")
         assert model.stage == "production" and conn.models.get("recommender:1").stage != "production"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from fermion.testing import running_server, start_gateway, stop
+from fermion.testing import running_server, start_gateway, stop, web
 from tests.support import FIXTURE_PHOTONS
 
 
@@ -21,7 +21,7 @@ def test_the_table_is_for_admins_and_a_change_ends_the_long_poll(tmp_path: Path)
         viewer = json.loads(server.cli("token", "create", "peek", "--role", "viewer", "--json").stdout)["token"]
         for token, status in ((None, 401), (viewer, 403)):
             headers = {"Authorization": f"Bearer {token}"} if token else {}
-            assert httpx.get(f"{server.url}/api/v1/gateway/table", headers=headers).status_code == status
+            assert web.get(f"{server.url}/api/v1/gateway/table", headers=headers).status_code == status
         with server.api() as api:
             first = api.get("/gateway/table").json()
             assert first["leader"] is True and first["routes"] == [] and first["admins"]
@@ -41,11 +41,11 @@ def test_the_table_is_for_admins_and_a_change_ends_the_long_poll(tmp_path: Path)
 
         gateway = start_gateway(tmp_path / "gw", [server.url], server.token)
         try:
-            assert httpx.get(f"{gateway.url}/api/v1/deployments").status_code == 404  # no API here
-            assert httpx.get(f"{gateway.url}/metrics").status_code == 401
-            metrics = httpx.get(f"{gateway.url}/metrics", headers={"Authorization": f"Bearer {server.token}"})
+            assert web.get(f"{gateway.url}/api/v1/deployments").status_code == 404  # no API here
+            assert web.get(f"{gateway.url}/metrics").status_code == 401
+            metrics = web.get(f"{gateway.url}/metrics", headers={"Authorization": f"Bearer {server.token}"})
             assert metrics.status_code == 200 and "fermion_gateway_requests" in metrics.text
-            assert httpx.post(f"{gateway.url}/d/nope/x").status_code == 404
+            assert web.post(f"{gateway.url}/d/nope/x").status_code == 404
         finally:
             stop(gateway.proc)
 

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from fermion._limits import BoundedHttpToolsProtocol
 from fermion.gateway import Endpoint, Gateway, Route, RoutingTable
 from fermion.security import hash_token
+from fermion.testing import web
 
 SECRET = "replica-secret-123"
 
@@ -237,7 +238,7 @@ def test_date_and_server_headers_appear_once() -> None:
 
 def test_a_long_unknown_name_is_not_echoed_back() -> None:
     with gateway_before(ScriptedReplica(echo_path)) as url:
-        r = httpx.get(f"{url}/d/{'n' * 10_000}/x")
+        r = web.get(f"{url}/d/{'n' * 10_000}/x")
     assert r.status_code == 404 and len(r.content) < 1024 and "no deployment named" in r.text
 
 

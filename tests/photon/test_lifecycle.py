@@ -12,16 +12,16 @@ import httpx
 import pytest
 
 from fermion import Client, ServiceUnavailable
-from fermion.testing import fermion_cmd, serve_photon
+from fermion.testing import fermion_cmd, serve_photon, web
 
 FIXTURES = Path(__file__).with_name("fixture_photons.py")
 
 
 def test_not_ready_until_init_finishes(tmp_path: Path) -> None:
     with serve_photon(f"{FIXTURES}:SlowInit", tmp_path, env={"SLOW_INIT_S": "2"}, wait_ready=False) as served:
-        early = httpx.get(f"{served.url}/healthz")
+        early = web.get(f"{served.url}/healthz")
         assert early.status_code == 503 and early.json()["status"] == "initializing"
-        call = httpx.post(f"{served.url}/ping")
+        call = web.post(f"{served.url}/ping")
         assert call.status_code == 503 and "initializing" in call.json()["error"]["message"]
         client = Client(served.url)
         with pytest.raises(ServiceUnavailable):
@@ -48,7 +48,7 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
 
         def slow_call() -> None:
             try:
-                outcomes.append(httpx.post(f"{served.url}/work", json={"seconds": 1.5}, timeout=10).json())
+                outcomes.append(web.post(f"{served.url}/work", json={"seconds": 1.5}, timeout=10).json())
             except Exception as exc:  # noqa: BLE001 - recorded for the assertion
                 outcomes.append(exc)
 
@@ -59,7 +59,7 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
         served.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         with pytest.raises(httpx.TransportError):
-            httpx.post(f"{served.url}/work", json={"seconds": 0}, timeout=2)
+            web.post(f"{served.url}/work", json={"seconds": 0}, timeout=2)
         for t in threads:
             t.join(10)
         assert outcomes == [{"slept": 1.5}] * 3

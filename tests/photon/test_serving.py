@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 
 from fermion import Client, HandlerTimeout, RemoteError, UserInputError, ValidationFailed
-from fermion.testing import Served
+from fermion.testing import Served, web
 
 
 @pytest.fixture()
@@ -27,7 +26,7 @@ def test_typed_calls_json_get_and_bytes(client: Client) -> None:
 
 
 def test_openapi_describes_each_handler(text_photon: Served) -> None:
-    spec = httpx.get(f"{text_photon.url}/openapi.json").json()
+    spec = web.get(f"{text_photon.url}/openapi.json").json()
     upper = spec["paths"]["/upper"]["post"]
     assert upper["operationId"] == "upper"
     assert upper["x-fermion-batch"] == {"max_size": 16, "max_wait_ms": 20.0}  # unset options are left out
@@ -35,7 +34,7 @@ def test_openapi_describes_each_handler(text_photon: Served) -> None:
     assert spec["paths"]["/count"]["post"]["x-fermion-stream"] is True
     schema_ref = upper["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
     assert spec["components"]["schemas"][schema_ref]["properties"]["texts"]["type"] == "array"
-    assert httpx.get(f"{text_photon.url}/docs").status_code == 200
+    assert web.get(f"{text_photon.url}/docs").status_code == 200
 
 
 def test_invalid_input_is_422_naming_the_field(client: Client, text_photon: Served) -> None:
@@ -43,10 +42,10 @@ def test_invalid_input_is_422_naming_the_field(client: Client, text_photon: Serv
         client.stats(text=["not", "a", "string"])
     assert err.value.status == 422
     assert "text" in err.value.server_message
-    raw = httpx.post(f"{text_photon.url}/stats", json={"text": "x", "bogus": 1})
+    raw = web.post(f"{text_photon.url}/stats", json={"text": "x", "bogus": 1})
     assert raw.status_code == 422
     assert "bogus" in raw.json()["error"]["message"]
-    missing = httpx.post(f"{text_photon.url}/upper", json={})
+    missing = web.post(f"{text_photon.url}/upper", json={})
     assert missing.status_code == 422 and "texts" in missing.json()["error"]["message"]
 
 
@@ -64,7 +63,7 @@ def test_handler_errors_carry_the_server_message(client: Client) -> None:
 def test_sync_and_async_generators_stream(client: Client, text_photon: Served) -> None:
     assert list(client.count(n=4)) == [{"i": i, "square": i * i} for i in range(4)]
     assert list(client.tokens(text="to be or not")) == ["to", "be", "or", "not"]
-    with httpx.stream("POST", f"{text_photon.url}/count", json={"n": 3, "delay_s": 0.05}) as response:
+    with web.stream("POST", f"{text_photon.url}/count", json={"n": 3, "delay_s": 0.05}) as response:
         assert response.headers["content-type"].startswith("application/x-ndjson")
         lines = [json.loads(line) for line in response.iter_lines() if line]
     assert [item["i"] for item in lines] == [0, 1, 2]
@@ -112,7 +111,7 @@ def test_handler_timeout_is_504_and_counted(client: Client, text_photon: Served)
     with pytest.raises(HandlerTimeout) as err:
         client.sleep(seconds=3)
     assert err.value.status == 504 and "0.5s timeout" in str(err.value)
-    metrics = httpx.get(f"{text_photon.url}/metrics").text
+    metrics = web.get(f"{text_photon.url}/metrics").text
     assert 'fermion_handler_timeouts_total{handler="sleep"} 1.0' in metrics
 
 
@@ -120,7 +119,7 @@ def test_metrics_report_requests_latency_in_flight_and_batches(client: Client, t
     for _ in range(3):
         client.stats(text="a b")
     client.upper(["a"])
-    metrics = httpx.get(f"{text_photon.url}/metrics").text
+    metrics = web.get(f"{text_photon.url}/metrics").text
     assert 'fermion_requests_total{handler="stats",status="200"}' in metrics
     count_line = next(
         line for line in metrics.splitlines() if line.startswith('fermion_request_latency_seconds_count{handler="stats"}')

@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import create_engine, select, text
 
@@ -24,7 +23,7 @@ from fermion.errors import UserInputError
 from fermion.sdk._access import Audit
 from fermion.security import HEAD_FILE, AuditHead, SecretBox
 from fermion.store import AuditRow, Store, with_driver
-from fermion.testing import ServerProc, running_server
+from fermion.testing import ServerProc, running_server, web
 from tests.test_migrations import load_previous_version
 
 SECRET_VALUE = "sk-audit-7c1e5b9d3f"
@@ -119,9 +118,9 @@ def test_mutating_calls_are_recorded_without_bodies(server: ServerProc) -> None:
     with server.api() as api:
         assert api.put("/secrets/audit-key", json={"value": SECRET_VALUE}).status_code == 200
         assert api.delete("/secrets/audit-key").status_code == 200
-    assert httpx.post(f"{server.url}/api/v1/secrets/rotate", timeout=30).status_code == 401
-    assert httpx.post(f"{server.url}/api/v1/secrets/rotate", headers={"Authorization": "Bearer fma-wrong"},
-                      timeout=30).status_code == 401
+    assert web.post(f"{server.url}/api/v1/secrets/rotate", timeout=30).status_code == 401
+    assert web.post(f"{server.url}/api/v1/secrets/rotate", headers={"Authorization": "Bearer fma-wrong"},
+                    timeout=30).status_code == 401
 
     rows = wait_records(server, 4)
     # each record is written after its answer, so two quick calls may land in either order: compare by time
@@ -193,8 +192,8 @@ def test_cli_lists_filters_and_verifies(server: ServerProc) -> None:
     assert as_json["ok"] is True and as_json["head"]["seq"] == 5
     with server.api() as api:
         assert api.get("/audit", params={"limit": 1001}).status_code in (400, 422)
-    assert httpx.get(f"{server.url}/api/v1/audit", timeout=30).status_code == 401
-    assert httpx.get(f"{server.url}/api/v1/audit/verify", timeout=30).status_code == 401
+    assert web.get(f"{server.url}/api/v1/audit", timeout=30).status_code == 401
+    assert web.get(f"{server.url}/api/v1/audit/verify", timeout=30).status_code == 401
 
 
 def test_concurrent_calls_form_one_chain(server: ServerProc) -> None:

@@ -22,8 +22,10 @@ from cryptography.x509.oid import NameOID
 
 import fermion
 from fermion.security._tls import self_signed_certificate, ssl_context_from
-from fermion.testing import ServerProc, fermion_cmd, kill_replicas, stop
+from fermion.testing import ServerProc, fermion_cmd, kill_replicas, stop, web
 from tests.support import FIXTURE_PHOTONS
+
+
 def start_tls_server(home: Path) -> ServerProc:
     """fermion.testing.start_server, serving HTTPS with a self-signed certificate."""
     home.mkdir(parents=True, exist_ok=True)
@@ -68,13 +70,13 @@ def test_https_with_the_generated_certificate(server: ServerProc) -> None:
 
 def test_default_verification_refuses_the_self_signed_certificate(server: ServerProc) -> None:
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-        httpx.get(f"{server.url}/healthz", timeout=10)
+        web.get(f"{server.url}/healthz", timeout=10)
 
 
 def test_plain_http_gets_no_answer(server: ServerProc) -> None:
     plain = server.url.replace("https://", "http://")
     try:
-        status = httpx.get(f"{plain}/healthz", timeout=10).status_code
+        status = web.get(f"{plain}/healthz", timeout=10).status_code
     except httpx.HTTPError:
         status = None
     assert status != 200

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from fermion.testing import CHROMIUM_ARGS, ServerProc, chromium_path, running_server
+from fermion.testing import CHROMIUM_ARGS, ServerProc, chromium_path, running_server, web
 from tests.support import FIXTURE_PHOTONS
 
 CLOUDS = """clouds:
@@ -63,12 +63,12 @@ def test_login_and_a_wrong_token_is_refused(page: Page, server: ServerProc) -> N
     expect(page.locator("#clouds [data-cloud]")).to_have_count(2)
     expect(page.locator("#who")).to_contain_text("server admin")
     # the running cost on the page is the API's
-    total = httpx.get(f"{server.url}/api/v1/overview", headers={"Authorization": f"Bearer {server.token}"}).json()
+    total = web.get(f"{server.url}/api/v1/overview", headers={"Authorization": f"Bearer {server.token}"}).json()
     expect(page.locator("#total-cost")).to_have_text(f"${total['cost_per_hour']:.{4 if total['cost_per_hour'] < 1 else 2}f}/h")
     # the page holds no data of its own and runs only its own files
-    html = httpx.get(f"{server.url}/ui")
+    html = web.get(f"{server.url}/ui")
     assert "default-src 'self'" in html.headers["content-security-policy"] and server.token not in html.text
-    assert httpx.get(f"{server.url}/ui/static/../../../etc/passwd").status_code == 404
+    assert web.get(f"{server.url}/ui/static/../../../etc/passwd").status_code == 404
 
 
 def test_a_deployment_from_the_cli_appears_and_a_killed_replica_changes_live(page: Page, server: ServerProc) -> None:
@@ -97,7 +97,7 @@ def test_the_overview_shows_only_what_the_token_may_see(page: Page, server: Serv
                "--replicas", "0")
     token = json.loads(server.cli("token", "create", "peek", "--project", "ours", "--role", "viewer",
                                   "--json").stdout)["token"]
-    overview = httpx.get(f"{server.url}/api/v1/overview", headers={"Authorization": f"Bearer {token}"}).json()
+    overview = web.get(f"{server.url}/api/v1/overview", headers={"Authorization": f"Bearer {token}"}).json()
     assert [d["name"] for d in overview["deployments"]] == ["ourdep"]
     log_in(page, server, token)
     page.click("#nav a[data-view=deployments]")
@@ -112,8 +112,8 @@ def test_the_stream_pushes_each_new_event_to_whoever_may_see_it(server: ServerPr
     got: dict[str, list[dict]] = {"admin": [], "narrow": []}
 
     def follow(name: str, bearer: str) -> None:
-        with httpx.stream("GET", f"{server.url}/api/v1/stream", params={"limit_s": 8},
-                          headers={"Authorization": f"Bearer {bearer}"}, timeout=20) as r:
+        with web.stream("GET", f"{server.url}/api/v1/stream", params={"limit_s": 8},
+                        headers={"Authorization": f"Bearer {bearer}"}, timeout=20) as r:
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
             for line in r.iter_lines():
                 if line.startswith("data: "):
@@ -128,7 +128,7 @@ def test_the_stream_pushes_each_new_event_to_whoever_may_see_it(server: ServerPr
         t.join(30)
     assert "unseen" in {e["object_id"] for e in got["admin"] if e["kind"] == "deployment"}
     assert "unseen" not in {e["object_id"] for e in got["narrow"]}  # another project's
-    assert httpx.get(f"{server.url}/api/v1/stream", params={"limit_s": 1}).status_code == 401
+    assert web.get(f"{server.url}/api/v1/stream", params={"limit_s": 1}).status_code == 401
 
 
 def test_traffic_shows_as_charts_and_in_the_servers_metrics(page: Page, server: ServerProc) -> None:
@@ -203,7 +203,7 @@ def test_the_pipelines_page_shows_each_step_of_the_last_run(page: Page, server: 
 
 def test_the_cost_page_adds_up_to_what_the_api_says(page: Page, server: ServerProc) -> None:
     admin = {"Authorization": f"Bearer {server.token}"}
-    before = httpx.get(f"{server.url}/api/v1/costs", headers=admin).json()
+    before = web.get(f"{server.url}/api/v1/costs", headers=admin).json()
     assert before["total"] > 0 and sum(before["by_cloud"].values()) == pytest.approx(before["total"], abs=1e-5)
     assert sum(before["by_deployment"].values()) + sum(before["by_job"].values()) == pytest.approx(
         before["total"], abs=1e-5)
@@ -211,7 +211,7 @@ def test_the_cost_page_adds_up_to_what_the_api_says(page: Page, server: ServerPr
     log_in(page, server)
     page.click("#nav a[data-view=cost]")
     shown = float(page.locator("#cost-total").inner_text().removeprefix("$"))
-    after = httpx.get(f"{server.url}/api/v1/costs", headers=admin).json()
+    after = web.get(f"{server.url}/api/v1/costs", headers=admin).json()
     # spend only grows while replicas run: what the page showed lies between the two answers
     assert round(before["total"], 4) <= shown <= round(after["total"], 4) + 1e-4
 
@@ -221,8 +221,8 @@ def test_a_stream_ends_when_its_token_is_revoked(server: ServerProc) -> None:
     lines: list[str] = []
 
     def follow() -> None:
-        with httpx.stream("GET", f"{server.url}/api/v1/stream", params={"limit_s": 60},
-                          headers={"Authorization": f"Bearer {made['token']}"}, timeout=90) as r:
+        with web.stream("GET", f"{server.url}/api/v1/stream", params={"limit_s": 60},
+                        headers={"Authorization": f"Bearer {made['token']}"}, timeout=90) as r:
             lines.extend(r.iter_lines())
 
     reader = threading.Thread(target=follow)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from starlette.routing import Match
 from .. import __version__
 from .._files import write_atomic
 from .._limits import is_upload, limit_bodies
-from ..backends import AgentBackend, FaultInjector, Isolation, make_backend
+from ..backends import AgentBackend, Backend, FaultInjector, Isolation, make_backend
 from ..clouds import CloudConfig
 from ..config import stores_root, workload_socket
 from ..config import workloads_root as default_workloads_root
@@ -97,7 +97,10 @@ class Platform:
 
     def __init__(self, home: Path, db_url: str, clouds: list[CloudConfig], public_url: str = "",
                  workloads_root: Path | None = None, isolation: Isolation | None = None,
-                 server_ca: str | None = None) -> None:
+                 server_ca: str | None = None, backends: Mapping[str, Backend] | None = None) -> None:
+        """``backends``: what runs some clouds' workloads instead of the backend their configs name (a
+        test's or benchmark's, e.g. fermion.testing.InstantBackend)."""
+        backends = backends or {}
         self.home = home
         # the certificate a job attempt verifies this server with, when it serves HTTPS (public: no secret)
         self.server_ca_pem = Path(server_ca).read_text() if server_ca else None
@@ -143,8 +146,9 @@ class Platform:
         for folder in self.store_folders:
             folder.mkdir(parents=True, exist_ok=True)
         self.clouds: dict[str, FaultInjector] = {
-            c.name: make_backend(c, self.workloads_root, server_home=home, isolation=self.isolation, down=c.name in down,
-                                 hidden=self.store_folders, api_socket=workload_socket(home))
+            c.name: FaultInjector(backends[c.name], c.inject, down=c.name in down) if c.name in backends else
+            make_backend(c, self.workloads_root, server_home=home, isolation=self.isolation, down=c.name in down,
+                         hidden=self.store_folders, api_socket=workload_socket(home))
             for c in clouds}
         for name, backend in self.clouds.items():  # an agent that dials in stops what the server no longer wants
             if isinstance(backend.inner, AgentBackend):

@@ -1,6 +1,8 @@
-"""Public helpers for tests, examples and benchmarks: serve a photon, run a server, put load on a
+"""Public helpers for tests, examples and benchmarks: serve a photon, run a server (a process, or
+its app in the test's own process over clouds whose workloads start instantly), put load on a
 gateway, start a local multi-node Ray cluster, a backend with instant starts for measuring the
-control plane, and the dashboard in headless Chromium. Everything runs for real on loopback and is stopped by pid."""
+control plane, and the dashboard in headless Chromium. Processes run for real on loopback and are
+stopped by pid."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from ._browser import CHROMIUM_ARGS, chromium_path, dashboard
 from ._closed_loop import LoadResult, closed_loop
 from ._emulators import Emulator, azurite_available, emulators, start_azurite, start_gcs_emulator, start_s3_emulator
 from ._gateways import GatewayProc, start_gateway
+from ._http import web
+from ._in_process import InProcessServer, in_process_server
 from ._instant import InstantBackend
 from ._servers import (
     Load,
@@ -40,6 +44,7 @@ __all__ = [
     "CHROMIUM_ARGS",
     "Emulator",
     "GatewayProc",
+    "InProcessServer",
     "InstantBackend",
     "Load",
     "LoadResult",
@@ -54,6 +59,7 @@ __all__ = [
     "dashboard",
     "emulators",
     "fermion_cmd",
+    "in_process_server",
     "issue_agent_token",
     "kill_replicas",
     "kill_workloads",
@@ -72,6 +78,7 @@ __all__ = [
     "stop",
     "unix_transport",
     "wait_connected",
+    "web",
     "workload_handles",
     "workload_pids",
     "workload_processes",

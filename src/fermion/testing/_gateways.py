@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from ._http import web
 from ._servers import fermion_cmd
 
 
@@ -20,7 +21,7 @@ class GatewayProc:
     log: Path
 
     def health(self) -> dict:
-        return httpx.get(f"{self.url}/healthz", timeout=5).json()
+        return web.get(f"{self.url}/healthz", timeout=5).json()
 
 
 def start_gateway(workdir: Path, servers: list[str], token: str, *, state: Path | None = None,

@@ -36,10 +36,12 @@ class InstantBackend:
 
     kind = "instant"
 
-    def __init__(self, name: str, cpus: float = 10_000, memory_gb: float = 10_000, price: float = 1.0) -> None:
+    def __init__(self, name: str, cpus: float = 10_000, memory_gb: float = 10_000, price: float = 1.0,
+                 config: CloudConfig | None = None) -> None:
+        """A cloud of ``cpus`` and ``memory_gb`` at ``price`` an hour, or the one ``config`` declares."""
         self.name = name
-        self.config = CloudConfig(name=name, capacity={"cpus": cpus, "memory_gb": memory_gb},
-                                  pricing={"price_per_hour": price})
+        self.config = config or CloudConfig(name=name, capacity={"cpus": cpus, "memory_gb": memory_gb},
+                                            pricing={"price_per_hour": price})
         self.workloads: dict[str, dict[str, object]] = {}
         self.starts = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)

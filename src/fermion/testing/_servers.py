@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from ._http import TLS, web
 
 
 @dataclass
@@ -71,7 +72,7 @@ def serve_photon(
         if wait_ready:
             while True:
                 try:
-                    if httpx.get(f"{served.url}/healthz", timeout=2).status_code == 200:
+                    if web.get(f"{served.url}/healthz", timeout=2).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
@@ -98,7 +99,8 @@ class ServerProc:
         return {**os.environ, "FERMION_HOME": str(self.home), "HF_HUB_OFFLINE": "1"}
 
     def api(self) -> httpx.Client:
-        return httpx.Client(base_url=f"{self.url}/api/v1", headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
+        return httpx.Client(base_url=f"{self.url}/api/v1", headers={"Authorization": f"Bearer {self.token}"},
+                            timeout=30, verify=TLS)
 
     def cli(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(fermion_cmd(*args), capture_output=True, text=True, env=self.env, timeout=timeout)
