@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -177,13 +177,28 @@ init.wait()
 """
 
 
-def test_a_drain_before_the_workloads_first_process_leaves_nothing_running() -> None:
-    """A SIGTERM there would end the outside only, and its init would start the workload unwatched."""
+def _drain_local(outside: subprocess.Popen[str], init: int) -> None:
+    _signal_group(init, signal.SIGTERM)
+
+
+def _drain_ray(outside: subprocess.Popen[str], init: int) -> None:
+    pytest.importorskip("ray")
+    from fermion.backends._ray import _birth, _drain_sandbox
+
+    _drain_sandbox(outside.pid, _birth(outside.pid), init)
+
+
+@pytest.mark.parametrize("drain", [_drain_local, _drain_ray], ids=["local", "ray"])
+def test_a_drain_before_the_workloads_first_process_leaves_nothing_running(
+        drain: Callable[[subprocess.Popen[str], int], None]) -> None:
+    """A SIGTERM there would end the outside only (local), or reach only the init (Ray, where the
+    outside is spared), and the init would start the workload unwatched, or to be killed only when
+    the drain timed out."""
     outside = subprocess.Popen([sys.executable, "-c", SANDBOX_BEFORE_ITS_WORKLOAD], start_new_session=True,
                                stdout=subprocess.PIPE, text=True)
     try:
         init = int(outside.stdout.readline())
-        _signal_group(init, signal.SIGTERM)
+        drain(outside, init)
         outside.wait(timeout=30)
         deadline = time.monotonic() + 30
         while Path(f"/proc/{init}").exists() and "Z" not in Path(f"/proc/{init}/stat").read_text().split()[2]:

@@ -148,21 +148,36 @@ def _kill_session(leader: int, born: str | None, sig: int) -> None:
         os.killpg(leader, sig)
 
 
-def _signal_group_but(leader: int, born: str | None, sig: int, spared: int) -> None:
-    """Signal every process of ``leader``'s group but ``spared``: a drain of a sandbox must not reach
-    bubblewrap's own process, whose death (--die-with-parent) would SIGKILL the workload at once."""
+def _drain_sandbox(leader: int, born: str | None, init: int) -> None:
+    """SIGTERM the workload's processes in the sandbox that ``leader`` (bubblewrap's outside, started at
+    ``born``) leads, sparing that outside, whose death (--die-with-parent) would SIGKILL the workload at
+    once, and ``init``, the sandbox's, which ends with the workload. Before any process of the workload
+    runs there is nothing to drain: a kill, or that init (a pid namespace's, deaf to a SIGTERM it has no
+    handler for) would start the workload after the drain, to be killed only when it timed out."""
     if _birth(leader) not in (None, born):
         return
+    inside = [pid for pid in _group(leader) if pid not in (leader, init)]
+    if not inside:
+        _kill_session(leader, born, signal.SIGKILL)
+        return
+    for pid in inside:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def _group(leader: int) -> list[int]:
+    """The processes of the process group ``leader`` leads."""
+    found = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == spared:
+        if not entry.name.isdigit():
             continue
         try:
             group = int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[2])
         except (OSError, IndexError, ValueError):
             continue
         if group == leader:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(entry.name), sig)
+            found.append(int(entry.name))
+    return found
 
 
 class _NodeIsolation(Isolation):
@@ -359,8 +374,8 @@ class WorkloadHost:
                 _kill_session(child.pid, self.child_born, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(5)
-            elif self.isolation.bwrap:  # not bubblewrap itself: it waits for the sandbox to end
-                _signal_group_but(child.pid, self.child_born, signal.SIGTERM, spared=child.pid)
+            elif self.isolation.bwrap:
+                _drain_sandbox(child.pid, self.child_born, self.pid)
             else:
                 _kill_session(child.pid, self.child_born, signal.SIGTERM)
         return self.poll()
