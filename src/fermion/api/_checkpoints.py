@@ -20,14 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 from ..control import Need
 from ..data import CHUNK_MAX, SHA256, CorruptChunk, DatasetView, FileEntry, Manifest, StoreError, sync
 from ..errors import AuthError, NotFoundError, UserInputError, shorten
-from ..store import DEFAULT_PROJECT, AttemptRow, DatasetRow, JobRow
+from ..store import DEFAULT_PROJECT, LIVE_ATTEMPT_STATES, AttemptRow, DatasetRow, JobRow
 from ._schemas import ERROR_RESPONSES
 
 if TYPE_CHECKING:
     from ._server import Platform
 
 TOKEN_PREFIX = "fmt-"
-LIVE = ("STARTING", "RUNNING", "CANCELLING")
 KEEP = 3  # snapshots kept per job in each store
 
 
@@ -66,7 +65,7 @@ def require_attempt(request: Request) -> Caller:
         raise refused
     with p.store.session() as s:
         row = s.get(AttemptRow, attempt_id)
-        if row is None or row.state not in LIVE or row.cloud not in p.stores:
+        if row is None or row.state not in LIVE_ATTEMPT_STATES or row.cloud not in p.stores:
             raise refused
         job = s.get(JobRow, row.job)
         return Caller(attempt=row.id, job=row.job, cloud=row.cloud, project=job.project if job else DEFAULT_PROJECT)

@@ -20,11 +20,11 @@ from sqlalchemy.orm import Session
 from ..backends import Handle, NoSpotCapacity, ProvisionError, Workload
 from ..errors import FermionError
 from ..security import env_purpose
-from ..store import AttemptRow, JobRow, Store
+from ..store import LIVE_ATTEMPT_STATES, AttemptRow, JobRow, Store
 from ._deployments import LEASE_S, DeploymentController, StartFailed, start_or_clean_up
 from ._loop import ReconcileLoop
 from ._planner import AttemptView, JobPlan, JobView, Observation, plan_job
-from ._scheduler import LIVE_ATTEMPT_STATES, Moves, Need, Scheduler
+from ._scheduler import Moves, Need, Scheduler
 
 log = logging.getLogger("fermion.controller")
 JOB_TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})

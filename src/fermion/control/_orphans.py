@@ -12,8 +12,7 @@ from sqlalchemy import select
 
 from ..backends import Backend, Handle
 from ..clouds import CloudConfig
-from ..store import TERMINAL_STATES, AttemptRow, CloudRow, ReplicaRow, Store
-from ._scheduler import LIVE_ATTEMPT_STATES
+from ..store import LIVE_ATTEMPT_STATES, TERMINAL_STATES, AttemptRow, CloudRow, ReplicaRow, Store
 
 log = logging.getLogger("fermion.controller")
 

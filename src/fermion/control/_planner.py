@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..store import LIVE_ATTEMPT_STATES, LIVE_REPLICA_STATES
+
 FETCH_FAILED = 75  # an attempt's wrapper could not fetch its checkpoint or data (fermion.backends._attempt)
 FETCH_RETRY_S = 10.0
 
@@ -18,7 +20,6 @@ STARTUP_TIMEOUT_S = 300.0
 DRAIN_TIMEOUT_S = 30.0
 UNHEALTHY_AFTER = 2  # failed probes of a READY replica
 REPLACE_AFTER = 10  # failed probes of an UNHEALTHY replica
-LIVE = ("PENDING", "PROVISIONING", "STARTING", "READY", "UNHEALTHY", "DRAINING")
 
 Stop = Literal["drain", "kill"] | None
 
@@ -228,7 +229,7 @@ def plan_deployment(d: DeploymentView, replicas: list[ReplicaView], observations
             plan.status, failed = "FAILED", True
             plan.status_reason = f"crash loop ({crash_count} crashes in a row); last error: {last_error}"
 
-    alive = [r for r in replicas if states[r.id] in LIVE]
+    alive = [r for r in replicas if states[r.id] in LIVE_REPLICA_STATES]
     active = [r for r in alive if states[r.id] != "DRAINING"]
     current = [r for r in active if r.generation == d.generation]
     canaries = [r for r in active if d.canary_generation is not None and r.generation == d.canary_generation]
@@ -318,7 +319,7 @@ def plan_deployment(d: DeploymentView, replicas: list[ReplicaView], observations
             drain(r, f"replaced by generation {d.generation}")
 
     if deleting:
-        plan.delete = all(states[r.id] not in LIVE for r in replicas)
+        plan.delete = all(states[r.id] not in LIVE_REPLICA_STATES for r in replicas)
         plan.new_replicas, plan.new_canaries, plan.place, plan.new_spot = [], [], [], 0
         return plan
     if failed:
@@ -394,7 +395,7 @@ class JobPlan:
 def plan_job(job: JobView, attempt: AttemptView | None, obs: Observation | None, now: float) -> JobPlan:
     """The next step of one job: watch its attempt, classify how it ended, start the next one."""
     plan = JobPlan()
-    live = attempt is not None and attempt.state in ("STARTING", "RUNNING", "CANCELLING")
+    live = attempt is not None and attempt.state in LIVE_ATTEMPT_STATES
     if job.cancel_requested and attempt is not None and live:
         # the attempt drains (a job may checkpoint on SIGTERM) and holds its capacity until it is gone
         if not attempt.has_handle:

@@ -16,11 +16,10 @@ from sqlalchemy.orm import Session
 
 from ..backends import Capabilities, FaultInjector
 from ..placement import CloudState, Constraints, Offering, PlacementRequest, optimize, spread_cap
-from ..store import TERMINAL_STATES, AttemptRow, CloudRow, ReplicaRow, Store
+from ..store import LIVE_ATTEMPT_STATES, TERMINAL_STATES, AttemptRow, CloudRow, ReplicaRow, Store
 
 log = logging.getLogger("fermion.controller")
 CLOUD_RETRY_S = 30.0  # a cloud that failed to start a workload is tried again after this
-LIVE_ATTEMPT_STATES = ("STARTING", "RUNNING", "CANCELLING")
 CAPACITY_TTL_S = 5.0
 NOTED_FAILURE_RATE = 0.05  # a cloud failing this share of its requests is named in a placement's why
 UNRECORDED_GRACE_S = 60.0  # longer than any write of a start's intent

@@ -3,6 +3,8 @@
 
 from ._models import (
     DEFAULT_PROJECT,
+    LIVE_ATTEMPT_STATES,
+    LIVE_REPLICA_STATES,
     TERMINAL_STATES,
     AttemptRow,
     AuditKeyRow,
@@ -57,6 +59,8 @@ from ._store import Store, default_db_url, display_url, storable, with_driver
 
 __all__ = [
     "DEFAULT_PROJECT",
+    "LIVE_ATTEMPT_STATES",
+    "LIVE_REPLICA_STATES",
     "TERMINAL_STATES",
     "AttemptRow",
     "AuditKeyRow",

@@ -300,7 +300,11 @@ class StepRunRow(Base):
     ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
-TERMINAL_STATES = frozenset({"TERMINATED", "FAILED"})
+TERMINAL_STATES = frozenset({"TERMINATED", "FAILED"})  # a replica's, once it can never serve again
+# a replica that serves, or is on its way to or from serving
+LIVE_REPLICA_STATES = ("PENDING", "PROVISIONING", "STARTING", "READY", "UNHEALTHY", "DRAINING")
+# a job attempt whose workload may run and holds its capacity (a cancelled one drains first)
+LIVE_ATTEMPT_STATES = ("STARTING", "RUNNING", "CANCELLING")
 
 
 class SecretRow(Base):
