@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +73,42 @@ def test_a_sync_from_a_read_before_an_outage_does_not_undo_it(scheduler: Schedul
         s.get(CloudRow, "dear").outage = True
     scheduler.sync_outages(*read())
     assert scheduler.backends["dear"].down
+
+
+def test_the_outage_count_is_not_read_while_an_outage_is_being_written(scheduler: Scheduler) -> None:
+    """A count read between a fail's count and its row's commit, then the store read (still without
+    the outage), made a sync that recovered the cloud: a second server's test saw a replacement
+    replica placed on the failed cloud."""
+    with scheduler.store.session() as s:
+        s.add_all([CloudRow(name=name, kind="local", config={}) for name in ("cheap", "dear")])
+    writing, release = threading.Event(), threading.Event()
+    write = scheduler._write_health
+
+    def slow_write(*args: object, **kwargs: object) -> None:
+        writing.set()
+        release.wait(30)
+        write(*args, **kwargs)
+
+    scheduler._write_health = slow_write  # type: ignore[method-assign]
+    failing = threading.Thread(target=scheduler.fail, args=("cheap", "injected outage"))
+    failing.start()
+    assert writing.wait(30)
+    seen: list[tuple[int, bool]] = []
+
+    def sync_read() -> None:
+        changes = scheduler.outage_changes()
+        with scheduler.store.session() as s:
+            seen.append((changes, bool(s.get(CloudRow, "cheap").outage)))
+
+    reader = threading.Thread(target=sync_read)
+    reader.start()
+    reader.join(2)  # a count read without waiting for the write ends here, with the row not yet written
+    release.set()
+    failing.join(30)
+    reader.join(30)
+    (changes, outage), = seen
+    scheduler.sync_outages({"cheap": outage, "dear": False}, changes)
+    assert scheduler.backends["cheap"].down, "a sync undid the outage it was read during"
 
 
 def test_clouds_within_the_spread_cap_come_before_cheaper_ones_over_it(scheduler: Scheduler) -> None:

@@ -230,8 +230,11 @@ class Scheduler:
                 self._write_health(s, name, "unhealthy", reason, reason, outage=True)
 
     def outage_changes(self) -> int:
-        """Taken before reading the store's outages, for ``sync_outages``."""
-        return self._outage_changes
+        """Taken before reading the store's outages, for ``sync_outages``. Under the lock: a count
+        taken while a fail or recover is still writing its row would pair with a read from before
+        that write, and the sync would undo the change."""
+        with self._outage_lock:
+            return self._outage_changes
 
     def sync_outages(self, outages: dict[str, bool], changes: int) -> None:
         """Injected outages as the store records them (another server may have failed or
