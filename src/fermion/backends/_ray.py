@@ -59,6 +59,7 @@ from ..clouds import CloudConfig
 from ..errors import UserInputError, shorten
 from ..placement import Offering
 from ._launch import launch_command
+from ._local import _members
 from ._protocol import Capabilities, Handle, ProvisionError, Status, Workload
 from ._relay import WorkloadRelay
 from ._sandbox import MAX_TASKS, Confinement, Isolation, Mount, host_view, read_untrusted, workload_env
@@ -156,28 +157,13 @@ def _drain_sandbox(leader: int, born: str | None, init: int) -> None:
     handler for) would start the workload after the drain, to be killed only when it timed out."""
     if _birth(leader) not in (None, born):
         return
-    inside = [pid for pid in _group(leader) if pid not in (leader, init)]
+    inside = [pid for pid in _members(leader) if pid not in (leader, init)]
     if not inside:
         _kill_session(leader, born, signal.SIGKILL)
         return
     for pid in inside:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
-
-
-def _group(leader: int) -> list[int]:
-    """The processes of the process group ``leader`` leads."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            group = int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[2])
-        except (OSError, IndexError, ValueError):
-            continue
-        if group == leader:
-            found.append(int(entry.name))
-    return found
 
 
 class _NodeIsolation(Isolation):
